@@ -1,0 +1,1 @@
+"""Carillon's Django project package: settings, URLs, ASGI entry point, Celery apps."""

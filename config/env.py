@@ -1,0 +1,40 @@
+"""The one place environment variables are read from (django-environ)."""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+
+def read_dotenv() -> None:
+    """Load `.env` at the project root, if there is one, without overriding the environment.
+
+    Only local and test settings call this: production reads the real environment alone,
+    so a stray `.env` on a server can never supply a secret. DJANGO_READ_DOT_ENV_FILE=false
+    turns it off (the test suite does, so a developer's overrides never reach it).
+    """
+    if not env.bool("DJANGO_READ_DOT_ENV_FILE", default=True):
+        return
+    dotenv = BASE_DIR / ".env"
+    if dotenv.is_file():
+        environ.Env.read_env(dotenv, overwrite=False)
+
+
+def database_config(url: str) -> dict[str, object]:
+    """Turn DATABASE_URL into Django's DATABASES entry, tuned per engine."""
+    config: dict[str, object] = env.db_url_config(url)
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        # WAL lets the web process read while a worker writes; IMMEDIATE takes the write
+        # lock at BEGIN so concurrent writers queue instead of failing with "locked".
+        config["OPTIONS"] = {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+        }
+    else:
+        config["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+        config["CONN_HEALTH_CHECKS"] = True
+    return config

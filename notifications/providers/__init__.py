@@ -1,0 +1,1 @@
+"""Clients for third-party providers, pointed at the sandbox locally and in tests."""

@@ -1,0 +1,123 @@
+"""Mixpanel's ingestion API: /track (project token) and /import (project secret).
+
+Bodies are accepted as Mixpanel accepts them: a form or query field `data` holding JSON
+or base64-encoded JSON, or an application/json body; one event or a list of them.
+Events are deduplicated as Mixpanel does, on (event, distinct_id, time, $insert_id).
+"""
+
+import base64
+import binascii
+import hmac
+import json
+import logging
+from typing import Any
+
+from aiohttp import BasicAuth, hdrs, web
+
+from sandbox.store import STORE_KEY
+
+logger = logging.getLogger(__name__)
+
+API_SECRET_KEY = web.AppKey("mixpanel_api_secret", str)
+SEEN_KEY = web.AppKey("mixpanel_seen", set)
+MAX_EVENTS_PER_REQUEST = 2000
+
+
+class BadBatch(ValueError):
+    """The request body is not a batch of events Mixpanel would take."""
+
+
+def _answer(request: web.Request, error: str | None, status: int = 200) -> web.Response:
+    if request.query.get("verbose") == "1" or request.get("verbose"):
+        return web.json_response({"status": 0 if error else 1, "error": error}, status=status)
+    return web.Response(text="0" if error else "1", status=status)
+
+
+def _decode(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return json.loads(base64.b64decode(text, validate=False))
+    except (ValueError, binascii.Error) as exc:
+        raise BadBatch("data is neither JSON nor base64-encoded JSON") from exc
+
+
+async def _events(request: web.Request) -> list[dict[str, Any]]:
+    if request.content_type == "application/json":
+        batch = _decode(await request.text())
+    else:
+        form = await request.post() if request.method == "POST" else {}
+        request["verbose"] = form.get("verbose") == "1"
+        data = form.get("data") or request.query.get("data")
+        if not data:
+            raise BadBatch("no data: send events in a 'data' field or a JSON body")
+        batch = _decode(str(data))
+    events = batch if isinstance(batch, list) else [batch]
+    if not 0 < len(events) <= MAX_EVENTS_PER_REQUEST:
+        raise BadBatch(f"a request carries 1 to {MAX_EVENTS_PER_REQUEST} events, not {len(events)}")
+    for index, event in enumerate(events):
+        if not isinstance(event, dict) or not event.get("event"):
+            raise BadBatch(f"event {index} has no 'event' name")
+        if not isinstance(event.get("properties", {}), dict):
+            raise BadBatch(f"event {index}: 'properties' must be an object")
+    return events
+
+
+def _import_authorised(request: web.Request) -> bool:
+    try:
+        auth = BasicAuth.decode(request.headers.get(hdrs.AUTHORIZATION, ""))
+    except ValueError:
+        return False
+    # Legacy auth is "secret:" ; service accounts send "user:secret".
+    secret = auth.login if not auth.password else auth.password
+    return hmac.compare_digest(secret, request.app[API_SECRET_KEY])
+
+
+async def _ingest(request: web.Request, endpoint: str) -> web.Response:
+    store = request.app[STORE_KEY]
+    inbox = store.inbox("mixpanel")
+    await inbox.knobs.delay()
+    if endpoint == "import" and not _import_authorised(request):
+        inbox.rejected += 1
+        return _answer(request, "invalid project secret", status=401)
+    if inbox.knobs.should_fail():
+        inbox.rejected += 1
+        return _answer(request, "sandbox failure (knob)", status=inbox.knobs.error_status)
+    try:
+        events = await _events(request)
+    except BadBatch as exc:
+        inbox.rejected += 1
+        return _answer(request, str(exc), status=400)
+    seen = request.app[SEEN_KEY]
+    for event in events:
+        properties = event.get("properties", {})
+        if endpoint == "track" and not properties.get("token"):
+            inbox.rejected += 1
+            return _answer(request, "token, missing or empty", status=400)
+        insert_id = properties.get("$insert_id")
+        if insert_id is not None:
+            key = (event["event"], properties.get("distinct_id"), int(properties.get("time") or 0), insert_id)
+            if key in seen:
+                inbox.duplicates += 1
+                continue
+            seen.add(key)
+        store.record("mixpanel", {"endpoint": endpoint, "event": event["event"], "properties": properties})
+    return _answer(request, None)
+
+
+async def track(request: web.Request) -> web.Response:
+    return await _ingest(request, "track")
+
+
+async def import_events(request: web.Request) -> web.Response:
+    return await _ingest(request, "import")
+
+
+def add_routes(app: web.Application) -> None:
+    app[SEEN_KEY] = set()
+    for path in ("/track", "/track/"):
+        app.router.add_route("*", path, track)
+    for path in ("/import", "/import/"):
+        app.router.add_post(path, import_events)

@@ -1,0 +1,109 @@
+"""What the sandbox received, per provider, and the knobs that shape its answers."""
+
+import asyncio
+import itertools
+import random
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from aiohttp import ClientSession, web
+
+PROVIDERS = ("email", "sms", "mixpanel")
+
+# Enough for any test and a benchmark's sample; counters keep the true totals.
+KEEP_RECEIVED = 100_000
+
+
+class KnobError(ValueError):
+    """A knob was set to a name or value the sandbox does not understand."""
+
+
+@dataclass
+class Knobs:
+    """How a provider misbehaves. All zero means a fast, healthy provider."""
+
+    latency_ms: float = 0.0  # added before every answer
+    error_rate: float = 0.0  # share of requests answered with error_status (0..1)
+    error_status: int = 503  # HTTP status, or SMTP reply code for email (451, 550, ...)
+    fail_next: int = 0  # the next N requests fail with error_status, whatever error_rate says
+    callback_delay_ms: float = 50.0  # between status changes (SMS)
+    callback_loss_rate: float = 0.0  # share of messages whose callbacks never come (0..1)
+    final_status: str = "delivered"  # SMS: delivered, undelivered or failed
+
+    def update(self, changes: dict[str, Any]) -> None:
+        known = {field.name: field.type for field in fields(self)}
+        for name, value in changes.items():
+            if name not in known:
+                raise KnobError(f"unknown knob {name!r}; known knobs: {', '.join(known)}")
+            kind = known[name]  # the field's own type: float, int or str
+            try:
+                converted = kind(value)
+            except (TypeError, ValueError) as exc:
+                raise KnobError(f"knob {name!r} takes a {kind.__name__}, not {value!r}") from exc
+            if name.endswith("_rate") and not 0.0 <= converted <= 1.0:
+                raise KnobError(f"knob {name!r} is a share between 0 and 1, not {value!r}")
+            if name == "final_status" and converted not in ("delivered", "undelivered", "failed"):
+                raise KnobError("final_status is one of delivered, undelivered, failed")
+            setattr(self, name, converted)
+
+    def should_fail(self) -> bool:
+        """Decide, once per request, whether this one fails."""
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return True
+        return self.error_rate > 0 and random.random() < self.error_rate  # noqa: S311
+
+    async def delay(self) -> None:
+        if self.latency_ms > 0:
+            await asyncio.sleep(self.latency_ms / 1000)
+
+
+@dataclass
+class Inbox:
+    """One provider's received items and counters."""
+
+    received: deque[dict[str, Any]]
+    knobs: Knobs
+    accepted: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "duplicates": self.duplicates,
+            "knobs": asdict(self.knobs),
+        }
+
+
+class Store:
+    """Everything the sandbox holds, in memory: a restart starts empty, like a fresh test."""
+
+    def __init__(self) -> None:
+        self._sequence = itertools.count(1)
+        self.inboxes: dict[str, Inbox] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        self.inboxes = {
+            name: Inbox(received=deque(maxlen=KEEP_RECEIVED), knobs=Knobs()) for name in PROVIDERS
+        }
+
+    def inbox(self, provider: str) -> Inbox:
+        return self.inboxes[provider]
+
+    def record(self, provider: str, item: dict[str, Any]) -> dict[str, Any]:
+        item = {"seq": next(self._sequence), "received_at": time.time(), **item}
+        inbox = self.inboxes[provider]
+        inbox.received.append(item)
+        inbox.accepted += 1
+        return item
+
+
+# Application state shared by the provider modules of the sandbox's aiohttp app.
+STORE_KEY = web.AppKey("store", Store)
+HTTP_KEY = web.AppKey("http", ClientSession)  # for callbacks the sandbox sends
+AUTH_TOKEN_KEY = web.AppKey("twilio_auth_token", str)

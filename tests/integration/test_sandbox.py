@@ -1,0 +1,214 @@
+"""The provider sandbox speaks each provider's protocol to its real client library."""
+
+import http.server
+import smtplib
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from email.utils import make_msgid
+
+import pytest
+from django.core.mail import EmailMultiAlternatives, get_connection
+from django.test import override_settings
+from mixpanel import Mixpanel, MixpanelException
+from twilio.base.exceptions import TwilioRestException
+from twilio.request_validator import RequestValidator
+
+from notifications.providers.mixpanel import mixpanel_client, mixpanel_consumer
+from notifications.providers.twilio import twilio_client
+from sandbox.client import SandboxClient
+
+pytestmark = pytest.mark.integration
+
+SANDBOX_TWILIO_TOKEN = "sandbox-auth-token"  # the sandbox's default --twilio-auth-token
+
+
+class CallbackReceiver(http.server.ThreadingHTTPServer):
+    """Stands for Carillon's webhook endpoint: records each POST it receives."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, object]] = []
+        super().__init__(("127.0.0.1", 0), _RecordingHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/api/webhooks/twilio/"
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, object]]:
+        deadline = time.monotonic() + timeout
+        while len(self.calls) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.calls
+
+
+class _RecordingHandler(http.server.BaseHTTPRequestHandler):
+    server: CallbackReceiver
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's hook name
+        body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+        self.server.calls.append(
+            {"params": dict(urllib.parse.parse_qsl(body)), "signature": self.headers["X-Twilio-Signature"]}
+        )
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+@pytest.fixture
+def callback_receiver() -> Iterator[CallbackReceiver]:
+    server = CallbackReceiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def sandbox_settings(sandbox: SandboxClient) -> Iterator[SandboxClient]:
+    """Point Django's email and the provider clients at the sandbox."""
+    with override_settings(
+        EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
+        EMAIL_HOST="127.0.0.1",
+        EMAIL_PORT=sandbox.smtp_port,
+        TWILIO_API_BASE_URL=sandbox.url,
+        TWILIO_AUTH_TOKEN=SANDBOX_TWILIO_TOKEN,
+        MIXPANEL_API_BASE_URL=sandbox.url,
+        MIXPANEL_API_SECRET="sandbox-mixpanel-secret",
+    ):
+        yield sandbox
+
+
+def test_email_sent_through_django_smtp_backend_is_received_and_listed(sandbox_settings: SandboxClient) -> None:
+    message_id = make_msgid(domain="carillon.local")
+    email = EmailMultiAlternatives(
+        subject="Welcome to Carillon",
+        body="Hello Ada",
+        from_email="noreply@carillon.local",
+        to=["ada@example.com"],
+        headers={"Message-ID": message_id},
+    )
+    email.attach_alternative("<p>Hello <b>Ada</b></p>", "text/html")
+
+    assert email.send() == 1
+
+    [received] = sandbox_settings.received("email")
+    assert received["message_id"] == message_id
+    assert received["rcpt_to"] == ["ada@example.com"]
+    assert received["subject"] == "Welcome to Carillon"
+    assert received["text"].strip() == "Hello Ada"
+    assert "<b>Ada</b>" in received["html"]
+
+
+def test_email_refused_by_the_server_raises_its_smtp_code(sandbox_settings: SandboxClient) -> None:
+    sandbox_settings.set_knobs("email", fail_next=1, error_status=451)
+    connection = get_connection(fail_silently=False)
+
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        EmailMultiAlternatives("s", "b", "a@carillon.local", ["b@example.com"], connection=connection).send()
+
+    assert refused.value.smtp_code == 451
+    assert sandbox_settings.received("email") == []
+
+
+def test_twilio_sms_is_queued_then_signed_callbacks_report_delivery(
+    sandbox_settings: SandboxClient, callback_receiver: CallbackReceiver
+) -> None:
+    sandbox_settings.set_knobs("sms", callback_delay_ms=10)
+
+    message = twilio_client().messages.create(
+        to="+15551230001", from_="+15005550006", body="Your code is 123456",
+        status_callback=callback_receiver.url,
+    )
+
+    assert message.sid.startswith("SM") and message.status == "queued"
+    calls = callback_receiver.wait_for(3)
+    assert [call["params"]["MessageStatus"] for call in calls] == ["queued", "sent", "delivered"]
+    validator, forger = RequestValidator(SANDBOX_TWILIO_TOKEN), RequestValidator("not-the-token")
+    for call in calls:
+        assert call["params"]["MessageSid"] == message.sid
+        assert validator.validate(callback_receiver.url, call["params"], call["signature"])
+        assert not forger.validate(callback_receiver.url, call["params"], call["signature"])
+    [listed] = sandbox_settings.received("sms")
+    assert (listed["sid"], listed["to"], listed["body"]) == (message.sid, "+15551230001", "Your code is 123456")
+    assert twilio_client().messages(message.sid).fetch().status == "delivered"
+
+
+def test_twilio_errors_follow_twilio(sandbox_settings: SandboxClient) -> None:
+    with pytest.raises(TwilioRestException) as missing_body:
+        twilio_client().messages.create(to="+15551230001", from_="+15005550006", body="")
+    sandbox_settings.set_knobs("sms", fail_next=1, error_status=503)
+    with pytest.raises(TwilioRestException) as unavailable:
+        twilio_client().messages.create(to="+15551230001", from_="+15005550006", body="hi")
+    with override_settings(TWILIO_AUTH_TOKEN="wrong"), pytest.raises(TwilioRestException) as forbidden:
+        twilio_client().messages.create(to="+15551230001", from_="+15005550006", body="hi")
+
+    assert (missing_body.value.status, missing_body.value.code) == (400, 21602)
+    assert unavailable.value.status == 503
+    assert (forbidden.value.status, forbidden.value.code) == (401, 20003)
+    assert sandbox_settings.received("sms") == []
+
+
+def test_twilio_lost_callbacks_never_arrive(
+    sandbox_settings: SandboxClient, callback_receiver: CallbackReceiver
+) -> None:
+    sandbox_settings.set_knobs("sms", callback_delay_ms=5, callback_loss_rate=1.0)
+
+    message = twilio_client().messages.create(
+        to="+15551230001", from_="+15005550006", body="hi", status_callback=callback_receiver.url
+    )
+
+    time.sleep(0.3)
+    assert callback_receiver.calls == []
+    assert twilio_client().messages(message.sid).fetch().status == "delivered"
+
+
+def test_mixpanel_track_deduplicates_on_insert_id(sandbox_settings: SandboxClient) -> None:
+    client = mixpanel_client()
+    properties = {"$insert_id": "delivery-42", "time": 1_700_000_000, "video": "v1"}
+
+    client.track("user-1", "video.liked", properties)
+    client.track("user-1", "video.liked", properties)  # a retried send
+    client.track("user-1", "video.liked", {**properties, "$insert_id": "delivery-43"})
+
+    inbox = sandbox_settings.inbox("mixpanel")
+    assert (inbox["accepted"], inbox["duplicates"]) == (2, 1)
+    assert [item["properties"]["$insert_id"] for item in inbox["received"]] == ["delivery-42", "delivery-43"]
+    assert inbox["received"][0]["properties"]["token"] == "sandbox-mixpanel-token"
+
+
+def test_mixpanel_buffered_consumer_sends_one_batch(sandbox_settings: SandboxClient) -> None:
+    consumer = mixpanel_consumer(buffered=True, batch_size=50)
+    client = Mixpanel("sandbox-mixpanel-token", consumer=consumer)
+    for index in range(3):
+        client.track(f"user-{index}", "account.created", {"$insert_id": f"created-{index}"})
+    assert sandbox_settings.received("mixpanel") == []  # still buffered
+
+    consumer.flush()
+
+    assert len(sandbox_settings.received("mixpanel")) == 3
+
+
+def test_mixpanel_import_needs_the_project_secret(sandbox_settings: SandboxClient) -> None:
+    client = mixpanel_client()
+    properties = {"$insert_id": "import-1", "source": "backfill"}
+
+    event = {"distinct_id": "user-9", "event_name": "account.created", "timestamp": 1_700_000_000}
+
+    client.import_data(None, **event, properties=properties, api_secret="sandbox-mixpanel-secret")
+    with pytest.raises(MixpanelException):
+        client.import_data(None, **event, properties=properties, api_secret="wrong-secret")
+
+    [received] = sandbox_settings.received("mixpanel")
+    assert (received["endpoint"], received["event"]) == ("import", "account.created")
+
+
+def test_sandbox_refuses_unknown_knobs_with_a_clear_error(sandbox: SandboxClient) -> None:
+    response = sandbox.http.put(f"{sandbox.url}/api/knobs/sms", json={"latency": 5}, timeout=5)
+
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_knobs"
+    assert "latency_ms" in response.json()["message"]

@@ -1,0 +1,53 @@
+"""Production settings refuse to start without their secrets and URLs."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PRODUCTION_ENVIRONMENT = {
+    "DJANGO_SECRET_KEY": "x" * 50,
+    "DJANGO_ALLOWED_HOSTS": "carillon.example.com",
+    "CARILLON_PUBLIC_URL": "https://carillon.example.com",
+    "DATABASE_URL": "postgres://carillon@db.example.com/carillon",
+    "RABBITMQ_URL": "amqps://carillon:secret@mq.example.com//",
+    "RABBITMQ_MANAGEMENT_URL": "https://carillon:secret@mq.example.com/api/",
+    "REDIS_URL": "rediss://redis.example.com:6379/0",
+    "EMAIL_BACKEND": "anymail.backends.mailgun.EmailBackend",
+    "DEFAULT_FROM_EMAIL": "noreply@example.com",
+    "TWILIO_ACCOUNT_SID": "AC" + "1" * 32,
+    "TWILIO_AUTH_TOKEN": "token",
+    "TWILIO_FROM_NUMBER": "+15550000000",
+    "MIXPANEL_TOKEN": "token",
+    "MIXPANEL_API_SECRET": "secret",
+}
+
+
+def load_production_settings(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {key: value for key, value in os.environ.items() if key not in PRODUCTION_ENVIRONMENT}
+    return subprocess.run(
+        [sys.executable, "-c", "from django.conf import settings; print(settings.DEBUG)"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**clean, **environment, "DJANGO_SETTINGS_MODULE": "config.settings.production"},
+    )
+
+
+def test_production_settings_load_when_everything_is_set() -> None:
+    result = load_production_settings(PRODUCTION_ENVIRONMENT)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("missing", sorted(PRODUCTION_ENVIRONMENT))
+def test_production_settings_name_the_missing_variable(missing: str) -> None:
+    environment = {key: value for key, value in PRODUCTION_ENVIRONMENT.items() if key != missing}
+
+    result = load_production_settings(environment)
+
+    assert result.returncode != 0
+    assert f"Set the {missing} environment variable" in result.stderr
