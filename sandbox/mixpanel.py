@@ -23,12 +23,12 @@ SEEN_KEY = web.AppKey("mixpanel_seen", set)
 MAX_EVENTS_PER_REQUEST = 2000
 
 
-class BadBatch(ValueError):
+class InvalidBatchError(ValueError):
     """The request body is not a batch of events Mixpanel would take."""
 
 
 def _answer(request: web.Request, error: str | None, status: int = 200) -> web.Response:
-    if request.query.get("verbose") == "1" or request.get("verbose"):
+    if request.get("verbose"):
         return web.json_response({"status": 0 if error else 1, "error": error}, status=status)
     return web.Response(text="0" if error else "1", status=status)
 
@@ -41,27 +41,26 @@ def _decode(text: str) -> Any:
     try:
         return json.loads(base64.b64decode(text, validate=False))
     except (ValueError, binascii.Error) as exc:
-        raise BadBatch("data is neither JSON nor base64-encoded JSON") from exc
+        raise InvalidBatchError("data is neither JSON nor base64-encoded JSON") from exc
 
 
 async def _events(request: web.Request) -> list[dict[str, Any]]:
     if request.content_type == "application/json":
         batch = _decode(await request.text())
     else:
-        form = await request.post() if request.method == "POST" else {}
-        request["verbose"] = form.get("verbose") == "1"
+        form = await request.post()
         data = form.get("data") or request.query.get("data")
         if not data:
-            raise BadBatch("no data: send events in a 'data' field or a JSON body")
+            raise InvalidBatchError("no data: send events in a 'data' field or a JSON body")
         batch = _decode(str(data))
     events = batch if isinstance(batch, list) else [batch]
     if not 0 < len(events) <= MAX_EVENTS_PER_REQUEST:
-        raise BadBatch(f"a request carries 1 to {MAX_EVENTS_PER_REQUEST} events, not {len(events)}")
+        raise InvalidBatchError(f"a request carries 1 to {MAX_EVENTS_PER_REQUEST} events, not {len(events)}")
     for index, event in enumerate(events):
         if not isinstance(event, dict) or not event.get("event"):
-            raise BadBatch(f"event {index} has no 'event' name")
+            raise InvalidBatchError(f"event {index} has no 'event' name")
         if not isinstance(event.get("properties", {}), dict):
-            raise BadBatch(f"event {index}: 'properties' must be an object")
+            raise InvalidBatchError(f"event {index}: 'properties' must be an object")
     return events
 
 
@@ -78,6 +77,9 @@ def _import_authorised(request: web.Request) -> bool:
 async def _ingest(request: web.Request, endpoint: str) -> web.Response:
     store = request.app[STORE_KEY]
     inbox = store.inbox("mixpanel")
+    # verbose=1 (query or form) asks for a JSON answer; the client libraries send it.
+    form = await request.post()
+    request["verbose"] = "1" in (request.query.get("verbose"), form.get("verbose"))
     await inbox.knobs.delay()
     if endpoint == "import" and not _import_authorised(request):
         inbox.rejected += 1
@@ -87,7 +89,7 @@ async def _ingest(request: web.Request, endpoint: str) -> web.Response:
         return _answer(request, "sandbox failure (knob)", status=inbox.knobs.error_status)
     try:
         events = await _events(request)
-    except BadBatch as exc:
+    except InvalidBatchError as exc:
         inbox.rejected += 1
         return _answer(request, str(exc), status=400)
     seen = request.app[SEEN_KEY]

@@ -32,7 +32,7 @@ class RecordingHandler:
             code = inbox.knobs.error_status
             kind = "temporary" if 400 <= code < 500 else "permanent"
             return f"{code} Sandbox {kind} failure (knob error_status={code})"
-        raw = envelope.content if isinstance(envelope.content, bytes) else envelope.content.encode()
+        raw = envelope.original_content or b""
         message: Any = email.message_from_bytes(raw, policy=email.policy.default)
         item = self.store.record(
             "email",

@@ -33,11 +33,11 @@ class Knobs:
     final_status: str = "delivered"  # SMS: delivered, undelivered or failed
 
     def update(self, changes: dict[str, Any]) -> None:
-        known = {field.name: field.type for field in fields(self)}
+        known = [field.name for field in fields(self)]
         for name, value in changes.items():
             if name not in known:
                 raise KnobError(f"unknown knob {name!r}; known knobs: {', '.join(known)}")
-            kind = known[name]  # the field's own type: float, int or str
+            kind = type(getattr(self, name))  # float, int or str, as the default is
             try:
                 converted = kind(value)
             except (TypeError, ValueError) as exc:

@@ -26,7 +26,7 @@ def subprocess_database_url() -> str:
     db = settings.DATABASES["default"]
     if db["ENGINE"] == "django.db.backends.sqlite3":
         return f"sqlite:///{db['NAME']}"
-    user = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    user = str(db["USER"]) + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
     return f"postgres://{user}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
 
@@ -56,6 +56,7 @@ class ManagedProcess:
             if ready():
                 return
             time.sleep(0.1)
+        self.stop()  # a fixture that fails here never reaches its own teardown
         raise RuntimeError(f"{self.name}: {what} not seen in {timeout}s:\n{self.log()[-5000:]}")
 
     def wait_for_log(self, text: str, timeout: float = 60.0) -> None:

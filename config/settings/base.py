@@ -1,5 +1,7 @@
 """Settings shared by every environment. Environment-specific modules import from here."""
 
+from typing import Any
+
 from config.env import BASE_DIR, database_config, env
 
 SECRET_KEY = env("DJANGO_SECRET_KEY")
@@ -131,7 +133,7 @@ BACKGROUND_CELERY_TIMEZONE = TIME_ZONE
 BACKGROUND_CELERY_WORKER_SEND_TASK_EVENTS = True
 BACKGROUND_CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 
-CHANNEL_LAYERS = {
+CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
     "default": {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "CONFIG": {"hosts": [REDIS_URL]},

@@ -5,7 +5,6 @@ A missing variable stops start-up with django-environ's ImproperlyConfigured
 """
 
 from config.env import database_config, env
-
 from config.settings.base import *  # noqa: F403
 
 DEBUG = False

@@ -7,6 +7,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from email.utils import make_msgid
+from typing import Any
 
 import pytest
 from django.core.mail import EmailMultiAlternatives, get_connection
@@ -28,14 +29,14 @@ class CallbackReceiver(http.server.ThreadingHTTPServer):
     """Stands for Carillon's webhook endpoint: records each POST it receives."""
 
     def __init__(self) -> None:
-        self.calls: list[dict[str, object]] = []
+        self.calls: list[dict[str, Any]] = []
         super().__init__(("127.0.0.1", 0), _RecordingHandler)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/api/webhooks/twilio/"
 
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, object]]:
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while len(self.calls) < count and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -61,7 +61,7 @@ def test_background_app_round_trip_through_redis(background_worker: object) -> N
 
 def test_channel_layer_carries_a_group_message_between_two_processes_worth_of_layers() -> None:
     # Two layer instances stand for two frontend processes sharing Redis pub/sub.
-    hosts = settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"]
+    hosts = [settings.REDIS_URL]
     sender, receiver = RedisPubSubChannelLayer(hosts=hosts), RedisPubSubChannelLayer(hosts=hosts)
     group = f"test-{uuid.uuid4().hex}"
 
