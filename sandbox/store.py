@@ -85,9 +85,14 @@ class Store:
     def __init__(self) -> None:
         self._sequence = itertools.count(1)
         self.inboxes: dict[str, Inbox] = {}
+        # Provider-side deduplication keys: email Message-IDs, Mixpanel insert keys.
+        self.seen_message_ids: set[str] = set()
+        self.seen_insert_ids: set[tuple[object, ...]] = set()
         self.reset()
 
     def reset(self) -> None:
+        self.seen_message_ids.clear()
+        self.seen_insert_ids.clear()
         self.inboxes = {
             name: Inbox(received=deque(maxlen=KEEP_RECEIVED), knobs=Knobs()) for name in PROVIDERS
         }

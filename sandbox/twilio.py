@@ -138,6 +138,34 @@ async def create_message(request: web.Request) -> web.Response:
     return web.json_response(_resource(message), status=201)
 
 
+async def list_messages(request: web.Request) -> web.Response:
+    """GET .../Messages.json: the account's messages, newest first, filtered by To/From."""
+    if not _authorised(request):
+        return twilio_error(401, 20003, "Authenticate")
+    account = request.match_info["account_sid"]
+    wanted = {key.lower(): value for key, value in request.query.items() if key in ("To", "From")}
+    page_size = min(int(request.query.get("PageSize", 50)), 1000)
+    matches = [
+        _resource(message)
+        for message in reversed(request.app[MESSAGES_KEY].values())
+        if message["account_sid"] == account and all(message.get(key) == value for key, value in wanted.items())
+    ][:page_size]
+    uri = MESSAGES_PATH.format(account_sid=account)
+    return web.json_response(
+        {
+            "messages": matches,
+            "page": 0,
+            "page_size": page_size,
+            "start": 0,
+            "end": max(len(matches) - 1, 0),
+            "uri": uri,
+            "first_page_uri": uri,
+            "next_page_uri": None,
+            "previous_page_uri": None,
+        }
+    )
+
+
 async def fetch_message(request: web.Request) -> web.Response:
     """GET .../Messages/{sid}.json: the current state of one message."""
     if not _authorised(request):
@@ -195,4 +223,5 @@ def add_routes(app: web.Application) -> None:
     app[MESSAGES_KEY] = {}
     app[TASKS_KEY] = set()
     app.router.add_post(MESSAGES_PATH, create_message)
+    app.router.add_get(MESSAGES_PATH, list_messages)
     app.router.add_get(MESSAGE_PATH, fetch_message)

@@ -1,6 +1,7 @@
 """Start Carillon's real processes (sandbox, Celery workers, daphne) for integration tests."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -40,8 +41,9 @@ class ManagedProcess:
         self._log = self.log_path.open("w")
         full_env = {**os.environ, "DATABASE_URL": subprocess_database_url(), "PYTHONUNBUFFERED": "1"}
         full_env.update(env or {})
+        # Its own session: `kill` can then take the process and all its children at once.
         self.process = subprocess.Popen(
-            argv, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT
+            argv, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     def log(self) -> str:
@@ -62,17 +64,46 @@ class ManagedProcess:
     def wait_for_log(self, text: str, timeout: float = 60.0) -> None:
         self.wait_until(lambda: text in self.log(), f"log line {text!r}", timeout)
 
+    def kill(self) -> None:
+        """SIGKILL the process and every child it started, as a crash or OOM kill would."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
     def stop(self, timeout: float = 20.0) -> None:
         if self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                self.kill()
         self._log.close()
 
 
 def python(*args: str) -> list[str]:
     """argv running the current interpreter (the project's virtualenv)."""
     return [sys.executable, *args]
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 30.0) -> object:
+    """Poll until `condition()` is truthy and return it; fail naming `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(0.1)
+
+
+def rabbitmqctl(*args: str) -> str:
+    """Run rabbitmqctl against the suite's own RabbitMQ node (platform/test names it)."""
+    node = os.environ["CARILLON_TEST_RABBITMQ_NODE"]
+    script = f'source platform/lib.sh && rabbitmq rabbitmqctl -n "{node}" "$@"'
+    result = subprocess.run(
+        ["bash", "-c", script, "rabbitmqctl", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr}")
+    return result.stdout

@@ -148,6 +148,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "config.api.api_exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 20,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Carillon API",
@@ -180,3 +183,20 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("DJANGO_LOG_LEVEL", default="INFO")},
 }
+
+# --- Notifications -----------------------------------------------------------------
+# Redeliveries of one message before RabbitMQ dead-letters it (quorum x-delivery-limit):
+# a message that kills its worker each time ends in the dead-letter queue, not a loop.
+CARILLON_DELIVERY_LIMIT = env.int("CARILLON_DELIVERY_LIMIT", default=5)
+# Retries of a transient provider error: exponential backoff from this base, with jitter.
+CARILLON_DELIVERY_MAX_RETRIES = env.int("CARILLON_DELIVERY_MAX_RETRIES", default=6)
+CARILLON_RETRY_BACKOFF_SECONDS = env.int("CARILLON_RETRY_BACKOFF_SECONDS", default=2)
+CARILLON_RETRY_BACKOFF_MAX_SECONDS = env.int("CARILLON_RETRY_BACKOFF_MAX_SECONDS", default=600)
+# The largest event the API takes (request body); larger ones get 413.
+CARILLON_MAX_EVENT_BYTES = env.int("CARILLON_MAX_EVENT_BYTES", default=64 * 1024)
+# How long a publisher (fast path or relay) holds an outbox row before another may retry it.
+CARILLON_OUTBOX_LEASE_SECONDS = env.int("CARILLON_OUTBOX_LEASE_SECONDS", default=30)
+# Analytics deliveries go to Mixpanel in batches of up to this many events per request.
+CARILLON_ANALYTICS_BATCH_SIZE = env.int("CARILLON_ANALYTICS_BATCH_SIZE", default=50)
+# Modules that declare more event types and subscribers (imported at start-up).
+CARILLON_SUBSCRIBER_MODULES = env.list("CARILLON_SUBSCRIBER_MODULES", default=[])

@@ -2,10 +2,11 @@
 and Carillon's own processes started here."""
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import requests
+from django.test import override_settings
 
 from sandbox.client import SandboxClient
 from tests.processes import ManagedProcess, free_port, python
@@ -49,16 +50,22 @@ def sandbox(sandbox_process: SandboxClient) -> SandboxClient:
     return sandbox_process
 
 
-def _celery_worker(app: str, name: str, queues: str) -> ManagedProcess:
+def _celery_worker(
+    app: str, name: str, queues: str, env: dict[str, str] | None = None, concurrency: int = 1
+) -> ManagedProcess:
     process = ManagedProcess(
         name,
         python(
             "-m", "celery", "-A", app, "worker", "--loglevel", "INFO", "--hostname", f"{name}@%h",
-            "--queues", queues, "--concurrency", "1", "--without-mingle", "--without-gossip",
+            "--queues", queues, "--concurrency", str(concurrency), "--without-mingle", "--without-gossip",
         ),
+        env=env,
     )
     process.wait_for_log(" ready.", timeout=90)
     return process
+
+
+CHANNEL_QUEUES = "carillon.email,carillon.sms,carillon.analytics,carillon.inapp"
 
 
 @pytest.fixture(scope="session")
@@ -81,10 +88,55 @@ def background_worker(django_db_setup: None) -> Iterator[ManagedProcess]:
 def daphne_url(django_db_setup: None) -> Iterator[str]:
     """A real daphne serving config.asgi, on a free port."""
     port = free_port()
-    process = ManagedProcess(
-        "daphne", python("-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application")
-    )
     url = f"http://127.0.0.1:{port}"
+    process = ManagedProcess(
+        "daphne",
+        python("-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"),
+        # Webhook signatures are checked against the public URL: here, daphne's own.
+        env={"CARILLON_PUBLIC_URL": url},
+    )
     process.wait_until(lambda: _answers(f"{url}/healthz"), "daphne /healthz")
     yield url
     process.stop()
+
+
+@pytest.fixture
+def pipeline_env(sandbox: SandboxClient, daphne_url: str) -> dict[str, str]:
+    """Environment of Carillon processes wired to the sandbox and the test daphne."""
+    return {
+        "CARILLON_PUBLIC_URL": daphne_url,
+        "EMAIL_URL": f"smtp://127.0.0.1:{sandbox.smtp_port}",
+        "TWILIO_API_BASE_URL": sandbox.url,
+        "MIXPANEL_API_BASE_URL": sandbox.url,
+        "CARILLON_RETRY_BACKOFF_SECONDS": "1",
+    }
+
+
+@pytest.fixture
+def start_pipeline_worker(pipeline_env: dict[str, str]) -> Iterator[Callable[..., ManagedProcess]]:
+    """Start critical workers on every channel queue; each is stopped after the test."""
+    started: list[ManagedProcess] = []
+
+    def start(name: str = "pipeline-worker", **env: str) -> ManagedProcess:
+        process = _celery_worker(
+            "config.celery", f"{name}-{len(started)}", CHANNEL_QUEUES, env={**pipeline_env, **env}, concurrency=2
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def pipeline_settings(sandbox: SandboxClient, daphne_url: str) -> Iterator[None]:
+    """The same wiring for the test process itself (it publishes and runs the relay)."""
+    with override_settings(
+        CARILLON_PUBLIC_URL=daphne_url,
+        EMAIL_HOST="127.0.0.1",
+        EMAIL_PORT=sandbox.smtp_port,
+        TWILIO_API_BASE_URL=sandbox.url,
+        MIXPANEL_API_BASE_URL=sandbox.url,
+    ):
+        yield
