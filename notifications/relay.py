@@ -4,6 +4,7 @@ persistent messages, so a row is marked published only once RabbitMQ has it."""
 
 import logging
 import threading
+import time
 import uuid
 from datetime import timedelta
 
@@ -19,6 +20,9 @@ from notifications.queues import EVENTS_EXCHANGE, topology_declare
 logger = logging.getLogger(__name__)
 
 RELAY_BACKOFF_MAX_SECONDS = 30.0
+CONNECT_TIMEOUT_SECONDS = 2.0
+FAST_PATH_PAUSE_SECONDS = 5.0
+_fast_path_paused_until = 0.0
 
 # Declared once per process before the first publish: a task published before any
 # worker declared its queue would be unroutable, and RabbitMQ would drop it.
@@ -79,6 +83,9 @@ def outbox_publish_claimed(messages: list[OutboxMessage]) -> int:
     global _topology_declared
     try:
         with critical_app.producer_or_acquire() as producer:
+            # Fail at once when the broker is away, instead of Celery's connection retries:
+            # the fast path runs inside a caller's request, and the relay has its own backoff.
+            producer.connection.ensure_connection(max_retries=1, interval_start=0, timeout=CONNECT_TIMEOUT_SECONDS)
             if not _topology_declared:
                 topology_declare(producer.connection)
                 _topology_declared = True
@@ -100,8 +107,19 @@ def outbox_publish_claimed(messages: list[OutboxMessage]) -> int:
 
 
 def outbox_publish(*, ids: list[int]) -> int:
-    """The fast path, run after commit: publish these rows now if the broker takes them."""
-    return outbox_publish_claimed(outbox_claim(ids=ids, limit=len(ids)))
+    """The fast path, run after commit: publish these rows now if the broker takes them.
+
+    After a failure the fast path pauses for a few seconds and leaves rows to the relay,
+    so that requests during a broker outage do not each wait for a connection timeout.
+    """
+    global _fast_path_paused_until
+    if time.monotonic() < _fast_path_paused_until:
+        return 0
+    claimed = outbox_claim(ids=ids, limit=len(ids))
+    published = outbox_publish_claimed(claimed)
+    if published < len(claimed):
+        _fast_path_paused_until = time.monotonic() + FAST_PATH_PAUSE_SECONDS
+    return published
 
 
 def outbox_relay_once(*, limit: int = 100) -> tuple[int, int]:

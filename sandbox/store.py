@@ -69,9 +69,11 @@ class Inbox:
     accepted: int = 0
     rejected: int = 0
     duplicates: int = 0
+    in_flight: int = 0  # requests received and not yet answered (tests time a crash by it)
 
     def summary(self) -> dict[str, Any]:
         return {
+            "in_flight": self.in_flight,
             "accepted": self.accepted,
             "rejected": self.rejected,
             "duplicates": self.duplicates,

@@ -102,12 +102,24 @@ async def create_message(request: web.Request) -> web.Response:
     if not _authorised(request):
         inbox.rejected += 1
         return twilio_error(401, 20003, "Authenticate")
+    # The whole request is read before any latency: a client that dies while waiting for
+    # the answer has still handed Twilio its message, which is the case tests provoke.
+    form = await request.post()
+    inbox.in_flight += 1
+    try:
+        return await _create_message(request, form)
+    finally:
+        inbox.in_flight -= 1
+
+
+async def _create_message(request: web.Request, form: Any) -> web.Response:
+    store = request.app[STORE_KEY]
+    inbox = store.inbox("sms")
     await inbox.knobs.delay()
     if inbox.knobs.should_fail():
         inbox.rejected += 1
         status = inbox.knobs.error_status
         return twilio_error(status, 20500 if status >= 500 else 21610, "Sandbox failure (knob)")
-    form = await request.post()
     to, sender, body = form.get("To"), form.get("From"), form.get("Body")
     service = form.get("MessagingServiceSid")
     problem = _invalid_parameter(to, sender or service, body)

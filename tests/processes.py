@@ -8,8 +8,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from django.conf import settings
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = ROOT / ".run" / "test-logs"
@@ -85,7 +88,7 @@ def python(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 30.0) -> object:
+def wait_for(condition: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
     """Poll until `condition()` is truthy and return it; fail naming `what` otherwise."""
     deadline = time.monotonic() + timeout
     while True:

@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -17,7 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 RESET_URL = "https://carillon.example.com/reset/abc"
 
 
-def make_user(username: str = "ada", phone: str = "+15551230001") -> object:
+def make_user(username: str = "ada", phone: str = "+15551230001") -> Any:
     user = get_user_model().objects.create_user(username, f"{username}@example.com", "pw")
     Recipient.objects.create(user=user, phone_number=phone)
     return user
