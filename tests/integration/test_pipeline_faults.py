@@ -72,8 +72,10 @@ def test_rabbitmq_stopped_while_events_are_published_loses_nothing(
     finally:
         rabbitmqctl("start_app")
 
-    for event in events:
-        wait_for(lambda event=event: set(statuses(event).values()) == {"sent"}, f"event {event.id} delivered", 90)
+    def all_sent() -> bool:
+        return all(set(statuses(event).values()) == {"sent"} for event in events)
+
+    wait_for(all_sent, "every event delivered after the restart", 90)
     assert not OutboxMessage.objects.filter(published_at__isnull=True).exists()
     assert sorted(mail["rcpt_to"][0] for mail in sandbox.received("email")) == [
         "user0@example.com", "user1@example.com", "user2@example.com",
