@@ -7,7 +7,7 @@ from functools import partial
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from notifications.events import Envelope, event_data_validate, event_type_get
@@ -175,11 +175,13 @@ def delivery_send(*, event_id: str, subscriber_name: str) -> list[Delivery]:
             )
             raise
         # A status callback may already have moved it past "sent": only "sending" moves.
-        Delivery.objects.filter(pk=delivery.pk, status=Delivery.Status.SENDING).update(
-            status=Delivery.Status.SENT, sent_at=timezone.now()
-        )
+        sending = Q(status=Delivery.Status.SENDING)
         Delivery.objects.filter(pk=delivery.pk).update(
-            provider_message_id=result.provider_message_id, provider_response=result.response, last_error=""
+            status=Case(When(sending, then=Value(Delivery.Status.SENT)), default=F("status")),
+            sent_at=Case(When(sending, then=Value(timezone.now())), default=F("sent_at")),
+            provider_message_id=result.provider_message_id,
+            provider_response=result.response,
+            last_error="",
         )
         logger.info("delivery %s of event %s: %s sent", delivery.pk, event.id, subscriber.channel)
     return deliveries
@@ -187,9 +189,9 @@ def delivery_send(*, event_id: str, subscriber_name: str) -> list[Delivery]:
 
 def _delivery_begin_attempt(delivery: Delivery) -> datetime | None:
     """Mark an attempt under way; return when the previous one began if it may have
-    reached the provider (it died, or timed out, while "sending")."""
-    current = Delivery.objects.values("status", "attempt_started_at").get(pk=delivery.pk)
-    in_doubt_since = current["attempt_started_at"] if current["status"] == Delivery.Status.SENDING else None
+    reached the provider (it died, or timed out, while "sending"). `delivery` is fresh
+    from the database."""
+    in_doubt_since = delivery.attempt_started_at if delivery.status == Delivery.Status.SENDING else None
     Delivery.objects.filter(pk=delivery.pk).update(
         status=Delivery.Status.SENDING, attempts=F("attempts") + 1, attempt_started_at=timezone.now()
     )

@@ -10,7 +10,7 @@ from mixpanel import MixpanelException
 from notifications.exceptions import ProviderTransientError
 from notifications.models import Delivery, Event
 from notifications.providers.base import SendResult
-from notifications.providers.mixpanel import mixpanel_client
+from notifications.providers.mixpanel import shared_mixpanel_client
 
 INSERT_ID_NAMESPACE = uuid.UUID("6f9a3c1e-2b1d-4c55-9a57-3c0f0b6a8d21")
 
@@ -31,7 +31,7 @@ def analytics_send(
         "event_version": event.version,
     }
     try:
-        mixpanel_client().track(str(user.pk), event.type, properties)
+        shared_mixpanel_client().track(str(user.pk), event.type, properties)
     except MixpanelException as exc:
         # The mixpanel library retries connection errors itself and does not tell 4xx
         # from 5xx; a request it gave up on may be retried safely thanks to $insert_id.

@@ -77,6 +77,7 @@ class Command(BaseCommand):
             "TWILIO_API_BASE_URL": f"http://127.0.0.1:{http_port}",
             "MIXPANEL_API_BASE_URL": f"http://127.0.0.1:{http_port}",
             "DJANGO_LOG_LEVEL": "WARNING",
+            "DJANGO_DEBUG": "false",  # DEBUG keeps every SQL query in memory
         }
         processes: list[ManagedProcess] = []
         try:
