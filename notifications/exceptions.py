@@ -45,3 +45,7 @@ class ProviderPermanentError(ProviderError):
 
 class DeadLettered(NotificationError):  # noqa: N818 - names what happened to the message
     """A message RabbitMQ dead-lettered (rejected, over its delivery limit, or expired)."""
+
+
+class FailedJobStateError(NotificationError):
+    """A failed job cannot take that action (already replayed or discarded, or no reason)."""

@@ -141,9 +141,31 @@ class FailedJob(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        permissions = [("replay_failedjob", "Can replay or discard failed jobs")]
 
     def __str__(self) -> str:
         return f"{self.task_name} {self.error_class} ({self.state})"
+
+
+class FailedJobAction(models.Model):
+    """Who replayed or discarded a failed job, when, why, and what came of it."""
+
+    class Kind(models.TextChoices):
+        REPLAY = "replay"
+        DISCARD = "discard"
+
+    failed_job = models.ForeignKey(FailedJob, on_delete=models.CASCADE, related_name="actions")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    reason = models.TextField(blank=True)
+    outcome = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of failed job {self.failed_job_id}"
 
 
 class Notification(models.Model):

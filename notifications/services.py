@@ -11,11 +11,16 @@ from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from notifications.events import Envelope, event_data_validate, event_type_get
-from notifications.exceptions import ProviderPermanentError, ProviderTransientError
+from notifications.exceptions import (
+    FailedJobStateError,
+    ProviderPermanentError,
+    ProviderTransientError,
+)
 from notifications.models import (
     Delivery,
     Event,
     FailedJob,
+    FailedJobAction,
     Notification,
     OutboxMessage,
     Preference,
@@ -278,6 +283,58 @@ def _is_uuid(value: object) -> bool:
     except ValueError:
         return False
     return True
+
+
+# --- Failed jobs ---------------------------------------------------------------------------
+
+
+def failed_job_replay(*, failed_job_id: int, user_id: int | None) -> FailedJob:
+    """Send a failed job again through the normal path: an outbox row, published after
+    commit. Its deliveries that failed are re-opened; those that in fact succeeded stay
+    done, so a job that had gone through sends nothing new."""
+    with transaction.atomic():
+        failed_job = FailedJob.objects.select_for_update().get(pk=failed_job_id)
+        if failed_job.state != FailedJob.State.FAILED:
+            raise FailedJobStateError(f"failed job {failed_job_id} is already {failed_job.state}")
+        if failed_job.event is None or len(failed_job.args) != 2:
+            raise FailedJobStateError(f"failed job {failed_job_id} names no event to deliver: {failed_job.args!r}")
+        event_id, subscriber_name = failed_job.args
+        reopened = Delivery.objects.filter(
+            event_id=event_id, subscriber=subscriber_name, status=Delivery.Status.FAILED
+        ).update(status=Delivery.Status.PENDING, last_error="")
+        row = OutboxMessage.objects.create(
+            event_id=event_id,
+            kind=OutboxMessage.Kind.TASK,
+            payload={"task": failed_job.task_name, "args": failed_job.args, "queue": failed_job.queue},
+        )
+        failed_job.state = FailedJob.State.REPLAYED
+        failed_job.save(update_fields=["state"])
+        FailedJobAction.objects.create(
+            failed_job=failed_job, kind=FailedJobAction.Kind.REPLAY, user_id=user_id,
+            outcome=f"re-enqueued (outbox row {row.pk}); {reopened} failed deliveries re-opened",
+        )
+    from notifications.relay import outbox_publish
+
+    transaction.on_commit(partial(outbox_publish, ids=[row.pk]), robust=True)
+    logger.info("failed job %s replayed by user %s", failed_job_id, user_id)
+    return failed_job
+
+
+def failed_job_discard(*, failed_job_id: int, user_id: int | None, reason: str) -> FailedJob:
+    """Close a failed job without sending it, keeping why."""
+    if not reason.strip():
+        raise FailedJobStateError("say why the job is discarded")
+    with transaction.atomic():
+        failed_job = FailedJob.objects.select_for_update().get(pk=failed_job_id)
+        if failed_job.state != FailedJob.State.FAILED:
+            raise FailedJobStateError(f"failed job {failed_job_id} is already {failed_job.state}")
+        failed_job.state = FailedJob.State.DISCARDED
+        failed_job.save(update_fields=["state"])
+        FailedJobAction.objects.create(
+            failed_job=failed_job, kind=FailedJobAction.Kind.DISCARD, user_id=user_id, reason=reason,
+            outcome="discarded",
+        )
+    return failed_job
 
 
 # --- User choices -------------------------------------------------------------------------

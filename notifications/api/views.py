@@ -23,10 +23,16 @@ from notifications.api.serializers import (
     PreferenceSerializer,
 )
 from notifications.events import event_types
-from notifications.exceptions import InvalidEvent
-from notifications.models import Event, Notification
+from notifications.exceptions import FailedJobStateError, InvalidEvent
+from notifications.models import Event, FailedJob, Notification
 from notifications.selectors import notification_list, notification_unread_count, preference_list
-from notifications.services import event_publish, notification_mark_read, preference_set
+from notifications.services import (
+    event_publish,
+    failed_job_discard,
+    failed_job_replay,
+    notification_mark_read,
+    preference_set,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -166,3 +172,32 @@ class PreferenceView(APIView):
                 user_id=request.user.pk, category=row["category"], channel=row["channel"], enabled=row["enabled"]
             )
         return Response(preference_list(user_id=request.user.pk))
+
+
+class CanReplayFailedJobs(permissions.BasePermission):
+    message = "replaying or discarding failed jobs needs the notifications.replay_failedjob permission"
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return bool(request.user and request.user.has_perm("notifications.replay_failedjob"))
+
+
+class FailedJobActionView(APIView):
+    """Replay or discard one failed job, for automation (the admin does the same)."""
+
+    permission_classes = [permissions.IsAuthenticated, CanReplayFailedJobs]
+
+    @extend_schema(request=None, responses={200: dict})
+    def post(self, request: Request, failed_job_id: int, action: str) -> Response:
+        get_object_or_404(FailedJob, pk=failed_job_id)
+        if action == "discard" and not str(request.data.get("reason", "")).strip():
+            return api_error("reason_required", "say why the job is discarded: send {\"reason\": ...}")
+        try:
+            if action == "replay":
+                job = failed_job_replay(failed_job_id=failed_job_id, user_id=request.user.pk)
+            else:
+                job = failed_job_discard(
+                    failed_job_id=failed_job_id, user_id=request.user.pk, reason=str(request.data.get("reason", ""))
+                )
+        except FailedJobStateError as exc:
+            return api_error("invalid_state", str(exc), status_code=409)
+        return Response({"id": job.pk, "state": job.state})

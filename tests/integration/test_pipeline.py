@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from notifications.models import Delivery, Event, FailedJob, Notification, OutboxMessage, Recipient
-from notifications.services import event_publish
+from notifications.services import event_publish, failed_job_replay
 from sandbox.client import SandboxClient
 from tests.processes import ManagedProcess, wait_for
 
@@ -117,3 +117,36 @@ def test_provider_4xx_fails_at_once_into_a_failed_job_and_dead_letter(
     # The other subscriber of the same event is not affected.
     wait_for(lambda: statuses(event).get("transactional_email") == "sent", "email sent")
     assert sandbox.received("sms") == []
+
+
+def test_replayed_failed_job_delivers_once(worker: ManagedProcess, sandbox: SandboxClient) -> None:
+    user = make_user()
+    sandbox.set_knobs("sms", fail_next=1, error_status=400)
+    event = event_publish(type="password.reset_requested", data={"user_id": user.pk, "reset_url": RESET_URL})
+    failed = wait_for(lambda: FailedJob.objects.filter(event=event).first(), "a failed job")
+
+    failed_job_replay(failed_job_id=failed.pk, user_id=None)
+
+    wait_for(lambda: statuses(event).get("security_sms") in ("sent", "delivered"), "sms sent by the replay")
+    assert len(sandbox.received("sms")) == 1
+    time.sleep(1)
+    assert len(sandbox.received("sms")) == 1
+
+
+def test_replay_of_a_job_that_had_succeeded_sends_nothing_new(worker: ManagedProcess, sandbox: SandboxClient) -> None:
+    user = make_user()
+    event = event_publish(type="account.created", data={"user_id": user.pk})
+    wait_for(lambda: statuses(event).get("transactional_email") == "sent", "email sent")
+    # A job recorded as failed although it went through (e.g. a worker lost after the send).
+    failed = FailedJob.objects.create(
+        task_name="notifications.email.deliver", task_id="lost", queue="carillon.email",
+        args=[str(event.pk), "transactional_email"], event=event, error_class="WorkerLostError",
+        error_message="worker lost",
+    )
+
+    failed_job_replay(failed_job_id=failed.pk, user_id=None)
+
+    task_done = f"notifications.email.deliver[{event.pk}.transactional_email] succeeded"
+    wait_for(lambda: worker.log().count(task_done) == 2, "the replayed task ran")
+    assert len(sandbox.received("email")) == 1
+    assert Delivery.objects.get(event=event, subscriber="transactional_email").attempts == 1
