@@ -49,3 +49,11 @@ class DeadLettered(NotificationError):  # noqa: N818 - names what happened to th
 
 class FailedJobStateError(NotificationError):
     """A failed job cannot take that action (already replayed or discarded, or no reason)."""
+
+
+class BatchPending(NotificationError):  # noqa: N818 - a state, not a failure
+    """Deliveries wait for their batch; run the task again in `retry_after` seconds."""
+
+    def __init__(self, *, retry_after: int) -> None:
+        super().__init__(f"waiting for a batch; again in {retry_after}s")
+        self.retry_after = retry_after

@@ -2,16 +2,19 @@
 
 import logging
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
+from notifications.channels import Channel
 from notifications.events import Envelope, event_data_validate, event_type_get
 from notifications.exceptions import (
+    BatchPending,
     FailedJobStateError,
     ProviderPermanentError,
     ProviderTransientError,
@@ -26,6 +29,7 @@ from notifications.models import (
     Preference,
     ProviderCallback,
 )
+from notifications.providers.analytics import analytics_send_batch
 from notifications.providers.senders import SENDERS
 from notifications.queues import channel_queue_name, delivery_task_name
 from notifications.selectors import preference_enabled
@@ -132,18 +136,20 @@ STATUS_RANK = {
 }
 
 
-def delivery_send(*, event_id: str, subscriber_name: str) -> list[Delivery]:
+def delivery_send(*, event_id: str, subscriber_name: str, waited: bool = False) -> list[Delivery]:
     """Do one subscriber's work for one event: one Delivery per recipient, each sent once.
 
     Safe to run again for the same event and subscriber (a redelivered or retried
     message): finished deliveries are left alone, and one whose earlier attempt died
     mid-send is checked with the provider, or resent with the same idempotency key.
-    Raises ProviderTransientError (retry) or ProviderPermanentError (give up).
+    Raises ProviderTransientError (retry), ProviderPermanentError (give up), or, for
+    analytics, BatchPending (run again later: the deliveries wait for their batch).
+    `waited` says this run was already put off once for a batch.
     """
     event = Event.objects.get(pk=event_id)
     subscriber = subscriber_get(subscriber_name)
     event_type = event_type_get(name=event.type, version=event.version)
-    deliveries = []
+    deliveries, to_send = [], []
     for user in subscriber.recipients(event):
         delivery, _ = Delivery.objects.get_or_create(
             event=event,
@@ -161,35 +167,105 @@ def delivery_send(*, event_id: str, subscriber_name: str) -> list[Delivery]:
                 status=Delivery.Status.SKIPPED, last_error=f"{subscriber.channel} is off for {event_type.category}"
             )
             continue
-        in_doubt_since = _delivery_begin_attempt(delivery)
-        try:
-            result = SENDERS[subscriber.channel](
-                delivery=delivery, event=event, user=user, in_doubt_since=in_doubt_since
-            )
-        except ProviderTransientError as exc:
-            # Certainly not taken: back to pending. Perhaps taken: stay "sending", so the
-            # next attempt checks with the provider first.
-            status = Delivery.Status.SENDING if exc.in_doubt else Delivery.Status.PENDING
-            Delivery.objects.filter(pk=delivery.pk).update(
-                status=status, last_error=str(exc), provider_response=exc.response
-            )
-            raise
-        except ProviderPermanentError as exc:
-            Delivery.objects.filter(pk=delivery.pk).update(
-                status=Delivery.Status.FAILED, last_error=str(exc), provider_response=exc.response
-            )
-            raise
-        # A status callback may already have moved it past "sent": only "sending" moves.
-        sending = Q(status=Delivery.Status.SENDING)
-        Delivery.objects.filter(pk=delivery.pk).update(
-            status=Case(When(sending, then=Value(Delivery.Status.SENT)), default=F("status")),
-            sent_at=Case(When(sending, then=Value(timezone.now())), default=F("sent_at")),
-            provider_message_id=result.provider_message_id,
-            provider_response=result.response,
-            last_error="",
-        )
-        logger.info("delivery %s of event %s: %s sent", delivery.pk, event.id, subscriber.channel)
+        to_send.append((delivery, user))
+    if subscriber.channel == Channel.ANALYTICS:
+        _analytics_deliver([delivery for delivery, _ in to_send], waited=waited)
+    else:
+        for delivery, user in to_send:
+            _delivery_attempt(delivery=delivery, event=event, user=user, channel=subscriber.channel)
     return deliveries
+
+
+def _delivery_attempt(*, delivery: Delivery, event: Event, user: Any, channel: str) -> None:
+    in_doubt_since = _delivery_begin_attempt(delivery)
+    try:
+        result = SENDERS[channel](delivery=delivery, event=event, user=user, in_doubt_since=in_doubt_since)
+    except ProviderTransientError as exc:
+        # Certainly not taken: back to pending. Perhaps taken: stay "sending", so the
+        # next attempt checks with the provider first.
+        status = Delivery.Status.SENDING if exc.in_doubt else Delivery.Status.PENDING
+        Delivery.objects.filter(pk=delivery.pk).update(
+            status=status, last_error=str(exc), provider_response=exc.response
+        )
+        raise
+    except ProviderPermanentError as exc:
+        Delivery.objects.filter(pk=delivery.pk).update(
+            status=Delivery.Status.FAILED, last_error=str(exc), provider_response=exc.response
+        )
+        raise
+    _delivery_mark_sent(Q(pk=delivery.pk), provider_message_id=result.provider_message_id, response=result.response)
+    logger.info("delivery %s of event %s: %s sent", delivery.pk, event.id, channel)
+
+
+def _delivery_mark_sent(which: Q, *, provider_message_id: str | None, response: dict[str, Any]) -> int:
+    """Record a send. A status callback may already have moved a delivery past "sent":
+    only "sending" becomes "sent". `provider_message_id=None` keeps each row's own."""
+    sending = Q(status=Delivery.Status.SENDING)
+    fields: dict[str, Any] = {
+        "status": Case(When(sending, then=Value(Delivery.Status.SENT)), default=F("status")),
+        "sent_at": Case(When(sending, then=Value(timezone.now())), default=F("sent_at")),
+        "provider_response": response,
+        "last_error": "",
+        "claim_token": None,
+        "claimed_until": None,
+    }
+    if provider_message_id is not None:
+        fields["provider_message_id"] = provider_message_id
+    return Delivery.objects.filter(which).update(**fields)
+
+
+def _analytics_deliver(own: list[Delivery], *, waited: bool) -> None:
+    """Analytics go to Mixpanel in batches. A first run leaves its deliveries pending for
+    a short window (unless a full batch is waiting), so that one flush sends many; a
+    flush claims the oldest pending analytics deliveries of any event. Whoever flushes,
+    a task ends only when its own deliveries are sent: if another flush holds them, it
+    runs again after that flush's lease."""
+    if not own:
+        return
+    window = settings.CARILLON_ANALYTICS_BATCH_WINDOW_SECONDS
+    batch_size = settings.CARILLON_ANALYTICS_BATCH_SIZE
+    pending = Delivery.objects.filter(channel=Channel.ANALYTICS, status=Delivery.Status.PENDING)
+    if not waited and window > 0 and pending.count() < batch_size:
+        raise BatchPending(retry_after=window)
+    analytics_flush(limit=batch_size)
+    unfinished = Delivery.objects.filter(pk__in=[d.pk for d in own]).exclude(status__in=FINAL_STATUSES)
+    if unfinished.exists():
+        raise BatchPending(retry_after=settings.CARILLON_OUTBOX_LEASE_SECONDS)
+
+
+def analytics_flush(*, limit: int) -> int:
+    """Send up to `limit` pending analytics deliveries in one request; return how many.
+
+    Rows are leased with a claim token (as outbox rows are), so concurrent flushes never
+    send the same row, and a flush that dies leaves its rows to the next one after the
+    lease; a resend carries the same $insert_id, which Mixpanel deduplicates.
+    """
+    now = timezone.now()
+    claimable = Q(channel=Channel.ANALYTICS) & (
+        Q(status=Delivery.Status.PENDING) | Q(status=Delivery.Status.SENDING, claimed_until__lt=now)
+    )
+    chosen = list(Delivery.objects.filter(claimable).order_by("pk").values_list("pk", flat=True)[:limit])
+    if not chosen:
+        return 0
+    token = uuid.uuid4()
+    Delivery.objects.filter(claimable, pk__in=chosen).update(
+        status=Delivery.Status.SENDING,
+        claim_token=token,
+        claimed_until=now + timedelta(seconds=settings.CARILLON_OUTBOX_LEASE_SECONDS),
+        attempts=F("attempts") + 1,
+        attempt_started_at=now,
+    )
+    batch = list(Delivery.objects.filter(claim_token=token).select_related("event"))
+    try:
+        analytics_send_batch(batch)
+    except ProviderTransientError as exc:
+        Delivery.objects.filter(claim_token=token).update(
+            status=Delivery.Status.PENDING, claim_token=None, claimed_until=None, last_error=str(exc)
+        )
+        raise
+    _delivery_mark_sent(Q(claim_token=token), provider_message_id=None, response={"batch": len(batch)})
+    logger.info("analytics: %d deliveries sent in one request", len(batch))
+    return len(batch)
 
 
 def _delivery_begin_attempt(delivery: Delivery) -> datetime | None:

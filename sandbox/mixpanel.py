@@ -92,6 +92,7 @@ async def _ingest(request: web.Request, endpoint: str) -> web.Response:
         inbox.rejected += 1
         return _answer(request, str(exc), status=400)
     seen = store.seen_insert_ids
+    inbox.requests += 1
     for event in events:
         properties = event.get("properties", {})
         if endpoint == "track" and not properties.get("token"):

@@ -70,10 +70,12 @@ class Inbox:
     rejected: int = 0
     duplicates: int = 0
     in_flight: int = 0  # requests received and not yet answered (tests time a crash by it)
+    requests: int = 0  # requests that were accepted (several items may come in one)
 
     def summary(self) -> dict[str, Any]:
         return {
             "in_flight": self.in_flight,
+            "requests": self.requests,
             "accepted": self.accepted,
             "rejected": self.rejected,
             "duplicates": self.duplicates,

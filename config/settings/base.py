@@ -200,3 +200,7 @@ CARILLON_OUTBOX_LEASE_SECONDS = env.int("CARILLON_OUTBOX_LEASE_SECONDS", default
 CARILLON_ANALYTICS_BATCH_SIZE = env.int("CARILLON_ANALYTICS_BATCH_SIZE", default=50)
 # Modules that declare more event types and subscribers (imported at start-up).
 CARILLON_SUBSCRIBER_MODULES = env.list("CARILLON_SUBSCRIBER_MODULES", default=[])
+# How long a new analytics delivery waits for others to share its request (0: no wait;
+# a full batch never waits). Analytics are not user-facing: a second buys many events
+# per request under load.
+CARILLON_ANALYTICS_BATCH_WINDOW_SECONDS = env.int("CARILLON_ANALYTICS_BATCH_WINDOW_SECONDS", default=1)

@@ -1,16 +1,17 @@
-"""Analytics to Mixpanel with a deterministic $insert_id per delivery, so a retried or
-replayed send is deduplicated by Mixpanel instead of counted twice."""
+"""Analytics to Mixpanel, many events per request, each with a deterministic $insert_id
+so a resent batch is deduplicated by Mixpanel instead of counted twice."""
 
+import functools
+import json
 import uuid
-from datetime import datetime
+from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
-from mixpanel import MixpanelException
+from django.conf import settings
+from mixpanel import Consumer, MixpanelException
 
 from notifications.exceptions import ProviderTransientError
-from notifications.models import Delivery, Event
-from notifications.providers.base import SendResult
-from notifications.providers.mixpanel import shared_mixpanel_client
+from notifications.models import Delivery
+from notifications.providers.mixpanel import mixpanel_consumer
 
 INSERT_ID_NAMESPACE = uuid.UUID("6f9a3c1e-2b1d-4c55-9a57-3c0f0b6a8d21")
 
@@ -20,22 +21,39 @@ def insert_id(delivery: Delivery) -> str:
     return str(uuid.uuid5(INSERT_ID_NAMESPACE, f"{delivery.event_id}/{delivery.subscriber}/{delivery.recipient}"))
 
 
-def analytics_send(
-    *, delivery: Delivery, event: Event, user: AbstractBaseUser, in_doubt_since: datetime | None
-) -> SendResult:
-    properties = {
-        **event.data,
-        "$insert_id": insert_id(delivery),
-        "time": int(event.occurred_at.timestamp()),
-        "event_id": str(event.id),
-        "event_version": event.version,
+def _mixpanel_event(delivery: Delivery) -> dict[str, Any]:
+    event = delivery.event
+    return {
+        "event": event.type,
+        "properties": {
+            **event.data,
+            "token": settings.MIXPANEL_TOKEN,
+            "distinct_id": delivery.recipient.removeprefix("user:"),
+            "time": int(event.occurred_at.timestamp()),
+            "$insert_id": insert_id(delivery),
+            "event_id": str(event.id),
+            "event_version": event.version,
+            "mp_lib": "python",
+        },
     }
+
+
+@functools.cache
+def _shared_consumer(token: str, base_url: str) -> Consumer:
+    return mixpanel_consumer()  # type: ignore[return-value]
+
+
+def analytics_send_batch(deliveries: list[Delivery]) -> None:
+    """Send the deliveries' events to Mixpanel's /track in one request.
+
+    One consumer per process (and settings) keeps its HTTP connection between batches.
+    The mixpanel library retries connection errors itself and does not tell 4xx from
+    5xx; a batch it gave up on is safe to resend thanks to $insert_id.
+    """
+    if not deliveries:
+        return
+    consumer = _shared_consumer(settings.MIXPANEL_TOKEN, settings.MIXPANEL_API_BASE_URL)
     try:
-        shared_mixpanel_client().track(str(user.pk), event.type, properties)
+        consumer.send("events", json.dumps([_mixpanel_event(delivery) for delivery in deliveries]))
     except MixpanelException as exc:
-        # The mixpanel library retries connection errors itself and does not tell 4xx
-        # from 5xx; a request it gave up on may be retried safely thanks to $insert_id.
         raise ProviderTransientError(f"Mixpanel: {exc}", in_doubt=True) from exc
-    return SendResult(provider_message_id=properties["$insert_id"], response={"event": event.type})
-
-

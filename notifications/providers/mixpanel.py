@@ -1,7 +1,5 @@
 """Mixpanel's official client, optionally aimed at another base URL (the provider sandbox)."""
 
-import functools
-
 from django.conf import settings
 from mixpanel import BufferedConsumer, Consumer, Mixpanel
 
@@ -19,13 +17,3 @@ def mixpanel_client(*, buffered: bool = False) -> Mixpanel:
     """Build a Mixpanel client for MIXPANEL_TOKEN."""
     return Mixpanel(settings.MIXPANEL_TOKEN, consumer=mixpanel_consumer(buffered=buffered))
 
-
-@functools.cache
-def _shared_client(token: str, base_url: str) -> Mixpanel:
-    return mixpanel_client()
-
-
-def shared_mixpanel_client() -> Mixpanel:
-    """One client per process (and per settings), keeping its HTTP connections open
-    between sends instead of a new session per event."""
-    return _shared_client(settings.MIXPANEL_TOKEN, settings.MIXPANEL_API_BASE_URL)

@@ -1,7 +1,7 @@
-"""Which sender serves which channel."""
+"""Which sender serves which channel, one delivery at a time (analytics go in batches:
+notifications.services.analytics_flush)."""
 
 from notifications.channels import Channel
-from notifications.providers.analytics import analytics_send
 from notifications.providers.base import Sender
 from notifications.providers.email import email_send
 from notifications.providers.inapp import inapp_send
@@ -10,6 +10,5 @@ from notifications.providers.sms import sms_send
 SENDERS: dict[str, Sender] = {
     Channel.EMAIL: email_send,
     Channel.SMS: sms_send,
-    Channel.ANALYTICS: analytics_send,
     Channel.INAPP: inapp_send,
 }

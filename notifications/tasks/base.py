@@ -10,7 +10,7 @@ from celery.exceptions import Reject
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from notifications.exceptions import ProviderTransientError
+from notifications.exceptions import BatchPending, ProviderTransientError
 from notifications.services import delivery_send, failed_job_record
 
 logger = logging.getLogger(__name__)
@@ -37,9 +37,16 @@ class DeliveryTask(Task):  # type: ignore[misc]
     def max_retries(self) -> int:  # type: ignore[override]
         return int(settings.CARILLON_DELIVERY_MAX_RETRIES)
 
-    def deliver(self, event_id: str, subscriber: str) -> None:
+    def deliver(self, event_id: str, subscriber: str, waited: bool) -> None:
         try:
-            delivery_send(event_id=event_id, subscriber_name=subscriber)
+            delivery_send(event_id=event_id, subscriber_name=subscriber, waited=waited)
+        except BatchPending as pending:
+            # Put off, not failed: publish this job again for later, then finish (ack).
+            # Killed in between, both copies run, and the Delivery rows keep it once.
+            self.apply_async(
+                args=[event_id, subscriber], kwargs={"waited": True}, countdown=pending.retry_after,
+                task_id=self.request.id,
+            )
         except TRANSIENT_ERRORS as exc:
             if self.request.retries >= self.max_retries:
                 self._give_up(exc)

@@ -150,3 +150,20 @@ def test_replay_of_a_job_that_had_succeeded_sends_nothing_new(worker: ManagedPro
     wait_for(lambda: worker.log().count(task_done) == 2, "the replayed task ran")
     assert len(sandbox.received("email")) == 1
     assert Delivery.objects.get(event=event, subscriber="transactional_email").attempts == 1
+
+
+def test_analytics_of_many_events_go_to_mixpanel_in_few_requests(
+    worker: ManagedProcess, sandbox: SandboxClient
+) -> None:
+    owners = [make_user(f"owner{n}", f"+1555000000{n}") for n in range(8)]
+
+    events = [
+        event_publish(type="video.liked", data={"user_id": owner.pk, "video_id": f"v{n}", "liked_by": "Bo"})
+        for n, owner in enumerate(owners)
+    ]
+
+    wait_for(lambda: all(statuses(e).get("product_analytics") == "sent" for e in events), "analytics sent")
+    inbox = sandbox.inbox("mixpanel")
+    assert inbox["accepted"] == 8 and inbox["duplicates"] == 0
+    assert inbox["requests"] < 8  # batched: several events shared a request
+    assert sorted(item["properties"]["video_id"] for item in inbox["received"]) == [f"v{n}" for n in range(8)]
