@@ -42,6 +42,10 @@ class OutboxMessage(models.Model):
 
     event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="outbox")
     kind = models.CharField(max_length=10, choices=Kind.choices)
+    # For tasks, whose work and where it goes (blank for envelopes): metrics and the
+    # admin find unfinished work per queue by them.
+    subscriber = models.CharField(max_length=100, blank=True)
+    queue = models.CharField(max_length=200, blank=True, db_index=True)
     # For tasks: {"task": name, "args": [...], "queue": name}; for envelopes: the envelope.
     payload = models.JSONField()
     created_at = models.DateTimeField(auto_now_add=True)

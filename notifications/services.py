@@ -103,6 +103,8 @@ def _outbox_rows(event: Event) -> list[OutboxMessage]:
             OutboxMessage(
                 event=event,
                 kind=OutboxMessage.Kind.TASK,
+                subscriber=subscriber.name,
+                queue=channel_queue_name(subscriber.channel),
                 payload={
                     "task": delivery_task_name(subscriber.channel),
                     "args": [str(event.id), subscriber.name],
@@ -381,6 +383,8 @@ def failed_job_replay(*, failed_job_id: int, user_id: int | None) -> FailedJob:
         row = OutboxMessage.objects.create(
             event_id=event_id,
             kind=OutboxMessage.Kind.TASK,
+            subscriber=subscriber_name,
+            queue=failed_job.queue,
             payload={"task": failed_job.task_name, "args": failed_job.args, "queue": failed_job.queue},
         )
         failed_job.state = FailedJob.State.REPLAYED

@@ -204,3 +204,5 @@ CARILLON_SUBSCRIBER_MODULES = env.list("CARILLON_SUBSCRIBER_MODULES", default=[]
 # a full batch never waits). Analytics are not user-facing: a second buys many events
 # per request under load.
 CARILLON_ANALYTICS_BATCH_WINDOW_SECONDS = env.int("CARILLON_ANALYTICS_BATCH_WINDOW_SECONDS", default=1)
+# Bearer token Prometheus presents to GET /metrics (empty: staff logins only).
+CARILLON_METRICS_TOKEN = env("CARILLON_METRICS_TOKEN", default="")
