@@ -140,6 +140,18 @@ CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
     }
 }
 
+# --- Realtime (docs/realtime.md) ------------------------------------------------------
+REALTIME_REDIS_URL = env("REALTIME_REDIS_URL", default=REDIS_URL)
+# Resume window per topic: the last N messages, none older than this.
+REALTIME_HISTORY_MAX_LENGTH = env.int("REALTIME_HISTORY_MAX_LENGTH", default=1000)
+REALTIME_HISTORY_MAX_AGE_SECONDS = env.int("REALTIME_HISTORY_MAX_AGE_SECONDS", default=3600)
+# Well under the 60 s idle timeout common to proxies and NATs.
+REALTIME_HEARTBEAT_SECONDS = env.float("REALTIME_HEARTBEAT_SECONDS", default=25.0)
+# Frames queued per connection before a client that does not read is disconnected.
+REALTIME_CONNECTION_BUFFER = env.int("REALTIME_CONNECTION_BUFFER", default=256)
+REALTIME_TOKEN_MAX_AGE_SECONDS = env.int("REALTIME_TOKEN_MAX_AGE_SECONDS", default=60)
+REALTIME_SSE_RETRY_MS = env.int("REALTIME_SSE_RETRY_MS", default=2000)
+
 # --- API ---------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

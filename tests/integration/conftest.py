@@ -88,3 +88,24 @@ def daphne_url(django_db_setup: None) -> Iterator[str]:
     process.wait_until(lambda: _answers(f"{url}/healthz"), "daphne /healthz")
     yield url
     process.stop()
+
+
+def start_daphne(name: str, env: dict[str, str] | None = None) -> tuple[ManagedProcess, str]:
+    """A real daphne serving config.asgi on a free port, answering /healthz."""
+    port = free_port()
+    process = ManagedProcess(
+        name,
+        python("-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"),
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    process.wait_until(lambda: _answers(f"{url}/healthz"), f"{name} /healthz")
+    return process, url
+
+
+@pytest.fixture(scope="session")
+def second_daphne_url(django_db_setup: None) -> Iterator[str]:
+    """Another daphne process beside `daphne_url`: fan-out must reach both."""
+    process, url = start_daphne("daphne-2")
+    yield url
+    process.stop()
