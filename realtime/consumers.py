@@ -147,6 +147,10 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             )
             asyncio.create_task(self._close(CLOSE_SLOW_CONSUMER, "slow consumer: buffer full"))
 
+    async def put(self, frame: Frame) -> None:
+        if not self.closing:
+            await self.outgoing.put(frame)
+
     async def _write_loop(self) -> None:
         while True:
             frame = await self.outgoing.get()

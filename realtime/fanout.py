@@ -33,6 +33,9 @@ class Sink(Protocol):
 
     def offer(self, frame: Frame) -> None: ...
 
+    async def put(self, frame: Frame) -> None:
+        """Queue a frame, waiting for room: replays pace themselves on the client."""
+
 
 class Subscription:
     """One connection's subscription to one topic, and where it stands in that topic."""
@@ -65,6 +68,10 @@ class Subscription:
     def deliver(self, delivery: Delivery) -> None:
         self.last_id = delivery.id
         self.sink.offer(delivery)
+
+    async def replay(self, delivery: Delivery) -> None:
+        self.last_id = delivery.id
+        await self.sink.put(delivery)
 
 
 class Hub:
@@ -106,6 +113,8 @@ class Hub:
 
     async def unsubscribe(self, subscription: Subscription) -> None:
         subscription.closed = True
+        if subscription._task is not None:
+            subscription._task.cancel()
         subscribers = self.table.get(subscription.topic)
         if subscribers is None:
             return
@@ -217,14 +226,14 @@ class Hub:
                     "%s: last id %s is past the history window: resync", topic, subscription.last_id
                 )
                 subscription.last_id = read.latest_id
-                subscription.sink.offer(
+                await subscription.sink.put(
                     Control("resync", {"topic": str(topic), "id": read.latest_id})
                 )
             elif read is not None:
                 for message in read.messages:
-                    if message["id"] > subscription.last_id:
-                        subscription.deliver(Delivery(message))
-            if not self._drain_pending(subscription) or subscription._again:
+                    if message["id"] > subscription.last_id and not subscription.closed:
+                        await subscription.replay(Delivery(message))
+            if not await self._drain_pending(subscription) or subscription._again:
                 continue
             subscription.replaying = False
             if not subscription.announced:
@@ -235,16 +244,18 @@ class Hub:
                 )
             return
 
-    def _drain_pending(self, subscription: Subscription) -> bool:
+    async def _drain_pending(self, subscription: Subscription) -> bool:
         """Deliver held live messages that follow on; False when they leave a gap."""
-        pending, subscription.pending = subscription.pending, []
-        for delivery in sorted(pending, key=lambda d: d.id):
-            last_id = subscription.last_id or 0
-            if delivery.id <= last_id:
-                continue
-            if delivery.id != last_id + 1:
-                return False
-            subscription.deliver(delivery)
+        while subscription.pending:
+            # Messages arriving while this awaits are appended and drained in this loop.
+            pending, subscription.pending = subscription.pending, []
+            for delivery in sorted(pending, key=lambda d: d.id):
+                last_id = subscription.last_id or 0
+                if delivery.id <= last_id:
+                    continue
+                if delivery.id != last_id + 1:
+                    return False
+                await subscription.replay(delivery)
         return True
 
     # --- heartbeats ------------------------------------------------------------------

@@ -55,6 +55,10 @@ class SseConnection:
                 self.outgoing.get_nowait()
             self.outgoing.put_nowait(_OVERFLOW)
 
+    async def put(self, frame: Frame) -> None:
+        if not self.overflowed:
+            await self.outgoing.put(frame)
+
     def encode(self, frame: Frame) -> str:
         if frame is HEARTBEAT:
             return ": heartbeat\n\n"

@@ -5,6 +5,10 @@ import json
 from typing import Any
 
 import aiohttp
+import redis
+from django.conf import settings
+
+from realtime.topics import sequence_key, topic_parse
 
 TIMEOUT = 15.0
 
@@ -73,10 +77,16 @@ async def sse_events(response: aiohttp.ClientResponse, count: int) -> list[dict[
             raise ConnectionError("event stream ended")
         line = line.rstrip("\n")
         if not line:
-            if event:
+            if "data" in event:  # not the `retry:` preamble
                 events.append(event)
             event = {}
         elif not line.startswith(":"):
             field, _, value = line.partition(": ")
             event[field] = value
     return events
+
+
+def latest_id(topic: str) -> int:
+    """The topic's last id: user topics outlive a test (user ids repeat across passes)."""
+    client = redis.Redis.from_url(settings.REALTIME_REDIS_URL)
+    return int(client.get(sequence_key(topic_parse(topic))) or 0)
