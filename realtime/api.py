@@ -10,6 +10,7 @@ from rest_framework.views import APIView
 
 from realtime.auth import realtime_token_create
 from realtime.exceptions import InvalidTopic
+from realtime.presence import presence_online_users_sync
 from realtime.services import realtime_publish
 from realtime.topics import topic_parse
 
@@ -83,3 +84,17 @@ class PublishView(RealtimeAPIView):
             body["topic"],
         )
         return Response({"topic": body["topic"], "id": message_id}, status=status.HTTP_202_ACCEPTED)
+
+
+class PresenceView(RealtimeAPIView):
+    """GET ?users=1,2: which of these users are connected now."""
+
+    def get(self, request: Request) -> Response:
+        raw = request.query_params.get("users", "")
+        parts = [p.strip() for p in raw.split(",") if p.strip()]
+        if not parts or len(parts) > 100 or not all(p.isdigit() for p in parts):
+            raise exceptions.ValidationError(
+                {"users": ["give 1 to 100 user ids separated by commas: ?users=1,2"]}
+            )
+        online = presence_online_users_sync(user_ids=[int(p) for p in parts])
+        return Response({"users": {str(k): v for k, v in online.items()}})

@@ -19,7 +19,8 @@ from django.conf import settings
 from realtime.connections import MAX_TOPICS_PER_CONNECTION, connection_user_id
 from realtime.exceptions import InvalidFrame, InvalidToken, RealtimeError
 from realtime.fanout import Hub, Subscription, get_hub
-from realtime.frames import Control, Frame
+from realtime.frames import HEARTBEAT, Control, Frame
+from realtime.presence import PresenceTracker
 from realtime.topics import Topic, topic_authorise, topic_parse
 
 logger = logging.getLogger(__name__)
@@ -61,8 +62,10 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     user_id: int | None
     hub: Hub
+    presence: PresenceTracker | None
 
     async def connect(self) -> None:
+        self.presence = None
         self.subscriptions: dict[Topic, Subscription] = {}
         self.closing = False
         self.outgoing: asyncio.Queue[Frame] = asyncio.Queue(settings.REALTIME_CONNECTION_BUFFER)
@@ -78,6 +81,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         self.writer = asyncio.create_task(self._write_loop())
         self.hub = get_hub()
         self.hub.attach(self)
+        self.presence = PresenceTracker(self.user_id) if self.user_id is not None else None
+        if self.presence is not None:
+            await self.presence.join()
 
     async def disconnect(self, code: int) -> None:
         self.closing = True
@@ -87,6 +93,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         for subscription in self.subscriptions.values():
             await self.hub.unsubscribe(subscription)
         self.subscriptions.clear()
+        if self.presence is not None:
+            await self.presence.leave()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.closing:
@@ -137,6 +145,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         """Queue a frame without waiting; a full queue means the client is too slow."""
         if self.closing:
             return
+        if frame is HEARTBEAT and self.presence is not None:
+            self.presence.refresh_soon()
         try:
             self.outgoing.put_nowait(frame)
         except asyncio.QueueFull:

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 
 @cache
-def _client() -> redis.Redis:
+def sync_client() -> redis.Redis:
     return redis.Redis.from_url(settings.REALTIME_REDIS_URL)
 
 
@@ -38,7 +38,7 @@ def async_client() -> aioredis.Redis:
 
 def realtime_publish(*, topic: str, event: str, data: Any) -> int:
     """Publish `event` with JSON-serialisable `data` to `topic`; return the message id."""
-    message_id = history_append(_client(), topic=topic_parse(topic), event=event, data=data)
+    message_id = history_append(sync_client(), topic=topic_parse(topic), event=event, data=data)
     logger.debug("published %s #%s on %s", event, message_id, topic)
     return message_id
 

@@ -24,6 +24,7 @@ from realtime.connections import (
 from realtime.exceptions import InvalidToken, RealtimeError, TopicRefused
 from realtime.fanout import Subscription, get_hub
 from realtime.frames import HEARTBEAT, Control, Delivery, Frame
+from realtime.presence import PresenceTracker
 from realtime.topics import Topic, topic_authorise, topic_parse
 
 logger = logging.getLogger(__name__)
@@ -38,14 +39,17 @@ def _error(status: int, exc: RealtimeError, detail: object = None) -> JsonRespon
 class SseConnection:
     """One EventSource: a bounded queue the hub fills and the response drains."""
 
-    def __init__(self, positions: dict[Topic, int | None]) -> None:
+    def __init__(self, positions: dict[Topic, int | None], user_id: int | None = None) -> None:
         self.positions = positions
+        self.presence = PresenceTracker(user_id) if user_id is not None else None
         self.outgoing: asyncio.Queue[Frame] = asyncio.Queue(settings.REALTIME_CONNECTION_BUFFER)
         self.overflowed = False
 
     def offer(self, frame: Frame) -> None:
         if self.overflowed:
             return
+        if frame is HEARTBEAT and self.presence is not None:
+            self.presence.refresh_soon()
         try:
             self.outgoing.put_nowait(frame)
         except asyncio.QueueFull:
@@ -77,6 +81,8 @@ class SseConnection:
         hub = get_hub()
         hub.attach(self)
         subscriptions: list[Subscription] = []
+        if self.presence is not None:
+            await self.presence.join()
         try:
             for topic, last_id in self.positions.items():
                 subscriptions.append(await hub.subscribe(self, topic, last_id))
@@ -92,6 +98,8 @@ class SseConnection:
             hub.detach(self)
             for subscription in subscriptions:
                 await hub.unsubscribe(subscription)
+            if self.presence is not None:
+                await self.presence.leave()
             logger.debug("event stream closed")
 
 
@@ -121,7 +129,7 @@ async def events(request: HttpRequest) -> HttpResponseBase:
             topic_authorise(topic=topic, user_id=user_id)
     except TopicRefused as exc:
         return _error(403 if user_id is not None else 401, exc)
-    connection = SseConnection({topic: resume.get(topic) for topic in topics})
+    connection = SseConnection({topic: resume.get(topic) for topic in topics}, user_id)
     response = StreamingHttpResponse(connection.stream(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: pass each event through at once

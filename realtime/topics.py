@@ -75,3 +75,7 @@ def sequence_key(topic: Topic) -> str:
 
 def presence_key(user_id: int) -> str:
     return f"{_PREFIX}:presence:{int(user_id)}"
+
+
+def presence_state_key(user_id: int) -> str:
+    return f"{_PREFIX}:presence-state:{int(user_id)}"

@@ -151,6 +151,12 @@ REALTIME_HEARTBEAT_SECONDS = env.float("REALTIME_HEARTBEAT_SECONDS", default=25.
 REALTIME_CONNECTION_BUFFER = env.int("REALTIME_CONNECTION_BUFFER", default=256)
 REALTIME_TOKEN_MAX_AGE_SECONDS = env.int("REALTIME_TOKEN_MAX_AGE_SECONDS", default=60)
 REALTIME_SSE_RETRY_MS = env.int("REALTIME_SSE_RETRY_MS", default=2000)
+# A connection counts as present this long after its last heartbeat (process crashes).
+REALTIME_PRESENCE_TTL_SECONDS = env.float(
+    "REALTIME_PRESENCE_TTL_SECONDS", default=3 * REALTIME_HEARTBEAT_SECONDS
+)
+# Offline is announced only after this long without any connection (flapping mobiles).
+REALTIME_PRESENCE_GRACE_SECONDS = env.float("REALTIME_PRESENCE_GRACE_SECONDS", default=5.0)
 
 # --- API ---------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -90,9 +90,11 @@ def daphne_url(django_db_setup: None) -> Iterator[str]:
     process.stop()
 
 
-def start_daphne(name: str, env: dict[str, str] | None = None) -> tuple[ManagedProcess, str]:
-    """A real daphne serving config.asgi on a free port, answering /healthz."""
-    port = free_port()
+def start_daphne(
+    name: str, env: dict[str, str] | None = None, port: int | None = None
+) -> tuple[ManagedProcess, str]:
+    """A real daphne serving config.asgi (on a free port unless given), answering /healthz."""
+    port = port or free_port()
     process = ManagedProcess(
         name,
         python("-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"),
