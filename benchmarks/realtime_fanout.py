@@ -110,7 +110,7 @@ async def run_clients(
     rate: float,
     redis_url: str,
     pid: int,
-    publish: Callable[[int], None],
+    publish: Callable[[int, float], None],
 ) -> dict[str, float]:
     connector = aiohttp.TCPConnector(limit=0)
     session = aiohttp.ClientSession(connector=connector)
@@ -127,6 +127,7 @@ async def run_clients(
             pass
     rss_after = rss_kib(pid)
     received = [0] * clients
+    latencies: list[float] = []
     done = asyncio.Event()
 
     async def read(index: int, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -134,15 +135,17 @@ async def run_clients(
             if '"heartbeat"' in message.data:
                 continue
             received[index] += 1
+            # Latency from the intended send time (seed 001: no coordinated omission).
+            latencies.append(time.time() - float(json.loads(message.data)["data"][:17]))
             if received[index] == messages and all(r >= messages for r in received):
                 done.set()
 
     readers = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(sockets)]
-    cpu_before, started = cpu_seconds(pid), time.monotonic()
+    cpu_before, started, wall_start = cpu_seconds(pid), time.monotonic(), time.time()
     for n in range(messages):
         # Open loop: each publish at its scheduled time, whatever the server is doing.
         await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
-        publish(n)
+        publish(n, wall_start + n / rate)
     try:
         await asyncio.wait_for(done.wait(), timeout=120)
     except TimeoutError:
@@ -160,7 +163,17 @@ async def run_clients(
         "wall_s": round(elapsed, 2),
         "deliveries_per_cpu_s": round(deliveries / cpu) if cpu else 0,
         "kib_per_connection": round((rss_after - rss_before) / clients, 1),
+        **percentiles(latencies),
     }
+
+
+def percentiles(latencies: list[float]) -> dict[str, float]:
+    """Latency percentiles in ms (exact, from every sample: runs are bounded)."""
+    ordered = sorted(latencies)
+    if not ordered:
+        return {}
+    pick = lambda q: round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)  # noqa: E731
+    return {"p50_ms": pick(0.5), "p99_ms": pick(0.99), "p99.9_ms": pick(0.999), "max_ms": pick(1.0)}
 
 
 def main() -> None:
@@ -231,7 +244,10 @@ def measure(args: argparse.Namespace, work: Path, redis_port: int) -> None:
 
     user = get_user_model().objects.create_user("bench")
     token = realtime_token_create(user_id=user.pk)
-    payload = "x" * 100
+
+    def payload(intended: float) -> str:
+        return f"{intended:.6f}".ljust(100, "x")  # 100 bytes, led by the intended send time
+
     raw = redis.Redis.from_url(redis_url)
     results = {}
     processes = []
@@ -263,12 +279,13 @@ def measure(args: argparse.Namespace, work: Path, redis_port: int) -> None:
             wait_port(port)
             if kind == "daphne":
 
-                def publish(n: int) -> None:
-                    realtime_publish(topic=TOPIC, event="bench", data=payload)
+                def publish(n: int, intended: float) -> None:
+                    realtime_publish(topic=TOPIC, event="bench", data=payload(intended))
             else:
 
-                def publish(n: int) -> None:
-                    raw.publish(CHANNEL, json.dumps({"type": "message", "id": n, "data": payload}))
+                def publish(n: int, intended: float) -> None:
+                    message = {"type": "message", "id": n, "data": payload(intended)}
+                    raw.publish(CHANNEL, json.dumps(message))
 
             results[kind] = asyncio.run(
                 run_clients(

@@ -89,6 +89,7 @@ class Hub:
         ]
         self._pending_limit = int(settings.REALTIME_HISTORY_MAX_LENGTH)
         self._sinks: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._retries: set[asyncio.Task[None]] = set()
 
     # --- subscriptions ---------------------------------------------------------------
 
@@ -102,14 +103,28 @@ class Hub:
             try:
                 await self._pubsub.subscribe(pubsub_channel(topic))
             except RedisError:
-                # The reader reconnects and resubscribes; its confirmation starts the replay.
-                logger.warning("Redis subscribe to %s failed; will retry on reconnect", topic)
+                # redis-py only resubscribes channels whose SUBSCRIBE went through: retry
+                # this one ourselves; its confirmation then starts the replay.
+                logger.warning("Redis subscribe to %s failed; retrying", topic)
+                task = asyncio.create_task(self._subscribe_until_done(topic))
+                self._retries.add(task)
+                task.add_done_callback(self._retries.discard)
                 return subscription
         if self._confirmed[topic].is_set():
             self.catch_up(subscription)
         # Otherwise the reader's confirmation of the Redis subscription starts the replay:
         # reading history before that could miss what is published in between.
         return subscription
+
+    async def _subscribe_until_done(self, topic: Topic) -> None:
+        delay = 0.1
+        while topic in self.table:
+            await asyncio.sleep(delay)
+            try:
+                await self._pubsub.subscribe(pubsub_channel(topic))
+                return
+            except RedisError:
+                delay = min(delay * 2, 2.0)
 
     async def unsubscribe(self, subscription: Subscription) -> None:
         subscription.closed = True
