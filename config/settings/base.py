@@ -140,6 +140,24 @@ CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
     }
 }
 
+# --- Realtime (docs/realtime.md) ------------------------------------------------------
+REALTIME_REDIS_URL = env("REALTIME_REDIS_URL", default=REDIS_URL)
+# Resume window per topic: the last N messages, none older than this.
+REALTIME_HISTORY_MAX_LENGTH = env.int("REALTIME_HISTORY_MAX_LENGTH", default=1000)
+REALTIME_HISTORY_MAX_AGE_SECONDS = env.int("REALTIME_HISTORY_MAX_AGE_SECONDS", default=3600)
+# Well under the 60 s idle timeout common to proxies and NATs.
+REALTIME_HEARTBEAT_SECONDS = env.float("REALTIME_HEARTBEAT_SECONDS", default=25.0)
+# Frames queued per connection before a client that does not read is disconnected.
+REALTIME_CONNECTION_BUFFER = env.int("REALTIME_CONNECTION_BUFFER", default=256)
+REALTIME_TOKEN_MAX_AGE_SECONDS = env.int("REALTIME_TOKEN_MAX_AGE_SECONDS", default=60)
+REALTIME_SSE_RETRY_MS = env.int("REALTIME_SSE_RETRY_MS", default=2000)
+# A connection counts as present this long after its last heartbeat (process crashes).
+REALTIME_PRESENCE_TTL_SECONDS = env.float(
+    "REALTIME_PRESENCE_TTL_SECONDS", default=3 * REALTIME_HEARTBEAT_SECONDS
+)
+# Offline is announced only after this long without any connection (flapping mobiles).
+REALTIME_PRESENCE_GRACE_SECONDS = env.float("REALTIME_PRESENCE_GRACE_SECONDS", default=5.0)
+
 # --- API ---------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -1,11 +1,19 @@
-"""In-app notifications: a Notification row per delivery (one, whatever the retries)."""
+"""In-app notifications: a Notification row per delivery (one, whatever the retries),
+pushed live to the user's `user:<id>` topic."""
 
 from datetime import datetime
+from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
+from redis.exceptions import RedisError
 
+from notifications.api.serializers import NotificationSerializer
+from notifications.exceptions import ProviderTransientError
 from notifications.models import Delivery, Event, Notification
 from notifications.providers.base import SendResult, render
+from notifications.selectors import notification_unread_count
+from realtime.services import realtime_publish
+from realtime.topics import user_topic
 
 
 def inapp_send(
@@ -22,4 +30,28 @@ def inapp_send(
             "data": event.data,
         },
     )
-    return SendResult(provider_message_id=f"notification:{notification.pk}", response={"created": created})
+    # Pushed on every attempt that has not yet recorded the delivery as sent: an attempt
+    # that died between the push and that record pushes again, and clients drop the
+    # repeat by notification id (docs/realtime.md). Redis away: retry the delivery, the
+    # Notification row is already there for the inbox API.
+    try:
+        message_id = realtime_publish(
+            topic=user_topic(user.pk),
+            event="notification.created",
+            data=notification_payload(notification),
+        )
+    except RedisError as exc:
+        raise ProviderTransientError(f"realtime push: {exc}") from exc
+    return SendResult(
+        provider_message_id=f"notification:{notification.pk}",
+        response={"created": created, "realtime_id": message_id},
+    )
+
+
+def notification_payload(notification: Notification) -> dict[str, Any]:
+    """What a live client gets: the notification as the inbox API shows it, and the count."""
+    return {
+        # The same shape as GET /api/notifications/ items: one representation.
+        "notification": NotificationSerializer(notification).data,
+        "unread_count": notification_unread_count(user_id=notification.user_id),
+    }

@@ -56,8 +56,21 @@ def _celery_worker(
     process = ManagedProcess(
         name,
         python(
-            "-m", "celery", "-A", app, "worker", "--loglevel", "INFO", "--hostname", f"{name}@%h",
-            "--queues", queues, "--concurrency", str(concurrency), "--without-mingle", "--without-gossip",
+            "-m",
+            "celery",
+            "-A",
+            app,
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--hostname",
+            f"{name}@%h",
+            "--queues",
+            queues,
+            "--concurrency",
+            str(concurrency),
+            "--without-mingle",
+            "--without-gossip",
         ),
         env=env,
     )
@@ -88,14 +101,10 @@ def background_worker(django_db_setup: None) -> Iterator[ManagedProcess]:
 def daphne_url(django_db_setup: None) -> Iterator[str]:
     """A real daphne serving config.asgi, on a free port."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = ManagedProcess(
-        "daphne",
-        python("-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"),
-        # Webhook signatures are checked against the public URL: here, daphne's own.
-        env={"CARILLON_PUBLIC_URL": url},
+    # Webhook signatures are checked against the public URL: here, daphne's own.
+    process, url = start_daphne(
+        "daphne", env={"CARILLON_PUBLIC_URL": f"http://127.0.0.1:{port}"}, port=port
     )
-    process.wait_until(lambda: _answers(f"{url}/healthz"), "daphne /healthz")
     yield url
     process.stop()
 
@@ -119,7 +128,11 @@ def start_pipeline_worker(pipeline_env: dict[str, str]) -> Iterator[Callable[...
 
     def start(name: str = "pipeline-worker", **env: str) -> ManagedProcess:
         process = _celery_worker(
-            "config.celery", f"{name}-{len(started)}", CHANNEL_QUEUES, env={**pipeline_env, **env}, concurrency=2
+            "config.celery",
+            f"{name}-{len(started)}",
+            CHANNEL_QUEUES,
+            env={**pipeline_env, **env},
+            concurrency=2,
         )
         started.append(process)
         return process
@@ -140,3 +153,26 @@ def pipeline_settings(sandbox: SandboxClient, daphne_url: str) -> Iterator[None]
         MIXPANEL_API_BASE_URL=sandbox.url,
     ):
         yield
+
+
+def start_daphne(
+    name: str, env: dict[str, str] | None = None, port: int | None = None
+) -> tuple[ManagedProcess, str]:
+    """A real daphne serving config.asgi (on a free port unless given), answering /healthz."""
+    port = port or free_port()
+    process = ManagedProcess(
+        name,
+        python("-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"),
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    process.wait_until(lambda: _answers(f"{url}/healthz"), f"{name} /healthz")
+    return process, url
+
+
+@pytest.fixture(scope="session")
+def second_daphne_url(django_db_setup: None) -> Iterator[str]:
+    """Another daphne process beside `daphne_url`: fan-out must reach both."""
+    process, url = start_daphne("daphne-2")
+    yield url
+    process.stop()

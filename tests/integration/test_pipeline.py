@@ -1,5 +1,6 @@
 """Domain events reach every subscriber's provider once: real RabbitMQ, workers, sandbox."""
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -10,6 +11,9 @@ from django.db import transaction
 
 from notifications.models import Delivery, Event, FailedJob, Notification, OutboxMessage, Recipient
 from notifications.services import event_publish, failed_job_replay
+from realtime.history import HistoryRead, ahistory_since
+from realtime.services import async_client
+from realtime.topics import topic_parse, user_topic
 from sandbox.client import SandboxClient
 from tests.processes import ManagedProcess, wait_for
 
@@ -28,6 +32,11 @@ def statuses(event: Event) -> dict[str, str]:
     return dict(Delivery.objects.filter(event=event).values_list("subscriber", "status"))
 
 
+def user_topic_history(user_id: int, *, last_id: int) -> HistoryRead:
+    """What the realtime history of `user:<id>` holds after `last_id`."""
+    return asyncio.run(ahistory_since(async_client(), topic=topic_parse(user_topic(user_id)), last_id=last_id))
+
+
 @pytest.fixture
 def worker(
     start_pipeline_worker: Callable[..., ManagedProcess], pipeline_settings: None
@@ -39,6 +48,7 @@ def test_event_published_in_a_transaction_reaches_every_subscriber_once(
     worker: ManagedProcess, sandbox: SandboxClient
 ) -> None:
     user = make_user()
+    pushed_before = user_topic_history(user.pk, last_id=0).latest_id
 
     with transaction.atomic():
         event = event_publish(type="account.created", data={"user_id": user.pk, "name": "Ada"})
@@ -51,6 +61,9 @@ def test_event_published_in_a_transaction_reaches_every_subscriber_once(
     assert analytics["event"] == "account.created" and analytics["properties"]["distinct_id"] == str(user.pk)
     [notification] = Notification.objects.filter(user=user)
     assert notification.title == "Welcome aboard"
+    [pushed] = user_topic_history(user.pk, last_id=pushed_before).messages  # pushed live, once
+    assert pushed["event"] == "notification.created"
+    assert pushed["data"]["notification"]["id"] == notification.pk and pushed["data"]["unread_count"] == 1
     assert not OutboxMessage.objects.filter(event=event, published_at__isnull=True).exists()
     time.sleep(1)  # nothing more arrives later: once means once
     assert len(sandbox.received("email")) == len(sandbox.received("mixpanel")) == 1
