@@ -12,8 +12,8 @@ from django.test import Client, override_settings
 from config.celery import app as critical_app
 from config.processes import ROOT
 from notifications.models import Event, FailedJob, OutboxMessage
-from notifications.queues import topology_declare
-from tests.processes import ManagedProcess, free_port, python
+from notifications.queues import dead_letter_queues, topology_declare
+from tests.processes import ManagedProcess, free_port, python, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -35,19 +35,28 @@ def test_metrics_refuse_anonymous_and_wrong_tokens() -> None:
 def test_metrics_report_what_the_test_created() -> None:
     with critical_app.connection_for_write() as connection:
         topology_declare(connection)
+        # Earlier tests may have dead-lettered messages: start from empty queues, then
+        # dead-letter one of our own.
+        for queue in dead_letter_queues():
+            queue(connection.default_channel).purge()
+        connection.Producer().publish({"poison": True}, routing_key="carillon.sms.dlq", serializer="json")
     event = Event.objects.create(type="account.created", version=1, data={"user_id": 1}, occurred_at="2026-01-01T00:00:00Z")
     OutboxMessage.objects.create(event=event, kind="envelope", payload={})
     for _ in range(2):
         FailedJob.objects.create(task_name="t", queue="carillon.sms", error_class="E", error_message="m")
 
-    status, text = scrape(f"Bearer {TOKEN}")
+    def scraped_with_the_dead_letter() -> str | None:
+        page = scrape(f"Bearer {TOKEN}")[1]
+        return page if 'carillon_dead_letter_messages{queue="carillon.sms.dlq"} 1.0' in page else None
 
-    assert status == 200
+    # The management API refreshes queue depths every few seconds.
+    text = wait_for(scraped_with_the_dead_letter, "the dead-lettered message counted")
+
     assert 'carillon_failed_jobs{critical="true",state="failed"} 2.0' in text
     assert "carillon_outbox_unpublished 1.0" in text
     assert "carillon_rabbitmq_up 1.0" in text
     assert 'carillon_queue_messages_ready{queue="carillon.email"} 0.0' in text
-    assert 'carillon_dead_letter_messages{queue="carillon.sms.dlq"} 0.0' in text
+    assert 'carillon_dead_letter_messages{queue="carillon.email.dlq"} 0.0' in text
 
 
 def test_alert_rules_are_valid_and_use_only_metrics_carillon_exports() -> None:
