@@ -42,3 +42,15 @@ class SandboxClient:
         if len(items) < count:
             raise TimeoutError(f"sandbox {provider}: {len(items)} of {count} items after {timeout}s")
         return items
+
+    def chat_rooms(self) -> dict[str, Any]:
+        """The chat platform's per-room arrival order, order violations and duplicates."""
+        response = self.http.get(f"{self.url}/api/chat/rooms", timeout=10)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def set_chat_room(self, room: str, **knobs: Any) -> dict[str, Any]:
+        """Per-room knobs of the chat platform, e.g. callback_delay_ms=5000 for one slow room."""
+        response = self.http.put(f"{self.url}/api/chat/rooms/{room}", json=knobs, timeout=10)
+        response.raise_for_status()
+        return dict(response.json())

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import ClientSession, web
 
-PROVIDERS = ("email", "sms", "mixpanel")
+PROVIDERS = ("email", "sms", "mixpanel", "chat")
 
 # Enough for any test and a benchmark's sample; counters keep the true totals.
 KEEP_RECEIVED = 100_000
@@ -28,7 +28,8 @@ class Knobs:
     error_rate: float = 0.0  # share of requests answered with error_status (0..1)
     error_status: int = 503  # HTTP status, or SMTP reply code for email (451, 550, ...)
     fail_next: int = 0  # the next N requests fail with error_status, whatever error_rate says
-    callback_delay_ms: float = 50.0  # between status changes (SMS)
+    callback_delay_ms: float = 50.0  # between status changes (SMS); before the ack (chat)
+    callback_jitter_ms: float = 0.0  # chat: the ack delay is drawn uniformly within ± this
     callback_loss_rate: float = 0.0  # share of messages whose callbacks never come (0..1)
     final_status: str = "delivered"  # SMS: delivered, undelivered or failed
 

@@ -2,7 +2,10 @@
 
 from typing import Any
 
+from kombu import Exchange, Queue
+
 from config.env import BASE_DIR, database_config, env
+from rooms.queues import ROOMS_QUEUE, ROOMS_ROUTING_KEY
 
 SECRET_KEY = env("DJANGO_SECRET_KEY")
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
@@ -29,6 +32,7 @@ INSTALLED_APPS = [
     "anymail",
     "notifications",
     "realtime",
+    "rooms",
 ]
 
 MIDDLEWARE = [
@@ -120,6 +124,17 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
 # Events feed Flower's task views.
 CELERY_WORKER_SEND_TASK_EVENTS = True
+# Ordered room delivery (rooms/) has its own durable quorum queue on the topic exchange.
+CELERY_TASK_QUEUES = [
+    Queue(
+        CELERY_TASK_DEFAULT_QUEUE,
+        Exchange(CELERY_TASK_DEFAULT_EXCHANGE, type="topic"),
+        routing_key=CELERY_TASK_DEFAULT_ROUTING_KEY,
+        queue_arguments={"x-queue-type": "quorum"},
+    ),
+    ROOMS_QUEUE,
+]
+CELERY_TASK_ROUTES = {"rooms.*": {"queue": ROOMS_QUEUE.name, "routing_key": ROOMS_ROUTING_KEY}}
 CELERY_TASK_SEND_SENT_EVENT = True
 
 # The background Celery app (config/background.py) reads BACKGROUND_CELERY_* settings.
@@ -131,6 +146,17 @@ BACKGROUND_CELERY_TASK_SERIALIZER = "json"
 BACKGROUND_CELERY_ACCEPT_CONTENT = ["json"]
 BACKGROUND_CELERY_TIMEZONE = TIME_ZONE
 BACKGROUND_CELERY_WORKER_SEND_TASK_EVENTS = True
+# Ordered room delivery (rooms/) has its own durable quorum queue on the topic exchange.
+CELERY_TASK_QUEUES = [
+    Queue(
+        CELERY_TASK_DEFAULT_QUEUE,
+        Exchange(CELERY_TASK_DEFAULT_EXCHANGE, type="topic"),
+        routing_key=CELERY_TASK_DEFAULT_ROUTING_KEY,
+        queue_arguments={"x-queue-type": "quorum"},
+    ),
+    ROOMS_QUEUE,
+]
+CELERY_TASK_ROUTES = {"rooms.*": {"queue": ROOMS_QUEUE.name, "routing_key": ROOMS_ROUTING_KEY}}
 BACKGROUND_CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 
 CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
@@ -170,6 +196,11 @@ TWILIO_API_BASE_URL = env("TWILIO_API_BASE_URL", default="")
 MIXPANEL_TOKEN = env("MIXPANEL_TOKEN", default="")
 MIXPANEL_API_SECRET = env("MIXPANEL_API_SECRET", default="")
 MIXPANEL_API_BASE_URL = env("MIXPANEL_API_BASE_URL", default="")
+# The chat platform of ordered room delivery (rooms/): its API and the webhook secret it
+# signs acks with. Local and test settings point the API at the provider sandbox.
+ROOMS_CHAT_API_URL = env("ROOMS_CHAT_API_URL", default="")
+ROOMS_CHAT_WEBHOOK_SECRET = env("ROOMS_CHAT_WEBHOOK_SECRET", default="")
+ROOMS_CHAT_API_TIMEOUT_S = env.float("ROOMS_CHAT_API_TIMEOUT_S", default=10.0)
 
 LOGGING = {
     "version": 1,
