@@ -70,6 +70,17 @@ def _retrying(step: Callable[[], T | None], *, room_id: int) -> T | None:
     raise RuntimeError(f"room {room_id}: no transition committed after {MAX_CAS_ATTEMPTS} tries")
 
 
+def _locked_room(room_id: int) -> Room:
+    """Read the room for a transition, taking its row lock first (PostgreSQL).
+
+    The version CAS alone keeps transitions correct; the lock orders lock acquisition:
+    every transaction that writes a room's messages takes the room row first, so the
+    key-share locks PostgreSQL takes for the foreign keys between rooms and messages can
+    never close a deadlock cycle. SQLite serializes writers anyway and ignores it.
+    """
+    return Room.objects.select_for_update().get(pk=room_id)
+
+
 def _next_queued(room: Room) -> RoomMessage | None:
     return (
         RoomMessage.objects.filter(room=room, status=Status.QUEUED).order_by("sequence").first()
@@ -118,7 +129,7 @@ def room_dispatch(*, room_id: int) -> Dispatch | None:
     """Put the room's oldest queued message in flight if the room is idle."""
 
     def step() -> Dispatch | None:
-        room = Room.objects.get(pk=room_id)
+        room = _locked_room(room_id)
         if room.in_flight_id is not None:
             return _DONE
         return _committed(_advance(room))
@@ -176,13 +187,13 @@ def room_message_record_send(*, message_id: int, attempt: int, provider_message_
     """
     with transaction.atomic():
         message = RoomMessage.objects.select_related("room__provider").get(pk=message_id)
-        room = message.room
+        room = _locked_room(message.room_id)
         if not message.provider_message_id:
             RoomMessage.objects.filter(pk=message_id).update(provider_message_id=provider_message_id)
         if room.in_flight_id != message_id or room.attempt != attempt:
             return None
         RoomMessage.objects.filter(pk=message_id).update(sent_at=timezone.now())
-        return room.provider.ack_timeout_ms
+        return message.room.provider.ack_timeout_ms
 
 
 @dataclass(frozen=True)
@@ -205,7 +216,7 @@ def room_message_ack(*, idempotency_key: str, provider_message_id: str = "") -> 
 
     def step() -> Dispatch | None:
         nonlocal applied
-        room = Room.objects.get(pk=message.room_id)
+        room = _locked_room(message.room_id)
         if room.in_flight_id != message.pk:
             return _DONE
         now = timezone.now()
@@ -240,7 +251,7 @@ def room_message_ack_timeout(*, message_id: int, attempt: int) -> str:
 
     def step() -> Dispatch | None:
         nonlocal result
-        room = Room.objects.get(pk=message.room_id)
+        room = _locked_room(message.room_id)
         if room.in_flight_id != message_id or room.attempt != attempt:
             result = "stale"
             return _DONE
@@ -274,7 +285,7 @@ def room_message_give_up(*, message_id: int, attempt: int, reason: str) -> bool:
 
     def step() -> Dispatch | None:
         nonlocal gave_up
-        room = Room.objects.get(pk=message.room_id)
+        room = _locked_room(message.room_id)
         if room.in_flight_id != message_id or room.attempt != attempt:
             return _DONE
         outcome = _committed(_advance(room))
@@ -298,7 +309,7 @@ def room_message_skip(*, message_id: int) -> bool:
 
     def step() -> Dispatch | None:
         nonlocal skipped
-        room = Room.objects.get(pk=message.room_id)
+        room = _locked_room(message.room_id)
         now = timezone.now()
         note = "skipped by an operator"
         if room.in_flight_id == message_id:
@@ -325,7 +336,7 @@ def room_message_retry(*, message_id: int) -> bool:
     message = RoomMessage.objects.get(pk=message_id)
 
     def step() -> Dispatch | None:
-        room = Room.objects.get(pk=message.room_id)
+        room = _locked_room(message.room_id)
         if room.in_flight_id != message_id:
             return _DONE
         if not _cas(room, attempt=room.attempt + 1):
