@@ -13,6 +13,7 @@ from django.conf import settings
 from config.celery import app
 from rooms import services
 from rooms.exceptions import ProviderPermanentError, ProviderTransientError
+from rooms.models import RoomMessage
 from rooms.providers import chat_send
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,11 @@ logger = logging.getLogger(__name__)
 )
 def room_message_send_task(self: Task, message_id: int, attempt: int) -> None:
     """Call the provider for one attempt, then arm its ack timeout."""
-    permit = services.room_message_send_permit(message_id=message_id, attempt=attempt)
+    try:
+        permit = services.room_message_send_permit(message_id=message_id, attempt=attempt)
+    except RoomMessage.DoesNotExist:
+        logger.warning("message %s no longer exists; not sent", message_id)
+        return
     if permit is None:
         logger.info("message %s attempt %s no longer in flight; not sent", message_id, attempt)
         return
@@ -53,10 +58,27 @@ def room_message_send_task(self: Task, message_id: int, attempt: int) -> None:
         message_id=message_id, attempt=attempt, provider_message_id=result.provider_message_id
     )
     if timeout_ms is not None:
-        room_message_ack_timeout_task.apply_async((message_id, attempt), countdown=timeout_ms / 1000)
+        room_message_ack_timeout_task.apply_async((message_id, attempt), countdown=ack_timeout_countdown(timeout_ms))
+
+
+def ack_timeout_countdown(timeout_ms: int) -> float:
+    """The countdown of a timeout check, in seconds.
+
+    On quorum queues Celery delays through RabbitMQ (celery_delayed_* exchanges) by whole
+    seconds and refuses a delay under one second; the fraction above a whole second is
+    held by the worker's timer until the ETA. So one second is the shortest timeout.
+    """
+    return max(timeout_ms, MIN_ACK_TIMEOUT_MS) / 1000
+
+
+MIN_ACK_TIMEOUT_MS = 1000
 
 
 @app.task(name="rooms.message_ack_timeout")
 def room_message_ack_timeout_task(message_id: int, attempt: int) -> str:
     """Resend or move on if this attempt is still unacknowledged."""
-    return services.room_message_ack_timeout(message_id=message_id, attempt=attempt)
+    try:
+        return services.room_message_ack_timeout(message_id=message_id, attempt=attempt)
+    except RoomMessage.DoesNotExist:
+        logger.warning("message %s no longer exists; timeout check dropped", message_id)
+        return "missing"
