@@ -49,13 +49,17 @@ def sandbox(sandbox_process: SandboxClient) -> SandboxClient:
     return sandbox_process
 
 
-def _celery_worker(app: str, name: str, queues: str) -> ManagedProcess:
+def _celery_worker(
+    app: str, name: str, queues: str, *, pool: str = "prefork", env: dict[str, str] | None = None
+) -> ManagedProcess:
     process = ManagedProcess(
         name,
         python(
             "-m", "celery", "-A", app, "worker", "--loglevel", "INFO", "--hostname", f"{name}@%h",
             "--queues", queues, "--concurrency", "1", "--without-mingle", "--without-gossip",
+            "--pool", pool,
         ),
+        env=env,
     )
     process.wait_for_log(" ready.", timeout=90)
     return process
@@ -64,7 +68,7 @@ def _celery_worker(app: str, name: str, queues: str) -> ManagedProcess:
 @pytest.fixture(scope="session")
 def critical_worker(django_db_setup: None) -> Iterator[ManagedProcess]:
     """A worker of the critical app, consuming RabbitMQ."""
-    process = _celery_worker("config.celery", "test-critical", "carillon.default")
+    process = _celery_worker("config.celery", "test-critical", "carillon.default,carillon.rooms")
     yield process
     process.stop()
 
