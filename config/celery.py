@@ -7,14 +7,35 @@ own app on Redis in config/background.py, so a flood there never delays this one
 import os
 import platform
 import socket
+from typing import Any
 
 from celery import Celery
+from celery.signals import worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
+from notifications.queues import task_queues, topology_declare  # noqa: E402
+
 app = Celery("carillon")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.task_queues = task_queues()
 app.autodiscover_tasks(related_name="tasks")
+
+
+@worker_init.connect
+def _declare_topology(**kwargs: Any) -> None:
+    """Declare every exchange and queue, dead-letter queues included, before consuming.
+
+    A worker declares only the queues it consumes; the dead-letter queues and the events
+    exchange must exist before the first message is rejected or published.
+    """
+    with app.connection_for_write() as connection:
+        topology_declare(connection)
+
+
+@app.task(name="carillon.noop", ignore_result=True, acks_late=True)
+def noop() -> None:
+    """Do nothing: the raw Celery baseline of `manage.py bench pipeline`."""
 
 
 @app.task(name="carillon.ping", ignore_result=False)

@@ -26,6 +26,11 @@ def read_dotenv() -> None:
 def database_config(url: str) -> dict[str, object]:
     """Turn DATABASE_URL into Django's DATABASES entry, tuned per engine."""
     config: dict[str, object] = env.db_url_config(url)
+    # Keep connections between requests and tasks: Celery's Django fixup closes them
+    # after every task otherwise, and reconnecting (with SQLite's pragmas) costs more
+    # than many a task.
+    config["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    config["CONN_HEALTH_CHECKS"] = True
     if config["ENGINE"] == "django.db.backends.sqlite3":
         # WAL lets the web process read while a worker writes; IMMEDIATE takes the write
         # lock at BEGIN so concurrent writers queue instead of failing with "locked".
@@ -34,7 +39,4 @@ def database_config(url: str) -> dict[str, object]:
             "transaction_mode": "IMMEDIATE",
             "timeout": 20,
         }
-    else:
-        config["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
-        config["CONN_HEALTH_CHECKS"] = True
     return config

@@ -1,4 +1,7 @@
+from importlib import import_module
+
 from django.apps import AppConfig
+from django.conf import settings
 
 
 class NotificationsConfig(AppConfig):
@@ -6,3 +9,10 @@ class NotificationsConfig(AppConfig):
 
     name = "notifications"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Subscribers and event types are declared at import: Carillon's own, then those
+        # of any module named in CARILLON_SUBSCRIBER_MODULES (a project's own wiring).
+        import_module("notifications.subscribers")
+        for module in settings.CARILLON_SUBSCRIBER_MODULES:
+            import_module(module)

@@ -1,5 +1,9 @@
-"""WebSocket URL routes served by config.asgi. Consumers arrive with the realtime issue."""
+"""WebSocket URL routes served by config.asgi."""
 
-from django.urls import URLPattern
+from django.urls import URLPattern, path
 
-websocket_urlpatterns: list[URLPattern] = []
+from realtime.consumers import RealtimeConsumer
+
+websocket_urlpatterns: list[URLPattern] = [
+    path("ws/", RealtimeConsumer.as_asgi(), name="realtime-ws"),
+]

@@ -19,7 +19,6 @@ from sandbox.store import STORE_KEY
 logger = logging.getLogger(__name__)
 
 API_SECRET_KEY = web.AppKey("mixpanel_api_secret", str)
-SEEN_KEY = web.AppKey("mixpanel_seen", set)
 MAX_EVENTS_PER_REQUEST = 2000
 
 
@@ -92,7 +91,8 @@ async def _ingest(request: web.Request, endpoint: str) -> web.Response:
     except InvalidBatchError as exc:
         inbox.rejected += 1
         return _answer(request, str(exc), status=400)
-    seen = request.app[SEEN_KEY]
+    seen = store.seen_insert_ids
+    inbox.requests += 1
     for event in events:
         properties = event.get("properties", {})
         if endpoint == "track" and not properties.get("token"):
@@ -118,7 +118,6 @@ async def import_events(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app[SEEN_KEY] = set()
     for path in ("/track", "/track/"):
         app.router.add_route("*", path, track)
     for path in ("/import", "/import/"):

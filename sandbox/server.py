@@ -44,7 +44,6 @@ async def list_received(request: web.Request) -> web.Response:
 async def reset(request: web.Request) -> web.Response:
     """POST /api/reset: forget everything received and restore healthy knobs."""
     request.app[STORE_KEY].reset()
-    request.app[mixpanel.SEEN_KEY].clear()
     request.app[chat.STATE_KEY].clear()
     return web.json_response({"status": "reset"})
 

@@ -70,9 +70,13 @@ class Inbox:
     accepted: int = 0
     rejected: int = 0
     duplicates: int = 0
+    in_flight: int = 0  # requests received and not yet answered (tests time a crash by it)
+    requests: int = 0  # requests that were accepted (several items may come in one)
 
     def summary(self) -> dict[str, Any]:
         return {
+            "in_flight": self.in_flight,
+            "requests": self.requests,
             "accepted": self.accepted,
             "rejected": self.rejected,
             "duplicates": self.duplicates,
@@ -86,9 +90,14 @@ class Store:
     def __init__(self) -> None:
         self._sequence = itertools.count(1)
         self.inboxes: dict[str, Inbox] = {}
+        # Provider-side deduplication keys: email Message-IDs, Mixpanel insert keys.
+        self.seen_message_ids: set[str] = set()
+        self.seen_insert_ids: set[tuple[object, ...]] = set()
         self.reset()
 
     def reset(self) -> None:
+        self.seen_message_ids.clear()
+        self.seen_insert_ids.clear()
         self.inboxes = {
             name: Inbox(received=deque(maxlen=KEEP_RECEIVED), knobs=Knobs()) for name in PROVIDERS
         }

@@ -102,12 +102,24 @@ async def create_message(request: web.Request) -> web.Response:
     if not _authorised(request):
         inbox.rejected += 1
         return twilio_error(401, 20003, "Authenticate")
+    # The whole request is read before any latency: a client that dies while waiting for
+    # the answer has still handed Twilio its message, which is the case tests provoke.
+    form = await request.post()
+    inbox.in_flight += 1
+    try:
+        return await _create_message(request, form)
+    finally:
+        inbox.in_flight -= 1
+
+
+async def _create_message(request: web.Request, form: Any) -> web.Response:
+    store = request.app[STORE_KEY]
+    inbox = store.inbox("sms")
     await inbox.knobs.delay()
     if inbox.knobs.should_fail():
         inbox.rejected += 1
         status = inbox.knobs.error_status
         return twilio_error(status, 20500 if status >= 500 else 21610, "Sandbox failure (knob)")
-    form = await request.post()
     to, sender, body = form.get("To"), form.get("From"), form.get("Body")
     service = form.get("MessagingServiceSid")
     problem = _invalid_parameter(to, sender or service, body)
@@ -136,6 +148,34 @@ async def create_message(request: web.Request) -> web.Response:
         task.add_done_callback(request.app[TASKS_KEY].discard)
     logger.info("sms %s queued for %s", message["sid"], message["to"])
     return web.json_response(_resource(message), status=201)
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    """GET .../Messages.json: the account's messages, newest first, filtered by To/From."""
+    if not _authorised(request):
+        return twilio_error(401, 20003, "Authenticate")
+    account = request.match_info["account_sid"]
+    wanted = {key.lower(): value for key, value in request.query.items() if key in ("To", "From")}
+    page_size = min(int(request.query.get("PageSize", 50)), 1000)
+    matches = [
+        _resource(message)
+        for message in reversed(request.app[MESSAGES_KEY].values())
+        if message["account_sid"] == account and all(message.get(key) == value for key, value in wanted.items())
+    ][:page_size]
+    uri = MESSAGES_PATH.format(account_sid=account)
+    return web.json_response(
+        {
+            "messages": matches,
+            "page": 0,
+            "page_size": page_size,
+            "start": 0,
+            "end": max(len(matches) - 1, 0),
+            "uri": uri,
+            "first_page_uri": uri,
+            "next_page_uri": None,
+            "previous_page_uri": None,
+        }
+    )
 
 
 async def fetch_message(request: web.Request) -> web.Response:
@@ -195,4 +235,5 @@ def add_routes(app: web.Application) -> None:
     app[MESSAGES_KEY] = {}
     app[TASKS_KEY] = set()
     app.router.add_post(MESSAGES_PATH, create_message)
+    app.router.add_get(MESSAGES_PATH, list_messages)
     app.router.add_get(MESSAGE_PATH, fetch_message)

@@ -2,10 +2,7 @@
 
 from typing import Any
 
-from kombu import Exchange, Queue
-
 from config.env import BASE_DIR, database_config, env
-from rooms.queues import ROOMS_QUEUE, ROOMS_ROUTING_KEY
 
 SECRET_KEY = env("DJANGO_SECRET_KEY")
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
@@ -124,18 +121,9 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
 # Events feed Flower's task views.
 CELERY_WORKER_SEND_TASK_EVENTS = True
-# Ordered room delivery (rooms/) has its own durable quorum queue on the topic exchange.
-CELERY_TASK_QUEUES = [
-    Queue(
-        CELERY_TASK_DEFAULT_QUEUE,
-        Exchange(CELERY_TASK_DEFAULT_EXCHANGE, type="topic"),
-        routing_key=CELERY_TASK_DEFAULT_ROUTING_KEY,
-        queue_arguments={"x-queue-type": "quorum"},
-    ),
-    ROOMS_QUEUE,
-]
-CELERY_TASK_ROUTES = {"rooms.*": {"queue": ROOMS_QUEUE.name, "routing_key": ROOMS_ROUTING_KEY}}
 CELERY_TASK_SEND_SENT_EVENT = True
+# Ordered room delivery (rooms/) runs on a quorum queue of its own (rooms/queues.py).
+CELERY_TASK_ROUTES = {"rooms.*": {"queue": "carillon.rooms", "routing_key": "carillon.rooms"}}
 
 # The background Celery app (config/background.py) reads BACKGROUND_CELERY_* settings.
 BACKGROUND_CELERY_BROKER_URL = REDIS_URL
@@ -146,17 +134,6 @@ BACKGROUND_CELERY_TASK_SERIALIZER = "json"
 BACKGROUND_CELERY_ACCEPT_CONTENT = ["json"]
 BACKGROUND_CELERY_TIMEZONE = TIME_ZONE
 BACKGROUND_CELERY_WORKER_SEND_TASK_EVENTS = True
-# Ordered room delivery (rooms/) has its own durable quorum queue on the topic exchange.
-CELERY_TASK_QUEUES = [
-    Queue(
-        CELERY_TASK_DEFAULT_QUEUE,
-        Exchange(CELERY_TASK_DEFAULT_EXCHANGE, type="topic"),
-        routing_key=CELERY_TASK_DEFAULT_ROUTING_KEY,
-        queue_arguments={"x-queue-type": "quorum"},
-    ),
-    ROOMS_QUEUE,
-]
-CELERY_TASK_ROUTES = {"rooms.*": {"queue": ROOMS_QUEUE.name, "routing_key": ROOMS_ROUTING_KEY}}
 BACKGROUND_CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 
 CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
@@ -166,6 +143,24 @@ CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
     }
 }
 
+# --- Realtime (docs/realtime.md) ------------------------------------------------------
+REALTIME_REDIS_URL = env("REALTIME_REDIS_URL", default=REDIS_URL)
+# Resume window per topic: the last N messages, none older than this.
+REALTIME_HISTORY_MAX_LENGTH = env.int("REALTIME_HISTORY_MAX_LENGTH", default=1000)
+REALTIME_HISTORY_MAX_AGE_SECONDS = env.int("REALTIME_HISTORY_MAX_AGE_SECONDS", default=3600)
+# Well under the 60 s idle timeout common to proxies and NATs.
+REALTIME_HEARTBEAT_SECONDS = env.float("REALTIME_HEARTBEAT_SECONDS", default=25.0)
+# Frames queued per connection before a client that does not read is disconnected.
+REALTIME_CONNECTION_BUFFER = env.int("REALTIME_CONNECTION_BUFFER", default=256)
+REALTIME_TOKEN_MAX_AGE_SECONDS = env.int("REALTIME_TOKEN_MAX_AGE_SECONDS", default=60)
+REALTIME_SSE_RETRY_MS = env.int("REALTIME_SSE_RETRY_MS", default=2000)
+# A connection counts as present this long after its last heartbeat (process crashes).
+REALTIME_PRESENCE_TTL_SECONDS = env.float(
+    "REALTIME_PRESENCE_TTL_SECONDS", default=3 * REALTIME_HEARTBEAT_SECONDS
+)
+# Offline is announced only after this long without any connection (flapping mobiles).
+REALTIME_PRESENCE_GRACE_SECONDS = env.float("REALTIME_PRESENCE_GRACE_SECONDS", default=5.0)
+
 # --- API ---------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -174,6 +169,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "config.api.api_exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 20,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Carillon API",
@@ -211,3 +209,26 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("DJANGO_LOG_LEVEL", default="INFO")},
 }
+
+# --- Notifications -----------------------------------------------------------------
+# Redeliveries of one message before RabbitMQ dead-letters it (quorum x-delivery-limit):
+# a message that kills its worker each time ends in the dead-letter queue, not a loop.
+CARILLON_DELIVERY_LIMIT = env.int("CARILLON_DELIVERY_LIMIT", default=5)
+# Retries of a transient provider error: exponential backoff from this base, with jitter.
+CARILLON_DELIVERY_MAX_RETRIES = env.int("CARILLON_DELIVERY_MAX_RETRIES", default=6)
+CARILLON_RETRY_BACKOFF_SECONDS = env.int("CARILLON_RETRY_BACKOFF_SECONDS", default=2)
+CARILLON_RETRY_BACKOFF_MAX_SECONDS = env.int("CARILLON_RETRY_BACKOFF_MAX_SECONDS", default=600)
+# The largest event the API takes (request body); larger ones get 413.
+CARILLON_MAX_EVENT_BYTES = env.int("CARILLON_MAX_EVENT_BYTES", default=64 * 1024)
+# How long a publisher (fast path or relay) holds an outbox row before another may retry it.
+CARILLON_OUTBOX_LEASE_SECONDS = env.int("CARILLON_OUTBOX_LEASE_SECONDS", default=30)
+# Analytics deliveries go to Mixpanel in batches of up to this many events per request.
+CARILLON_ANALYTICS_BATCH_SIZE = env.int("CARILLON_ANALYTICS_BATCH_SIZE", default=50)
+# Modules that declare more event types and subscribers (imported at start-up).
+CARILLON_SUBSCRIBER_MODULES = env.list("CARILLON_SUBSCRIBER_MODULES", default=[])
+# How long a new analytics delivery waits for others to share its request (0: no wait;
+# a full batch never waits). Analytics are not user-facing: a second buys many events
+# per request under load.
+CARILLON_ANALYTICS_BATCH_WINDOW_SECONDS = env.int("CARILLON_ANALYTICS_BATCH_WINDOW_SECONDS", default=1)
+# Bearer token Prometheus presents to GET /metrics (empty: staff logins only).
+CARILLON_METRICS_TOKEN = env("CARILLON_METRICS_TOKEN", default="")

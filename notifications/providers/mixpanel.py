@@ -16,3 +16,4 @@ def mixpanel_consumer(*, buffered: bool = False, batch_size: int = 50) -> Consum
 def mixpanel_client(*, buffered: bool = False) -> Mixpanel:
     """Build a Mixpanel client for MIXPANEL_TOKEN."""
     return Mixpanel(settings.MIXPANEL_TOKEN, consumer=mixpanel_consumer(buffered=buffered))
+

@@ -1,0 +1,38 @@
+"""GET /metrics for Prometheus, behind authentication: a bearer token
+(CARILLON_METRICS_TOKEN) for the scraper, or a signed-in staff user."""
+
+import hmac
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from notifications.metrics import CarillonCollector
+
+registry = CollectorRegistry(auto_describe=False)  # describing would query at import
+registry.register(CarillonCollector())
+
+
+def _allowed(request: HttpRequest) -> bool:
+    token = settings.CARILLON_METRICS_TOKEN
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if token and scheme.lower() == "bearer" and hmac.compare_digest(presented.strip(), token):
+        return True
+    return bool(request.user.is_authenticated and request.user.is_staff)
+
+
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponse:
+    if not _allowed(request):
+        response = JsonResponse(
+            {
+                "error": "not_authenticated",
+                "message": "metrics need Authorization: Bearer <CARILLON_METRICS_TOKEN> or a staff login",
+                "detail": {},
+            },
+            status=401,
+        )
+        response["WWW-Authenticate"] = 'Bearer realm="carillon-metrics"'
+        return response
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,72 @@
+"""Child processes Carillon starts for tests and benchmarks: its workers, daphne, the sandbox."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def python(*args: str) -> list[str]:
+    """argv running the current interpreter (the project's virtualenv)."""
+    return [sys.executable, *args]
+
+
+class ManagedProcess:
+    """A child process with its output in a log file, stopped (and reaped) by `stop`."""
+
+    def __init__(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, log_dir: Path) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("w")
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # Its own session: `kill` can then take the process and all its children at once.
+        self.process = subprocess.Popen(  # noqa: S603 - argv built by Carillon itself
+            argv, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_until(self, ready: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+        """Poll `ready` until it holds; fail with the process's log if it never does."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.process.returncode}):\n{self.log()}")
+            if ready():
+                return
+            time.sleep(0.1)
+        self.stop()  # a fixture that fails here never reaches its own teardown
+        raise RuntimeError(f"{self.name}: {what} not seen in {timeout}s:\n{self.log()[-5000:]}")
+
+    def wait_for_log(self, text: str, timeout: float = 60.0) -> None:
+        self.wait_until(lambda: text in self.log(), f"log line {text!r}", timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the process and every child it started, as a crash or OOM kill would."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()

@@ -1,0 +1,196 @@
+import json
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils.html import format_html
+
+from notifications.exceptions import FailedJobStateError
+from notifications.models import (
+    Delivery,
+    Event,
+    FailedJob,
+    FailedJobAction,
+    Notification,
+    OutboxMessage,
+    Preference,
+    ProviderCallback,
+    Recipient,
+)
+from notifications.services import failed_job_discard, failed_job_replay
+
+
+class DeliveryInline(admin.TabularInline):
+    model = Delivery
+    extra = 0
+    fields = readonly_fields = ("subscriber", "channel", "recipient", "status", "attempts", "provider_message_id", "last_error", "updated_at")
+    can_delete = False
+
+
+class OutboxInline(admin.TabularInline):
+    model = OutboxMessage
+    extra = 0
+    fields = readonly_fields = ("kind", "published_at", "attempts", "last_error")
+    can_delete = False
+
+
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    list_display = ["id", "type", "version", "actor", "occurred_at", "created_at"]
+    list_filter = ["type"]
+    search_fields = ["id", "idempotency_key", "actor"]
+    readonly_fields = ["id", "type", "version", "occurred_at", "actor", "data", "idempotency_key", "created_at"]
+    inlines = [OutboxInline, DeliveryInline]
+
+
+class CallbackInline(admin.TabularInline):
+    model = ProviderCallback
+    extra = 0
+    fields = readonly_fields = ("provider", "status", "payload", "received_at")
+    can_delete = False
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(admin.ModelAdmin):
+    list_display = ["id", "event", "subscriber", "channel", "recipient", "status", "attempts", "updated_at"]
+    list_filter = ["channel", "status", "subscriber"]
+    search_fields = ["event__id", "recipient", "provider_message_id"]
+    raw_id_fields = ["event", "user"]
+    inlines = [CallbackInline]
+
+
+class FailedJobActionInline(admin.TabularInline):
+    model = FailedJobAction
+    extra = 0
+    fields = readonly_fields = ("kind", "user", "reason", "outcome", "created_at")
+    can_delete = False
+
+
+@admin.register(FailedJob)
+class FailedJobAdmin(admin.ModelAdmin):
+    list_display = ["id", "task_name", "queue", "event_type", "error_class", "state", "attempts", "created_at"]
+    list_filter = ["state", "queue", "task_name", "event__type", "error_class", "source", "created_at"]
+    search_fields = ["event__id", "delivery__recipient", "error_message", "task_id"]
+    readonly_fields = [
+        "task_name", "task_id", "queue", "args", "event_link", "delivery_link", "error_class", "error_message",
+        "traceback", "attempts", "source", "critical", "state", "created_at", "envelope", "other_deliveries",
+    ]
+    exclude = ["event", "delivery", "dedup_key"]
+    inlines = [FailedJobActionInline]
+    actions = ["replay_selected", "discard_selected"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_replay_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("notifications.replay_failedjob")
+
+    @admin.display(description="event type", ordering="event__type")
+    def event_type(self, job: FailedJob) -> str:
+        return job.event.type if job.event else "—"
+
+    @admin.display(description="event")
+    def event_link(self, job: FailedJob) -> str:
+        if job.event is None:
+            return "—"
+        url = reverse("admin:notifications_event_change", args=[job.event_id])
+        return format_html('<a href="{}">{}</a>', url, job.event)
+
+    @admin.display(description="delivery")
+    def delivery_link(self, job: FailedJob) -> str:
+        if job.delivery is None:
+            return "—"
+        url = reverse("admin:notifications_delivery_change", args=[job.delivery_id])
+        return format_html(
+            '<a href="{}">{}</a> — provider response: {}', url, job.delivery, job.delivery.provider_response
+        )
+
+    @admin.display(description="envelope")
+    def envelope(self, job: FailedJob) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(job.event.data, indent=2) if job.event else "—")
+
+    @admin.display(description="the event's other deliveries")
+    def other_deliveries(self, job: FailedJob) -> str:
+        if job.event is None:
+            return "—"
+        rows = [
+            format_html(
+                '<li><a href="{}">{}</a></li>', reverse("admin:notifications_delivery_change", args=[d.pk]), d
+            )
+            for d in job.event.deliveries.all()
+            if d.pk != job.delivery_id
+        ]
+        return format_html("<ul>{}</ul>", format_html("".join(rows))) if rows else "—"
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        response = super().changelist_view(request, extra_context)
+        if hasattr(response, "context_data") and "cl" in response.context_data:
+            counts = (
+                response.context_data["cl"].queryset.values("error_class").annotate(n=Count("pk")).order_by("-n")
+            )
+            response.context_data["title"] = "Failed jobs — " + ", ".join(
+                f"{row['error_class']}: {row['n']}" for row in counts
+            ) if counts else "Failed jobs"
+        return response
+
+    def _confirmation(self, request: HttpRequest, queryset: QuerySet[FailedJob], verb: str, action: str) -> HttpResponse:
+        return render(
+            request,
+            "admin/notifications/failedjob/confirm_action.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": f"Confirm: {verb} failed jobs",
+                "verb": verb,
+                "action": action,
+                "count": queryset.count(),
+                "selected": request.POST.getlist(ACTION_CHECKBOX_NAME),
+                "select_across": request.POST.get("select_across") == "1",
+                "opts": self.model._meta,
+            },
+        )
+
+    @admin.action(description="Replay selected failed jobs", permissions=["replay"])
+    def replay_selected(self, request: HttpRequest, queryset: QuerySet[FailedJob]) -> HttpResponse | None:
+        if request.POST.get("confirm") != "yes":
+            return self._confirmation(request, queryset, "replay", "replay_selected")
+        done, refused = 0, []
+        for job in queryset:
+            try:
+                failed_job_replay(failed_job_id=job.pk, user_id=request.user.pk)
+                done += 1
+            except FailedJobStateError as exc:
+                refused.append(str(exc))
+        self.message_user(request, f"Replayed {done} failed jobs.", messages.SUCCESS)
+        for reason in refused:
+            self.message_user(request, reason, messages.WARNING)
+        return None
+
+    @admin.action(description="Discard selected failed jobs (with a reason)", permissions=["replay"])
+    def discard_selected(self, request: HttpRequest, queryset: QuerySet[FailedJob]) -> HttpResponse | None:
+        reason = request.POST.get("reason", "").strip()
+        if request.POST.get("confirm") != "yes" or not reason:
+            return self._confirmation(request, queryset, "discard", "discard_selected")
+        done = 0
+        for job in queryset:
+            try:
+                failed_job_discard(failed_job_id=job.pk, user_id=request.user.pk, reason=reason)
+                done += 1
+            except FailedJobStateError as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+        self.message_user(request, f"Discarded {done} failed jobs.", messages.SUCCESS)
+        return None
+
+
+@admin.register(Notification)
+class NotificationAdmin(admin.ModelAdmin):
+    list_display = ["id", "user", "kind", "title", "read_at", "created_at"]
+    list_filter = ["kind"]
+    raw_id_fields = ["user", "event", "delivery"]
+
+
+admin.site.register(Recipient)
+admin.site.register(Preference)

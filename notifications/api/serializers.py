@@ -1,0 +1,60 @@
+from typing import Any
+
+from rest_framework import serializers
+
+from notifications.models import Delivery, Event, Notification
+
+
+class EventPublishSerializer(serializers.Serializer[Any]):
+    type = serializers.CharField(max_length=100, help_text="a declared event type, e.g. account.created")
+    version = serializers.IntegerField(required=False, min_value=1, help_text="default: the latest")
+    data = serializers.JSONField(help_text="the event's data, checked against its type's schema")
+    actor = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    idempotency_key = serializers.CharField(max_length=200, required=False, allow_null=True, default=None)
+    occurred_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+
+
+class EventAcceptedSerializer(serializers.Serializer[Any]):
+    id = serializers.UUIDField()
+    status_url = serializers.CharField()
+    duplicate = serializers.BooleanField()
+
+
+class DeliverySerializer(serializers.ModelSerializer[Delivery]):
+    class Meta:
+        model = Delivery
+        fields = [
+            "id", "subscriber", "channel", "recipient", "status", "attempts",
+            "provider_message_id", "last_error", "sent_at", "updated_at",
+        ]
+
+
+class EventSerializer(serializers.ModelSerializer[Event]):
+    deliveries = DeliverySerializer(many=True, read_only=True)
+    published = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Event
+        fields = ["id", "type", "version", "occurred_at", "actor", "data", "idempotency_key", "published", "deliveries"]
+
+    def get_published(self, event: Event) -> bool:
+        """Whether every outbox row of the event reached RabbitMQ."""
+        return not event.outbox.filter(published_at__isnull=True).exists()
+
+
+class NotificationSerializer(serializers.ModelSerializer[Notification]):
+    read = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Notification
+        fields = ["id", "kind", "title", "body", "data", "read", "read_at", "created_at"]
+
+    def get_read(self, notification: Notification) -> bool:
+        return notification.read_at is not None
+
+
+class PreferenceSerializer(serializers.Serializer[Any]):
+    category = serializers.CharField()
+    channel = serializers.CharField()
+    enabled = serializers.BooleanField()
+    mandatory = serializers.BooleanField(read_only=True)

@@ -1,0 +1,18 @@
+from django.urls import path
+
+from notifications.api import views, webhooks
+
+urlpatterns = [
+    path("events/", views.EventListView.as_view(), name="event-list"),
+    path("events/<uuid:pk>/", views.EventDetailView.as_view(), name="event-detail"),
+    path("notifications/", views.NotificationListView.as_view(), name="notification-list"),
+    path("notifications/<int:notification_id>/read/", views.NotificationReadView.as_view(), name="notification-read"),
+    path("notifications/read-all/", views.NotificationReadAllView.as_view(), name="notification-read-all"),
+    *(
+        path(f"failed-jobs/<int:failed_job_id>/{action}/", views.FailedJobActionView.as_view(),
+             {"action": action}, name=f"failed-job-{action}")
+        for action in ("replay", "discard")
+    ),
+    path("preferences/", views.PreferenceView.as_view(), name="preferences"),
+    path("webhooks/twilio/<int:delivery_id>/", webhooks.twilio_status_callback, name="twilio-status-callback"),
+]

@@ -1,0 +1,203 @@
+"""The notifications API: publish events and follow them, read in-app notifications,
+choose channels. Views validate, call one service or selector, and answer."""
+
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, permissions
+from rest_framework.exceptions import ParseError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from config.api import api_error
+from notifications.api.serializers import (
+    EventAcceptedSerializer,
+    EventPublishSerializer,
+    EventSerializer,
+    NotificationSerializer,
+    PreferenceSerializer,
+)
+from notifications.events import event_types
+from notifications.exceptions import FailedJobStateError, InvalidEvent
+from notifications.models import Event, FailedJob, Notification
+from notifications.selectors import notification_list, notification_unread_count, preference_list
+from notifications.services import (
+    event_publish,
+    failed_job_discard,
+    failed_job_replay,
+    notification_mark_read,
+    preference_set,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class CanPublishEvents(permissions.BasePermission):
+    message = "publishing events needs the notifications.publish_event permission"
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return bool(request.user and request.user.has_perm("notifications.publish_event"))
+
+
+def _too_large(request: Request) -> bool:
+    """Refuse by Content-Length first, then by the body actually read (chunked uploads)."""
+    limit = settings.CARILLON_MAX_EVENT_BYTES
+    try:
+        if int(request.META.get("CONTENT_LENGTH") or 0) > limit:
+            return True
+        return len(request.body) > limit
+    except RequestDataTooBig:
+        return True
+
+
+class EventListView(APIView):
+    permission_classes = [permissions.IsAuthenticated, CanPublishEvents]
+
+    @extend_schema(
+        request=EventPublishSerializer,
+        responses={202: EventAcceptedSerializer, 200: EventAcceptedSerializer},
+        summary="Publish a domain event",
+        description=(
+            "Validates the event against its type's schema and publishes it to every subscriber. "
+            f"Bodies over CARILLON_MAX_EVENT_BYTES (default {64 * 1024} bytes) get 413. "
+            "A repeated idempotency_key answers 200 with the first event and publishes nothing."
+        ),
+    )
+    def post(self, request: Request) -> Response:
+        if _too_large(request):
+            return api_error(
+                "payload_too_large",
+                f"an event body may be at most {settings.CARILLON_MAX_EVENT_BYTES} bytes",
+                detail={"limit": settings.CARILLON_MAX_EVENT_BYTES},
+                status_code=413,
+            )
+        try:
+            body = request.data
+        except ParseError as exc:
+            return api_error("malformed_json", f"the body is not valid JSON: {exc.detail}")
+        incoming = EventPublishSerializer(data=body)
+        incoming.is_valid(raise_exception=True)
+        fields: dict[str, Any] = incoming.validated_data
+        first = (
+            Event.objects.filter(idempotency_key=fields["idempotency_key"]).first()
+            if fields["idempotency_key"]
+            else None
+        )
+        try:
+            event = event_publish(
+                type=fields["type"],
+                data=fields["data"],
+                version=fields.get("version"),
+                actor=fields["actor"] or request.user.get_username(),
+                idempotency_key=fields["idempotency_key"],
+                occurred_at=fields["occurred_at"],
+            )
+        except InvalidEvent as exc:
+            return api_error("invalid_event", exc.message, detail=exc.detail)
+        duplicate = first is not None and first.pk == event.pk
+        answer = {"id": event.pk, "status_url": f"/api/events/{event.pk}/", "duplicate": duplicate}
+        return Response(EventAcceptedSerializer(answer).data, status=200 if duplicate else 202)
+
+
+class EventDetailView(generics.RetrieveAPIView[Event]):
+    """An event with each delivery's state: a publisher learns when its work is done."""
+
+    permission_classes = [permissions.IsAuthenticated, CanPublishEvents]
+    serializer_class = EventSerializer
+    queryset = Event.objects.prefetch_related("deliveries")
+
+
+class NotificationListView(generics.ListAPIView[Notification]):
+    """The signed-in user's in-app notifications, newest first, with the unread count."""
+
+    serializer_class = NotificationSerializer
+
+    def get_queryset(self) -> Any:
+        return notification_list(user_id=self.request.user.pk)
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        response = super().list(request, *args, **kwargs)
+        response.data["unread_count"] = notification_unread_count(user_id=request.user.pk)
+        return response
+
+
+class NotificationReadView(APIView):
+    @extend_schema(request=None, responses={200: dict})
+    def post(self, request: Request, notification_id: int) -> Response:
+        get_object_or_404(Notification, pk=notification_id, user_id=request.user.pk)
+        notification_mark_read(user_id=request.user.pk, notification_id=notification_id)
+        return Response({"unread_count": notification_unread_count(user_id=request.user.pk)})
+
+
+class NotificationReadAllView(APIView):
+    @extend_schema(request=None, responses={200: dict})
+    def post(self, request: Request) -> Response:
+        changed = notification_mark_read(user_id=request.user.pk)
+        return Response({"marked_read": changed, "unread_count": 0})
+
+
+class PreferenceView(APIView):
+    """Channels per event category; mandatory categories (security) cannot be switched off."""
+
+    @extend_schema(responses={200: PreferenceSerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        return Response(preference_list(user_id=request.user.pk))
+
+    @extend_schema(request=PreferenceSerializer(many=True), responses={200: PreferenceSerializer(many=True)})
+    def put(self, request: Request) -> Response:
+        incoming = PreferenceSerializer(data=request.data, many=True)
+        incoming.is_valid(raise_exception=True)
+        categories = {event_type.category: event_type.mandatory for event_type in event_types()}
+        channels = {row["channel"] for row in preference_list(user_id=request.user.pk)}
+        for row in incoming.validated_data:
+            if row["category"] not in categories or row["channel"] not in channels:
+                return api_error(
+                    "unknown_preference",
+                    f"no category {row['category']!r} with channel {row['channel']!r}",
+                    detail={"categories": sorted(categories), "channels": sorted(channels)},
+                )
+            if categories[row["category"]] and not row["enabled"]:
+                return api_error(
+                    "mandatory_category",
+                    f"{row['category']} notifications cannot be switched off",
+                    detail={"category": row["category"]},
+                )
+        for row in incoming.validated_data:
+            preference_set(
+                user_id=request.user.pk, category=row["category"], channel=row["channel"], enabled=row["enabled"]
+            )
+        return Response(preference_list(user_id=request.user.pk))
+
+
+class CanReplayFailedJobs(permissions.BasePermission):
+    message = "replaying or discarding failed jobs needs the notifications.replay_failedjob permission"
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return bool(request.user and request.user.has_perm("notifications.replay_failedjob"))
+
+
+class FailedJobActionView(APIView):
+    """Replay or discard one failed job, for automation (the admin does the same)."""
+
+    permission_classes = [permissions.IsAuthenticated, CanReplayFailedJobs]
+
+    @extend_schema(request=None, responses={200: dict})
+    def post(self, request: Request, failed_job_id: int, action: str) -> Response:
+        get_object_or_404(FailedJob, pk=failed_job_id)
+        if action == "discard" and not str(request.data.get("reason", "")).strip():
+            return api_error("reason_required", "say why the job is discarded: send {\"reason\": ...}")
+        try:
+            if action == "replay":
+                job = failed_job_replay(failed_job_id=failed_job_id, user_id=request.user.pk)
+            else:
+                job = failed_job_discard(
+                    failed_job_id=failed_job_id, user_id=request.user.pk, reason=str(request.data.get("reason", ""))
+                )
+        except FailedJobStateError as exc:
+            return api_error("invalid_state", str(exc), status_code=409)
+        return Response({"id": job.pk, "state": job.state})

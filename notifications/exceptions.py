@@ -1,0 +1,59 @@
+"""The notifications app's exceptions: one hierarchy, caught by type at each boundary."""
+
+from typing import Any
+
+
+class NotificationError(Exception):
+    """Base of every error the notifications app raises on purpose."""
+
+
+class InvalidEvent(NotificationError):  # noqa: N818 - the name the brief and style guide use
+    """An event that cannot be published: unknown type or version, or data not matching it.
+
+    `detail` maps each offending field to its messages, as an API error's detail.
+    """
+
+    def __init__(self, message: str, *, detail: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail or {}
+
+
+class ProviderError(NotificationError):
+    """A provider did not take a message."""
+
+    def __init__(self, message: str, *, response: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.response = response or {}
+
+
+class ProviderTransientError(ProviderError):
+    """Worth retrying: the provider was down, slow, rate limiting, or answered 5xx.
+
+    `in_doubt` says the provider may have taken the message anyway (a timeout after the
+    request was sent); the next attempt must then check before sending again.
+    """
+
+    def __init__(self, message: str, *, in_doubt: bool = False, response: dict[str, Any] | None = None) -> None:
+        super().__init__(message, response=response)
+        self.in_doubt = in_doubt
+
+
+class ProviderPermanentError(ProviderError):
+    """Not worth retrying: the provider refused the message itself (4xx, bad number, ...)."""
+
+
+class DeadLettered(NotificationError):  # noqa: N818 - names what happened to the message
+    """A message RabbitMQ dead-lettered (rejected, over its delivery limit, or expired)."""
+
+
+class FailedJobStateError(NotificationError):
+    """A failed job cannot take that action (already replayed or discarded, or no reason)."""
+
+
+class BatchPending(NotificationError):  # noqa: N818 - a state, not a failure
+    """Deliveries wait for their batch; run the task again in `retry_after` seconds."""
+
+    def __init__(self, *, retry_after: int) -> None:
+        super().__init__(f"waiting for a batch; again in {retry_after}s")
+        self.retry_after = retry_after

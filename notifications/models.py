@@ -1,0 +1,218 @@
+"""Events, their outbox, deliveries to subscribers, and what failed."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+from notifications.channels import Channel
+
+
+class Event(models.Model):
+    """A domain event as published: the envelope, kept for its deliveries' trail."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    type = models.CharField(max_length=100, db_index=True)
+    version = models.PositiveSmallIntegerField()
+    occurred_at = models.DateTimeField()
+    actor = models.CharField(max_length=200, blank=True)
+    data = models.JSONField()
+    # A repeated key returns the first event and publishes nothing.
+    idempotency_key = models.CharField(max_length=200, unique=True, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        permissions = [("publish_event", "Can publish events through the API")]
+
+    def __str__(self) -> str:
+        return f"{self.type} v{self.version} {self.id}"
+
+
+class OutboxMessage(models.Model):
+    """A message to publish to RabbitMQ, written in the same transaction as its event.
+
+    Published right after commit (fast path) or by the relay (slow path); a claim token
+    and lease keep two publishers from taking the same row at once.
+    """
+
+    class Kind(models.TextChoices):
+        ENVELOPE = "envelope"  # the raw event on the events exchange, for other services
+        TASK = "task"  # one subscriber's Celery task on its channel queue
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="outbox")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    # For tasks, whose work and where it goes (blank for envelopes): metrics and the
+    # admin find unfinished work per queue by them.
+    subscriber = models.CharField(max_length=100, blank=True)
+    queue = models.CharField(max_length=200, blank=True, db_index=True)
+    # For tasks: {"task": name, "args": [...], "queue": name}; for envelopes: the envelope.
+    payload = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    published_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    claim_token = models.UUIDField(null=True, blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["published_at", "id"], name="outbox_unpublished")]
+
+    def __str__(self) -> str:
+        return f"outbox {self.pk} {self.kind} for {self.event_id}"
+
+
+class Delivery(models.Model):
+    """One subscriber's work for one recipient of one event: sent once, whatever happens."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SENDING = "sending"  # an attempt is under way, or died: the next one checks first
+        SENT = "sent"  # the provider took it
+        DELIVERED = "delivered"  # the provider confirmed delivery (callback)
+        UNDELIVERED = "undelivered"
+        FAILED = "failed"
+        SKIPPED = "skipped"  # the recipient switched this channel off
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
+    subscriber = models.CharField(max_length=100)
+    channel = models.CharField(max_length=20, choices=Channel.choices)
+    recipient = models.CharField(max_length=200)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    provider_message_id = models.CharField(max_length=200, blank=True, db_index=True)
+    provider_response = models.JSONField(default=dict, blank=True)
+    last_error = models.TextField(blank=True)
+    claim_token = models.UUIDField(null=True, blank=True)  # analytics batches
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    attempt_started_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["event", "subscriber", "recipient"], name="one_delivery_per_recipient")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subscriber} → {self.recipient} ({self.status})"
+
+
+class ProviderCallback(models.Model):
+    """A status report a provider sent about a delivery (e.g. Twilio's status callback)."""
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="callbacks")
+    provider = models.CharField(max_length=50)
+    status = models.CharField(max_length=50)
+    payload = models.JSONField()
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.status} for delivery {self.delivery_id}"
+
+
+class FailedJob(models.Model):
+    """A job that will not succeed by retrying: kept with everything needed to replay it."""
+
+    class State(models.TextChoices):
+        FAILED = "failed"
+        REPLAYED = "replayed"
+        DISCARDED = "discarded"
+
+    task_name = models.CharField(max_length=200)
+    task_id = models.CharField(max_length=200, blank=True)
+    queue = models.CharField(max_length=200)
+    args = models.JSONField(default=list)
+    event = models.ForeignKey(Event, on_delete=models.SET_NULL, null=True, blank=True, related_name="failed_jobs")
+    delivery = models.ForeignKey(Delivery, on_delete=models.SET_NULL, null=True, blank=True, related_name="failed_jobs")
+    error_class = models.CharField(max_length=200)
+    error_message = models.TextField()
+    traceback = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    # Where it came from: a task that gave up, or a message found in a dead-letter queue.
+    source = models.CharField(max_length=20, default="task")
+    # A unique key per failure, so a dead-letter drain run twice records it once.
+    dedup_key = models.CharField(max_length=200, unique=True, null=True, blank=True)
+    critical = models.BooleanField(default=True)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.FAILED, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        permissions = [("replay_failedjob", "Can replay or discard failed jobs")]
+
+    def __str__(self) -> str:
+        return f"{self.task_name} {self.error_class} ({self.state})"
+
+
+class FailedJobAction(models.Model):
+    """Who replayed or discarded a failed job, when, why, and what came of it."""
+
+    class Kind(models.TextChoices):
+        REPLAY = "replay"
+        DISCARD = "discard"
+
+    failed_job = models.ForeignKey(FailedJob, on_delete=models.CASCADE, related_name="actions")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    reason = models.TextField(blank=True)
+    outcome = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of failed job {self.failed_job_id}"
+
+
+class Notification(models.Model):
+    """An in-app notification shown to one user."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
+    delivery = models.OneToOneField(Delivery, on_delete=models.SET_NULL, null=True, blank=True)
+    event = models.ForeignKey(Event, on_delete=models.SET_NULL, null=True, blank=True)
+    kind = models.CharField(max_length=100)
+    title = models.CharField(max_length=200)
+    body = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["user", "read_at"], name="notification_unread")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} for user {self.user_id}"
+
+
+class Recipient(models.Model):
+    """How to reach a user beyond Django's User: phone number, digest choice."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="recipient")
+    phone_number = models.CharField(max_length=20, blank=True, help_text="E.164, e.g. +15551230001")
+
+    def __str__(self) -> str:
+        return f"recipient {self.user_id}"
+
+
+class Preference(models.Model):
+    """A user's choice for one channel of one event category; no row means on."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notification_preferences")
+    category = models.CharField(max_length=50)
+    channel = models.CharField(max_length=20, choices=Channel.choices)
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "category", "channel"], name="one_preference")]
+
+    def __str__(self) -> str:
+        return f"{self.category}/{self.channel} {'on' if self.enabled else 'off'} for user {self.user_id}"

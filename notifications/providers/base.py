@@ -1,0 +1,32 @@
+"""What every channel's sender takes and returns."""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.template.loader import render_to_string
+
+from notifications.models import Delivery, Event
+
+
+@dataclass
+class SendResult:
+    provider_message_id: str = ""
+    response: dict[str, Any] = field(default_factory=dict)
+
+
+class Sender(Protocol):
+    def __call__(
+        self, *, delivery: Delivery, event: Event, user: AbstractBaseUser, in_doubt_since: datetime | None
+    ) -> SendResult:
+        """Hand one delivery to the provider. `in_doubt_since` is set when an earlier
+        attempt started at that time and may have reached the provider before dying:
+        check before sending again, or send with the same idempotency key."""
+        ...
+
+
+def render(channel: str, event: Event, part: str, user: AbstractBaseUser) -> str:
+    """Render notifications/<channel>/<event type>.<part> with the event and its user."""
+    context = {"event": event, "data": event.data, "user": user}
+    return render_to_string(f"notifications/{channel}/{event.type}.{part}", context).strip()

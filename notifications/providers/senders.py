@@ -1,0 +1,14 @@
+"""Which sender serves which channel, one delivery at a time (analytics go in batches:
+notifications.services.analytics_flush)."""
+
+from notifications.channels import Channel
+from notifications.providers.base import Sender
+from notifications.providers.email import email_send
+from notifications.providers.inapp import inapp_send
+from notifications.providers.sms import sms_send
+
+SENDERS: dict[str, Sender] = {
+    Channel.EMAIL: email_send,
+    Channel.SMS: sms_send,
+    Channel.INAPP: inapp_send,
+}

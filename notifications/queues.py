@@ -1,0 +1,128 @@
+"""RabbitMQ topology of the critical path, declared with kombu: exchanges, queues, bindings.
+
+- `carillon.events` (topic): every event's raw envelope, routing key = event type, for
+  services in other languages to bind their own queues to. Carillon does not consume it.
+- `carillon.tasks` (topic): Celery task messages. One durable quorum queue per channel,
+  bound by `notify.<channel>`. Each subscriber's work is its own message sent to exactly
+  one queue, never fanned out by a binding: Task.retry() republishes with the original
+  exchange and routing key, so a fanned-out message would be retried into every queue.
+- `carillon.dlx` (topic): where channel queues dead-letter (rejected, or past the
+  delivery limit); one quorum dead-letter queue per channel, bound by `dead.<channel>`.
+- `carillon.rooms` (on `carillon.tasks`): ordered per-room delivery, see rooms/queues.py.
+"""
+
+from typing import Any
+
+from django.conf import settings
+from kombu import Connection, Exchange, Queue
+
+from notifications.channels import Channel
+from rooms.queues import rooms_queue
+
+EVENTS_EXCHANGE = Exchange("carillon.events", type="topic", durable=True)
+TASKS_EXCHANGE = Exchange("carillon.tasks", type="topic", durable=True)
+DEAD_LETTER_EXCHANGE = Exchange("carillon.dlx", type="topic", durable=True)
+
+DEFAULT_QUEUE_NAME = "carillon.default"
+
+
+def _quorum(**arguments: Any) -> dict[str, Any]:
+    return {"x-queue-type": "quorum", **arguments}
+
+
+def channel_queue_name(channel: str) -> str:
+    return f"carillon.{channel}"
+
+
+def channel_routing_key(channel: str) -> str:
+    return f"notify.{channel}"
+
+
+def channel_queue(channel: str) -> Queue:
+    """The work queue of one channel: quorum, dead-lettering, with a delivery limit.
+
+    The delivery limit bounds a poison message that kills its worker: with
+    task_reject_on_worker_lost it would otherwise be redelivered forever.
+    """
+    return Queue(
+        channel_queue_name(channel),
+        TASKS_EXCHANGE,
+        routing_key=channel_routing_key(channel),
+        durable=True,
+        queue_arguments=_quorum(
+            **{
+                "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
+                "x-dead-letter-routing-key": f"dead.{channel}",
+                "x-delivery-limit": settings.CARILLON_DELIVERY_LIMIT,
+            }
+        ),
+    )
+
+
+def dead_letter_queue(channel: str) -> Queue:
+    return Queue(
+        f"{channel_queue_name(channel)}.dlq",
+        DEAD_LETTER_EXCHANGE,
+        routing_key=f"dead.{channel}",
+        durable=True,
+        queue_arguments=_quorum(),
+    )
+
+
+def default_queue() -> Queue:
+    return Queue(
+        DEFAULT_QUEUE_NAME, TASKS_EXCHANGE, routing_key=DEFAULT_QUEUE_NAME, durable=True,
+        queue_arguments=_quorum(),
+    )
+
+
+def delivery_task_name(channel: str) -> str:
+    """The Celery task that delivers on a channel (notifications/tasks/<channel>.py)."""
+    return f"notifications.{channel}.deliver"
+
+
+def task_queues() -> list[Queue]:
+    """The queues Celery workers of the critical app consume (`-Q` picks among them)."""
+    return [default_queue(), *(channel_queue(channel) for channel in Channel.values), rooms_queue(TASKS_EXCHANGE)]
+
+
+def dead_letter_queues() -> list[Queue]:
+    return [dead_letter_queue(channel) for channel in Channel.values]
+
+
+def topology() -> tuple[list[Exchange], list[Queue]]:
+    """Everything Carillon declares on RabbitMQ."""
+    exchanges = [EVENTS_EXCHANGE, TASKS_EXCHANGE, DEAD_LETTER_EXCHANGE]
+    return exchanges, [*task_queues(), *dead_letter_queues()]
+
+
+def topology_declare(connection: Connection) -> None:
+    """Declare every exchange, queue and binding (idempotent: safe at every start-up)."""
+    exchanges, queues = topology()
+    channel = connection.default_channel
+    for exchange in exchanges:
+        exchange(channel).declare()
+    for queue in queues:
+        queue(channel).declare()
+
+
+def topology_definitions() -> dict[str, Any]:
+    """The topology as RabbitMQ definitions JSON (importable with `rabbitmqctl import_definitions`)."""
+    exchanges, queues = topology()
+    return {
+        "exchanges": [
+            {"name": e.name, "vhost": "/", "type": e.type, "durable": True, "auto_delete": False,
+             "internal": False, "arguments": {}}
+            for e in exchanges
+        ],
+        "queues": [
+            {"name": q.name, "vhost": "/", "durable": True, "auto_delete": False,
+             "arguments": dict(getattr(q, "queue_arguments", None) or {})}
+            for q in queues
+        ],
+        "bindings": [
+            {"source": q.exchange.name, "vhost": "/", "destination": q.name, "destination_type": "queue",
+             "routing_key": q.routing_key, "arguments": {}}
+            for q in queues
+        ],
+    }

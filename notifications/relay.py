@@ -1,0 +1,145 @@
+"""Publish outbox rows to RabbitMQ: at once after commit (fast path) and from the relay
+process for whatever the fast path missed (slow path). Both publish with confirms and
+persistent messages, so a row is marked published only once RabbitMQ has it."""
+
+import logging
+import threading
+import time
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+from kombu.exceptions import KombuError, OperationalError
+
+from config.celery import app as critical_app
+from notifications.models import OutboxMessage
+from notifications.queues import EVENTS_EXCHANGE, topology_declare
+
+logger = logging.getLogger(__name__)
+
+RELAY_BACKOFF_MAX_SECONDS = 30.0
+CONNECT_TIMEOUT_SECONDS = 2.0
+FAST_PATH_PAUSE_SECONDS = 5.0
+_fast_path_paused_until = 0.0
+
+# Declared once per process before the first publish: a task published before any
+# worker declared its queue would be unroutable, and RabbitMQ would drop it.
+_topology_declared = False
+
+
+def outbox_claim(*, ids: list[int] | None = None, limit: int = 100) -> list[OutboxMessage]:
+    """Lease unpublished rows (the given ones, or the oldest) to this publisher alone.
+
+    The claim is a conditional UPDATE with a fresh token, so two publishers (the fast
+    path and a relay, or two relays) never hold the same row; a publisher that dies
+    leaves its lease to expire and the row to the next relay pass.
+    """
+    now = timezone.now()
+    free = Q(published_at__isnull=True) & (Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+    candidates = OutboxMessage.objects.filter(free)
+    if ids is not None:
+        candidates = candidates.filter(pk__in=ids)
+    chosen = list(candidates.order_by("pk").values_list("pk", flat=True)[:limit])
+    if not chosen:
+        return []
+    token = uuid.uuid4()
+    lease = now + timedelta(seconds=settings.CARILLON_OUTBOX_LEASE_SECONDS)
+    OutboxMessage.objects.filter(free, pk__in=chosen).update(claim_token=token, claimed_until=lease)
+    return list(OutboxMessage.objects.filter(claim_token=token, published_at__isnull=True).order_by("pk"))
+
+
+def _publish(message: OutboxMessage, producer: object) -> None:
+    payload = message.payload
+    if message.kind == OutboxMessage.Kind.ENVELOPE:
+        producer.publish(  # type: ignore[attr-defined]
+            payload,
+            exchange=EVENTS_EXCHANGE,
+            routing_key=payload["type"],
+            serializer="json",
+            delivery_mode=2,
+            declare=[EVENTS_EXCHANGE],
+            message_id=payload["id"],
+            retry=False,
+        )
+    else:
+        critical_app.send_task(
+            payload["task"],
+            args=payload["args"],
+            queue=payload["queue"],
+            # One id per (event, subscriber): Flower and logs tie retries together.
+            task_id=f"{payload['args'][0]}.{payload['args'][1]}",
+            producer=producer,
+            retry=False,
+        )
+
+
+def outbox_publish_claimed(messages: list[OutboxMessage]) -> int:
+    """Publish claimed rows in order; stop at the first broker error. Return how many went."""
+    published = 0
+    if not messages:
+        return 0
+    global _topology_declared
+    try:
+        with critical_app.producer_or_acquire() as producer:
+            # Fail at once when the broker is away, instead of Celery's connection retries:
+            # the fast path runs inside a caller's request, and the relay has its own backoff.
+            producer.connection.ensure_connection(max_retries=1, interval_start=0, timeout=CONNECT_TIMEOUT_SECONDS)
+            if not _topology_declared:
+                topology_declare(producer.connection)
+                _topology_declared = True
+            for message in messages:
+                _publish(message, producer)
+                OutboxMessage.objects.filter(pk=message.pk).update(
+                    published_at=timezone.now(), claim_token=None, claimed_until=None,
+                    attempts=message.attempts + 1, last_error="",
+                )
+                published += 1
+    except (OperationalError, KombuError, OSError) as exc:
+        # Give the unpublished rows back at once rather than at lease expiry.
+        rest = [message.pk for message in messages[published:]]
+        OutboxMessage.objects.filter(pk__in=rest).update(
+            claim_token=None, claimed_until=None, last_error=f"{type(exc).__name__}: {exc}"
+        )
+        logger.warning("outbox: %d of %d rows left for the relay: %s", len(rest), len(messages), exc)
+    return published
+
+
+def outbox_publish(*, ids: list[int]) -> int:
+    """The fast path, run after commit: publish these rows now if the broker takes them.
+
+    After a failure the fast path pauses for a few seconds and leaves rows to the relay,
+    so that requests during a broker outage do not each wait for a connection timeout.
+    """
+    global _fast_path_paused_until
+    if time.monotonic() < _fast_path_paused_until:
+        return 0
+    claimed = outbox_claim(ids=ids, limit=len(ids))
+    published = outbox_publish_claimed(claimed)
+    if published < len(claimed):
+        _fast_path_paused_until = time.monotonic() + FAST_PATH_PAUSE_SECONDS
+    return published
+
+
+def outbox_relay_once(*, limit: int = 100) -> tuple[int, int]:
+    """One relay pass over the oldest unpublished rows. Return (claimed, published)."""
+    claimed = outbox_claim(limit=limit)
+    return len(claimed), outbox_publish_claimed(claimed)
+
+
+def outbox_relay_forever(*, poll_seconds: float = 1.0, stop: threading.Event | None = None) -> None:
+    """Run relay passes until `stop` is set, backing off while the broker is down."""
+    stop = stop or threading.Event()
+    backoff = poll_seconds
+    while not stop.is_set():
+        claimed, published = outbox_relay_once()
+        if published:
+            logger.info("relay: published %d outbox rows", published)
+        if published < claimed:  # the broker refused: wait longer each time
+            backoff = min(backoff * 2, RELAY_BACKOFF_MAX_SECONDS)
+            stop.wait(backoff)
+            continue
+        backoff = poll_seconds
+        if not claimed:  # idle; after a full pass go again at once, there may be more
+            stop.wait(poll_seconds)

@@ -1,0 +1,74 @@
+"""The machinery every delivery task shares: retries for transient errors only, a
+FailedJob and a dead-lettered message for everything else."""
+
+import logging
+import random
+import traceback
+
+from celery import Task
+from celery.exceptions import Reject
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+
+from notifications.exceptions import BatchPending, ProviderTransientError
+from notifications.services import delivery_send, failed_job_record
+
+logger = logging.getLogger(__name__)
+
+# Worth retrying: the provider or our own database was briefly unavailable.
+TRANSIENT_ERRORS = (ProviderTransientError, OperationalError, InterfaceError)
+
+
+def retry_countdown(retries: int) -> int:
+    """Exponential backoff with jitter: half fixed, half random, so retries spread out
+    but never come back at once."""
+    ceiling = min(settings.CARILLON_RETRY_BACKOFF_MAX_SECONDS, settings.CARILLON_RETRY_BACKOFF_SECONDS * 2**retries)
+    return max(1, round(ceiling / 2 + random.uniform(0, ceiling / 2)))  # noqa: S311 - jitter, not crypto
+
+
+class DeliveryTask(Task):  # type: ignore[misc]
+    """Base of the channel tasks. Acknowledged late, requeued if its worker dies."""
+
+    acks_late = True
+    reject_on_worker_lost = True
+    ignore_result = True
+
+    @property
+    def max_retries(self) -> int:  # type: ignore[override]
+        return int(settings.CARILLON_DELIVERY_MAX_RETRIES)
+
+    def deliver(self, event_id: str, subscriber: str, waited: bool) -> None:
+        try:
+            delivery_send(event_id=event_id, subscriber_name=subscriber, waited=waited)
+        except BatchPending as pending:
+            # Put off, not failed: publish this job again for later, then finish (ack).
+            # Killed in between, both copies run, and the Delivery rows keep it once.
+            self.apply_async(
+                args=[event_id, subscriber], kwargs={"waited": True}, countdown=pending.retry_after,
+                task_id=self.request.id,
+            )
+        except TRANSIENT_ERRORS as exc:
+            if self.request.retries >= self.max_retries:
+                self._give_up(exc)
+            countdown = retry_countdown(self.request.retries)
+            logger.warning(
+                "task %s (%s for event %s): %s; retry %d in %ds",
+                self.request.id, subscriber, event_id, exc, self.request.retries + 1, countdown,
+            )
+            raise self.retry(exc=exc, countdown=countdown) from exc
+        except Exception as exc:  # noqa: BLE001 - everything else is permanent: keep it, dead-letter it
+            self._give_up(exc)
+
+    def _give_up(self, exc: BaseException) -> None:
+        """Record a FailedJob, then reject without requeue: RabbitMQ dead-letters it."""
+        request = self.request
+        failed_job_record(
+            task_name=self.name,
+            task_id=request.id or "",
+            queue=self.queue or "",
+            args=list(request.args or []),
+            error=exc,
+            traceback="".join(traceback.format_exception(exc)),
+            attempts=request.retries + 1,
+        )
+        raise Reject(str(exc), requeue=False) from exc

@@ -1,0 +1,45 @@
+"""What WebSocket and SSE connections share: who is connecting, and the resume ids."""
+
+import logging
+from typing import Any
+
+from django.contrib.auth import get_user_model
+
+from realtime.auth import realtime_token_user_id
+from realtime.exceptions import InvalidFrame, InvalidToken
+from realtime.topics import Topic, topic_parse
+
+logger = logging.getLogger(__name__)
+
+MAX_TOPICS_PER_CONNECTION = 100
+
+
+async def connection_user_id(*, user: Any, token: str | None) -> int | None:
+    """The user a connection acts for: a token wins over the session; None when anonymous."""
+    if token is not None:
+        user_id = realtime_token_user_id(token)
+        if not await get_user_model().objects.filter(pk=user_id, is_active=True).aexists():
+            raise InvalidToken("the token's user no longer exists or is inactive")
+        return user_id
+    if user is not None and user.is_authenticated:
+        return int(user.pk)
+    return None
+
+
+def resume_ids_parse(value: str) -> dict[Topic, int]:
+    """Parse an SSE id, `room:lobby=12,user:3=40`, into the last id per topic."""
+    ids: dict[Topic, int] = {}
+    if not value.strip():
+        return ids
+    for part in value.split(",")[:MAX_TOPICS_PER_CONNECTION]:
+        name, sep, number = part.strip().rpartition("=")
+        if not sep or not number.isdigit():
+            raise InvalidFrame(
+                f"bad resume id {part[:80]!r}: use topic=id pairs joined by commas (room:lobby=12)"
+            )
+        ids[topic_parse(name)] = int(number)
+    return ids
+
+
+def resume_ids_format(ids: dict[Topic, int | None]) -> str:
+    return ",".join(f"{topic}={last}" for topic, last in ids.items() if last is not None)

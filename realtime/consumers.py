@@ -1,0 +1,175 @@
+"""The WebSocket endpoint `/ws/`: JSON frames, subscriptions per topic, resume by id.
+
+Client frames: `{"type": "subscribe", "topic": "room:lobby", "last_id": 12}` (last_id
+optional), `{"type": "unsubscribe", "topic": ...}`, `{"type": "ping"}`.
+Server frames: `message` {topic, id, event, data}, `subscribed` {topic, id},
+`unsubscribed` {topic}, `resync` {topic, id}, `error` {reason, code, topic?}, `pong`,
+`heartbeat`. Close codes: see docs/realtime.md and the constants below.
+"""
+
+import asyncio
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from realtime.connections import MAX_TOPICS_PER_CONNECTION, connection_user_id
+from realtime.exceptions import InvalidFrame, InvalidToken, RealtimeError
+from realtime.fanout import Hub, Subscription, get_hub
+from realtime.frames import HEARTBEAT, Control, Frame
+from realtime.presence import PresenceTracker
+from realtime.topics import Topic, topic_authorise, topic_parse
+
+logger = logging.getLogger(__name__)
+
+CLOSE_BAD_FRAME = 4400
+CLOSE_BAD_TOKEN = 4401
+CLOSE_SLOW_CONSUMER = 4408
+MAX_FRAME_BYTES = 4096
+
+
+def command_parse(text: str | None, data: bytes | None) -> dict[str, Any]:
+    """Decode one client frame; raise InvalidFrame for anything outside the schema."""
+    if text is None or len(text) > MAX_FRAME_BYTES:
+        raise InvalidFrame("frames are JSON text of at most 4096 characters")
+    try:
+        command = json.loads(text)
+    except ValueError as exc:
+        raise InvalidFrame("frame is not JSON") from exc
+    if not isinstance(command, dict) or command.get("type") not in {
+        "subscribe",
+        "unsubscribe",
+        "ping",
+    }:
+        raise InvalidFrame("frame must be an object whose type is subscribe, unsubscribe or ping")
+    last_id = command.get("last_id")
+    if last_id is not None and (type(last_id) is not int or last_id < 0):
+        raise InvalidFrame("last_id must be a non-negative integer or absent")
+    if command["type"] != "ping" and not isinstance(command.get("topic"), str):
+        raise InvalidFrame(f"{command['type']} needs a topic string")
+    return command
+
+
+class RealtimeConsumer(AsyncWebsocketConsumer):
+    """One browser connection. Fan-out reaches it through the process hub, not a group."""
+
+    # An alias with no layer configured: joining the Channels layer would cost a Redis
+    # subscription and a receive task per connection, and fan-out does not use it.
+    channel_layer_alias = "realtime-no-layer"
+
+    user_id: int | None
+    hub: Hub
+    presence: PresenceTracker | None
+
+    async def connect(self) -> None:
+        self.presence = None
+        self.subscriptions: dict[Topic, Subscription] = {}
+        self.closing = False
+        self.outgoing: asyncio.Queue[Frame] = asyncio.Queue(settings.REALTIME_CONNECTION_BUFFER)
+        token = parse_qs(self.scope.get("query_string", b"").decode()).get("token", [None])[0]
+        await self.accept()
+        try:
+            self.user_id = await connection_user_id(user=self.scope.get("user"), token=token)
+        except InvalidToken as exc:
+            logger.info("websocket refused: %s", exc)
+            self.closing = True
+            await self.close(code=CLOSE_BAD_TOKEN, reason=str(exc)[:120])
+            return
+        self.writer = asyncio.create_task(self._write_loop())
+        self.hub = get_hub()
+        self.hub.attach(self)
+        self.presence = PresenceTracker(self.user_id) if self.user_id is not None else None
+        if self.presence is not None:
+            await self.presence.join()
+
+    async def disconnect(self, code: int) -> None:
+        self.closing = True
+        if hasattr(self, "writer"):
+            self.writer.cancel()
+            self.hub.detach(self)
+        for subscription in self.subscriptions.values():
+            await self.hub.unsubscribe(subscription)
+        self.subscriptions.clear()
+        if self.presence is not None:
+            await self.presence.leave()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.closing:
+            return
+        try:
+            command = command_parse(text_data, bytes_data)
+        except InvalidFrame as exc:
+            logger.info("websocket closed for a bad frame: %s", exc)
+            await self._close(CLOSE_BAD_FRAME, str(exc))
+            return
+        if command["type"] == "ping":
+            self.offer(Control("pong", {}))
+        elif command["type"] == "subscribe":
+            await self._subscribe(command["topic"], command.get("last_id"))
+        else:
+            await self._unsubscribe(command["topic"])
+
+    async def _subscribe(self, name: str, last_id: int | None) -> None:
+        try:
+            topic = topic_parse(name)
+            topic_authorise(topic=topic, user_id=self.user_id)
+            if (
+                len(self.subscriptions) >= MAX_TOPICS_PER_CONNECTION
+                and topic not in self.subscriptions
+            ):
+                raise InvalidFrame(f"at most {MAX_TOPICS_PER_CONNECTION} topics per connection")
+        except RealtimeError as exc:
+            self.offer(Control("error", {"code": exc.code, "reason": str(exc), "topic": name[:80]}))
+            return
+        if topic in self.subscriptions:
+            await self.hub.unsubscribe(self.subscriptions.pop(topic))
+        self.subscriptions[topic] = await self.hub.subscribe(self, topic, last_id)
+
+    async def _unsubscribe(self, name: str) -> None:
+        try:
+            topic = topic_parse(name)
+        except RealtimeError as exc:
+            self.offer(Control("error", {"code": exc.code, "reason": str(exc), "topic": name[:80]}))
+            return
+        subscription = self.subscriptions.pop(topic, None)
+        if subscription is not None:
+            await self.hub.unsubscribe(subscription)
+        self.offer(Control("unsubscribed", {"topic": str(topic)}))
+
+    # --- outgoing ----------------------------------------------------------------------
+
+    def offer(self, frame: Frame) -> None:
+        """Queue a frame without waiting; a full queue means the client is too slow."""
+        if self.closing:
+            return
+        if frame is HEARTBEAT and self.presence is not None:
+            self.presence.refresh_soon()
+        try:
+            self.outgoing.put_nowait(frame)
+        except asyncio.QueueFull:
+            logger.warning(
+                "websocket of user %s too slow (%d frames queued): closing",
+                self.user_id,
+                self.outgoing.qsize(),
+            )
+            asyncio.create_task(self._close(CLOSE_SLOW_CONSUMER, "slow consumer: buffer full"))
+
+    async def put(self, frame: Frame) -> None:
+        if not self.closing:
+            await self.outgoing.put(frame)
+
+    async def _write_loop(self) -> None:
+        while True:
+            frame = await self.outgoing.get()
+            await self.send(text_data=frame.ws_text)
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        if hasattr(self, "writer"):
+            self.writer.cancel()
+        await self.close(code=code, reason=reason[:120])

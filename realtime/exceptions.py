@@ -1,0 +1,23 @@
+"""The realtime app's errors: each carries a short code for API bodies and error frames."""
+
+
+class RealtimeError(Exception):
+    """Base of every realtime error; `code` is what clients see."""
+
+    code = "realtime_error"
+
+
+class InvalidTopic(RealtimeError):  # noqa: N818 (STYLE names errors like InvalidEvent)
+    code = "invalid_topic"
+
+
+class TopicRefused(RealtimeError):  # noqa: N818 (STYLE names errors like InvalidEvent)
+    code = "topic_refused"
+
+
+class InvalidFrame(RealtimeError):  # noqa: N818 (STYLE names errors like InvalidEvent)
+    code = "invalid_frame"
+
+
+class InvalidToken(RealtimeError):  # noqa: N818 (STYLE names errors like InvalidEvent)
+    code = "invalid_token"

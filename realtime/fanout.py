@@ -1,0 +1,302 @@
+"""Per-process fan-out: an in-memory subscription table and one Redis subscription per topic.
+
+Each server process keeps `topic -> local subscriptions` and subscribes once per topic to
+Redis pub/sub (seed 002's frontends). The reader task decodes a published message once
+and offers it to every local subscription; nothing goes through the Channels layer.
+
+Pub/sub may lose messages (a reconnect, a partition), so it is never trusted for
+completeness: every subscription remembers the last id it delivered, replays from the
+history whenever it sees a gap or the Redis subscription is (re)confirmed, and drops
+duplicates at the seam by id.
+"""
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from django.conf import settings
+from redis.exceptions import RedisError
+
+from realtime.frames import HEARTBEAT, Control, Delivery, Frame
+from realtime.history import ahistory_latest_id, ahistory_since, history_decode
+from realtime.services import async_client
+from realtime.topics import Topic, pubsub_channel, topic_from_pubsub_channel
+
+logger = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """A connection as the hub sees it: it takes frames without waiting."""
+
+    def offer(self, frame: Frame) -> None: ...
+
+    async def put(self, frame: Frame) -> None:
+        """Queue a frame, waiting for room: replays pace themselves on the client."""
+
+
+class Subscription:
+    """One connection's subscription to one topic, and where it stands in that topic."""
+
+    __slots__ = (
+        "sink",
+        "topic",
+        "last_id",
+        "replaying",
+        "pending",
+        "closed",
+        "announced",
+        "_task",
+        "_again",
+    )
+
+    def __init__(self, sink: Sink, topic: Topic, last_id: int | None) -> None:
+        self.sink = sink
+        self.topic = topic
+        # None: start at whatever is latest when the Redis subscription is confirmed.
+        self.last_id = last_id
+        # While replaying, live messages wait in `pending` so they follow the replay.
+        self.replaying = True
+        self.pending: list[Delivery] = []
+        self.closed = False
+        self.announced = False
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def deliver(self, delivery: Delivery) -> None:
+        self.last_id = delivery.id
+        self.sink.offer(delivery)
+
+    async def replay(self, delivery: Delivery) -> None:
+        self.last_id = delivery.id
+        await self.sink.put(delivery)
+
+
+class Hub:
+    """The subscription table of this process and its one Redis pub/sub connection."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.table: dict[Topic, set[Subscription]] = {}
+        self._confirmed: dict[Topic, asyncio.Event] = {}
+        self._redis = aioredis.Redis.from_url(redis_url)
+        self._pubsub = self._redis.pubsub()
+        self._history = async_client()
+        self._tasks = [
+            asyncio.create_task(self._read_loop(), name="realtime-hub-reader"),
+            asyncio.create_task(self._heartbeat_loop(), name="realtime-hub-heartbeat"),
+        ]
+        self._pending_limit = int(settings.REALTIME_HISTORY_MAX_LENGTH)
+        self._sinks: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._retries: set[asyncio.Task[None]] = set()
+
+    # --- subscriptions ---------------------------------------------------------------
+
+    async def subscribe(self, sink: Sink, topic: Topic, last_id: int | None) -> Subscription:
+        """Register `sink` for `topic`, replaying history after `last_id` first."""
+        subscription = Subscription(sink, topic, last_id)
+        subscribers = self.table.setdefault(topic, set())
+        subscribers.add(subscription)
+        if topic not in self._confirmed:
+            self._confirmed[topic] = asyncio.Event()
+            try:
+                await self._pubsub.subscribe(pubsub_channel(topic))
+            except RedisError:
+                # redis-py only resubscribes channels whose SUBSCRIBE went through: retry
+                # this one ourselves; its confirmation then starts the replay.
+                logger.warning("Redis subscribe to %s failed; retrying", topic)
+                task = asyncio.create_task(self._subscribe_until_done(topic))
+                self._retries.add(task)
+                task.add_done_callback(self._retries.discard)
+                return subscription
+        if self._confirmed[topic].is_set():
+            self.catch_up(subscription)
+        # Otherwise the reader's confirmation of the Redis subscription starts the replay:
+        # reading history before that could miss what is published in between.
+        return subscription
+
+    async def _subscribe_until_done(self, topic: Topic) -> None:
+        delay = 0.1
+        while topic in self.table:
+            await asyncio.sleep(delay)
+            try:
+                await self._pubsub.subscribe(pubsub_channel(topic))
+                return
+            except RedisError:
+                delay = min(delay * 2, 2.0)
+
+    async def unsubscribe(self, subscription: Subscription) -> None:
+        subscription.closed = True
+        if subscription._task is not None:
+            subscription._task.cancel()
+        subscribers = self.table.get(subscription.topic)
+        if subscribers is None:
+            return
+        subscribers.discard(subscription)
+        if not subscribers:
+            del self.table[subscription.topic]
+            self._confirmed.pop(subscription.topic, None)
+            try:
+                await self._pubsub.unsubscribe(pubsub_channel(subscription.topic))
+            except RedisError:
+                logger.warning("Redis unsubscribe from %s failed", subscription.topic)
+
+    # --- live path -------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                if not self._pubsub.subscribed:
+                    await asyncio.sleep(0.05)
+                    continue
+                message = await self._pubsub.get_message(timeout=1.0)
+                backoff = 0.1
+            except (RedisError, OSError) as exc:
+                # redis-py reconnects and resubscribes on the next call; each confirmation
+                # then triggers a replay from history (see _on_confirmed).
+                logger.warning(
+                    "Redis pub/sub connection lost (%s); retrying in %.1fs", exc, backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if message is None:
+                continue
+            try:
+                kind = message["type"]
+                if kind == "message":
+                    self._dispatch(message["channel"], message["data"])
+                elif kind == "subscribe":
+                    self._on_confirmed(message["channel"])
+            except Exception:
+                logger.exception("realtime hub could not handle %r", message.get("channel"))
+
+    def _on_confirmed(self, channel: bytes) -> None:
+        topic = topic_from_pubsub_channel(channel.decode())
+        event = self._confirmed.get(topic)
+        if event is not None:
+            event.set()
+        # A confirmation after a reconnect means pub/sub may have lost messages meanwhile.
+        for subscription in tuple(self.table.get(topic, ())):
+            self.catch_up(subscription)
+
+    def _dispatch(self, channel: bytes, raw: bytes) -> None:
+        topic = topic_from_pubsub_channel(channel.decode())
+        subscribers = self.table.get(topic)
+        if not subscribers:
+            return
+        delivery = Delivery(history_decode(raw))
+        for subscription in tuple(subscribers):
+            self._offer(subscription, delivery)
+
+    def _offer(self, subscription: Subscription, delivery: Delivery) -> None:
+        if subscription.replaying:
+            if len(subscription.pending) < self._pending_limit:
+                subscription.pending.append(delivery)
+            else:
+                subscription._again = True  # history has them: read it once more
+            return
+        last_id = subscription.last_id or 0
+        if delivery.id <= last_id:
+            return  # already delivered (replay and live overlap at the seam)
+        if delivery.id == last_id + 1:
+            subscription.deliver(delivery)
+            return
+        # A gap: pub/sub lost something. Hold this one and fill the gap from history.
+        subscription.pending.append(delivery)
+        self.catch_up(subscription)
+
+    # --- replay ----------------------------------------------------------------------
+
+    def catch_up(self, subscription: Subscription) -> None:
+        """Replay what `subscription` missed from history, then let it go live again."""
+        subscription.replaying = True
+        if subscription._task is not None and not subscription._task.done():
+            subscription._again = True
+            return
+        subscription._task = asyncio.create_task(self._catch_up(subscription))
+
+    async def _catch_up(self, subscription: Subscription) -> None:
+        topic = subscription.topic
+        while not subscription.closed:
+            subscription._again = False
+            try:
+                if subscription.last_id is None:
+                    subscription.last_id = await ahistory_latest_id(self._history, topic=topic)
+                    read = None
+                else:
+                    read = await ahistory_since(
+                        self._history, topic=topic, last_id=subscription.last_id
+                    )
+            except RedisError as exc:
+                logger.warning("history of %s unreadable (%s); retrying", topic, exc)
+                await asyncio.sleep(0.5)
+                continue
+            if subscription.closed:
+                return
+            if read is not None and read.resync:
+                logger.info(
+                    "%s: last id %s is past the history window: resync", topic, subscription.last_id
+                )
+                subscription.last_id = read.latest_id
+                await subscription.sink.put(
+                    Control("resync", {"topic": str(topic), "id": read.latest_id})
+                )
+            elif read is not None:
+                for message in read.messages:
+                    if message["id"] > subscription.last_id and not subscription.closed:
+                        await subscription.replay(Delivery(message))
+            if not await self._drain_pending(subscription) or subscription._again:
+                continue
+            subscription.replaying = False
+            if not subscription.announced:
+                # Tells the client the subscription is live and from which id.
+                subscription.announced = True
+                subscription.sink.offer(
+                    Control("subscribed", {"topic": str(topic), "id": subscription.last_id})
+                )
+            return
+
+    async def _drain_pending(self, subscription: Subscription) -> bool:
+        """Deliver held live messages that follow on; False when they leave a gap."""
+        while subscription.pending:
+            # Messages arriving while this awaits are appended and drained in this loop.
+            pending, subscription.pending = subscription.pending, []
+            for delivery in sorted(pending, key=lambda d: d.id):
+                last_id = subscription.last_id or 0
+                if delivery.id <= last_id:
+                    continue
+                if delivery.id != last_id + 1:
+                    return False
+                await subscription.replay(delivery)
+        return True
+
+    # --- heartbeats ------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        # One timer for the whole process rather than one per connection.
+        while True:
+            await asyncio.sleep(float(settings.REALTIME_HEARTBEAT_SECONDS))
+            for sink in tuple(self._sinks):
+                sink.offer(HEARTBEAT)
+
+    def attach(self, sink: Sink) -> None:
+        """Send heartbeats to `sink` while it is connected, subscribed or not."""
+        self._sinks.add(sink)
+
+    def detach(self, sink: Sink) -> None:
+        self._sinks.discard(sink)
+
+
+_hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub]" = weakref.WeakKeyDictionary()
+
+
+def get_hub(factory: Callable[[], Hub] | None = None) -> Hub:
+    """The hub of the running event loop (one per server process in production)."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        hub = _hubs[loop] = (factory or (lambda: Hub(settings.REALTIME_REDIS_URL)))()
+    return hub

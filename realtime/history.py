@@ -1,0 +1,116 @@
+"""Bounded per-topic history in Redis, with per-topic ids that only go up.
+
+One Lua script takes the next id (INCR), appends the message to a sorted set scored by
+id, trims it by length and age, and PUBLISHes it: history and pub/sub see the same
+message, and concurrent publishers cannot interleave their ids and publishes. The
+sequence key never expires, so a topic never hands out an id twice while Redis keeps
+its data (append-only file, platform/redis/redis.conf).
+"""
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+
+from realtime.topics import Topic, history_key, pubsub_channel, sequence_key
+
+logger = logging.getLogger(__name__)
+
+# KEYS: sequence, history, pub/sub channel. ARGV: now (ms), max length, max age (ms),
+# the message as a JSON object without id/ts (spliced in below, so no JSON library runs
+# on the publish path except to read a trimmed head's timestamp).
+APPEND_SCRIPT = """
+local id = redis.call('INCR', KEYS[1])
+local now = tonumber(ARGV[1])
+local message = '{"id":' .. id .. ',"ts":' .. now .. ',' .. string.sub(ARGV[4], 2)
+redis.call('ZADD', KEYS[2], id, message)
+local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[2])
+if excess > 0 then
+    redis.call('ZREMRANGEBYRANK', KEYS[2], 0, excess - 1)
+end
+local oldest = now - tonumber(ARGV[3])
+while true do
+    local head = redis.call('ZRANGE', KEYS[2], 0, 0)
+    if #head == 0 or cjson.decode(head[1]).ts >= oldest then break end
+    redis.call('ZREMRANGEBYRANK', KEYS[2], 0, 0)
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PUBLISH', KEYS[3], message)
+return id
+"""
+
+
+class Message(TypedDict):
+    topic: str
+    id: int
+    ts: int
+    event: str
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRead:
+    """What a client missed after `last_id`, or `resync` when history cannot tell."""
+
+    messages: list[Message]
+    latest_id: int
+    resync: bool
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _max_age_ms() -> int:
+    return int(settings.REALTIME_HISTORY_MAX_AGE_SECONDS * 1000)
+
+
+def _append_args(topic: Topic, event: str, data: Any) -> tuple[list[str], list[Any]]:
+    body = json.dumps({"topic": str(topic), "event": event, "data": data}, separators=(",", ":"))
+    keys = [sequence_key(topic), history_key(topic), pubsub_channel(topic)]
+    return keys, [_now_ms(), settings.REALTIME_HISTORY_MAX_LENGTH, _max_age_ms(), body]
+
+
+def history_append(client: redis.Redis, *, topic: Topic, event: str, data: Any) -> int:
+    """Append a message to the topic's history, publish it, and return its id."""
+    keys, args = _append_args(topic, event, data)
+    return int(client.eval(APPEND_SCRIPT, len(keys), *keys, *args))  # type: ignore[arg-type]
+
+
+async def ahistory_append(client: aioredis.Redis, *, topic: Topic, event: str, data: Any) -> int:
+    keys, args = _append_args(topic, event, data)
+    return int(await client.eval(APPEND_SCRIPT, len(keys), *keys, *args))  # type: ignore[misc]
+
+
+def history_decode(raw: bytes | str) -> Message:
+    message: Message = json.loads(raw)
+    return message
+
+
+def _judge(last_id: int, latest: int, raw: list[bytes]) -> HistoryRead:
+    oldest = _now_ms() - _max_age_ms()
+    messages = [m for m in map(history_decode, raw) if m["ts"] >= oldest]
+    if last_id > latest:
+        # Ids ahead of the sequence: the history was lost (Redis without its data).
+        return HistoryRead([], latest, resync=True)
+    if latest > last_id and (not messages or messages[0]["id"] != last_id + 1):
+        return HistoryRead([], latest, resync=True)
+    return HistoryRead(messages, latest, resync=False)
+
+
+async def ahistory_since(client: aioredis.Redis, *, topic: Topic, last_id: int) -> HistoryRead:
+    """Messages after `last_id`, in order; `resync` when some of them are gone."""
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.get(sequence_key(topic))
+        pipe.zrangebyscore(history_key(topic), f"({last_id}", "+inf")
+        latest, raw = await pipe.execute()
+    return _judge(last_id, int(latest or 0), raw)
+
+
+async def ahistory_latest_id(client: aioredis.Redis, *, topic: Topic) -> int:
+    return int(await client.get(sequence_key(topic)) or 0)

@@ -1,0 +1,136 @@
+"""Server-Sent Events at `/events/?topic=...&topic=...&last_event_id=...`.
+
+The SSE `id` is the position in every topic of the stream (`room:lobby=12,user:3=40`),
+so one Last-Event-ID resumes all of them. The `Last-Event-ID` header (what EventSource
+sends on reconnect) wins over the `last_event_id` query parameter (what a page can put on
+its first connection, since browsers cannot set headers on EventSource).
+"""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+from django.views.decorators.http import require_GET
+
+from realtime.connections import (
+    MAX_TOPICS_PER_CONNECTION,
+    connection_user_id,
+    resume_ids_format,
+    resume_ids_parse,
+)
+from realtime.exceptions import InvalidToken, RealtimeError, TopicRefused
+from realtime.fanout import Subscription, get_hub
+from realtime.frames import HEARTBEAT, Control, Delivery, Frame
+from realtime.presence import PresenceTracker
+from realtime.topics import Topic, topic_authorise, topic_parse
+
+logger = logging.getLogger(__name__)
+
+_OVERFLOW = Control("error", {"code": "slow_consumer", "reason": "buffer full: reconnect"})
+
+
+def _error(status: int, exc: RealtimeError, detail: object = None) -> JsonResponse:
+    return JsonResponse({"error": exc.code, "message": str(exc), "detail": detail}, status=status)
+
+
+class SseConnection:
+    """One EventSource: a bounded queue the hub fills and the response drains."""
+
+    def __init__(self, positions: dict[Topic, int | None], user_id: int | None = None) -> None:
+        self.positions = positions
+        self.presence = PresenceTracker(user_id) if user_id is not None else None
+        self.outgoing: asyncio.Queue[Frame] = asyncio.Queue(settings.REALTIME_CONNECTION_BUFFER)
+        self.overflowed = False
+
+    def offer(self, frame: Frame) -> None:
+        if self.overflowed:
+            return
+        if frame is HEARTBEAT and self.presence is not None:
+            self.presence.refresh_soon()
+        try:
+            self.outgoing.put_nowait(frame)
+        except asyncio.QueueFull:
+            logger.warning("event stream too slow (%d queued): closing", self.outgoing.qsize())
+            self.overflowed = True
+            while not self.outgoing.empty():
+                self.outgoing.get_nowait()
+            self.outgoing.put_nowait(_OVERFLOW)
+
+    async def put(self, frame: Frame) -> None:
+        if not self.overflowed:
+            await self.outgoing.put(frame)
+
+    def encode(self, frame: Frame) -> str:
+        if frame is HEARTBEAT:
+            return ": heartbeat\n\n"
+        if isinstance(frame, Delivery):
+            self.positions[topic_parse(frame.message["topic"])] = frame.id
+            event = frame.message["event"]
+        else:
+            if frame.type == "resync":
+                self.positions[topic_parse(frame.fields["topic"])] = int(frame.fields["id"])  # type: ignore[call-overload]
+            event = frame.type
+        return (
+            f"id: {resume_ids_format(self.positions)}\nevent: {event}\ndata: {frame.sse_data}\n\n"
+        )
+
+    async def stream(self) -> AsyncIterator[str]:
+        hub = get_hub()
+        hub.attach(self)
+        subscriptions: list[Subscription] = []
+        if self.presence is not None:
+            await self.presence.join()
+        try:
+            for topic, last_id in self.positions.items():
+                subscriptions.append(await hub.subscribe(self, topic, last_id))
+            # A first chunk at once: the client knows it is connected, proxies see bytes.
+            yield f"retry: {settings.REALTIME_SSE_RETRY_MS}\n: connected\n\n"
+            while True:
+                frame = await self.outgoing.get()
+                yield self.encode(frame)
+                if frame is _OVERFLOW:
+                    return
+        finally:
+            # Runs when the client leaves too: Django cancels the response on disconnect.
+            hub.detach(self)
+            for subscription in subscriptions:
+                await hub.unsubscribe(subscription)
+            if self.presence is not None:
+                await self.presence.leave()
+            logger.debug("event stream closed")
+
+
+@require_GET
+async def events(request: HttpRequest) -> HttpResponseBase:
+    """Stream the requested topics; 400/401/403 with a JSON body when it cannot."""
+    try:
+        user_id = await connection_user_id(
+            user=await request.auser(), token=request.GET.get("token")
+        )
+    except InvalidToken as exc:
+        return _error(401, exc)
+    names = request.GET.getlist("topic")
+    try:
+        if not names or len(names) > MAX_TOPICS_PER_CONNECTION:
+            raise RealtimeError(
+                f"name 1 to {MAX_TOPICS_PER_CONNECTION} topics: /events/?topic=room:lobby&topic=user:42"
+            )
+        topics = [topic_parse(name) for name in names]
+        resume = resume_ids_parse(
+            request.headers.get("Last-Event-ID") or request.GET.get("last_event_id", "")
+        )
+    except RealtimeError as exc:
+        return _error(400, exc)
+    try:
+        for topic in topics:
+            topic_authorise(topic=topic, user_id=user_id)
+    except TopicRefused as exc:
+        return _error(403 if user_id is not None else 401, exc)
+    connection = SseConnection({topic: resume.get(topic) for topic in topics}, user_id)
+    response = StreamingHttpResponse(connection.stream(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: pass each event through at once
+    return response

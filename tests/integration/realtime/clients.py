@@ -1,0 +1,92 @@
+"""Test clients for /ws/ and /events/ over real sockets (aiohttp)."""
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import redis
+from django.conf import settings
+
+from realtime.topics import sequence_key, topic_parse
+
+TIMEOUT = 15.0
+
+
+class WsClient:
+    """One WebSocket connection to a daphne, skipping heartbeats unless asked for."""
+
+    def __init__(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.session = session
+        self.ws = ws
+
+    @classmethod
+    async def connect(cls, base_url: str, token: str | None = None) -> "WsClient":
+        session = aiohttp.ClientSession()
+        query = f"?token={token}" if token else ""
+        ws = await session.ws_connect(
+            base_url.replace("http", "ws", 1) + "/ws/" + query, origin=base_url
+        )
+        return cls(session, ws)
+
+    async def send(self, frame: dict[str, Any] | str) -> None:
+        await self.ws.send_str(frame if isinstance(frame, str) else json.dumps(frame))
+
+    async def frame(self, skip: tuple[str, ...] = ("heartbeat",)) -> dict[str, Any]:
+        while True:
+            message = await asyncio.wait_for(self.ws.receive(), TIMEOUT)
+            if message.type != aiohttp.WSMsgType.TEXT:
+                raise ConnectionError(f"{message.type!r} {message.data!r} {message.extra!r}")
+            frame: dict[str, Any] = json.loads(message.data)
+            if frame["type"] not in skip:
+                return frame
+
+    async def subscribe(self, topic: str, last_id: int | None = None) -> list[dict[str, Any]]:
+        """Subscribe; return every frame up to and including `subscribed` (or an error)."""
+        frame: dict[str, Any] = {"type": "subscribe", "topic": topic}
+        if last_id is not None:
+            frame["last_id"] = last_id
+        await self.send(frame)
+        frames = []
+        while True:
+            frames.append(await self.frame())
+            if frames[-1]["type"] in ("subscribed", "error"):
+                return frames
+
+    async def close_code(self) -> int | None:
+        message = await asyncio.wait_for(self.ws.receive(), TIMEOUT)
+        assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), message
+        return self.ws.close_code
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self.session.close()
+
+
+def messages(frames: list[dict[str, Any]]) -> list[tuple[str, int, Any]]:
+    return [(f["topic"], f["id"], f["data"]) for f in frames if f["type"] == "message"]
+
+
+async def sse_events(response: aiohttp.ClientResponse, count: int) -> list[dict[str, str]]:
+    """Read `count` SSE events (comments skipped) from a streaming response."""
+    events: list[dict[str, str]] = []
+    event: dict[str, str] = {}
+    while len(events) < count:
+        line = (await asyncio.wait_for(response.content.readline(), TIMEOUT)).decode()
+        if not line:
+            raise ConnectionError("event stream ended")
+        line = line.rstrip("\n")
+        if not line:
+            if "data" in event:  # not the `retry:` preamble
+                events.append(event)
+            event = {}
+        elif not line.startswith(":"):
+            field, _, value = line.partition(": ")
+            event[field] = value
+    return events
+
+
+def latest_id(topic: str) -> int:
+    """The topic's last id: user topics outlive a test (user ids repeat across passes)."""
+    client = redis.Redis.from_url(settings.REALTIME_REDIS_URL)
+    return int(client.get(sequence_key(topic_parse(topic))) or 0)

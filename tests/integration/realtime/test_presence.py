@@ -1,0 +1,79 @@
+"""Presence across processes, debounced, readable over the API and as events."""
+
+import asyncio
+
+import pytest
+import redis
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from realtime.auth import realtime_token_create
+from realtime.topics import presence_key, presence_state_key
+from tests.integration.conftest import start_daphne
+from tests.integration.realtime.clients import WsClient
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def presence(client: APIClient, *user_ids: int) -> dict[str, bool]:
+    response = client.get(f"/api/presence/?users={','.join(map(str, user_ids))}")
+    assert response.status_code == 200, response.json()
+    return response.json()["users"]
+
+
+def test_presence_follows_connections_on_two_processes_and_a_flap_does_not_flicker(
+    daphne_url: str,
+) -> None:
+    users = get_user_model().objects
+    watcher, erin = users.create_user("watcher"), users.create_user("erin")
+    # User ids repeat between the SQLite and PostgreSQL passes: start from no presence.
+    redis.Redis.from_url(settings.REALTIME_REDIS_URL).delete(
+        *(key(u.pk) for u in (watcher, erin) for key in (presence_key, presence_state_key))
+    )
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=watcher).key}")
+    # Offline announced after 1 s without a connection: a reconnect inside it is no change.
+    daphne, other_url = start_daphne("daphne-presence", {"REALTIME_PRESENCE_GRACE_SECONDS": "1"})
+
+    async def scenario() -> tuple[dict, dict, dict, list]:
+        watching = await WsClient.connect(daphne_url, realtime_token_create(user_id=watcher.pk))
+        await watching.subscribe("live:presence")
+        before = await asyncio.to_thread(presence, api, erin.pk)
+        first = await WsClient.connect(other_url, realtime_token_create(user_id=erin.pk))
+        events = [await watching.frame()]
+        during = await asyncio.to_thread(presence, api, erin.pk, watcher.pk)
+        await first.close()  # a flap: gone and back within the grace period
+        second = await WsClient.connect(daphne_url, realtime_token_create(user_id=erin.pk))
+        await second.close()
+        events.append(await watching.frame())
+        after = await asyncio.to_thread(presence, api, erin.pk)
+        await watching.close()
+        return before, during, after, events
+
+    try:
+        before, during, after, events = asyncio.run(scenario())
+    finally:
+        daphne.stop()
+
+    assert before == {str(erin.pk): False}
+    assert during == {str(erin.pk): True, str(watcher.pk): True}
+    assert after == {str(erin.pk): False}
+    # One online and one offline event: the flap in between announced nothing.
+    erin_events = [(e["event"], e["data"]) for e in events]
+    assert erin_events == [
+        ("presence.online", {"user_id": erin.pk, "online": True}),
+        ("presence.offline", {"user_id": erin.pk, "online": False}),
+    ]
+
+
+def test_a_bad_presence_query_is_a_400() -> None:
+    api = APIClient()
+    user = get_user_model().objects.create_user("frank")
+    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+
+    response = api.get("/api/presence/?users=1,abc")
+
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"

@@ -1,0 +1,90 @@
+"""What operators watch: Carillon's /metrics, the alert rules, Flower behind its auth."""
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+import requests
+from django.test import Client, override_settings
+
+from config.celery import app as critical_app
+from config.processes import ROOT
+from notifications.models import Event, FailedJob, OutboxMessage
+from notifications.queues import topology_declare
+from tests.processes import ManagedProcess, free_port, python
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+ALERTS = ROOT / "platform" / "prometheus" / "alerts.yml"
+TOKEN = "scrape-me"
+
+
+def scrape(authorization: str = "") -> tuple[int, str]:
+    with override_settings(CARILLON_METRICS_TOKEN=TOKEN):
+        response = Client().get("/metrics", headers={"Authorization": authorization} if authorization else {})
+    return response.status_code, response.content.decode()
+
+
+def test_metrics_refuse_anonymous_and_wrong_tokens() -> None:
+    assert scrape()[0] == 401
+    assert scrape("Bearer not-it")[0] == 401
+
+
+def test_metrics_report_what_the_test_created() -> None:
+    with critical_app.connection_for_write() as connection:
+        topology_declare(connection)
+    event = Event.objects.create(type="account.created", version=1, data={"user_id": 1}, occurred_at="2026-01-01T00:00:00Z")
+    OutboxMessage.objects.create(event=event, kind="envelope", payload={})
+    for _ in range(2):
+        FailedJob.objects.create(task_name="t", queue="carillon.sms", error_class="E", error_message="m")
+
+    status, text = scrape(f"Bearer {TOKEN}")
+
+    assert status == 200
+    assert 'carillon_failed_jobs{critical="true",state="failed"} 2.0' in text
+    assert "carillon_outbox_unpublished 1.0" in text
+    assert "carillon_rabbitmq_up 1.0" in text
+    assert 'carillon_queue_messages_ready{queue="carillon.email"} 0.0' in text
+    assert 'carillon_dead_letter_messages{queue="carillon.sms.dlq"} 0.0' in text
+
+
+def test_alert_rules_are_valid_and_use_only_metrics_carillon_exports() -> None:
+    if shutil.which("promtool"):
+        checked = subprocess.run(["promtool", "check", "rules", str(ALERTS)], capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    exported = set(re.findall(r'GaugeMetricFamily\(\s*"(\w+)"', (ROOT / "notifications" / "metrics.py").read_text()))
+    used = set(re.findall(r"\b(carillon_\w+)", ALERTS.read_text()))
+    assert used and used <= exported, used - exported
+
+
+@pytest.fixture
+def flower() -> Iterator[str]:
+    port = free_port()
+    process = ManagedProcess(
+        "flower",
+        python("-m", "celery", "-A", "config.celery", "flower", "--conf=config/flower.py",
+               "--address=127.0.0.1", f"--port={port}"),
+        env={"FLOWER_BASIC_AUTH": "admin:s3cret"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    process.wait_until(lambda: _answers(f"{url}/healthcheck"), "flower /healthcheck")
+    yield url
+    process.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_flower_metrics_need_its_basic_auth(flower: str) -> None:
+    assert requests.get(f"{flower}/metrics", timeout=10).status_code == 401
+    assert requests.get(f"{flower}/metrics", auth=("admin", "wrong"), timeout=10).status_code == 401
+    assert requests.get(f"{flower}/metrics", auth=("admin", "s3cret"), timeout=10).status_code == 200
+    assert requests.get(f"{flower}/", timeout=10).status_code == 401
+
+

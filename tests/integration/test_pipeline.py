@@ -1,0 +1,182 @@
+"""Domain events reach every subscriber's provider once: real RabbitMQ, workers, sandbox."""
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+from notifications.models import Delivery, Event, FailedJob, Notification, OutboxMessage, Recipient
+from notifications.services import event_publish, failed_job_replay
+from realtime.history import HistoryRead, ahistory_since
+from realtime.services import async_client
+from realtime.topics import topic_parse, user_topic
+from sandbox.client import SandboxClient
+from tests.processes import ManagedProcess, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+RESET_URL = "https://carillon.example.com/reset/abc"
+
+
+def make_user(username: str = "ada", phone: str = "+15551230001") -> Any:
+    user = get_user_model().objects.create_user(username, f"{username}@example.com", "pw")
+    Recipient.objects.create(user=user, phone_number=phone)
+    return user
+
+
+def statuses(event: Event) -> dict[str, str]:
+    return dict(Delivery.objects.filter(event=event).values_list("subscriber", "status"))
+
+
+def user_topic_history(user_id: int, *, last_id: int) -> HistoryRead:
+    """What the realtime history of `user:<id>` holds after `last_id`."""
+    return asyncio.run(ahistory_since(async_client(), topic=topic_parse(user_topic(user_id)), last_id=last_id))
+
+
+@pytest.fixture
+def worker(
+    start_pipeline_worker: Callable[..., ManagedProcess], pipeline_settings: None
+) -> ManagedProcess:
+    return start_pipeline_worker()
+
+
+def test_event_published_in_a_transaction_reaches_every_subscriber_once(
+    worker: ManagedProcess, sandbox: SandboxClient
+) -> None:
+    user = make_user()
+    pushed_before = user_topic_history(user.pk, last_id=0).latest_id
+
+    with transaction.atomic():
+        event = event_publish(type="account.created", data={"user_id": user.pk, "name": "Ada"})
+
+    expected = {"transactional_email": "sent", "product_analytics": "sent", "activity_feed": "sent"}
+    wait_for(lambda: statuses(event) == expected, "every delivery sent")
+    [email] = sandbox.received("email")
+    assert email["rcpt_to"] == ["ada@example.com"] and email["subject"] == "Welcome to Carillon, Ada"
+    [analytics] = sandbox.received("mixpanel")
+    assert analytics["event"] == "account.created" and analytics["properties"]["distinct_id"] == str(user.pk)
+    [notification] = Notification.objects.filter(user=user)
+    assert notification.title == "Welcome aboard"
+    [pushed] = user_topic_history(user.pk, last_id=pushed_before).messages  # pushed live, once
+    assert pushed["event"] == "notification.created"
+    assert pushed["data"]["notification"]["id"] == notification.pk and pushed["data"]["unread_count"] == 1
+    assert not OutboxMessage.objects.filter(event=event, published_at__isnull=True).exists()
+    time.sleep(1)  # nothing more arrives later: once means once
+    assert len(sandbox.received("email")) == len(sandbox.received("mixpanel")) == 1
+
+
+def test_password_reset_sms_is_confirmed_delivered_by_the_signed_callback(
+    worker: ManagedProcess, sandbox: SandboxClient
+) -> None:
+    user = make_user()
+    sandbox.set_knobs("sms", callback_delay_ms=20)
+
+    with transaction.atomic():
+        event = event_publish(type="password.reset_requested", data={"user_id": user.pk, "reset_url": RESET_URL})
+
+    wait_for(lambda: statuses(event).get("security_sms") == "delivered", "sms delivered by callback")
+    [sms] = sandbox.received("sms")
+    assert sms["to"] == "+15551230001" and RESET_URL in sms["body"]
+    delivery = Delivery.objects.get(event=event, subscriber="security_sms")
+    assert delivery.provider_message_id == sms["sid"]
+    assert [c.status for c in delivery.callbacks.all()] == ["queued", "sent", "delivered"]
+    assert all(call["http_status"] == 204 for call in sms["callbacks"])
+
+
+def test_rolled_back_transaction_sends_nothing(worker: ManagedProcess, sandbox: SandboxClient) -> None:
+    user = make_user()
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        event_publish(type="account.created", data={"user_id": user.pk})
+        raise RuntimeError("the caller's business logic failed")
+
+    assert not Event.objects.exists() and not OutboxMessage.objects.exists()
+    time.sleep(1)
+    assert sandbox.received("email") == [] and sandbox.received("mixpanel") == []
+
+
+def test_provider_5xx_is_retried_with_backoff_and_then_succeeds(
+    worker: ManagedProcess, sandbox: SandboxClient
+) -> None:
+    user = make_user()
+    sandbox.set_knobs("sms", fail_next=2, error_status=503)
+
+    event = event_publish(type="password.reset_requested", data={"user_id": user.pk, "reset_url": RESET_URL})
+
+    wait_for(lambda: statuses(event).get("security_sms") in ("sent", "delivered"), "sms sent after retries")
+    assert Delivery.objects.get(event=event, subscriber="security_sms").attempts == 3
+    assert len(sandbox.received("sms")) == 1
+    assert sandbox.inbox("sms")["rejected"] == 2
+    assert not FailedJob.objects.exists()
+
+
+def test_provider_4xx_fails_at_once_into_a_failed_job_and_dead_letter(
+    worker: ManagedProcess, sandbox: SandboxClient
+) -> None:
+    user = make_user()
+    sandbox.set_knobs("sms", fail_next=1, error_status=400)
+
+    event = event_publish(type="password.reset_requested", data={"user_id": user.pk, "reset_url": RESET_URL})
+
+    failed = wait_for(lambda: FailedJob.objects.filter(event=event).first(), "a failed job")
+    assert failed.error_class == "ProviderPermanentError" and failed.queue == "carillon.sms"
+    assert failed.attempts == 1 and failed.args == [str(event.id), "security_sms"]
+    delivery = Delivery.objects.get(event=event, subscriber="security_sms")
+    assert delivery.status == "failed" and delivery.attempts == 1
+    # The other subscriber of the same event is not affected.
+    wait_for(lambda: statuses(event).get("transactional_email") == "sent", "email sent")
+    assert sandbox.received("sms") == []
+
+
+def test_replayed_failed_job_delivers_once(worker: ManagedProcess, sandbox: SandboxClient) -> None:
+    user = make_user()
+    sandbox.set_knobs("sms", fail_next=1, error_status=400)
+    event = event_publish(type="password.reset_requested", data={"user_id": user.pk, "reset_url": RESET_URL})
+    failed = wait_for(lambda: FailedJob.objects.filter(event=event).first(), "a failed job")
+
+    failed_job_replay(failed_job_id=failed.pk, user_id=None)
+
+    wait_for(lambda: statuses(event).get("security_sms") in ("sent", "delivered"), "sms sent by the replay")
+    assert len(sandbox.received("sms")) == 1
+    time.sleep(1)
+    assert len(sandbox.received("sms")) == 1
+
+
+def test_replay_of_a_job_that_had_succeeded_sends_nothing_new(worker: ManagedProcess, sandbox: SandboxClient) -> None:
+    user = make_user()
+    event = event_publish(type="account.created", data={"user_id": user.pk})
+    wait_for(lambda: statuses(event).get("transactional_email") == "sent", "email sent")
+    # A job recorded as failed although it went through (e.g. a worker lost after the send).
+    failed = FailedJob.objects.create(
+        task_name="notifications.email.deliver", task_id="lost", queue="carillon.email",
+        args=[str(event.pk), "transactional_email"], event=event, error_class="WorkerLostError",
+        error_message="worker lost",
+    )
+
+    failed_job_replay(failed_job_id=failed.pk, user_id=None)
+
+    task_done = f"notifications.email.deliver[{event.pk}.transactional_email] succeeded"
+    wait_for(lambda: worker.log().count(task_done) == 2, "the replayed task ran")
+    assert len(sandbox.received("email")) == 1
+    assert Delivery.objects.get(event=event, subscriber="transactional_email").attempts == 1
+
+
+def test_analytics_of_many_events_go_to_mixpanel_in_few_requests(
+    worker: ManagedProcess, sandbox: SandboxClient
+) -> None:
+    owners = [make_user(f"owner{n}", f"+1555000000{n}") for n in range(8)]
+
+    events = [
+        event_publish(type="video.liked", data={"user_id": owner.pk, "video_id": f"v{n}", "liked_by": "Bo"})
+        for n, owner in enumerate(owners)
+    ]
+
+    wait_for(lambda: all(statuses(e).get("product_analytics") == "sent" for e in events), "analytics sent")
+    inbox = sandbox.inbox("mixpanel")
+    assert inbox["accepted"] == 8 and inbox["duplicates"] == 0
+    assert inbox["requests"] < 8  # batched: several events shared a request
+    assert sorted(item["properties"]["video_id"] for item in inbox["received"]) == [f"v{n}" for n in range(8)]

@@ -1,0 +1,106 @@
+"""Faults lose no event and send no duplicate: a worker killed mid-send, RabbitMQ down
+while events are published, a message that kills every worker that takes it."""
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+import tests.integration.poison_subscribers  # noqa: F401 - declares test.poison here too
+from notifications.dead_letters import dead_letter_drain
+from notifications.models import Delivery, FailedJob, OutboxMessage
+from notifications.services import event_publish
+from sandbox.client import SandboxClient
+from tests.integration.test_pipeline import RESET_URL, make_user, statuses
+from tests.processes import ManagedProcess, python, rabbitmqctl, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def test_worker_killed_in_the_middle_of_a_send_loses_nothing_and_sends_no_duplicate(
+    start_pipeline_worker: Callable[..., ManagedProcess], pipeline_settings: None, sandbox: SandboxClient
+) -> None:
+    user = make_user()
+    first = start_pipeline_worker("doomed")
+    # The send takes 2 s, and no status callback comes: only asking Twilio can tell the
+    # successor that the killed attempt went through. (With callbacks, the "delivered"
+    # callback finishes the delivery before the successor even looks.)
+    sandbox.set_knobs("sms", latency_ms=2000, callback_loss_rate=1.0)
+
+    event = event_publish(type="password.reset_requested", data={"user_id": user.pk, "reset_url": RESET_URL})
+    wait_for(lambda: sandbox.inbox("sms")["in_flight"], "the sms request at Twilio")
+    first.kill()
+    # Twilio had the request before the worker died, and takes the message.
+    sandbox.wait_for("sms", 1)
+    start_pipeline_worker("successor")
+
+    wait_for(lambda: statuses(event).get("security_sms") == "sent", "sms recovered")
+    wait_for(lambda: statuses(event).get("transactional_email") == "sent", "email sent")
+    delivery = Delivery.objects.get(event=event, subscriber="security_sms")
+    assert delivery.attempts == 2  # the killed attempt, then the one that checked with Twilio
+    assert delivery.provider_response == {"recovered": True}
+    assert len(sandbox.received("sms")) == 1
+    assert len(sandbox.received("email")) == 1
+
+
+@pytest.fixture
+def relay_process(pipeline_env: dict[str, str]) -> Iterator[ManagedProcess]:
+    process = ManagedProcess("relay", python("manage.py", "relay_outbox", "--poll", "0.2"), env=pipeline_env)
+    process.wait_for_log("relay: started")
+    yield process
+    process.stop()
+
+
+def test_rabbitmq_stopped_while_events_are_published_loses_nothing(
+    start_pipeline_worker: Callable[..., ManagedProcess],
+    pipeline_settings: None,
+    sandbox: SandboxClient,
+    relay_process: ManagedProcess,
+) -> None:
+    users = [make_user(f"user{n}", f"+1555123000{n}") for n in range(3)]
+    start_pipeline_worker()
+
+    rabbitmqctl("stop_app")
+    try:
+        events = []
+        for user in users:
+            with transaction.atomic():
+                events.append(event_publish(type="account.created", data={"user_id": user.pk}))
+        # The fast path could not publish: the rows wait in the outbox.
+        assert OutboxMessage.objects.filter(published_at__isnull=True).count() == 3 * 4
+    finally:
+        rabbitmqctl("start_app")
+
+    def all_sent() -> bool:
+        return all(set(statuses(event).values()) == {"sent"} for event in events)
+
+    wait_for(all_sent, "every event delivered after the restart", 90)
+    assert not OutboxMessage.objects.filter(published_at__isnull=True).exists()
+    assert sorted(mail["rcpt_to"][0] for mail in sandbox.received("email")) == [
+        "user0@example.com", "user1@example.com", "user2@example.com",
+    ]
+    assert len(sandbox.received("mixpanel")) == 3
+
+
+def test_poison_message_is_dead_lettered_after_its_delivery_limit_and_recorded(
+    start_pipeline_worker: Callable[..., ManagedProcess], pipeline_settings: None
+) -> None:
+    user = get_user_model().objects.create_user("victim")
+    start_pipeline_worker(CARILLON_SUBSCRIBER_MODULES="tests.integration.poison_subscribers")
+
+    event = event_publish(type="test.poison", data={"user_id": user.pk})
+
+    # Each delivery kills a worker process; past the queue's x-delivery-limit RabbitMQ
+    # dead-letters the message instead of handing it out forever.
+    def drained() -> FailedJob | None:
+        dead_letter_drain()
+        return FailedJob.objects.filter(event=event).first()
+
+    failed = wait_for(drained, "poison dead-lettered and recorded", 120)
+    assert failed.source == "dead_letter"
+    assert failed.queue == "carillon.inapp" and failed.task_name == "notifications.inapp.deliver"
+    assert "delivery_limit" in failed.error_message
+    assert failed.args == [str(event.id), "crashing_feed"]
+    assert dead_letter_drain() == 0  # nothing left, nothing recorded twice
+    assert FailedJob.objects.filter(event=event).count() == 1
