@@ -4,15 +4,19 @@ by a signed webhook.
 `POST /chat/v1/messages` takes JSON `{"room", "body", "idempotency_key", "callback_url",
 "sequence"}` and answers 201 `{"id", "room", "status": "queued", "duplicate"}`. A repeated
 idempotency key is not delivered again: it answers the first message's id (200) and acks
-it again, as idempotent APIs do. After a latency drawn from `callback_delay_ms` ±
-`callback_jitter_ms` (uniform; per-room overrides through `PUT /api/chat/rooms/{room}`),
+it again, as idempotent APIs do. After a latency drawn from `callback_distribution` (uniform
+`callback_delay_ms` ± `callback_jitter_ms`, normal, or exponential; a room's own mean
+through `PUT /api/chat/rooms/{room}`),
 the platform POSTs `{"type": "message.delivered", "id", "room", "idempotency_key"}` to
 `callback_url`, signed with `X-Chat-Signature: sha256=<hex HMAC-SHA256 of the body>`;
 `callback_loss_rate` of acks are never sent.
 
 Per room it records the order in which messages arrived: a first arrival whose
 `sequence` is lower than one already seen is an order violation; a repeated idempotency
-key is a duplicate. `GET /api/chat/rooms` exposes both.
+key is a duplicate. It also models what the recipient sees: each message reaches the
+device when its ack is due (lost ack or not), so a message sent before the previous one
+reached the device can overtake it (`delivery_order_violations`, seed 003's complaint).
+`GET /api/chat/rooms` exposes all three; `?summary=1` leaves out the per-room detail.
 """
 
 import asyncio
@@ -21,6 +25,7 @@ import hmac
 import json
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,12 +51,18 @@ class ChatRoom:
     arrivals: list[int | None] = field(default_factory=list)  # sequence of each first arrival
     order_violations: int = 0
     duplicates: int = 0
+    # When each message reaches the recipient's device (its ack's delay after arrival,
+    # whether or not the ack itself is then lost), by sequence: a message that reaches
+    # the device before an earlier one is what the user sees out of order.
+    deliveries: list[tuple[int, float]] = field(default_factory=list)
+    delivery_order_violations: int = 0
     callback_delay_ms: float | None = None  # overrides the provider-wide knob
 
     def summary(self) -> dict[str, Any]:
         return {
             "arrivals": self.arrivals,
             "order_violations": self.order_violations,
+            "delivery_order_violations": self.delivery_order_violations,
             "duplicates": self.duplicates,
             "callback_delay_ms": self.callback_delay_ms,
         }
@@ -68,6 +79,8 @@ class ChatState:
     next_id: int = 1
 
     def clear(self) -> None:
+        for task in self.tasks:  # acks still pending belong to the run being forgotten
+            task.cancel()
         self.rooms.clear()
         self.by_key.clear()
         self.acks_sent = self.acks_lost = 0
@@ -102,7 +115,7 @@ async def create_message(request: web.Request) -> web.Response:
         message = state.by_key[key]
         room.duplicates += 1
         inbox.duplicates += 1
-        _schedule_ack(request.app, message, room)
+        _schedule_ack(request.app, message, inbox.knobs.callback_delay(room.callback_delay_ms))
         await inbox.knobs.delay()
         return web.json_response({**_resource(message), "duplicate": True}, status=200)
     sequence = payload.get("sequence")
@@ -122,7 +135,13 @@ async def create_message(request: web.Request) -> web.Response:
     if key:
         state.by_key[key] = message
     request.app[STORE_KEY].record("chat", message)
-    _schedule_ack(request.app, message, room)
+    delay_ms = inbox.knobs.callback_delay(room.callback_delay_ms)
+    if sequence is not None:
+        delivered_at = time.monotonic() + delay_ms / 1000
+        if any(seen < sequence and at > delivered_at for seen, at in room.deliveries):
+            room.delivery_order_violations += 1
+        room.deliveries.append((sequence, delivered_at))
+    _schedule_ack(request.app, message, delay_ms)
     # The latency knob delays the answer, not the acceptance: a client that dies while
     # waiting has still handed the message over, as with a real platform.
     await inbox.knobs.delay()
@@ -133,16 +152,13 @@ def _resource(message: dict[str, Any]) -> dict[str, Any]:
     return {"id": message["id"], "room": message["room"], "status": "queued"}
 
 
-def _schedule_ack(app: web.Application, message: dict[str, Any], room: ChatRoom) -> None:
+def _schedule_ack(app: web.Application, message: dict[str, Any], delay_ms: float) -> None:
     if not message["callback_url"]:
         return
     knobs = app[STORE_KEY].inbox("chat").knobs
     if knobs.callback_loss_rate > 0 and random.random() < knobs.callback_loss_rate:  # noqa: S311
         app[STATE_KEY].acks_lost += 1
         return
-    mean = room.callback_delay_ms if room.callback_delay_ms is not None else knobs.callback_delay_ms
-    jitter = knobs.callback_jitter_ms
-    delay_ms = max(0.0, mean + random.uniform(-jitter, jitter))  # noqa: S311
     task = asyncio.create_task(_post_ack(app, message, delay_ms / 1000))
     app[STATE_KEY].tasks.add(task)
     task.add_done_callback(app[STATE_KEY].tasks.discard)
@@ -175,11 +191,12 @@ async def _post_ack(app: web.Application, message: dict[str, Any], delay: float)
 async def list_rooms(request: web.Request) -> web.Response:
     """GET /api/chat/rooms: per room, arrival order, order violations and duplicates."""
     state = request.app[STATE_KEY]
-    rooms = {name: room.summary() for name, room in state.rooms.items()}
+    rooms = {} if request.query.get("summary") else {name: room.summary() for name, room in state.rooms.items()}
     return web.json_response(
         {
             "rooms": rooms,
             "order_violations": sum(room.order_violations for room in state.rooms.values()),
+            "delivery_order_violations": sum(room.delivery_order_violations for room in state.rooms.values()),
             "duplicates": sum(room.duplicates for room in state.rooms.values()),
             "acks_sent": state.acks_sent,
             "acks_lost": state.acks_lost,

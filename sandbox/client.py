@@ -43,9 +43,10 @@ class SandboxClient:
             raise TimeoutError(f"sandbox {provider}: {len(items)} of {count} items after {timeout}s")
         return items
 
-    def chat_rooms(self) -> dict[str, Any]:
-        """The chat platform's per-room arrival order, order violations and duplicates."""
-        response = self.http.get(f"{self.url}/api/chat/rooms", timeout=10)
+    def chat_rooms(self, *, summary: bool = False) -> dict[str, Any]:
+        """The chat platform's per-room arrival order, order violations and duplicates
+        (only the totals when `summary`)."""
+        response = self.http.get(f"{self.url}/api/chat/rooms", params={"summary": 1} if summary else {}, timeout=30)
         response.raise_for_status()
         return dict(response.json())
 
