@@ -1,0 +1,35 @@
+"""`manage.py bench ordered` keeps working: it runs its three phases and writes its
+results (never a timing check)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config.processes import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_ordered_quick_runs_beside_its_baselines_and_writes_results(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "manage.py", "bench", "ordered", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    [summary_file] = tmp_path.glob("ordered-*.json")
+    summary = json.loads(summary_file.read_text())
+    unordered, naive, ordered = summary["results"]
+    assert [unordered["name"], naive["name"], ordered["name"]] == ["unordered", "naive fixed pause", "ordered"]
+    assert unordered["messages"] == ordered["messages"] == 60
+    # Every message ended (acked, or timed out when its ack was among the lost ones),
+    # in order, each handed over only after its predecessor ended.
+    assert sum(ordered["statuses"].values()) == 60
+    assert set(ordered["statuses"]) <= {"acked", "timed_out"}
+    assert ordered["platform"]["order_violations"] == 0
+    assert ordered["sent_before_predecessor_ended"] == 0
+    assert set(ordered["overhead_beyond_previous_ack_ms"]) == {"p50", "p90", "p99", "p99.9", "p99.99", "p100"}
+    assert len(list(tmp_path.glob("ordered-*.hgrm"))) == 4
