@@ -1,4 +1,4 @@
-"""Admin: watch rooms, and skip or retry a stuck message."""
+"""Admin: watch rooms, and skip or retry a stuck message (permission rooms.operate_room)."""
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -33,14 +33,19 @@ class RoomAdmin(admin.ModelAdmin):
     inlines = [RoomMessageInline]
     actions = ["skip_in_flight", "retry_in_flight"]
 
-    @admin.action(description="Skip the in-flight message (the next one goes out)")
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("rooms.operate_room")
+
+    @admin.action(description="Skip the in-flight message (the next one goes out)", permissions=["operate"])
     def skip_in_flight(self, request: HttpRequest, queryset: QuerySet[Room]) -> None:
         done = sum(
             services.room_message_skip(message_id=room.in_flight_id) for room in queryset if room.in_flight_id
         )
         self.message_user(request, f"skipped {done} message(s)", messages.SUCCESS)
 
-    @admin.action(description="Retry the in-flight message (same idempotency key), or send the head")
+    @admin.action(
+        description="Retry the in-flight message (same idempotency key), or send the head", permissions=["operate"]
+    )
     def retry_in_flight(self, request: HttpRequest, queryset: QuerySet[Room]) -> None:
         done = 0
         for room in queryset:
@@ -58,12 +63,15 @@ class RoomMessageAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in RoomMessage._meta.fields]
     actions = ["skip", "retry"]
 
-    @admin.action(description="Skip these messages")
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("rooms.operate_room")
+
+    @admin.action(description="Skip these messages", permissions=["operate"])
     def skip(self, request: HttpRequest, queryset: QuerySet[RoomMessage]) -> None:
         done = sum(services.room_message_skip(message_id=m.pk) for m in queryset)
         self.message_user(request, f"skipped {done} message(s)", messages.SUCCESS)
 
-    @admin.action(description="Retry these messages if in flight")
+    @admin.action(description="Retry these messages if in flight", permissions=["operate"])
     def retry(self, request: HttpRequest, queryset: QuerySet[RoomMessage]) -> None:
         done = sum(services.room_message_retry(message_id=m.pk) for m in queryset)
         self.message_user(request, f"retried {done} message(s)", messages.SUCCESS)

@@ -45,6 +45,8 @@ class Room(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["provider", "recipient"], name="room_unique_recipient"),
         ]
+        # Skipping or resending changes what a recipient receives: not every staff member.
+        permissions = [("operate_room", "Can skip or retry a room's in-flight message")]
 
     def __str__(self) -> str:
         return f"room {self.pk} ({self.provider_id}:{self.recipient})"
