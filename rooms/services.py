@@ -12,6 +12,7 @@ nothing. docs/ordered-delivery.md explains why each race ends well.
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 from django.db import transaction
@@ -259,7 +260,7 @@ def room_message_ack_timeout(*, message_id: int, attempt: int) -> str:
         if resend and attempt <= provider.max_resends:
             if not _cas(room, attempt=attempt + 1):
                 return None
-            RoomMessage.objects.filter(pk=message_id).update(attempts=attempt + 1)
+            RoomMessage.objects.filter(pk=message_id).update(attempts=attempt + 1, dispatched_at=timezone.now())
             result = "resent"
             return Dispatch(message_id=message_id, attempt=attempt + 1)
         outcome = _committed(_advance(room, timeouts=F("timeouts") + 1))
@@ -341,7 +342,7 @@ def room_message_retry(*, message_id: int) -> bool:
             return _DONE
         if not _cas(room, attempt=room.attempt + 1):
             return None
-        RoomMessage.objects.filter(pk=message_id).update(attempts=room.attempt + 1)
+        RoomMessage.objects.filter(pk=message_id).update(attempts=room.attempt + 1, dispatched_at=timezone.now())
         return Dispatch(message_id=message_id, attempt=room.attempt + 1)
 
     dispatch = _dispatched(_retrying(step, room_id=message.room_id))
@@ -351,3 +352,50 @@ def room_message_retry(*, message_id: int) -> bool:
         dispatch = room_dispatch(room_id=message.room_id)
     logger.info("room %s: operator retry of message %s: %s", message.room_id, message_id, dispatch)
     return dispatch is not None
+
+
+@dataclass(frozen=True)
+class RecoverReport:
+    resent: list[int]  # in-flight messages whose send was published again
+    dispatched: list[int]  # idle rooms whose queued head was put in flight
+
+
+def room_recover(*, stalled_after_s: float) -> RecoverReport:
+    """Publish again what a crash between a transition's commit and its publish lost.
+
+    A transition commits, then publishes its send (`on_commit`). A process that dies in
+    between, or a publish that fails (broker away), leaves a room in flight with no send
+    or timeout on the broker, or idle with messages queued. A room in flight whose last
+    attempt was handed over or sent longer ago than its ack timeout plus `stalled_after_s`
+    gets that attempt's send published again: the send task checks the room still holds
+    that attempt, and the platform deduplicates on the idempotency key, so a send that
+    was only slow costs a deduplicated repeat, never a duplicate or a reordering.
+    """
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=stalled_after_s)
+    resent: list[int] = []
+    candidates = (
+        RoomMessage.objects.filter(status=Status.IN_FLIGHT, dispatched_at__lt=cutoff)
+        .select_related("room__provider")
+        .order_by("pk")
+    )
+    for message in candidates:
+        room = message.room
+        last = max(filter(None, (message.dispatched_at, message.sent_at)))
+        if room.in_flight_id != message.pk or last >= cutoff - timedelta(milliseconds=room.provider.ack_timeout_ms):
+            continue
+        logger.warning("room %s: message %s attempt %s stalled since %s; sending it again",
+                       room.pk, message.pk, room.attempt, last.isoformat())
+        _publish_send(Dispatch(message_id=message.pk, attempt=room.attempt))
+        resent.append(message.pk)
+    dispatched: list[int] = []
+    idle = (
+        Room.objects.filter(in_flight__isnull=True, messages__status=Status.QUEUED, messages__enqueued_at__lt=cutoff)
+        .values_list("pk", flat=True)
+        .distinct()
+    )
+    for room_id in list(idle):
+        if room_dispatch(room_id=room_id) is not None:
+            logger.warning("room %s: idle with messages queued; its head is now in flight", room_id)
+            dispatched.append(room_id)
+    return RecoverReport(resent=resent, dispatched=dispatched)

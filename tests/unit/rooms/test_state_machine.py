@@ -1,7 +1,10 @@
 """Transitions of the per-room state machine, including every race of issue 7."""
 
+from datetime import timedelta
+
 import pytest
 from django.db.models import F
+from django.utils import timezone
 
 from rooms import services
 from rooms.models import ChatProvider, Room, RoomMessage
@@ -217,3 +220,51 @@ def test_provider_refusal_records_the_failure_and_moves_on(room: Room, sent: Sen
 
     assert status(first) == Status.FAILED
     assert fresh(room).in_flight_id == second.pk
+
+
+def _age(message: RoomMessage, seconds: float) -> None:
+    then = timezone.now() - timedelta(seconds=seconds)
+    RoomMessage.objects.filter(pk=message.pk).update(enqueued_at=then, dispatched_at=then)
+
+
+def test_recovery_resends_a_send_lost_between_commit_and_publish(room: Room, sent: SentTasks) -> None:
+    first, second = enqueue(room, "a", "b")
+    sent.calls.clear()  # the publish after the commit never happened (process died)
+    _age(first, 400)
+
+    report = services.room_recover(stalled_after_s=300)
+
+    assert report.resent == [first.pk]
+    assert sent.calls == [(first.pk, 1)]
+    # The resent attempt goes on as usual: its ack moves the room to the next message.
+    assert services.room_message_ack(idempotency_key=key(first)).applied
+    assert fresh(room).in_flight_id == second.pk
+
+
+def test_recovery_dispatches_an_idle_room_whose_dispatch_was_lost(room: Room, sent: SentTasks) -> None:
+    (first,) = enqueue(room, "a")
+    # As if the enqueue committed and its process died before dispatching.
+    Room.objects.filter(pk=room.pk).update(in_flight=None, attempt=0)
+    RoomMessage.objects.filter(pk=first.pk).update(status=Status.QUEUED)
+    _age(first, 400)
+    sent.calls.clear()
+
+    report = services.room_recover(stalled_after_s=300)
+
+    assert report.dispatched == [room.pk]
+    assert sent.calls == [(first.pk, 1)]
+    assert fresh(room).in_flight_id == first.pk
+
+
+def test_recovery_leaves_a_room_that_waits_for_its_ack_alone(room: Room, sent: SentTasks) -> None:
+    first, _second = enqueue(room, "a", "b")
+    services.room_message_record_send(message_id=first.pk, attempt=1, provider_message_id="chm_1")
+    # Handed to a worker long ago, but sent 100 s ago: a slow send (transient errors and
+    # retries), now within its ack timeout plus the stall allowance.
+    _age(first, 400)
+    RoomMessage.objects.filter(pk=first.pk).update(sent_at=timezone.now() - timedelta(seconds=100))
+    sent.calls.clear()
+
+    report = services.room_recover(stalled_after_s=300)
+
+    assert (report.resent, report.dispatched, sent.calls) == ([], [], [])
