@@ -82,6 +82,17 @@ def _locked_room(room_id: int) -> Room:
     return Room.objects.select_for_update().get(pk=room_id)
 
 
+def _holds(room: Room, message_id: int, attempt: int | None = None) -> bool:
+    """Whether the room, as read, has this message (at this attempt) in flight.
+
+    Read without a lock, a False is final: a message never returns to flight once it
+    left, and its attempts only grow. So a duplicate or late ack, or a timeout whose
+    attempt is over, is answered without a write transaction (on SQLite every one takes
+    the database's write lock; ~1 timeout check per message makes that add up).
+    """
+    return room.in_flight_id == message_id and (attempt is None or room.attempt == attempt)
+
+
 def _next_queued(room: Room) -> RoomMessage | None:
     return (
         RoomMessage.objects.filter(room=room, status=Status.QUEUED).order_by("sequence").first()
@@ -213,6 +224,9 @@ def room_message_ack(*, idempotency_key: str, provider_message_id: str = "") -> 
     if message is None:
         logger.warning("ack for unknown idempotency key %s ignored", idempotency_key)
         return AckOutcome(applied=False, message_id=None)
+    if not _holds(Room.objects.only("in_flight_id").get(pk=message.room_id), message.pk):
+        logger.info("room %s: ack for message %s not in flight ignored", message.room_id, message.pk)
+        return AckOutcome(applied=False, message_id=message.pk)
     applied = False
 
     def step() -> Dispatch | None:
@@ -249,6 +263,9 @@ def room_message_ack_timeout(*, message_id: int, attempt: int) -> str:
     message = RoomMessage.objects.select_related("room__provider").get(pk=message_id)
     provider = message.room.provider
     result = "stale"
+    if not _holds(message.room, message_id, attempt):  # the usual case: the ack came first
+        logger.info("room %s: ack timeout of message %s attempt %s: stale", message.room_id, message_id, attempt)
+        return result
 
     def step() -> Dispatch | None:
         nonlocal result
