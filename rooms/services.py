@@ -139,6 +139,13 @@ def room_create(*, provider_name: str, recipient: str) -> Room:
 
 def room_dispatch(*, room_id: int) -> Dispatch | None:
     """Put the room's oldest queued message in flight if the room is idle."""
+    # A room seen busy needs nothing: the transition that ends its in-flight message puts
+    # the next queued one in flight. That transition cannot miss a message enqueued
+    # meanwhile: the enqueue updates the room row (last_sequence), so the two serialise
+    # on it, and whichever commits second sees the other. This spares every message
+    # enqueued behind another a write transaction.
+    if Room.objects.filter(pk=room_id, in_flight__isnull=False).exists():
+        return None
 
     def step() -> Dispatch | None:
         room = _locked_room(room_id)
