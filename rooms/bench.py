@@ -324,9 +324,11 @@ def bench_ordered_isolated(*, rooms: int, messages_per_room: int, concurrency: i
             # The schema first: daphne and the workers open the database at start.
             subprocess.run(python("manage.py", "migrate", "--verbosity", "0"), cwd=BASE_DIR,  # noqa: S603
                            env={**os.environ, **env}, check=True)
-            processes.append(ManagedProcess(
+            sandbox = ManagedProcess(
                 "sandbox", python("-m", "sandbox", "--http-port", str(sandbox_port), "--smtp-port", str(smtp_port),
-                                  "--log-level", "WARNING"), env=env, log_dir=LOG_DIR))
+                                  "--log-level", "WARNING"), env=env, log_dir=LOG_DIR)
+            processes.append(sandbox)
+            sandbox.wait_until(lambda: _answers(f"{sandbox_url}/healthz"), "sandbox /healthz")
             web = ManagedProcess("daphne", python("-m", "daphne", "-b", "127.0.0.1", "-p", str(web_port),
                                                   "config.asgi:application"), env=env, log_dir=LOG_DIR)
             processes.append(web)
