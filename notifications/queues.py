@@ -8,6 +8,7 @@
   exchange and routing key, so a fanned-out message would be retried into every queue.
 - `carillon.dlx` (topic): where channel queues dead-letter (rejected, or past the
   delivery limit); one quorum dead-letter queue per channel, bound by `dead.<channel>`.
+- `carillon.rooms` (on `carillon.tasks`): ordered per-room delivery, see rooms/queues.py.
 """
 
 from typing import Any
@@ -16,6 +17,7 @@ from django.conf import settings
 from kombu import Connection, Exchange, Queue
 
 from notifications.channels import Channel
+from rooms.queues import rooms_queue
 
 EVENTS_EXCHANGE = Exchange("carillon.events", type="topic", durable=True)
 TASKS_EXCHANGE = Exchange("carillon.tasks", type="topic", durable=True)
@@ -81,7 +83,7 @@ def delivery_task_name(channel: str) -> str:
 
 def task_queues() -> list[Queue]:
     """The queues Celery workers of the critical app consume (`-Q` picks among them)."""
-    return [default_queue(), *(channel_queue(channel) for channel in Channel.values)]
+    return [default_queue(), *(channel_queue(channel) for channel in Channel.values), rooms_queue(TASKS_EXCHANGE)]
 
 
 def dead_letter_queues() -> list[Queue]:

@@ -42,3 +42,16 @@ class SandboxClient:
         if len(items) < count:
             raise TimeoutError(f"sandbox {provider}: {len(items)} of {count} items after {timeout}s")
         return items
+
+    def chat_rooms(self, *, summary: bool = False) -> dict[str, Any]:
+        """The chat platform's per-room arrival order, order violations and duplicates
+        (only the totals when `summary`)."""
+        response = self.http.get(f"{self.url}/api/chat/rooms", params={"summary": 1} if summary else {}, timeout=30)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def set_chat_room(self, room: str, **knobs: Any) -> dict[str, Any]:
+        """Per-room knobs of the chat platform, e.g. callback_delay_ms=5000 for one slow room."""
+        response = self.http.put(f"{self.url}/api/chat/rooms/{room}", json=knobs, timeout=10)
+        response.raise_for_status()
+        return dict(response.json())

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import ClientSession, web
 
-from sandbox import mixpanel, twilio
+from sandbox import chat, mixpanel, twilio
 from sandbox.smtp import smtp_protocol_factory
 from sandbox.store import AUTH_TOKEN_KEY, HTTP_KEY, PROVIDERS, STORE_KEY, KnobError, Store
 
@@ -44,6 +44,7 @@ async def list_received(request: web.Request) -> web.Response:
 async def reset(request: web.Request) -> web.Response:
     """POST /api/reset: forget everything received and restore healthy knobs."""
     request.app[STORE_KEY].reset()
+    request.app[chat.STATE_KEY].clear()
     return web.json_response({"status": "reset"})
 
 
@@ -94,10 +95,14 @@ def _summary(provider: str, item: dict[str, Any]) -> str:
         return f"{item['subject']!r} to {', '.join(item['rcpt_to'])} ({item['message_id']})"
     if provider == "sms":
         return f"{item['sid']} to {item['to']}: {item['body']!r} [{item['status']}]"
+    if provider == "chat":
+        return f"{item['id']} room {item['room']} #{item['sequence']}: {item['body']!r}"
     return f"{item['endpoint']} {item['event']} {item['properties'].get('distinct_id')}"
 
 
-def build_app(*, twilio_auth_token: str, mixpanel_api_secret: str) -> web.Application:
+def build_app(
+    *, twilio_auth_token: str, mixpanel_api_secret: str, chat_webhook_secret: str = "sandbox-chat-secret",  # noqa: S107 - the sandbox's own
+) -> web.Application:
     """Build the HTTP side of the sandbox (the SMTP side is started by `serve`)."""
     app = web.Application()
     app[STORE_KEY] = Store()
@@ -119,11 +124,16 @@ def build_app(*, twilio_auth_token: str, mixpanel_api_secret: str) -> web.Applic
     app.router.add_route("PUT", "/api/knobs/{provider}", knobs)
     twilio.add_routes(app)
     mixpanel.add_routes(app)
+    chat.add_routes(app, secret=chat_webhook_secret)
     return app
 
 
 async def serve(args: argparse.Namespace) -> None:
-    app = build_app(twilio_auth_token=args.twilio_auth_token, mixpanel_api_secret=args.mixpanel_api_secret)
+    app = build_app(
+        twilio_auth_token=args.twilio_auth_token,
+        mixpanel_api_secret=args.mixpanel_api_secret,
+        chat_webhook_secret=args.chat_webhook_secret,
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, args.host, args.http_port, backlog=1024).start()
@@ -145,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smtp-port", type=int, default=1025)
     parser.add_argument("--twilio-auth-token", default="sandbox-auth-token")
     parser.add_argument("--mixpanel-api-secret", default="sandbox-mixpanel-secret")
+    parser.add_argument("--chat-webhook-secret", default="sandbox-chat-secret")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")

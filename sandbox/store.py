@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import ClientSession, web
 
-PROVIDERS = ("email", "sms", "mixpanel")
+PROVIDERS = ("email", "sms", "mixpanel", "chat")
 
 # Enough for any test and a benchmark's sample; counters keep the true totals.
 KEEP_RECEIVED = 100_000
@@ -18,6 +18,9 @@ KEEP_RECEIVED = 100_000
 
 class KnobError(ValueError):
     """A knob was set to a name or value the sandbox does not understand."""
+
+
+CALLBACK_DISTRIBUTIONS = ("uniform", "normal", "exponential")
 
 
 @dataclass
@@ -28,7 +31,11 @@ class Knobs:
     error_rate: float = 0.0  # share of requests answered with error_status (0..1)
     error_status: int = 503  # HTTP status, or SMTP reply code for email (451, 550, ...)
     fail_next: int = 0  # the next N requests fail with error_status, whatever error_rate says
-    callback_delay_ms: float = 50.0  # between status changes (SMS)
+    callback_delay_ms: float = 50.0  # between status changes (SMS); before the ack (chat)
+    callback_jitter_ms: float = 0.0  # chat: spread of the ack delay (see callback_distribution)
+    # chat: how the ack delay is drawn: uniform (delay ± jitter), normal (mean delay,
+    # standard deviation jitter), exponential (mean delay; a long tail, jitter unused)
+    callback_distribution: str = "uniform"
     callback_loss_rate: float = 0.0  # share of messages whose callbacks never come (0..1)
     final_status: str = "delivered"  # SMS: delivered, undelivered or failed
 
@@ -46,6 +53,8 @@ class Knobs:
                 raise KnobError(f"knob {name!r} is a share between 0 and 1, not {value!r}")
             if name == "final_status" and converted not in ("delivered", "undelivered", "failed"):
                 raise KnobError("final_status is one of delivered, undelivered, failed")
+            if name == "callback_distribution" and converted not in CALLBACK_DISTRIBUTIONS:
+                raise KnobError(f"callback_distribution is one of {', '.join(CALLBACK_DISTRIBUTIONS)}")
             setattr(self, name, converted)
 
     def should_fail(self) -> bool:
@@ -54,6 +63,18 @@ class Knobs:
             self.fail_next -= 1
             return True
         return self.error_rate > 0 and random.random() < self.error_rate  # noqa: S311
+
+    def callback_delay(self, mean_ms: float | None = None) -> float:
+        """Draw one callback delay in ms from the distribution the knobs describe."""
+        mean = self.callback_delay_ms if mean_ms is None else mean_ms
+        jitter = self.callback_jitter_ms
+        if self.callback_distribution == "normal":
+            drawn = random.gauss(mean, jitter)  # noqa: S311
+        elif self.callback_distribution == "exponential":
+            drawn = random.expovariate(1 / mean) if mean > 0 else 0.0  # noqa: S311
+        else:
+            drawn = mean + random.uniform(-jitter, jitter)  # noqa: S311
+        return max(0.0, drawn)
 
     async def delay(self) -> None:
         if self.latency_ms > 0:

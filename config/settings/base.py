@@ -29,6 +29,7 @@ INSTALLED_APPS = [
     "anymail",
     "notifications",
     "realtime",
+    "rooms",
 ]
 
 MIDDLEWARE = [
@@ -121,6 +122,8 @@ CELERY_TIMEZONE = TIME_ZONE
 # Events feed Flower's task views.
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
+# Ordered room delivery (rooms/) runs on a quorum queue of its own (rooms/queues.py).
+CELERY_TASK_ROUTES = {"rooms.*": {"queue": "carillon.rooms", "routing_key": "carillon.rooms"}}
 
 # The background Celery app (config/background.py) reads BACKGROUND_CELERY_* settings.
 BACKGROUND_CELERY_BROKER_URL = REDIS_URL
@@ -191,6 +194,11 @@ TWILIO_API_BASE_URL = env("TWILIO_API_BASE_URL", default="")
 MIXPANEL_TOKEN = env("MIXPANEL_TOKEN", default="")
 MIXPANEL_API_SECRET = env("MIXPANEL_API_SECRET", default="")
 MIXPANEL_API_BASE_URL = env("MIXPANEL_API_BASE_URL", default="")
+# The chat platform of ordered room delivery (rooms/): its API and the webhook secret it
+# signs acks with. Local and test settings point the API at the provider sandbox.
+ROOMS_CHAT_API_URL = env("ROOMS_CHAT_API_URL", default="")
+ROOMS_CHAT_WEBHOOK_SECRET = env("ROOMS_CHAT_WEBHOOK_SECRET", default="")
+ROOMS_CHAT_API_TIMEOUT_S = env.float("ROOMS_CHAT_API_TIMEOUT_S", default=10.0)
 
 LOGGING = {
     "version": 1,

@@ -24,6 +24,8 @@ TWILIO_API_BASE_URL = env("TWILIO_API_BASE_URL", default=SANDBOX_URL)
 MIXPANEL_TOKEN = env("MIXPANEL_TOKEN", default="sandbox-mixpanel-token")
 MIXPANEL_API_SECRET = env("MIXPANEL_API_SECRET", default="sandbox-mixpanel-secret")
 MIXPANEL_API_BASE_URL = env("MIXPANEL_API_BASE_URL", default=SANDBOX_URL)
+ROOMS_CHAT_API_URL = env("ROOMS_CHAT_API_URL", default=SANDBOX_URL)
+ROOMS_CHAT_WEBHOOK_SECRET = env("ROOMS_CHAT_WEBHOOK_SECRET", default="sandbox-chat-secret")
 
 # Serve static files straight from the apps: no collectstatic step on a developer machine.
 WHITENOISE_USE_FINDERS = True

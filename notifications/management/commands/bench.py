@@ -29,14 +29,19 @@ class Command(BaseCommand):
     help = "Benchmark a scenario against its raw baselines in the same run (see docs/benchmarks.md)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("scenario", choices=["pipeline"])
+        parser.add_argument("scenario", choices=["pipeline", "ordered"])
         parser.add_argument("--events", type=int, default=2000, help="events to publish (default 2000)")
         parser.add_argument("--concurrency", type=int, default=2, help="worker processes (default 2)")
         parser.add_argument("--quick", action="store_true", help="a small run that checks the tool works")
         parser.add_argument("--out", type=Path, default=BASE_DIR / "bench-results", help="where results go")
+        parser.add_argument("--rooms", type=int, default=25_000, help="ordered: live rooms (default 25000)")
+        parser.add_argument("--messages-per-room", type=int, default=2, help="ordered: messages per room (default 2)")
 
     def handle(self, *args: Any, scenario: str, events: int, concurrency: int, quick: bool, out: Path,
                **options: Any) -> None:
+        if scenario == "ordered":
+            self._ordered(concurrency=concurrency, quick=quick, out=out, **options)
+            return
         if events < 1 or concurrency < 1:
             raise CommandError("--events and --concurrency take a whole number of at least 1")
         events = 20 if quick else events
@@ -52,6 +57,26 @@ class Command(BaseCommand):
                               f"latency ms {summary['pipeline_latency_ms']}")
             return
         self._run_isolated(events=events, concurrency=concurrency, out=out)
+
+    def _ordered(self, *, rooms: int, messages_per_room: int, concurrency: int, quick: bool, out: Path,
+                 **options: Any) -> None:
+        """Ordered per-room delivery beside its baselines (rooms/bench.py)."""
+        from rooms.bench import bench_ordered_isolated, bench_ordered_scenario, summary_lines
+
+        if rooms < 1 or messages_per_room < 1 or concurrency < 1:
+            raise CommandError("--rooms, --messages-per-room and --concurrency take a whole number of at least 1")
+        if quick:
+            rooms, messages_per_room = 20, 3
+        if os.environ.get(INNER):
+            summary = bench_ordered_scenario(rooms=rooms, messages_per_room=messages_per_room, out=out, quick=quick)
+            for line in summary_lines(summary):
+                self.stdout.write(line)
+            return
+        try:
+            bench_ordered_isolated(rooms=rooms, messages_per_room=messages_per_room, concurrency=concurrency,
+                                   out=out, quick=quick, say=self.stdout.write)
+        except RuntimeError as exc:
+            raise CommandError(str(exc)) from exc
 
     def _run_isolated(self, *, events: int, concurrency: int, out: Path) -> None:
         vhost = f"carillon-bench-{os.getpid()}"

@@ -1,0 +1,358 @@
+"""The `ordered` benchmark (`manage.py bench ordered`): ordered per-room delivery beside
+its two baselines, in one run, against the sandbox's chat platform.
+
+- unordered: every message handed to the platform at once (one task each, no room
+  state): the capacity of the send path, and the order violations seed 003 starts from.
+- naive: seed 003's fix, a fixed pause after every message (one task per room that
+  sends, sleeps, sends): it holds a worker for every pause.
+- ordered: `room_message_enqueue` and the room state machine, acks by webhook through
+  daphne, lost acks ended by the ack timeout.
+
+Messages come as a burst per room (a room's messages one after the other, as a user
+types them), rooms one after the other. The first three phases enqueue everything at
+once: their messages/s are the sustained throughput at saturation, and their latencies
+include queueing behind the whole backlog. A fourth phase, ordered at a fixed rate
+(open loop, seed 001) of half the saturated ordered throughput, measures the *overhead*
+of a message: from the later of its intended enqueue time and the end of its
+predecessor (ack or timeout recorded) to the platform's answer for it (`sent_at`), i.e.
+what ordering costs beyond the wait for the previous ack. The platform's order counts come
+from the sandbox (`order_violations`: arrival order at the API;
+`delivery_order_violations`: the order in which messages reach the device, each one
+its ack delay after arrival).
+
+`bench_ordered_isolated` runs it without touching a running Carillon: its own RabbitMQ
+virtual host, SQLite database, sandbox, daphne and workers, as `bench pipeline` does.
+"""
+
+import json
+import os
+import platform
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import requests
+from django.conf import settings
+from hdrh.histogram import HdrHistogram
+
+from config.env import BASE_DIR
+from config.processes import ManagedProcess, free_port, python
+
+INNER = "CARILLON_BENCH_INNER"
+SANDBOX_URL_VARIABLE = "CARILLON_BENCH_SANDBOX_URL"
+LOG_DIR = BASE_DIR / ".run" / "bench-logs"
+
+# The scenario of issue 7: ~100 ms ack latency with jitter, 5 % of acks lost. Normal
+# jitter has a tail, as real latencies do: a fixed pause is then sometimes too short.
+ACK_DELAY_MS = 100
+ACK_JITTER_MS = 30
+ACK_LOSS_RATE = 0.05
+# The shortest timeout the delayed timeout check can express (rooms.tasks).
+ACK_TIMEOUT_MS = 1000
+# The naive fix pauses as long as an ack usually takes.
+NAIVE_PAUSE_MS = ACK_DELAY_MS
+# The naive fix holds a worker for every pause: a few hundred rooms show its rate.
+NAIVE_ROOMS = 300
+PERCENTILES = (50, 90, 99, 99.9, 99.99, 100)
+
+
+def _histogram() -> HdrHistogram:
+    return HdrHistogram(1, 3_600_000_000, 3)  # microseconds, up to an hour
+
+
+def _record(histogram: HdrHistogram, seconds: float) -> None:
+    histogram.record_value(max(1, int(seconds * 1_000_000)))
+
+
+def _percentiles_ms(histogram: HdrHistogram) -> dict[str, float]:
+    return {f"p{p}": round(histogram.get_value_at_percentile(p) / 1000, 1) for p in PERCENTILES}
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"bench ordered: {what} not reached within {timeout:.0f}s")
+        time.sleep(0.5)
+
+
+class ChatPlatform:
+    """The sandbox's chat platform, as the bench drives it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.http = requests.Session()
+
+    def reset(self, **knobs: Any) -> None:
+        self.http.post(f"{self.url}/api/reset", timeout=30).raise_for_status()
+        self.http.put(f"{self.url}/api/knobs/chat", json=knobs, timeout=30).raise_for_status()
+
+    def accepted(self) -> int:
+        answer = self.http.get(f"{self.url}/api/received/chat", params={"limit": 0}, timeout=30)
+        answer.raise_for_status()
+        return int(answer.json()["chat"]["accepted"])
+
+    def received(self, count: int) -> list[dict[str, Any]]:
+        answer = self.http.get(f"{self.url}/api/received/chat", params={"limit": count}, timeout=120)
+        answer.raise_for_status()
+        return list(answer.json()["chat"]["received"])
+
+    def counts(self) -> dict[str, int]:
+        answer = self.http.get(f"{self.url}/api/chat/rooms", params={"summary": 1}, timeout=30)
+        answer.raise_for_status()
+        body = answer.json()
+        return {key: int(body[key]) for key in
+                ("order_violations", "delivery_order_violations", "duplicates", "acks_sent", "acks_lost")}
+
+
+def _knobs() -> dict[str, Any]:
+    return {"callback_delay_ms": ACK_DELAY_MS, "callback_jitter_ms": ACK_JITTER_MS,
+            "callback_loss_rate": ACK_LOSS_RATE, "callback_distribution": "normal"}
+
+
+def bench_direct(chat: ChatPlatform, *, name: str, rooms: int, messages_per_room: int, pause_ms: int,
+                 timeout: float) -> dict[str, Any]:
+    """A baseline: messages straight to the platform, no room state (see the module doc)."""
+    from rooms.tasks import room_bench_send_direct_task
+
+    chat.reset(**_knobs())
+    tag = uuid.uuid4().hex[:8]
+    total = rooms * messages_per_room
+    started = time.time()
+    if pause_ms:  # the naive fix: one task per room, pausing after each message
+        for room in range(rooms):
+            messages = [[seq, str(uuid.uuid4()), str(time.time())] for seq in range(1, messages_per_room + 1)]
+            room_bench_send_direct_task.delay(f"{tag}-{room}", messages, pause_ms)
+    else:  # unordered: one task per message, each room's burst back to back
+        for room in range(rooms):
+            for seq in range(1, messages_per_room + 1):
+                room_bench_send_direct_task.delay(f"{tag}-{room}", [[seq, str(uuid.uuid4()), str(time.time())]], 0)
+    _wait(lambda: chat.accepted() >= total, f"{name}: {total} messages at the platform", timeout)
+    latency = _histogram()
+    arrivals = chat.received(total)
+    for item in arrivals:
+        _record(latency, item["received_at"] - float(item["body"]))
+    seconds = max(item["received_at"] for item in arrivals) - started
+    return {
+        "name": name, "rooms": rooms, "messages": total, "seconds": round(seconds, 2),
+        "messages_per_second": round(total / seconds, 1), "pause_ms": pause_ms,
+        "enqueue_to_provider_ms": _percentiles_ms(latency), "platform": chat.counts(),
+        "_histograms": {"enqueue-to-provider": latency},
+    }
+
+
+def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, timeout: float,
+                  rate: float | None = None) -> dict[str, Any]:
+    """Ordered delivery through the room state machine, acks by webhook; all at once, or
+    at a fixed `rate` of messages/s (the body carries each message's intended time)."""
+    from rooms import services
+    from rooms.models import ChatProvider, Room, RoomMessage
+
+    chat.reset(**_knobs())
+    provider = ChatProvider.objects.create(
+        name=f"bench-{uuid.uuid4().hex[:8]}", ack_timeout_ms=ACK_TIMEOUT_MS,
+        timeout_policy=ChatProvider.TimeoutPolicy.PROCEED,
+    )
+    room_ids = [room.pk for room in Room.objects.bulk_create(
+        [Room(provider=provider, recipient=f"{provider.name}-{n}") for n in range(rooms)]
+    )]
+    if not all(room_ids):  # SQLite and PostgreSQL return bulk-created keys
+        room_ids = list(Room.objects.filter(provider=provider).order_by("pk").values_list("pk", flat=True))
+    total = rooms * messages_per_room
+    started = time.time()
+    index = 0
+    for room_id in room_ids:
+        for _seq in range(messages_per_room):
+            intended = started + index / rate if rate else time.time()
+            if rate and intended > time.time():
+                time.sleep(intended - time.time())
+            services.room_message_enqueue(room_id=room_id, body=str(intended))
+            index += 1
+    enqueued = time.time()
+    done = (RoomMessage.Status.ACKED, RoomMessage.Status.TIMED_OUT, RoomMessage.Status.SKIPPED,
+            RoomMessage.Status.FAILED)
+    pending = RoomMessage.objects.filter(room__provider=provider).exclude(status__in=done)
+    _wait(lambda: not pending.exists(), f"ordered: {total} messages acked or timed out", timeout)
+
+    overhead, to_provider = _histogram(), _histogram()
+    rows = (RoomMessage.objects.filter(room__provider=provider).order_by("room_id", "sequence")
+            .values_list("room_id", "body", "sent_at", "finished_at", "status"))
+    previous_room, previous_finished = None, None
+    last_finished = started
+    statuses: dict[str, int] = {}
+    unsent = sent_early = 0
+    for room_id, body, sent_at, finished_at, status in rows:
+        statuses[status] = statuses.get(status, 0) + 1
+        enqueued_at = datetime.fromtimestamp(float(body), tz=UTC)
+        ready = enqueued_at
+        if room_id == previous_room and previous_finished is not None:
+            ready = max(enqueued_at, previous_finished)
+        previous_room, previous_finished = room_id, finished_at
+        if finished_at is not None:
+            last_finished = max(last_finished, finished_at.timestamp())
+        if sent_at is None:  # acked before the worker recorded its send: no overhead to take
+            unsent += 1
+            continue
+        if sent_at < ready:  # handed over before its predecessor ended: ordering broken
+            sent_early += 1
+            continue
+        _record(overhead, (sent_at - ready).total_seconds())
+        _record(to_provider, (sent_at - enqueued_at).total_seconds())
+    seconds = last_finished - started
+    timeouts = sum(Room.objects.filter(provider=provider).values_list("timeouts", flat=True))
+    return {
+        "name": f"ordered at {rate:.0f}/s" if rate else "ordered", "rooms": rooms, "messages": total, "seconds": round(seconds, 2),
+        "messages_per_second": round(total / seconds, 1),
+        "enqueue_seconds": round(enqueued - started, 2), "ack_timeout_ms": ACK_TIMEOUT_MS,
+        "statuses": statuses, "timeouts": timeouts, "sent_before_predecessor_ended": sent_early,
+        "send_not_recorded": unsent,
+        "overhead_beyond_previous_ack_ms": _percentiles_ms(overhead),
+        "enqueue_to_provider_ms": _percentiles_ms(to_provider),
+        "platform": chat.counts(),
+        "_histograms": {"overhead": overhead, "enqueue-to-provider": to_provider},
+    }
+
+
+def bench_ordered_scenario(*, rooms: int, messages_per_room: int, out: Path, quick: bool) -> dict[str, Any]:
+    """Run the unordered baseline, the naive fix and ordered delivery; write the results.
+
+    Needs the platform's URL in CARILLON_BENCH_SANDBOX_URL and workers on carillon.rooms
+    (bench_ordered_isolated provides both). Returns a JSON-able summary.
+    """
+    from config.celery import ping
+
+    ping.apply_async(queue="carillon.rooms").get(timeout=120)  # a worker is up
+    chat = ChatPlatform(os.environ.get(SANDBOX_URL_VARIABLE) or settings.ROOMS_CHAT_API_URL)
+    timeout = 120.0 if quick else 3600.0
+    phases = [
+        bench_direct(chat, name="unordered", rooms=rooms, messages_per_room=messages_per_room, pause_ms=0,
+                     timeout=timeout),
+        bench_direct(chat, name="naive fixed pause", rooms=min(rooms, NAIVE_ROOMS),
+                     messages_per_room=messages_per_room, pause_ms=NAIVE_PAUSE_MS, timeout=timeout),
+        bench_ordered(chat, rooms=rooms, messages_per_room=messages_per_room, timeout=timeout),
+    ]
+    unordered, _naive, ordered = phases
+    # Below saturation, so that the overhead is ordering's and not the backlog's.
+    paced_rate = max(1.0, ordered["messages_per_second"] / 2)
+    paced_rooms = max(1, min(rooms, int(paced_rate * 60) // messages_per_room))  # about a minute
+    phases.append(bench_ordered(chat, rooms=paced_rooms, messages_per_room=messages_per_room, timeout=timeout,
+                                rate=paced_rate))
+    summary: dict[str, Any] = {
+        "scenario": "ordered",
+        "quick": quick,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
+        "database": str(settings.DATABASES["default"]["ENGINE"]).rsplit(".", 1)[-1],
+        "platform_knobs": _knobs(),
+        "results": [{k: v for k, v in phase.items() if not k.startswith("_")} for phase in phases],
+        "ordered_overhead_beyond_previous_ack_ms": phases[-1]["overhead_beyond_previous_ack_ms"],
+        "ordered_vs_unordered_throughput": round(
+            ordered["messages_per_second"] / unordered["messages_per_second"], 2
+        ),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (out / f"ordered-{stamp}.json").write_text(json.dumps(summary, indent=2))
+    for phase in phases:
+        for kind, histogram in phase["_histograms"].items():
+            name = f"ordered-{stamp}-{re.sub(r'[^a-z0-9]+', '-', phase['name'])}-{kind}.hgrm"
+            with (out / name).open("wb") as hgrm:
+                histogram.output_percentile_distribution(hgrm, 1000.0)  # in milliseconds
+    return summary
+
+
+def summary_lines(summary: dict[str, Any]) -> Iterator[str]:
+    """The summary as a few lines for a terminal."""
+    for row in summary["results"]:
+        latency = row.get("overhead_beyond_previous_ack_ms") or row["enqueue_to_provider_ms"]
+        measure = "overhead beyond the previous ack" if "overhead_beyond_previous_ack_ms" in row else \
+            "enqueue to provider"
+        yield (f"{row['name']:<18} {row['messages']:>7} msgs in {row['seconds']:>8.2f}s = "
+               f"{row['messages_per_second']:>8.1f}/s; violations at the API "
+               f"{row['platform']['order_violations']}, at the device {row['platform']['delivery_order_violations']}; "
+               f"{measure} ms p50 {latency['p50']} p99 {latency['p99']} p99.9 {latency['p99.9']}")
+    yield f"ordered / unordered throughput: {summary['ordered_vs_unordered_throughput']}"
+
+
+@contextmanager
+def _bench_vhost() -> Iterator[str]:
+    """A RabbitMQ virtual host of the bench's own, removed afterwards; yields its AMQP URL."""
+    vhost = f"carillon-bench-ordered-{os.getpid()}"
+    base = settings.RABBITMQ_MANAGEMENT_URL.rstrip("/")  # requests takes its user:password
+    parts = urlsplit(settings.RABBITMQ_URL)
+    http = requests.Session()
+    try:
+        http.put(f"{base}/vhosts/{quote(vhost, safe='')}", timeout=10).raise_for_status()
+    except requests.RequestException as exc:
+        raise RuntimeError(f"cannot reach RabbitMQ's management API at {base} ({exc}); start Carillon's "
+                           "services first (./platform/run) or set RABBITMQ_MANAGEMENT_URL") from exc
+    try:
+        user = quote(parts.username or "guest", safe="")
+        http.put(f"{base}/permissions/{quote(vhost, safe='')}/{user}",
+                 json={"configure": ".*", "write": ".*", "read": ".*"}, timeout=10).raise_for_status()
+        yield urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), "", ""))
+    finally:
+        http.delete(f"{base}/vhosts/{quote(vhost, safe='')}", timeout=30)
+
+
+def bench_ordered_isolated(*, rooms: int, messages_per_room: int, concurrency: int, out: Path, quick: bool,
+                           say: Callable[[str], Any]) -> None:
+    """Start the bench's own services and run `manage.py bench ordered` inside them."""
+    database = BASE_DIR / ".run" / "bench-ordered.sqlite3"
+    for stale in database.parent.glob("bench-ordered.sqlite3*"):
+        stale.unlink()
+    sandbox_port, smtp_port, web_port = free_port(), free_port(), free_port()
+    sandbox_url, web_url = f"http://127.0.0.1:{sandbox_port}", f"http://127.0.0.1:{web_port}"
+    processes: list[ManagedProcess] = []
+    with _bench_vhost() as amqp_url:
+        env = {
+            "RABBITMQ_URL": amqp_url,
+            "DATABASE_URL": f"sqlite:///{database}",
+            "ROOMS_CHAT_API_URL": sandbox_url,
+            "CARILLON_PUBLIC_URL": web_url,
+            SANDBOX_URL_VARIABLE: sandbox_url,
+            "DJANGO_LOG_LEVEL": "WARNING",
+            "DJANGO_DEBUG": "false",  # DEBUG keeps every SQL query in memory
+        }
+        try:
+            # The schema first: daphne and the workers open the database at start.
+            subprocess.run(python("manage.py", "migrate", "--verbosity", "0"), cwd=BASE_DIR,  # noqa: S603
+                           env={**os.environ, **env}, check=True)
+            sandbox = ManagedProcess(
+                "sandbox", python("-m", "sandbox", "--http-port", str(sandbox_port), "--smtp-port", str(smtp_port),
+                                  "--log-level", "WARNING"), env=env, log_dir=LOG_DIR)
+            processes.append(sandbox)
+            sandbox.wait_until(lambda: _answers(f"{sandbox_url}/healthz"), "sandbox /healthz")
+            web = ManagedProcess("daphne", python("-m", "daphne", "-b", "127.0.0.1", "-p", str(web_port),
+                                                  "config.asgi:application"), env=env, log_dir=LOG_DIR)
+            processes.append(web)
+            web.wait_until(lambda: _answers(f"{web_url}/healthz"), "daphne /healthz")
+            worker = ManagedProcess("worker", python(
+                "-m", "celery", "-A", "config.celery", "worker", "--loglevel", "WARNING", "--queues",
+                "carillon.rooms", "--concurrency", str(concurrency), "--without-mingle", "--without-gossip",
+            ), env=env, log_dir=LOG_DIR)
+            processes.append(worker)
+            say(f"bench ordered: {rooms} rooms x {messages_per_room} messages, {concurrency} worker "
+                f"processes, one daphne, SQLite")
+            inner = python("manage.py", "bench", "ordered", "--rooms", str(rooms), "--messages-per-room",
+                           str(messages_per_room), "--out", str(out), *(["--quick"] if quick else []))
+            finished = subprocess.run(inner, cwd=BASE_DIR, env={**os.environ, **env, INNER: "1"}, check=False)  # noqa: S603
+            if finished.returncode:
+                raise RuntimeError(f"the measuring process failed ({finished.returncode}): see its output above; "
+                                   f"the bench's processes log to {LOG_DIR}")
+        finally:
+            for process in processes:
+                process.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=10).status_code == 200
+    except requests.RequestException:
+        return False

@@ -1,0 +1,425 @@
+"""Writes of the rooms app: the per-room compare-and-set state machine.
+
+A room is idle (`in_flight` null) or holds one message in flight at some attempt. Every
+transition reads the room, decides, and commits with
+`UPDATE room SET ..., version = v + 1 WHERE id = ? AND version = v`, in one transaction
+with the message rows it changes. When the UPDATE matches no row another process moved
+the room first: read again and decide again. Sends and timeout checks are published
+only after the transition commits (`on_commit`), so a rolled-back transition publishes
+nothing. docs/ordered-delivery.md explains why each race ends well.
+"""
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from rooms.exceptions import RoomNotFoundError
+from rooms.models import ChatProvider, Room, RoomMessage
+
+logger = logging.getLogger(__name__)
+
+Status = RoomMessage.Status
+T = TypeVar("T")
+
+# Contention on one room is between a handful of actors (enqueue, ack, timeout, operator);
+# this bound only turns a bug into an error instead of a spin.
+MAX_CAS_ATTEMPTS = 50
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A message to hand to the provider: published as a send task after commit."""
+
+    message_id: int
+    attempt: int
+
+
+def _publish_send(dispatch: Dispatch | None) -> None:
+    if dispatch is None:
+        return
+    from rooms.tasks import room_message_send_task  # tasks import services
+
+    transaction.on_commit(
+        lambda: room_message_send_task.delay(dispatch.message_id, dispatch.attempt)
+    )
+
+
+def _cas(room: Room, **changes: object) -> bool:
+    """Commit a transition if nobody moved the room since it was read."""
+    updated = Room.objects.filter(pk=room.pk, version=room.version).update(
+        version=room.version + 1, **changes
+    )
+    return updated == 1
+
+
+def _retrying(step: Callable[[], T | None], *, room_id: int) -> T | None:
+    """Run one transition attempt per transaction until it commits or has nothing to do.
+
+    `step` returns None when it lost the compare-and-set (try again) and a value otherwise.
+    """
+    for _ in range(MAX_CAS_ATTEMPTS):
+        with transaction.atomic():
+            outcome = step()
+            if outcome is not None:
+                return outcome
+    raise RuntimeError(f"room {room_id}: no transition committed after {MAX_CAS_ATTEMPTS} tries")
+
+
+def _locked_room(room_id: int) -> Room:
+    """Read the room for a transition, taking its row lock first (PostgreSQL).
+
+    The version CAS alone keeps transitions correct; the lock orders lock acquisition:
+    every transaction that writes a room's messages takes the room row first, so the
+    key-share locks PostgreSQL takes for the foreign keys between rooms and messages can
+    never close a deadlock cycle. SQLite serializes writers anyway and ignores it.
+    """
+    return Room.objects.select_for_update().get(pk=room_id)
+
+
+def _holds(room: Room, message_id: int, attempt: int | None = None) -> bool:
+    """Whether the room, as read, has this message (at this attempt) in flight.
+
+    Read without a lock, a False is final: a message never returns to flight once it
+    left, and its attempts only grow. So a duplicate or late ack, or a timeout whose
+    attempt is over, is answered without a write transaction (on SQLite every one takes
+    the database's write lock; ~1 timeout check per message makes that add up).
+    """
+    return room.in_flight_id == message_id and (attempt is None or room.attempt == attempt)
+
+
+def _next_queued(room: Room) -> RoomMessage | None:
+    return (
+        RoomMessage.objects.filter(room=room, status=Status.QUEUED).order_by("sequence").first()
+    )
+
+
+def _advance(room: Room, **room_changes: object) -> Dispatch | None | bool:
+    """Release the in-flight message and put the next queued one in flight, as one CAS.
+
+    Returns False when the CAS lost, else the Dispatch (or None when the queue is empty).
+    """
+    head = _next_queued(room)
+    if not _cas(room, in_flight=head, attempt=1 if head else 0, **room_changes):
+        return False
+    if head is None:
+        return None
+    RoomMessage.objects.filter(pk=head.pk).update(
+        status=Status.IN_FLIGHT, attempts=1, dispatched_at=timezone.now()
+    )
+    return Dispatch(message_id=head.pk, attempt=1)
+
+
+# Sentinels for `_retrying`: a committed transition that dispatches nothing.
+_DONE = Dispatch(message_id=0, attempt=0)
+
+
+def _committed(dispatch: Dispatch | None | bool) -> Dispatch | None:
+    """Map `_advance`'s answer to `_retrying`'s protocol (None means retry)."""
+    if dispatch is False:
+        return None
+    return dispatch if isinstance(dispatch, Dispatch) else _DONE
+
+
+def _dispatched(outcome: Dispatch | None) -> Dispatch | None:
+    return None if outcome is None or outcome is _DONE else outcome
+
+
+def room_create(*, provider_name: str, recipient: str) -> Room:
+    """Create (or return) the room of one recipient on one provider."""
+    provider = ChatProvider.objects.get(name=provider_name)
+    room, _ = Room.objects.get_or_create(provider=provider, recipient=recipient)
+    return room
+
+
+def room_dispatch(*, room_id: int) -> Dispatch | None:
+    """Put the room's oldest queued message in flight if the room is idle."""
+    # A room seen busy needs nothing: the transition that ends its in-flight message puts
+    # the next queued one in flight. That transition cannot miss a message enqueued
+    # meanwhile: the enqueue updates the room row (last_sequence), so the two serialise
+    # on it, and whichever commits second sees the other. This spares every message
+    # enqueued behind another a write transaction.
+    if Room.objects.filter(pk=room_id, in_flight__isnull=False).exists():
+        return None
+
+    def step() -> Dispatch | None:
+        room = _locked_room(room_id)
+        if room.in_flight_id is not None:
+            return _DONE
+        return _committed(_advance(room))
+
+    dispatch = _dispatched(_retrying(step, room_id=room_id))
+    _publish_send(dispatch)
+    return dispatch
+
+
+def room_message_enqueue(*, room_id: int, body: str) -> RoomMessage:
+    """Append a message to the room's FIFO; it is sent once every earlier one is done."""
+    with transaction.atomic():
+        # The increment is atomic in the database; it does not touch the state machine's
+        # columns, so it never conflicts with a transition.
+        if not Room.objects.filter(pk=room_id).update(last_sequence=F("last_sequence") + 1):
+            raise RoomNotFoundError(f"room {room_id} does not exist", detail={"room_id": room_id})
+        sequence = Room.objects.values_list("last_sequence", flat=True).get(pk=room_id)
+        message = RoomMessage.objects.create(room_id=room_id, sequence=sequence, body=body)
+        transaction.on_commit(lambda: room_dispatch(room_id=room_id))
+    logger.info("room %s: enqueued message %s (#%s)", room_id, message.pk, sequence)
+    return message
+
+
+@dataclass(frozen=True)
+class SendPermit:
+    """What a worker needs to call the provider for one attempt."""
+
+    room_id: int
+    recipient: str
+    body: str
+    idempotency_key: str
+    sequence: int
+
+
+def room_message_send_permit(*, message_id: int, attempt: int) -> SendPermit | None:
+    """Whether this attempt may still call the provider (None: acked, skipped or superseded)."""
+    message = RoomMessage.objects.select_related("room").get(pk=message_id)
+    room = message.room
+    if room.in_flight_id != message_id or room.attempt != attempt:
+        return None
+    return SendPermit(
+        room_id=room.pk,
+        recipient=room.recipient,
+        body=message.body,
+        idempotency_key=str(message.idempotency_key),
+        sequence=message.sequence,
+    )
+
+
+def room_message_record_send(*, message_id: int, attempt: int, provider_message_id: str) -> int | None:
+    """Record that the provider took the message; return the ack timeout to arm, in ms.
+
+    None when the message is no longer in flight at this attempt: its ack (or an operator)
+    got there first, and there is nothing to time out.
+    """
+    with transaction.atomic():
+        message = RoomMessage.objects.select_related("room__provider").get(pk=message_id)
+        room = _locked_room(message.room_id)
+        if not message.provider_message_id:
+            RoomMessage.objects.filter(pk=message_id).update(provider_message_id=provider_message_id)
+        if room.in_flight_id != message_id or room.attempt != attempt:
+            return None
+        RoomMessage.objects.filter(pk=message_id).update(sent_at=timezone.now())
+        return message.room.provider.ack_timeout_ms
+
+
+@dataclass(frozen=True)
+class AckOutcome:
+    applied: bool  # False: duplicate, late or unknown; nothing changed
+    message_id: int | None
+
+
+def room_message_ack(*, idempotency_key: str, provider_message_id: str = "") -> AckOutcome:
+    """Apply a provider's delivery ack: release the message and send the next one.
+
+    Idempotent: an ack for a message that is not in flight (a repeat, or one arriving
+    after its timeout fired or an operator skipped it) changes nothing.
+    """
+    message = RoomMessage.objects.filter(idempotency_key=idempotency_key).only("pk", "room_id").first()
+    if message is None:
+        logger.warning("ack for unknown idempotency key %s ignored", idempotency_key)
+        return AckOutcome(applied=False, message_id=None)
+    if not _holds(Room.objects.only("in_flight_id").get(pk=message.room_id), message.pk):
+        logger.info("room %s: ack for message %s not in flight ignored", message.room_id, message.pk)
+        return AckOutcome(applied=False, message_id=message.pk)
+    applied = False
+
+    def step() -> Dispatch | None:
+        nonlocal applied
+        room = _locked_room(message.room_id)
+        if room.in_flight_id != message.pk:
+            return _DONE
+        now = timezone.now()
+        outcome = _committed(_advance(room, last_ack_at=now))
+        if outcome is not None:
+            applied = True
+            changes: dict[str, object] = {"status": Status.ACKED, "acked_at": now, "finished_at": now}
+            RoomMessage.objects.filter(pk=message.pk).update(**changes)
+            if provider_message_id:
+                RoomMessage.objects.filter(pk=message.pk, provider_message_id="").update(
+                    provider_message_id=provider_message_id
+                )
+        return outcome
+
+    dispatch = _dispatched(_retrying(step, room_id=message.room_id))
+    _publish_send(dispatch)
+    if applied:
+        logger.info("room %s: message %s acked", message.room_id, message.pk)
+    else:
+        logger.info("room %s: ack for message %s not in flight ignored", message.room_id, message.pk)
+    return AckOutcome(applied=applied, message_id=message.pk)
+
+
+def room_message_ack_timeout(*, message_id: int, attempt: int) -> str:
+    """Enforce the ack timeout of one attempt: resend, or count it as sent and move on.
+
+    Returns what happened: "stale" (acked, skipped or a later attempt), "resent", "proceeded".
+    """
+    message = RoomMessage.objects.select_related("room__provider").get(pk=message_id)
+    provider = message.room.provider
+    result = "stale"
+    if not _holds(message.room, message_id, attempt):  # the usual case: the ack came first
+        logger.info("room %s: ack timeout of message %s attempt %s: stale", message.room_id, message_id, attempt)
+        return result
+
+    def step() -> Dispatch | None:
+        nonlocal result
+        room = _locked_room(message.room_id)
+        if room.in_flight_id != message_id or room.attempt != attempt:
+            result = "stale"
+            return _DONE
+        resend = provider.timeout_policy == ChatProvider.TimeoutPolicy.RESEND
+        if resend and attempt <= provider.max_resends:
+            if not _cas(room, attempt=attempt + 1):
+                return None
+            RoomMessage.objects.filter(pk=message_id).update(attempts=attempt + 1, dispatched_at=timezone.now())
+            result = "resent"
+            return Dispatch(message_id=message_id, attempt=attempt + 1)
+        outcome = _committed(_advance(room, timeouts=F("timeouts") + 1))
+        if outcome is not None:
+            now = timezone.now()
+            note = f"no ack after {attempt} attempt(s) of {provider.ack_timeout_ms} ms; counted as sent"
+            RoomMessage.objects.filter(pk=message_id).update(
+                status=Status.TIMED_OUT, finished_at=now, note=note
+            )
+            result = "proceeded"
+        return outcome
+
+    dispatch = _dispatched(_retrying(step, room_id=message.room_id))
+    _publish_send(dispatch)
+    logger.info("room %s: ack timeout of message %s attempt %s: %s", message.room_id, message_id, attempt, result)
+    return result
+
+
+def room_message_give_up(*, message_id: int, attempt: int, reason: str) -> bool:
+    """The provider refused the message for good: record it and move on to the next."""
+    message = RoomMessage.objects.get(pk=message_id)
+    gave_up = False
+
+    def step() -> Dispatch | None:
+        nonlocal gave_up
+        room = _locked_room(message.room_id)
+        if room.in_flight_id != message_id or room.attempt != attempt:
+            return _DONE
+        outcome = _committed(_advance(room))
+        if outcome is not None:
+            gave_up = True
+            RoomMessage.objects.filter(pk=message_id).update(
+                status=Status.FAILED, finished_at=timezone.now(), note=reason[:255]
+            )
+        return outcome
+
+    _publish_send(_dispatched(_retrying(step, room_id=message.room_id)))
+    if gave_up:
+        logger.warning("room %s: message %s failed: %s", message.room_id, message_id, reason)
+    return gave_up
+
+
+def room_message_skip(*, message_id: int) -> bool:
+    """Operator: drop a queued or in-flight message; the next one goes out. False if done."""
+    message = RoomMessage.objects.get(pk=message_id)
+    skipped = False
+
+    def step() -> Dispatch | None:
+        nonlocal skipped
+        room = _locked_room(message.room_id)
+        now = timezone.now()
+        note = "skipped by an operator"
+        if room.in_flight_id == message_id:
+            outcome = _committed(_advance(room))
+            if outcome is not None:
+                skipped = True
+                RoomMessage.objects.filter(pk=message_id).update(status=Status.SKIPPED, finished_at=now, note=note)
+            return outcome
+        # A queued message leaves the FIFO by its own conditional update.
+        skipped = bool(
+            RoomMessage.objects.filter(pk=message_id, status=Status.QUEUED).update(
+                status=Status.SKIPPED, finished_at=now, note=note
+            )
+        )
+        return _DONE
+
+    _publish_send(_dispatched(_retrying(step, room_id=message.room_id)))
+    logger.info("room %s: operator skip of message %s: %s", message.room_id, message_id, skipped)
+    return skipped
+
+
+def room_message_retry(*, message_id: int) -> bool:
+    """Operator: send the in-flight message again (same idempotency key, next attempt)."""
+    message = RoomMessage.objects.get(pk=message_id)
+
+    def step() -> Dispatch | None:
+        room = _locked_room(message.room_id)
+        if room.in_flight_id != message_id:
+            return _DONE
+        if not _cas(room, attempt=room.attempt + 1):
+            return None
+        RoomMessage.objects.filter(pk=message_id).update(attempts=room.attempt + 1, dispatched_at=timezone.now())
+        return Dispatch(message_id=message_id, attempt=room.attempt + 1)
+
+    dispatch = _dispatched(_retrying(step, room_id=message.room_id))
+    _publish_send(dispatch)
+    if dispatch is None:
+        # Not in flight: an idle room whose dispatch was lost gets its head sent.
+        dispatch = room_dispatch(room_id=message.room_id)
+    logger.info("room %s: operator retry of message %s: %s", message.room_id, message_id, dispatch)
+    return dispatch is not None
+
+
+@dataclass(frozen=True)
+class RecoverReport:
+    resent: list[int]  # in-flight messages whose send was published again
+    dispatched: list[int]  # idle rooms whose queued head was put in flight
+
+
+def room_recover(*, stalled_after_s: float) -> RecoverReport:
+    """Publish again what a crash between a transition's commit and its publish lost.
+
+    A transition commits, then publishes its send (`on_commit`). A process that dies in
+    between, or a publish that fails (broker away), leaves a room in flight with no send
+    or timeout on the broker, or idle with messages queued. A room in flight whose last
+    attempt was handed over or sent longer ago than its ack timeout plus `stalled_after_s`
+    gets that attempt's send published again: the send task checks the room still holds
+    that attempt, and the platform deduplicates on the idempotency key, so a send that
+    was only slow costs a deduplicated repeat, never a duplicate or a reordering.
+    """
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=stalled_after_s)
+    resent: list[int] = []
+    candidates = (
+        RoomMessage.objects.filter(status=Status.IN_FLIGHT, dispatched_at__lt=cutoff)
+        .select_related("room__provider")
+        .order_by("pk")
+    )
+    for message in candidates:
+        room = message.room
+        last = max(filter(None, (message.dispatched_at, message.sent_at)))
+        if room.in_flight_id != message.pk or last >= cutoff - timedelta(milliseconds=room.provider.ack_timeout_ms):
+            continue
+        logger.warning("room %s: message %s attempt %s stalled since %s; sending it again",
+                       room.pk, message.pk, room.attempt, last.isoformat())
+        _publish_send(Dispatch(message_id=message.pk, attempt=room.attempt))
+        resent.append(message.pk)
+    dispatched: list[int] = []
+    idle = (
+        Room.objects.filter(in_flight__isnull=True, messages__status=Status.QUEUED, messages__enqueued_at__lt=cutoff)
+        .values_list("pk", flat=True)
+        .distinct()
+    )
+    for room_id in list(idle):
+        if room_dispatch(room_id=room_id) is not None:
+            logger.warning("room %s: idle with messages queued; its head is now in flight", room_id)
+            dispatched.append(room_id)
+    return RecoverReport(resent=resent, dispatched=dispatched)

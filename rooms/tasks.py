@@ -1,0 +1,101 @@
+"""Room tasks on the critical app: hand one message to the provider, enforce a timeout.
+
+Neither waits for an ack: the ack arrives by webhook (rooms.api.views.chat_webhook) and
+puts the next message in flight; the timeout check is a delayed task (RabbitMQ's native
+delayed delivery on quorum queues), so a slow room holds no worker.
+"""
+
+import logging
+import time
+from typing import Any
+
+from celery import Task
+from django.conf import settings
+
+from config.celery import app
+from rooms import services
+from rooms.exceptions import ProviderPermanentError, ProviderTransientError
+from rooms.models import RoomMessage
+from rooms.providers import chat_send
+
+logger = logging.getLogger(__name__)
+
+
+@app.task(
+    name="rooms.message_send",
+    bind=True,
+    autoretry_for=(ProviderTransientError,),
+    retry_backoff=1,
+    retry_backoff_max=30,
+    max_retries=8,
+)
+def room_message_send_task(self: Task, message_id: int, attempt: int) -> None:
+    """Call the provider for one attempt, then arm its ack timeout."""
+    try:
+        permit = services.room_message_send_permit(message_id=message_id, attempt=attempt)
+    except RoomMessage.DoesNotExist:
+        logger.warning("message %s no longer exists; not sent", message_id)
+        return
+    if permit is None:
+        logger.info("message %s attempt %s no longer in flight; not sent", message_id, attempt)
+        return
+    logger.info("room %s: sending message %s attempt %s", permit.room_id, message_id, attempt)
+    try:
+        result = chat_send(
+            room=permit.recipient,
+            body=permit.body,
+            idempotency_key=permit.idempotency_key,
+            sequence=permit.sequence,
+            callback_url=settings.CARILLON_PUBLIC_URL.rstrip("/") + "/api/webhooks/chat/",
+        )
+    except ProviderPermanentError as exc:
+        services.room_message_give_up(message_id=message_id, attempt=attempt, reason=exc.message)
+        return
+    except ProviderTransientError as exc:
+        if self.request.retries >= (self.max_retries or 0):
+            services.room_message_give_up(message_id=message_id, attempt=attempt, reason=exc.message)
+            return
+        raise
+    timeout_ms = services.room_message_record_send(
+        message_id=message_id, attempt=attempt, provider_message_id=result.provider_message_id
+    )
+    if timeout_ms is not None:
+        room_message_ack_timeout_task.apply_async((message_id, attempt), countdown=ack_timeout_countdown(timeout_ms))
+
+
+def ack_timeout_countdown(timeout_ms: int) -> float:
+    """The countdown of a timeout check, in seconds.
+
+    On quorum queues Celery delays through RabbitMQ (celery_delayed_* exchanges) by whole
+    seconds and refuses a delay under one second; the fraction above a whole second is
+    held by the worker's timer until the ETA. So one second is the shortest timeout.
+    """
+    return max(timeout_ms, MIN_ACK_TIMEOUT_MS) / 1000
+
+
+MIN_ACK_TIMEOUT_MS = 1000
+
+
+@app.task(name="rooms.message_ack_timeout")
+def room_message_ack_timeout_task(message_id: int, attempt: int) -> str:
+    """Resend or move on if this attempt is still unacknowledged."""
+    try:
+        return services.room_message_ack_timeout(message_id=message_id, attempt=attempt)
+    except RoomMessage.DoesNotExist:
+        logger.warning("message %s no longer exists; timeout check dropped", message_id)
+        return "missing"
+
+
+@app.task(name="rooms.bench_send_direct")
+def room_bench_send_direct_task(recipient: str, messages: list[list[Any]], pause_ms: int) -> None:
+    """Baselines of `manage.py bench ordered`: call the platform with no room state.
+
+    `messages` is a list of [sequence, idempotency key, body]. One message per task is the
+    unordered baseline (send at once); a room's messages in one task with `pause_ms` after
+    each is seed 003's naive fix (a fixed delay after every message), which holds its
+    worker for the whole pause.
+    """
+    for index, (sequence, key, body) in enumerate(messages):
+        if index and pause_ms:
+            time.sleep(pause_ms / 1000)
+        chat_send(room=recipient, body=body, idempotency_key=key, sequence=sequence, callback_url="")

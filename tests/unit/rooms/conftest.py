@@ -1,0 +1,41 @@
+"""State-machine tests: real database, the send task's publish captured instead of sent."""
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from rooms import services
+from rooms.models import ChatProvider, Room
+
+
+@dataclass
+class SentTasks:
+    calls: list[tuple[int, int]] = field(default_factory=list)
+
+    def delay(self, message_id: int, attempt: int) -> None:
+        self.calls.append((message_id, attempt))
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> SentTasks:
+    """Publishing crosses a process boundary (RabbitMQ): record (message_id, attempt)."""
+    from rooms.tasks import room_message_send_task
+
+    recorder = SentTasks()
+    monkeypatch.setattr(room_message_send_task, "delay", recorder.delay)
+    return recorder
+
+
+@pytest.fixture
+def provider(db: None) -> ChatProvider:
+    return ChatProvider.objects.create(name="chat", ack_timeout_ms=500, timeout_policy="proceed")
+
+
+@pytest.fixture
+def resend_provider(db: None) -> ChatProvider:
+    return ChatProvider.objects.create(name="chat-resend", ack_timeout_ms=500, timeout_policy="resend", max_resends=2)
+
+
+@pytest.fixture
+def room(provider: ChatProvider) -> Room:
+    return services.room_create(provider_name=provider.name, recipient="+15550001")
