@@ -12,6 +12,7 @@ from django.utils.html import format_html
 from notifications.exceptions import FailedJobStateError
 from notifications.models import (
     Delivery,
+    Digest,
     Event,
     FailedJob,
     FailedJobAction,
@@ -72,8 +73,10 @@ class FailedJobActionInline(admin.TabularInline):
 
 @admin.register(FailedJob)
 class FailedJobAdmin(admin.ModelAdmin):
-    list_display = ["id", "task_name", "queue", "event_type", "error_class", "state", "attempts", "created_at"]
-    list_filter = ["state", "queue", "task_name", "event__type", "error_class", "source", "created_at"]
+    list_display = [
+        "id", "task_name", "queue", "event_type", "error_class", "state", "critical", "attempts", "created_at",
+    ]
+    list_filter = ["state", "critical", "queue", "task_name", "event__type", "error_class", "source", "created_at"]
     search_fields = ["event__id", "delivery__recipient", "error_message", "task_id"]
     readonly_fields = [
         "task_name", "task_id", "queue", "args", "event_link", "delivery_link", "error_class", "error_message",
@@ -192,5 +195,22 @@ class NotificationAdmin(admin.ModelAdmin):
     raw_id_fields = ["user", "event", "delivery"]
 
 
-admin.site.register(Recipient)
+@admin.register(Recipient)
+class RecipientAdmin(admin.ModelAdmin):
+    list_display = ["user", "phone_number", "digest_frequency"]
+    list_filter = ["digest_frequency"]
+
+
+@admin.register(Digest)
+class DigestAdmin(admin.ModelAdmin):
+    """Digests sent (or found empty): a record per user and period, written by the job."""
+
+    list_display = ["id", "user", "frequency", "period_start", "period_end", "status", "notification_count", "sent_at"]
+    list_filter = ["status", "frequency"]
+    search_fields = ["user__username", "user__email"]
+    readonly_fields = [field.name for field in Digest._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
 admin.site.register(Preference)
