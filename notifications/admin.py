@@ -1,6 +1,7 @@
 import json
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db.models import Count, QuerySet
@@ -8,7 +9,16 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils.html import format_html
+from django_celery_beat.admin import (
+    PeriodicTaskAdmin,
+    PeriodicTaskForm,
+    TaskChoiceField,
+    TaskSelectWidget,
+)
+from django_celery_beat.models import PeriodicTask
 
+from config.background import BACKGROUND_TASK_PREFIX
+from config.background import app as background_app
 from notifications.exceptions import FailedJobStateError
 from notifications.models import (
     Delivery,
@@ -214,3 +224,33 @@ class DigestAdmin(admin.ModelAdmin):
         return False
 
 admin.site.register(Preference)
+
+
+# django-celery-beat's admin lists, checks and runs tasks of Celery's *current* app,
+# which in a web process may be the critical one; beat sends through the background app.
+class BackgroundTaskSelectWidget(TaskSelectWidget):  # type: ignore[misc]
+    celery_app = background_app
+
+
+class BackgroundPeriodicTaskForm(PeriodicTaskForm):  # type: ignore[misc]
+    regtask = TaskChoiceField(label="Task (registered)", required=False, widget=BackgroundTaskSelectWidget)
+
+    def clean(self) -> dict[str, Any]:
+        data: dict[str, Any] = super().clean()
+        task = data.get("task") or ""
+        if not task.startswith((BACKGROUND_TASK_PREFIX, "celery.")):
+            error = forms.ValidationError(
+                f"{task!r} is not a background task: beat sends through the background app (Redis), "
+                f"whose tasks are named {BACKGROUND_TASK_PREFIX}*; critical work is published as events"
+            )
+            self.add_error("task", error)
+        return data
+
+
+class BackgroundPeriodicTaskAdmin(PeriodicTaskAdmin):  # type: ignore[misc]
+    form = BackgroundPeriodicTaskForm
+    celery_app = background_app
+
+
+admin.site.unregister(PeriodicTask)
+admin.site.register(PeriodicTask, BackgroundPeriodicTaskAdmin)
