@@ -27,15 +27,17 @@ TRANSIENT_ERRORS = (ProviderTransientError, OperationalError, InterfaceError)
 @app.task(name="background.digests_send_due", shared=False)
 def digests_send_due() -> int:
     """Record every due digest and queue one send per digest; return how many."""
-    queued = 0
+    # First what a sender that died or gave up left unsent, then the newly due ones (each
+    # queued once; a digest's lease would keep a second send out anyway).
+    unsent = digest_unsent_ids()
+    for digest_id in unsent:
+        digest_send_one.delay(digest_id)
+    queued = len(unsent)
     for user_id in digest_due_user_ids():
         digest = digest_prepare(user_id=user_id)
-        if digest is not None:
+        if digest is not None and digest.pk not in unsent:
             digest_send_one.delay(digest.pk)
             queued += 1
-    for digest_id in digest_unsent_ids():  # left behind by a sender that died or gave up
-        digest_send_one.delay(digest_id)
-        queued += 1
     logger.info("digests: %d queued", queued)
     return queued
 
