@@ -8,10 +8,12 @@ and no other test's background worker takes it.
 
 import base64
 import json
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from itertools import count, groupby
+from itertools import cycle, groupby
 from typing import Any, cast
 
 import pytest
@@ -41,7 +43,9 @@ from tests.processes import ManagedProcess, python, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
-_databases = count(9)  # Redis databases 9, 10, ...: one per test, away from the suite's db 0
+# Redis has 16 databases: 9..15 in turn, away from the suite's db 0; each test's processes
+# are stopped and its database emptied before the next test takes one.
+_databases = cycle(range(9, 16))
 
 
 def redis_url(db: int) -> str:
@@ -215,6 +219,28 @@ def test_two_beats_started_together_never_both_send_and_the_second_takes_over(
     # One sender, then the other: never both, never back.
     assert [pid for pid, _ in groupby(senders)] == [holder.process.pid, standby.process.pid]
     assert "standing by" not in holder.log() and "took the lock" in standby.log()
+
+
+def test_a_beat_that_hung_past_its_lease_sends_nothing_when_it_wakes(
+    start_beat: Callable[..., ManagedProcess], redis_db: int
+) -> None:
+    every_second("probe")
+    first = start_beat("beat-hangs")
+    first.wait_for_log("took the lock")
+    second = start_beat("beat-waits")
+    wait_for(lambda: queued(redis_db, "probe"), "the first beat sends")
+
+    os.kill(first.process.pid, signal.SIGSTOP)  # a long GC pause, a frozen VM
+    try:
+        wait_for(lambda: second.process.pid in {sender_pid(m) for m in queued(redis_db, "probe")}, "takeover")
+    finally:
+        os.kill(first.process.pid, signal.SIGCONT)
+    first.wait_for_log("lost the lock")
+    sent = len(queued(redis_db, "probe"))
+    wait_for(lambda: len(queued(redis_db, "probe")) >= sent + 3, "three more sends")
+
+    senders = [sender_pid(m) for m in queued(redis_db, "probe")]
+    assert [pid for pid, _ in groupby(senders)] == [first.process.pid, second.process.pid]
 
 
 def test_a_beat_stopped_cleanly_hands_over_at_once(start_beat: Callable[..., ManagedProcess], redis_db: int) -> None:
