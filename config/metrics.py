@@ -9,9 +9,11 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from notifications.metrics import CarillonCollector
+from realtime.metrics import RealtimeCollector
 
 registry = CollectorRegistry(auto_describe=False)  # describing would query at import
 registry.register(CarillonCollector())
+registry.register(RealtimeCollector())
 
 
 def _allowed(request: HttpRequest) -> bool:

@@ -12,6 +12,8 @@ duplicates at the seam by id.
 
 import asyncio
 import logging
+import os
+import socket
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -23,7 +25,7 @@ from redis.exceptions import RedisError
 from realtime.frames import HEARTBEAT, Control, Delivery, Frame
 from realtime.history import ahistory_latest_id, ahistory_since, history_decode
 from realtime.services import async_client
-from realtime.topics import Topic, pubsub_channel, topic_from_pubsub_channel
+from realtime.topics import Topic, pubsub_channel, stats_process_key, topic_from_pubsub_channel
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,20 @@ class Sink(Protocol):
 
     async def put(self, frame: Frame) -> None:
         """Queue a frame, waiting for room: replays pace themselves on the client."""
+
+
+class ProcessStats:
+    """What this process reports to /metrics through Redis (see _stats_loop)."""
+
+    delivered = 0
+
+
+STATS = ProcessStats()
+# Written when connections come and go (at most every STATS_COALESCE_SECONDS) and at
+# least every STATS_INTERVAL_SECONDS; the hash expires after a few missed writes, so a
+# dead process stops counting.
+STATS_INTERVAL_SECONDS = 5.0
+STATS_COALESCE_SECONDS = 0.2
 
 
 class Subscription:
@@ -68,10 +84,12 @@ class Subscription:
     def deliver(self, delivery: Delivery) -> None:
         self.last_id = delivery.id
         self.sink.offer(delivery)
+        STATS.delivered += 1
 
     async def replay(self, delivery: Delivery) -> None:
         self.last_id = delivery.id
         await self.sink.put(delivery)
+        STATS.delivered += 1
 
 
 class Hub:
@@ -86,10 +104,12 @@ class Hub:
         self._tasks = [
             asyncio.create_task(self._read_loop(), name="realtime-hub-reader"),
             asyncio.create_task(self._heartbeat_loop(), name="realtime-hub-heartbeat"),
+            asyncio.create_task(self._stats_loop(), name="realtime-hub-stats"),
         ]
         self._pending_limit = int(settings.REALTIME_HISTORY_MAX_LENGTH)
         self._sinks: weakref.WeakSet[Any] = weakref.WeakSet()
         self._retries: set[asyncio.Task[None]] = set()
+        self._stats_changed = asyncio.Event()
 
     # --- subscriptions ---------------------------------------------------------------
 
@@ -282,12 +302,31 @@ class Hub:
             for sink in tuple(self._sinks):
                 sink.offer(HEARTBEAT)
 
+    async def _stats_loop(self) -> None:
+        key = stats_process_key(f"{socket.gethostname()}:{os.getpid()}")
+        while True:
+            try:
+                async with self._history.pipeline(transaction=True) as pipe:
+                    pipe.hset(key, mapping={"connections": len(self._sinks), "delivered": STATS.delivered})
+                    pipe.pexpire(key, int(3 * STATS_INTERVAL_SECONDS * 1000))
+                    await pipe.execute()
+            except RedisError as exc:
+                logger.warning("realtime stats not written (%s)", exc)
+            self._stats_changed.clear()
+            try:
+                await asyncio.wait_for(self._stats_changed.wait(), STATS_INTERVAL_SECONDS)
+                await asyncio.sleep(STATS_COALESCE_SECONDS)
+            except TimeoutError:
+                pass
+
     def attach(self, sink: Sink) -> None:
         """Send heartbeats to `sink` while it is connected, subscribed or not."""
         self._sinks.add(sink)
+        self._stats_changed.set()
 
     def detach(self, sink: Sink) -> None:
         self._sinks.discard(sink)
+        self._stats_changed.set()
 
 
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub]" = weakref.WeakKeyDictionary()

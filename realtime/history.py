@@ -17,11 +17,18 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from realtime.topics import Topic, history_key, history_key_pattern, pubsub_channel, sequence_key
+from realtime.topics import (
+    STATS_PUBLISHED_KEY,
+    Topic,
+    history_key,
+    history_key_pattern,
+    pubsub_channel,
+    sequence_key,
+)
 
 logger = logging.getLogger(__name__)
 
-# KEYS: sequence, history, pub/sub channel. ARGV: now (ms), max length, max age (ms),
+# KEYS: sequence, history, pub/sub channel, published counter. ARGV: now (ms), max length, max age (ms),
 # the message as a JSON object without id/ts (spliced in below, so no JSON library runs
 # on the publish path except to read a trimmed head's timestamp).
 APPEND_SCRIPT = """
@@ -41,6 +48,7 @@ while true do
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('PUBLISH', KEYS[3], message)
+redis.call('INCR', KEYS[4])
 return id
 """
 
@@ -88,7 +96,7 @@ def _max_age_ms() -> int:
 
 def _append_args(topic: Topic, event: str, data: Any) -> tuple[list[str], list[Any]]:
     body = json.dumps({"topic": str(topic), "event": event, "data": data}, separators=(",", ":"))
-    keys = [sequence_key(topic), history_key(topic), pubsub_channel(topic)]
+    keys = [sequence_key(topic), history_key(topic), pubsub_channel(topic), STATS_PUBLISHED_KEY]
     return keys, [_now_ms(), settings.REALTIME_HISTORY_MAX_LENGTH, _max_age_ms(), body]
 
 

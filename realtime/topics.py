@@ -78,6 +78,16 @@ def sequence_key(topic: Topic) -> str:
     return f"{_PREFIX}:seq:{topic}"
 
 
+# Counters for /metrics: messages published, and per server process its connections
+# and the frames it delivered (a hash that expires when the process stops refreshing it).
+STATS_PUBLISHED_KEY = f"{_PREFIX}:stats:published"
+STATS_PROCESS_PATTERN = f"{_PREFIX}:stats:process:*"
+
+
+def stats_process_key(process: str) -> str:
+    return f"{_PREFIX}:stats:process:{process}"
+
+
 def presence_key(user_id: int) -> str:
     return f"{_PREFIX}:presence:{int(user_id)}"
 

@@ -34,7 +34,11 @@ def statuses(event: Event) -> dict[str, str]:
 
 def user_topic_history(user_id: int, *, last_id: int) -> HistoryRead:
     """What the realtime history of `user:<id>` holds after `last_id`."""
-    return asyncio.run(ahistory_since(async_client(), topic=topic_parse(user_topic(user_id)), last_id=last_id))
+
+    async def read() -> HistoryRead:
+        return await ahistory_since(async_client(), topic=topic_parse(user_topic(user_id)), last_id=last_id)
+
+    return asyncio.run(read())
 
 
 @pytest.fixture

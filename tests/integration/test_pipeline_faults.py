@@ -104,3 +104,40 @@ def test_poison_message_is_dead_lettered_after_its_delivery_limit_and_recorded(
     assert failed.args == [str(event.id), "crashing_feed"]
     assert dead_letter_drain() == 0  # nothing left, nothing recorded twice
     assert FailedJob.objects.filter(event=event).count() == 1
+
+
+def test_dead_letter_drain_killed_half_way_and_run_again_loses_and_duplicates_nothing() -> None:
+    from config.celery import app as critical_app
+    from notifications.queues import topology_declare
+
+    queue = "carillon.sms.dlq"
+    total = 400
+    with critical_app.connection_for_write() as connection:
+        topology_declare(connection)
+        producer = connection.Producer()
+        for n in range(total):
+            # As a dead-lettered Celery message looks: task headers and RabbitMQ's x-death.
+            producer.publish(
+                [[f"not-an-event-{n}", "security_sms"], {}, {}],
+                routing_key=queue,
+                serializer="json",
+                headers={
+                    "id": f"dead-{n}",
+                    "task": "notifications.send_sms",
+                    "x-death": [{"queue": "carillon.sms", "reason": "rejected", "count": 1}],
+                },
+                delivery_mode=2,
+            )
+
+    drain = ManagedProcess("drain", python("manage.py", "drain_dead_letters"))
+    wait_for(lambda: FailedJob.objects.count() >= 40, "the first drain recorded some", timeout=60)
+    drain.kill()
+    recorded_before_kill = FailedJob.objects.count()
+    assert recorded_before_kill < total, "the drain finished before it could be killed"
+
+    # The killed drain's unacknowledged messages are back in the queue, some of them with
+    # their FailedJob already committed: those are acknowledged and not recorded again.
+    assert dead_letter_drain() >= total - recorded_before_kill
+    recorded = list(FailedJob.objects.values_list("task_id", flat=True))
+    assert sorted(recorded) == sorted(f"dead-{n}" for n in range(total))  # each once
+    assert dead_letter_drain() == 0  # the queue is empty: nothing left unacknowledged

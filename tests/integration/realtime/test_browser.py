@@ -10,13 +10,12 @@ from django.contrib.auth import get_user_model
 from playwright.sync_api import Page, expect, sync_playwright
 
 from notifications.services import event_publish
+from tests.integration.browser import WAIT_MS, chromium_launch
 from tests.integration.conftest import start_daphne
 from tests.processes import ManagedProcess, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's; `playwright install` cannot download here
-WAIT_MS = 20_000
 
 
 def test_a_logged_in_user_sees_notifications_live_and_what_was_missed_after_a_restart(
@@ -41,15 +40,7 @@ def browse(publish: Callable[..., None]) -> None:
         process, url = start_daphne("daphne-browser", port=port)
         processes.append(process)
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=CHROMIUM,
-                args=[
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                ],
-            )
+            browser = chromium_launch(playwright)
             page = browser.new_page()
             log_in_and_see_live(page, url, publish)
 

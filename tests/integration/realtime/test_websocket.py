@@ -1,6 +1,8 @@
 """/ws/ end to end: real daphne processes, real Redis, real sockets."""
 
 import asyncio
+import re
+import socket
 import uuid
 
 import pytest
@@ -13,7 +15,9 @@ from realtime.auth import realtime_token_create
 from realtime.consumers import CLOSE_BAD_FRAME, CLOSE_BAD_TOKEN
 from realtime.services import realtime_publish
 from realtime.topics import pubsub_channel, topic_parse
+from tests.integration.conftest import start_daphne
 from tests.integration.realtime.clients import WsClient, latest_id, messages
+from tests.integration.test_operations import TOKEN, scrape
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -219,3 +223,45 @@ def test_the_last_client_leaving_a_topic_ends_the_processs_redis_subscription(
         return while_connected, dict(client.pubsub_numsub(channel))[channel.encode()]
 
     assert asyncio.run(scenario()) == (1, 0)
+
+
+def test_metrics_count_each_daphne_process_connections_and_the_messages_published(
+    alice: AbstractBaseUser,
+) -> None:
+    process, url = start_daphne("daphne-metrics")  # its own, so its counts are exactly ours
+    label = f'process="{socket.gethostname()}:{process.process.pid}"'
+    topic = room()
+
+    def scraped() -> tuple[int | None, int]:
+        text = scrape(f"Bearer {TOKEN}")[1]
+        mine = re.search(rf"^carillon_realtime_connections\{{{label}\}} (\S+)$", text, re.M)
+        published = re.search(r"^carillon_realtime_published_total (\S+)$", text, re.M)
+        assert published, text
+        return (int(float(mine[1])) if mine else None), int(float(published[1]))
+
+    async def until(connections: int) -> int:
+        # A process writes its counters when connections come and go: poll briefly.
+        for _ in range(100):
+            now, published = await asyncio.to_thread(scraped)
+            if now == connections:
+                return published
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{label} never reported {connections} connections (last: {now})")
+
+    async def scenario() -> tuple[int, int]:
+        first = await WsClient.connect(url, token(alice))
+        second = await WsClient.connect(url, token(alice))
+        await first.subscribe(topic)
+        before = await until(2)
+        realtime_publish(topic=topic, event="video.liked", data={"likes": 1})
+        await first.frame()
+        await second.close()
+        after = await until(1)
+        await first.close()
+        return before, after
+
+    try:
+        before, after = asyncio.run(scenario())
+    finally:
+        process.stop()
+    assert after == before + 1
