@@ -16,9 +16,25 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
 from notifications.queues import task_queues, topology_declare  # noqa: E402
 
+
+class WrongAppError(Exception):
+    """A task was sent through the Celery app that does not own it."""
+
+
+def task_route_guard(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> None:
+    """Refuse to send a background task (`background.*`, config/background.py) to RabbitMQ."""
+    if name.startswith("background."):
+        raise WrongAppError(
+            f"task {name!r} is a background task: send it through config.background (Redis), "
+            "not the critical app"
+        )
+    return None
+
+
 app = Celery("carillon")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = task_queues()
+app.conf.task_routes = (task_route_guard,)
 app.autodiscover_tasks(related_name="tasks")
 
 
@@ -33,12 +49,12 @@ def _declare_topology(**kwargs: Any) -> None:
         topology_declare(connection)
 
 
-@app.task(name="carillon.noop", ignore_result=True, acks_late=True)
+@app.task(name="carillon.noop", ignore_result=True, acks_late=True, shared=False)
 def noop() -> None:
     """Do nothing: the raw Celery baseline of `manage.py bench pipeline`."""
 
 
-@app.task(name="carillon.ping", ignore_result=False)
+@app.task(name="carillon.ping", ignore_result=False, shared=False)
 def ping() -> dict[str, str]:
     """Answer from a worker, naming it: a round trip proves broker, worker and results."""
     return {"app": "critical", "host": socket.gethostname(), "python": platform.python_version()}

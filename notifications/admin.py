@@ -1,6 +1,7 @@
 import json
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db.models import Count, QuerySet
@@ -8,10 +9,20 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils.html import format_html
+from django_celery_beat.admin import (
+    PeriodicTaskAdmin,
+    PeriodicTaskForm,
+    TaskChoiceField,
+    TaskSelectWidget,
+)
+from django_celery_beat.models import PeriodicTask
 
+from config.background import BACKGROUND_TASK_PREFIX
+from config.background import app as background_app
 from notifications.exceptions import FailedJobStateError
 from notifications.models import (
     Delivery,
+    Digest,
     Event,
     FailedJob,
     FailedJobAction,
@@ -72,8 +83,10 @@ class FailedJobActionInline(admin.TabularInline):
 
 @admin.register(FailedJob)
 class FailedJobAdmin(admin.ModelAdmin):
-    list_display = ["id", "task_name", "queue", "event_type", "error_class", "state", "attempts", "created_at"]
-    list_filter = ["state", "queue", "task_name", "event__type", "error_class", "source", "created_at"]
+    list_display = [
+        "id", "task_name", "queue", "event_type", "error_class", "state", "critical", "attempts", "created_at",
+    ]
+    list_filter = ["state", "critical", "queue", "task_name", "event__type", "error_class", "source", "created_at"]
     search_fields = ["event__id", "delivery__recipient", "error_message", "task_id"]
     readonly_fields = [
         "task_name", "task_id", "queue", "args", "event_link", "delivery_link", "error_class", "error_message",
@@ -192,5 +205,52 @@ class NotificationAdmin(admin.ModelAdmin):
     raw_id_fields = ["user", "event", "delivery"]
 
 
-admin.site.register(Recipient)
+@admin.register(Recipient)
+class RecipientAdmin(admin.ModelAdmin):
+    list_display = ["user", "phone_number", "digest_frequency"]
+    list_filter = ["digest_frequency"]
+
+
+@admin.register(Digest)
+class DigestAdmin(admin.ModelAdmin):
+    """Digests sent (or found empty): a record per user and period, written by the job."""
+
+    list_display = ["id", "user", "frequency", "period_start", "period_end", "status", "notification_count", "sent_at"]
+    list_filter = ["status", "frequency"]
+    search_fields = ["user__username", "user__email"]
+    readonly_fields = [field.name for field in Digest._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
 admin.site.register(Preference)
+
+
+# django-celery-beat's admin lists, checks and runs tasks of Celery's *current* app,
+# which in a web process may be the critical one; beat sends through the background app.
+class BackgroundTaskSelectWidget(TaskSelectWidget):  # type: ignore[misc]
+    celery_app = background_app
+
+
+class BackgroundPeriodicTaskForm(PeriodicTaskForm):  # type: ignore[misc]
+    regtask = TaskChoiceField(label="Task (registered)", required=False, widget=BackgroundTaskSelectWidget)
+
+    def clean(self) -> dict[str, Any]:
+        data: dict[str, Any] = super().clean()
+        task = data.get("task") or ""
+        if not task.startswith((BACKGROUND_TASK_PREFIX, "celery.")):
+            error = forms.ValidationError(
+                f"{task!r} is not a background task: beat sends through the background app (Redis), "
+                f"whose tasks are named {BACKGROUND_TASK_PREFIX}*; critical work is published as events"
+            )
+            self.add_error("task", error)
+        return data
+
+
+class BackgroundPeriodicTaskAdmin(PeriodicTaskAdmin):  # type: ignore[misc]
+    form = BackgroundPeriodicTaskForm
+    celery_app = background_app
+
+
+admin.site.unregister(PeriodicTask)
+admin.site.register(PeriodicTask, BackgroundPeriodicTaskAdmin)

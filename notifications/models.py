@@ -193,11 +193,22 @@ class Notification(models.Model):
         return f"{self.kind} for user {self.user_id}"
 
 
+class DigestFrequency(models.TextChoices):
+    DAILY = "daily"
+    WEEKLY = "weekly"
+    OFF = "off"
+
+
 class Recipient(models.Model):
     """How to reach a user beyond Django's User: phone number, digest choice."""
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="recipient")
     phone_number = models.CharField(max_length=20, blank=True, help_text="E.164, e.g. +15551230001")
+    # Opt-in: a user who never chose gets no digest email.
+    digest_frequency = models.CharField(
+        max_length=10, choices=DigestFrequency.choices, default=DigestFrequency.OFF,
+        help_text="email a digest of unread in-app notifications daily, weekly, or not at all",
+    )
 
     def __str__(self) -> str:
         return f"recipient {self.user_id}"
@@ -216,3 +227,33 @@ class Preference(models.Model):
 
     def __str__(self) -> str:
         return f"{self.category}/{self.channel} {'on' if self.enabled else 'off'} for user {self.user_id}"
+
+
+class Digest(models.Model):
+    """One digest email: a user's unread in-app notifications created in [period_start,
+    period_end). Unique per (user, period_end), so a second run of the job sends nothing;
+    the next digest starts where this one ended, so no notification is in two digests."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"  # recorded, not yet sent (or the sender died: sent again)
+        SENT = "sent"
+        EMPTY = "empty"  # nothing unread in the period: no email
+        SKIPPED = "skipped"  # the user has no email address
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="digests")
+    frequency = models.CharField(max_length=10, choices=DigestFrequency.choices)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    notification_count = models.PositiveIntegerField(default=0)
+    notification_ids = models.JSONField(default=list, blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-period_end"]
+        constraints = [models.UniqueConstraint(fields=["user", "period_end"], name="one_digest_per_period")]
+
+    def __str__(self) -> str:
+        return f"{self.frequency} digest for user {self.user_id} until {self.period_end:%Y-%m-%d %H:%M}"

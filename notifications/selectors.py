@@ -4,7 +4,7 @@ from django.db.models import QuerySet
 
 from notifications.channels import Channel
 from notifications.events import event_types
-from notifications.models import Notification, Preference
+from notifications.models import DigestFrequency, Notification, Preference, Recipient
 
 
 def notification_list(*, user_id: int) -> QuerySet[Notification]:
@@ -41,3 +41,9 @@ def preference_list(*, user_id: int) -> list[dict[str, object]]:
         for category, mandatory in sorted(categories.items())
         for channel in Channel.values
     ]
+
+
+def digest_frequency_get(*, user_id: int) -> str:
+    """The user's digest choice (off until they choose)."""
+    frequency = Recipient.objects.filter(user_id=user_id).values_list("digest_frequency", flat=True).first()
+    return frequency or DigestFrequency.OFF

@@ -28,6 +28,7 @@ from notifications.models import (
     OutboxMessage,
     Preference,
     ProviderCallback,
+    Recipient,
 )
 from notifications.providers.analytics import analytics_send_batch
 from notifications.providers.senders import SENDERS
@@ -434,3 +435,9 @@ def notification_mark_read(*, user_id: int, notification_id: int | None = None) 
     if notification_id is not None:
         unread = unread.filter(pk=notification_id)
     return unread.update(read_at=timezone.now())
+
+
+def digest_frequency_set(*, user_id: int, frequency: str) -> str:
+    """Choose how often the user gets a digest email: daily, weekly or off."""
+    Recipient.objects.update_or_create(user_id=user_id, defaults={"digest_frequency": frequency})
+    return frequency

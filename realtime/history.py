@@ -17,7 +17,14 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from realtime.topics import STATS_PUBLISHED_KEY, Topic, history_key, pubsub_channel, sequence_key
+from realtime.topics import (
+    STATS_PUBLISHED_KEY,
+    Topic,
+    history_key,
+    history_key_pattern,
+    pubsub_channel,
+    sequence_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +50,22 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('PUBLISH', KEYS[3], message)
 redis.call('INCR', KEYS[4])
 return id
+"""
+
+
+# KEYS: history. ARGV: now (ms), max age (ms). The append script's trim, for topics
+# nobody publishes to any more (their old messages would otherwise wait for the key to
+# expire).
+TRIM_SCRIPT = """
+local oldest = tonumber(ARGV[1]) - tonumber(ARGV[2])
+local removed = 0
+while true do
+    local head = redis.call('ZRANGE', KEYS[1], 0, 0)
+    if #head == 0 or cjson.decode(head[1]).ts >= oldest then break end
+    redis.call('ZREMRANGEBYRANK', KEYS[1], 0, 0)
+    removed = removed + 1
+end
+return removed
 """
 
 
@@ -115,3 +138,18 @@ async def ahistory_since(client: aioredis.Redis, *, topic: Topic, last_id: int) 
 
 async def ahistory_latest_id(client: aioredis.Redis, *, topic: Topic) -> int:
     return int(await client.get(sequence_key(topic)) or 0)
+
+
+def history_trim_expired(client: redis.Redis, *, max_keys: int = 10_000) -> int:
+    """Remove messages older than the history's age limit from every topic's history,
+    looking at up to `max_keys` topics (SCAN, so Redis is never blocked); return how
+    many messages went. Sequence keys stay: a topic never hands out an id twice."""
+    removed = 0
+    trim = client.register_script(TRIM_SCRIPT)
+    for seen, key in enumerate(client.scan_iter(match=history_key_pattern(), count=500)):
+        if seen >= max_keys:
+            break
+        removed += int(trim(keys=[key], args=[_now_ms(), _max_age_ms()]))
+    if removed:
+        logger.info("realtime history: %d messages past the age limit removed", removed)
+    return removed

@@ -69,6 +69,11 @@ def history_key(topic: Topic) -> str:
     return f"{_PREFIX}:hist:{topic}"
 
 
+def history_key_pattern() -> str:
+    """A SCAN pattern matching every topic's history key."""
+    return f"{_PREFIX}:hist:*"
+
+
 def sequence_key(topic: Topic) -> str:
     return f"{_PREFIX}:seq:{topic}"
 

@@ -112,6 +112,9 @@ CELERY_TASK_DEFAULT_EXCHANGE = "carillon.tasks"
 CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "topic"
 CELERY_TASK_DEFAULT_ROUTING_KEY = "carillon.default"
 CELERY_TASK_DEFAULT_QUEUE_TYPE = "quorum"
+# Only the declared queues (notifications/queues.py): a task sent to any other queue
+# name, such as the background app's, raises QueueNotFound instead of creating it here.
+CELERY_TASK_CREATE_MISSING_QUEUES = False
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # One unacknowledged message per worker process: a killed process hands back at most one.
@@ -130,11 +133,23 @@ BACKGROUND_CELERY_BROKER_URL = REDIS_URL
 BACKGROUND_CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 BACKGROUND_CELERY_RESULT_BACKEND = REDIS_URL
 BACKGROUND_CELERY_TASK_DEFAULT_QUEUE = "background"
+BACKGROUND_CELERY_TASK_CREATE_MISSING_QUEUES = False
 BACKGROUND_CELERY_TASK_SERIALIZER = "json"
 BACKGROUND_CELERY_ACCEPT_CONTENT = ["json"]
 BACKGROUND_CELERY_TIMEZONE = TIME_ZONE
 BACKGROUND_CELERY_WORKER_SEND_TASK_EVENTS = True
-BACKGROUND_CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Results of background jobs are diagnostics only: a day is plenty.
+BACKGROUND_CELERY_RESULT_EXPIRES = 24 * 3600
+# django-celery-beat's DatabaseScheduler (schedules editable in the admin) holding a Redis
+# lock, so that a second beat started by mistake waits instead of sending everything twice.
+BACKGROUND_CELERY_BEAT_SCHEDULER = "config.beat:LockedDatabaseScheduler"
+# Save each entry's last run right after it is sent: a beat taking over from one that
+# died reads it from the database and does not send the same run again.
+BACKGROUND_CELERY_BEAT_SYNC_EVERY = 1
+# A beat that does not renew its lock within this many seconds is presumed dead and the
+# waiting one takes over. Renewed at every tick (at most 5 s apart), so well above that.
+CARILLON_BEAT_LOCK_TIMEOUT_SECONDS = env.float("CARILLON_BEAT_LOCK_TIMEOUT_SECONDS", default=30.0)
+CARILLON_BEAT_LOCK_KEY = env("CARILLON_BEAT_LOCK_KEY", default="carillon:beat:lock")
 
 CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
     "default": {
@@ -232,3 +247,15 @@ CARILLON_SUBSCRIBER_MODULES = env.list("CARILLON_SUBSCRIBER_MODULES", default=[]
 CARILLON_ANALYTICS_BATCH_WINDOW_SECONDS = env.int("CARILLON_ANALYTICS_BATCH_WINDOW_SECONDS", default=1)
 # Bearer token Prometheus presents to GET /metrics (empty: staff logins only).
 CARILLON_METRICS_TOKEN = env("CARILLON_METRICS_TOKEN", default="")
+
+# --- Background jobs (docs/operations.md, "Scheduled jobs") ---------------------------
+# Digest emails: periods end at midnight in this zone (a week ends on Monday).
+CARILLON_DIGEST_TIME_ZONE = env("CARILLON_DIGEST_TIME_ZONE", default=TIME_ZONE)
+# Clean-up retention, in days; only finished work is ever removed.
+CARILLON_RETENTION_DELIVERY_DAYS = env.int("CARILLON_RETENTION_DELIVERY_DAYS", default=30)
+CARILLON_RETENTION_OUTBOX_DAYS = env.int("CARILLON_RETENTION_OUTBOX_DAYS", default=7)
+CARILLON_RETENTION_READ_NOTIFICATION_DAYS = env.int("CARILLON_RETENTION_READ_NOTIFICATION_DAYS", default=90)
+# Rows deleted per statement, and statements per run: a run stays short and never holds
+# long locks; what is left goes at the next run.
+CARILLON_CLEANUP_BATCH_SIZE = env.int("CARILLON_CLEANUP_BATCH_SIZE", default=1000)
+CARILLON_CLEANUP_MAX_BATCHES = env.int("CARILLON_CLEANUP_MAX_BATCHES", default=50)

@@ -2,7 +2,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from notifications.models import Delivery, Event, Notification
+from notifications.models import Delivery, DigestFrequency, Event, Notification
 
 
 class EventPublishSerializer(serializers.Serializer[Any]):
@@ -58,3 +58,10 @@ class PreferenceSerializer(serializers.Serializer[Any]):
     channel = serializers.CharField()
     enabled = serializers.BooleanField()
     mandatory = serializers.BooleanField(read_only=True)
+
+
+class DigestPreferenceSerializer(serializers.Serializer[Any]):
+    frequency = serializers.ChoiceField(
+        choices=DigestFrequency.choices,
+        help_text="email a digest of unread in-app notifications: daily, weekly, or off",
+    )

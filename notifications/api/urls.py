@@ -14,5 +14,6 @@ urlpatterns = [
         for action in ("replay", "discard")
     ),
     path("preferences/", views.PreferenceView.as_view(), name="preferences"),
+    path("preferences/digest/", views.DigestPreferenceView.as_view(), name="preferences-digest"),
     path("webhooks/twilio/<int:delivery_id>/", webhooks.twilio_status_callback, name="twilio-status-callback"),
 ]

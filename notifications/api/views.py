@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 
 from config.api import api_error
 from notifications.api.serializers import (
+    DigestPreferenceSerializer,
     EventAcceptedSerializer,
     EventPublishSerializer,
     EventSerializer,
@@ -25,8 +26,14 @@ from notifications.api.serializers import (
 from notifications.events import event_types
 from notifications.exceptions import FailedJobStateError, InvalidEvent
 from notifications.models import Event, FailedJob, Notification
-from notifications.selectors import notification_list, notification_unread_count, preference_list
+from notifications.selectors import (
+    digest_frequency_get,
+    notification_list,
+    notification_unread_count,
+    preference_list,
+)
 from notifications.services import (
+    digest_frequency_set,
     event_publish,
     failed_job_discard,
     failed_job_replay,
@@ -172,6 +179,26 @@ class PreferenceView(APIView):
                 user_id=request.user.pk, category=row["category"], channel=row["channel"], enabled=row["enabled"]
             )
         return Response(preference_list(user_id=request.user.pk))
+
+
+class DigestPreferenceView(APIView):
+    """How often the user gets a digest email of unread in-app notifications."""
+
+    @extend_schema(responses={200: DigestPreferenceSerializer})
+    def get(self, request: Request) -> Response:
+        return Response({"frequency": digest_frequency_get(user_id=request.user.pk)})
+
+    @extend_schema(request=DigestPreferenceSerializer, responses={200: DigestPreferenceSerializer})
+    def put(self, request: Request) -> Response:
+        incoming = DigestPreferenceSerializer(data=request.data)
+        if not incoming.is_valid():
+            return api_error(
+                "invalid_digest_frequency",
+                "frequency must be one of daily, weekly, off",
+                detail=incoming.errors,
+            )
+        frequency = digest_frequency_set(user_id=request.user.pk, frequency=incoming.validated_data["frequency"])
+        return Response({"frequency": frequency})
 
 
 class CanReplayFailedJobs(permissions.BasePermission):

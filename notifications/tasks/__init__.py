@@ -10,7 +10,9 @@ from notifications.tasks.base import DeliveryTask
 
 
 def _delivery_task(channel: str) -> Task:
-    @app.task(base=DeliveryTask, bind=True, name=delivery_task_name(channel), queue=channel_queue_name(channel))
+    @app.task(
+        base=DeliveryTask, bind=True, name=delivery_task_name(channel), queue=channel_queue_name(channel), shared=False
+    )
     def deliver(self: DeliveryTask, event_id: str, subscriber: str, waited: bool = False) -> None:
         """Send one event's notifications for one subscriber on this channel
         (`waited`: this job was already put off once to join a batch)."""

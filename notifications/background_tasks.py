@@ -1,0 +1,75 @@
+"""Scheduled jobs of the notifications app on the background app (Redis), started by
+celery beat from the schedules in the database (docs/operations.md, "Scheduled jobs").
+
+Each is thin, idempotent, and safe to run twice or late; a job that fails for good is a
+non-critical FailedJob (config/background.py).
+"""
+
+import logging
+
+from django.db import InterfaceError, OperationalError
+
+from config.background import app
+from notifications.cleanup import cleanup_run
+from notifications.digests import (
+    digest_due_user_ids,
+    digest_prepare,
+    digest_send,
+    digest_unsent_ids,
+)
+from notifications.exceptions import ProviderTransientError
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS = (ProviderTransientError, OperationalError, InterfaceError)
+
+
+@app.task(name="background.digests_send_due", shared=False)
+def digests_send_due() -> int:
+    """Record every due digest and queue one send per digest; return how many."""
+    # First what a sender that died or gave up left unsent, then the newly due ones (each
+    # queued once; a digest's lease would keep a second send out anyway).
+    unsent = digest_unsent_ids()
+    for digest_id in unsent:
+        digest_send_one.delay(digest_id)
+    queued = len(unsent)
+    for user_id in digest_due_user_ids():
+        digest = digest_prepare(user_id=user_id)
+        if digest is not None and digest.pk not in unsent:
+            digest_send_one.delay(digest.pk)
+            queued += 1
+    logger.info("digests: %d queued", queued)
+    return queued
+
+
+@app.task(
+    name="background.digest_send",
+    shared=False,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=30,
+    retry_backoff_max=1800,
+    max_retries=6,
+)
+def digest_send_one(digest_id: int) -> None:
+    """Send one recorded digest (nothing if it is sent already or taken by another run)."""
+    digest_send(digest_id=digest_id)
+
+
+@app.task(name="background.cleanup", shared=False)
+def cleanup() -> dict[str, int]:
+    """Delete finished deliveries, outbox rows and read notifications past retention."""
+    result = cleanup_run()
+    return {
+        "deliveries": result.deliveries,
+        "outbox_messages": result.outbox_messages,
+        "notifications": result.notifications,
+    }
+
+
+@app.task(name="background.drain_dead_letters", shared=False)
+def drain_dead_letters() -> int:
+    """Record the critical app's dead letters as FailedJobs (the queue is RabbitMQ's; the
+    job only reads it, as `manage.py drain_dead_letters` does)."""
+    from notifications.dead_letters import dead_letter_drain  # imports the critical app
+
+    return dead_letter_drain()
