@@ -8,7 +8,7 @@ from rooms import services
 logger = logging.getLogger(__name__)
 
 
-@app.task(name="background.rooms_recover")
+@app.task(name="background.rooms_recover", shared=False)
 def rooms_recover_task(stalled_after_s: float = 300.0) -> dict[str, int]:
     """Publish again the sends a crash lost (rooms.services.room_recover)."""
     report = services.room_recover(stalled_after_s=stalled_after_s)

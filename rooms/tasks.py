@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 @app.task(
     name="rooms.message_send",
+    shared=False,
     bind=True,
     autoretry_for=(ProviderTransientError,),
     retry_backoff=1,
@@ -76,7 +77,7 @@ def ack_timeout_countdown(timeout_ms: int) -> float:
 MIN_ACK_TIMEOUT_MS = 1000
 
 
-@app.task(name="rooms.message_ack_timeout")
+@app.task(name="rooms.message_ack_timeout", shared=False)
 def room_message_ack_timeout_task(message_id: int, attempt: int) -> str:
     """Resend or move on if this attempt is still unacknowledged."""
     try:
@@ -86,7 +87,7 @@ def room_message_ack_timeout_task(message_id: int, attempt: int) -> str:
         return "missing"
 
 
-@app.task(name="rooms.bench_send_direct")
+@app.task(name="rooms.bench_send_direct", shared=False)
 def room_bench_send_direct_task(recipient: str, messages: list[list[Any]], pause_ms: int) -> None:
     """Baselines of `manage.py bench ordered`: call the platform with no room state.
 
