@@ -124,8 +124,12 @@ async def carillon_sse_subscribe(
                         on_body(json.loads(data)["data"])
 
     task = asyncio.create_task(read())
-    task.add_done_callback(lambda t: subscribed.done() or subscribed.set_exception(
-        RuntimeError(f"SSE stream ended before it was live: {t.exception() if not t.cancelled() else 'cancelled'}")))
+    def ended(task: "asyncio.Task[None]") -> None:
+        if not subscribed.done():
+            why = "cancelled" if task.cancelled() else task.exception()
+            subscribed.set_exception(RuntimeError(f"SSE stream ended before it was live: {why}"))
+
+    task.add_done_callback(ended)
     await asyncio.wait_for(subscribed, 60)
     return task
 

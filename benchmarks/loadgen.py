@@ -9,6 +9,7 @@ measures the server processes over the measured part of the window.
 
 import asyncio
 import multiprocessing
+import queue
 import resource
 import sys
 import time
@@ -25,8 +26,21 @@ CONNECTIONS_PER_SOURCE = 25_000
 MAX_CONNECTIONS_PER_PROCESS = 19_000
 
 
+_next_source_block = 0
+
+
+def source_base(connections: int) -> int:
+    """A fresh range of source addresses for a series of `connections` clients, as an index
+    to add to each client's: the ports the last series closed linger in TIME_WAIT for a
+    minute, and bind() will not hand them out again from the same address."""
+    global _next_source_block
+    base = _next_source_block * CONNECTIONS_PER_SOURCE
+    _next_source_block = (_next_source_block + -(-connections // CONNECTIONS_PER_SOURCE)) % 250
+    return base
+
+
 def source_address(index: int) -> str:
-    """The loopback source address of the `index`-th client connection of a run."""
+    """The loopback source address of the `index`-th client connection (from `source_base`)."""
     return f"127.0.0.{1 + index // CONNECTIONS_PER_SOURCE}"
 
 
@@ -185,9 +199,9 @@ def run_load(
                 stats.start()
             if elapsed >= warmup + duration and not stats.result:
                 stats.stop()
-            bar.show(max(0.0, elapsed), f"{sum(progress):,} done")
+            bar.show(max(0.0, elapsed), f"{sum(progress[:]):,} done")
             time.sleep(0.25)
-        bar.show(warmup + duration + drain, f"{sum(progress):,} done")
+        bar.show(warmup + duration + drain, f"{sum(progress[:]):,} done")
         bar.finish()
         if not stats.result:
             stats.stop()
@@ -210,7 +224,7 @@ def _await(results: Any, processes: list[Any], state: str, timeout: float, outco
     while waiting:
         try:
             kind, index, payload = results.get(timeout=1.0)
-        except Exception:  # queue.Empty: check that nobody died silently
+        except queue.Empty:  # check that nobody died silently
             if time.monotonic() > deadline:
                 raise TimeoutError(f"load generators {sorted(waiting)} not {state} after {timeout:.0f}s") from None
             dead = [i for i in waiting if not processes[i].is_alive()]

@@ -23,6 +23,7 @@ from benchmarks.loadgen import (
     run_load,
     schedule,
     source_address,
+    source_base,
 )
 from benchmarks.runner import LOG_DIR, Options, Series, ratio, report_write
 from benchmarks.scenarios.common import bench_token, redis_url
@@ -53,12 +54,12 @@ async def _ramp(config: dict[str, Any], link: Link) -> None:
             port = ports[index % len(ports)]
             if config["system"] == "carillon":
                 client = await carillon_ws_subscribe(host="127.0.0.1", port=port, token=config["token"],
-                                                     topic="room:idle", source=source_address(index),
+                                                     topic="room:idle", source=source_address(config["source"] + index),
                                                      on_body=lambda body: None)
             else:
-                client = await bare_ws_subscribe(host="127.0.0.1", port=port, source=source_address(index),
+                client = await bare_ws_subscribe(host="127.0.0.1", port=port, source=source_address(config["source"] + index),
                                                  on_body=lambda body: None)
-        except Exception as exc:  # the limit: refused, reset or timed out connections
+        except (OSError, RuntimeError, TimeoutError) as exc:  # the limit: refused, reset, timed out
             errors.append(repr(exc))
             return
         clients.append(client)
@@ -109,14 +110,15 @@ def connections_scenario(options: Options) -> list[dict[str, Any]]:
                 ports.append(port)
             pids = [p.process.pid for p in processes]
             idle = {pid: rss_kib([pid]) for pid in pids}
+            source = source_base(total)
             configs = [{"system": system, "ports": ports, "token": token, "rate": rate, "total": total,
-                        "loadgens": loadgens} for _ in range(loadgens)]
+                        "loadgens": loadgens, "source": source} for _ in range(loadgens)]
             held_rss: dict[int, int] = {}
             # The ramp is the measured window; the servers' RSS is read once every client
             # process has finished connecting and still holds its connections.
             results, server = run_load(connections_loadgen, configs, label=f"connections {total:,}: {name}",
                                        warmup=0.0, duration=ramp, drain=2.0, server_pids=pids,
-                                       on_held=lambda: held_rss.update({pid: rss_kib([pid]) for pid in pids}))
+                                       on_held=lambda: held_rss.update({pid: rss_kib([pid]) for pid in pids}))  # noqa: B023 - called before the loop moves on
             held = sum(r["received"] for r in results)
             per_process = {pid: held_rss[pid] - idle[pid] for pid in pids}
             item = Series.merged(name, results, asked_rate=rate, seconds=ramp, server=server,

@@ -22,6 +22,7 @@ from benchmarks.loadgen import (
     run_load,
     schedule,
     source_address,
+    source_base,
 )
 from benchmarks.runner import LOG_DIR, Options, Series, ratio, report_write
 from benchmarks.scenarios.common import bench_token, redis_pid, redis_url
@@ -58,6 +59,7 @@ async def _publish(config: dict[str, Any], link: Link) -> None:
 
     def fire(number: int, due: float) -> None:
         body = stamped(due=due, size=SIZE)
+        coroutine: Any
         if config["system"] == "carillon":
             coroutine = arealtime_publish(topic=TOPIC, event="bench", data=body)
         else:
@@ -88,8 +90,8 @@ async def _receive(config: dict[str, Any], link: Link) -> None:
             port = ports[index % len(ports)]
             if config["system"] == "carillon":
                 return await carillon_ws_subscribe(host="127.0.0.1", port=port, token=config["token"], topic=TOPIC,
-                                                   source=source_address(index), on_body=on_body)
-            return await bare_ws_subscribe(host="127.0.0.1", port=port, source=source_address(index),
+                                                   source=source_address(config["source"] + index), on_body=on_body)
+            return await bare_ws_subscribe(host="127.0.0.1", port=port, source=source_address(config["source"] + index),
                                            on_body=on_body)
 
     outcomes = await asyncio.gather(*(connect(i) for i in range(config["first"], config["last"])),
@@ -132,10 +134,11 @@ def fanout_scenario(options: Options) -> list[dict[str, Any]]:
                 pids = [p.process.pid for p in processes]
                 rss_idle = rss_kib(pids)
                 configs: list[dict[str, Any]] = [{"role": "publish", "system": system, "rate": rate}]
-                per = math.ceil(count / receivers)
+                per, source = math.ceil(count / receivers), source_base(count)
                 for index in range(receivers):
                     configs.append({"role": "receive", "system": system, "ports": ports, "token": token,
-                                    "first": index * per, "last": min(count, (index + 1) * per)})
+                                    "first": index * per, "last": min(count, (index + 1) * per),
+                                    "source": source})
                 results, server = run_load(fanout_loadgen, configs, label=f"fanout {count:,}: {name}",
                                            warmup=options.warmup, duration=options.duration, server_pids=pids)
                 connected = sum(r.get("connected", 0) for r in results[1:])

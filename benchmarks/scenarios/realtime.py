@@ -21,7 +21,7 @@ from benchmarks.clients import (
     redis_subscribe,
     stamped,
 )
-from benchmarks.loadgen import Link, open_loop, run_load, schedule, source_address
+from benchmarks.loadgen import Link, open_loop, run_load, schedule, source_address, source_base
 from benchmarks.runner import LOG_DIR, Options, Series, ratio, report_write
 from benchmarks.scenarios.common import bench_token, redis_pid, redis_url
 from benchmarks.servers import daphne_start
@@ -73,7 +73,7 @@ async def _realtime_loadgen(config: dict[str, Any], link: Link) -> None:
     for k in range(count):
         if kind == "ws":
             holders.append(await carillon_ws_subscribe(host="127.0.0.1", port=config["port"], token=config["token"],
-                                                       topic=topics[k], source=source_address(first + k),
+                                                       topic=topics[k], source=source_address(config["source"] + first + k),
                                                        on_body=on_body))
         elif kind == "sse":
             holders.append(await carillon_sse_subscribe(session=session, base_url=f"http://127.0.0.1:{config['port']}",
@@ -89,11 +89,12 @@ async def _realtime_loadgen(config: dict[str, Any], link: Link) -> None:
     def fire(number: int, due: float) -> None:
         body = stamped(due=due, size=config["size"])
         target = number % count
+        coroutine: Any
         if kind == "redis":
             coroutine = publisher.publish(channels[target], json.dumps({"type": "message", "data": body}))
         else:
             coroutine = arealtime_publish(topic=topics[target], event="bench", data=body)
-        task = asyncio.create_task(coroutine)
+        task: asyncio.Task[Any] = asyncio.create_task(coroutine)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         task.add_done_callback(recorder.on_error)
@@ -131,12 +132,14 @@ def realtime_scenario(options: Options) -> list[dict[str, Any]]:
             series = []
             for kind in ("ws", "sse", "redis"):
                 per, extra = divmod(preset.connections, loadgens)
-                configs, first = [], 0
+                configs: list[dict[str, Any]] = []
+                source = source_base(preset.connections)
+                first = 0
                 for index in range(min(loadgens, preset.connections)):
                     connections = per + (1 if index < extra else 0)
                     configs.append({"kind": kind, "port": port, "token": token, "redis_url": redis_url(),
                                     "first": first, "connections": connections, "size": preset.size,
-                                    "rate": preset.rate, "loadgens": len(configs) or 1})
+                                    "rate": preset.rate, "loadgens": 1, "source": source})
                     first += connections
                 for config in configs:
                     config["loadgens"] = len(configs)
