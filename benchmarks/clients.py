@@ -27,6 +27,8 @@ class Recorder:
         self.window = window
         self.latency, self.service = histogram_new(), histogram_new()
         self.sent = self.received = self.errors = 0
+        # Receipts inside the window whatever their due time: the work a server did in it.
+        self.received_in_window = 0
 
     def on_sent(self, due: float) -> None:
         if self.window.measured(due):
@@ -34,6 +36,8 @@ class Recorder:
 
     def on_received(self, body: dict[str, Any]) -> None:
         now = time.time()
+        if self.window.measure_from <= now < self.window.end:
+            self.received_in_window += 1
         due = body["due"]
         if self.window.measured(due):
             self.received += 1
@@ -51,6 +55,7 @@ class Recorder:
             "sent": self.sent,
             "received": self.received,
             "errors": self.errors,
+            "received_in_window": self.received_in_window,
             **extra,
         }
 

@@ -63,7 +63,7 @@ class Series:
             errors=sum(r.get("errors", 0) for r in results),
             seconds=seconds,
             server=server,
-            extra=extra,
+            extra={"received_in_window": sum(r.get("received_in_window", 0) for r in results), **extra},
         )
 
     def summary(self) -> dict[str, Any]:
@@ -79,7 +79,9 @@ class Series:
             "latency_ms": histogram_percentiles_ms(self.latency),
             "service_time_ms": histogram_percentiles_ms(self.service) if self.service else None,
             "server": self.server,
-            "received_per_server_cpu_second": round(self.received / cpu) if cpu else None,
+            # What the server delivered while its CPU was measured (receipt inside the window).
+            "received_per_server_cpu_second": round(self.extra.get("received_in_window", self.received) / cpu)
+            if cpu else None,
             **self.extra,
         }
 

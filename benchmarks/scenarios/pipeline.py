@@ -9,7 +9,9 @@ Each system is asked for the same deliveries per second: R events/s of `account.
 - raw Celery: `bench_noop` task (acks_late, quorum queue) → its body runs in the worker;
 - Carillon: `event_publish` in a transaction (outbox, fast path after commit) → each
   delivery's `sent_at`, written the moment the sandbox provider accepted it.
-Worker CPU per delivery is compared too: the pipeline issue's goal (≤ 1.5x the no-op).
+Worker CPU per delivery is compared too (the pipeline issue's goal: ≤ 1.5x the no-op): the
+worker's CPU from the series' start until every request of it, warm-up included, was
+handled, over the number of those requests.
 """
 
 import os
@@ -25,6 +27,7 @@ from benchmarks.clients import Recorder
 from benchmarks.hdr import histogram_encode, histogram_new, histogram_record
 from benchmarks.loadgen import Link, Window, run_load, schedule, sync_open_loop
 from benchmarks.runner import LOG_DIR, Options, Series, ratio, report_write
+from benchmarks.servers import cpu_seconds
 from config.processes import ManagedProcess, free_port, python
 
 RAW_QUEUE = Queue(
@@ -36,7 +39,9 @@ RAW_QUEUE = Queue(
 )
 CHANNEL_QUEUES = "carillon.default,carillon.email,carillon.sms,carillon.analytics,carillon.inapp"
 DELIVERIES_PER_EVENT = 3  # account.created: email, analytics, in-app
-DEFAULT_RATE = 30.0  # events per second: 90 deliveries per second
+# Events per second (30 deliveries per second): what 2 worker processes sustain on the
+# shared 2-core machine with room to spare; past that, latency measures the backlog.
+DEFAULT_RATE = 10.0
 CONCURRENCY = 2
 
 
@@ -96,13 +101,18 @@ def _celery_publish(config: dict[str, Any], link: Link) -> None:
     window = link.wait_start()
     recorder = Recorder(window)
 
+    total = 0
+
     def send(number: int, due: float) -> None:
+        nonlocal total
         bench_noop.apply_async(args=(due, time.time()), queue=DEFAULT_QUEUE_NAME)
         recorder.on_sent(due)
+        total += 1
         link.count(recorder.sent)
 
     sync_open_loop(schedule(rate=config["rate"], window=window), send)
-    link.done({"latency": "", "service": "", "sent": recorder.sent, "window": [window.measure_from, window.end]})
+    link.done({"latency": "", "service": "", "sent": recorder.sent, "total": total,
+               "window": [window.measure_from, window.end]})
 
 
 def _carillon_publish(config: dict[str, Any], link: Link) -> None:
@@ -126,23 +136,24 @@ def _carillon_publish(config: dict[str, Any], link: Link) -> None:
         except Exception:  # noqa: BLE001 - counted, not fatal: an open-loop run goes on
             errors += 1
             return
-        if window.measured(due):
-            stamps.append((event.pk, due, sent))
+        stamps.append((event.pk, due, sent))
         link.count(len(stamps))
 
     sync_open_loop(schedule(rate=config["rate"], window=window), send)
-    link.done({"latency": "", "service": "", "sent": len(stamps) * DELIVERIES_PER_EVENT, "errors": errors,
-               "stamps": stamps})
+    measured = [stamp for stamp in stamps if window.measured(stamp[1])]
+    link.done({"latency": "", "service": "", "sent": len(measured) * DELIVERIES_PER_EVENT, "errors": errors,
+               "stamps": measured, "all_events": [stamp[0] for stamp in stamps]})
 
 
-def _celery_receipts(window: tuple[float, float], expected: int, timeout: float = 60.0) -> dict[str, Any]:
+def _celery_receipts(window: tuple[float, float], total: int, timeout: float = 120.0) -> dict[str, Any]:
+    """Wait until every task of the series ran (warm-up included); histogram the measured."""
     from benchmarks.tasks import RECEIPTS_KEY, _redis
 
     deadline = time.monotonic() + timeout
     while True:
         rows = [tuple(map(float, raw.split())) for raw in _redis().lrange(RECEIPTS_KEY, 0, -1)]
         measured = [row for row in rows if window[0] <= row[1] < window[1]]
-        if len(measured) >= expected or time.monotonic() > deadline:
+        if len(rows) >= total or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     recorder = Recorder(Window(0.0, window[0], window[1]))
@@ -154,18 +165,20 @@ def _celery_receipts(window: tuple[float, float], expected: int, timeout: float 
     return recorder.result(sent=0)
 
 
-def _carillon_deliveries(stamps: list[tuple[UUID, float, float]], timeout: float = 120.0) -> dict[str, Any]:
+def _carillon_deliveries(stamps: list[tuple[UUID, float, float]], all_events: list[UUID],
+                         timeout: float = 120.0) -> dict[str, Any]:
+    """Wait until every delivery of the series is sent (warm-up included); histogram the measured."""
     from notifications.models import Delivery
 
     by_event = {event_id: (due, sent) for event_id, due, sent in stamps}
-    expected = len(stamps) * DELIVERIES_PER_EVENT
     deadline = time.monotonic() + timeout
     while True:
-        rows: list[tuple[UUID, datetime]] = list(Delivery.objects.filter(  # type: ignore[arg-type]  # SENT rows have sent_at
-            event_id__in=list(by_event), status=Delivery.Status.SENT).values_list("event_id", "sent_at"))
-        if len(rows) >= expected or time.monotonic() > deadline:
+        done = Delivery.objects.filter(event_id__in=all_events, status=Delivery.Status.SENT).count()
+        if done >= len(all_events) * DELIVERIES_PER_EVENT or time.monotonic() > deadline:
             break
         time.sleep(0.2)
+    rows: list[tuple[UUID, datetime]] = list(Delivery.objects.filter(  # type: ignore[arg-type]  # SENT rows have sent_at
+        event_id__in=list(by_event), status=Delivery.Status.SENT).values_list("event_id", "sent_at"))
     latency, service = histogram_new(), histogram_new()
     for event_id, sent_at in rows:
         due, sent = by_event[event_id]
@@ -211,22 +224,26 @@ def pipeline_scenario(options: Options) -> list[dict[str, Any]]:
                                    label="pipeline: raw kombu", server_pids=[], **common)
         series.append(Series.merged("raw kombu round trip", results, asked_rate=deliveries,
                                     seconds=options.duration, server={}))
+        cpu = cpu_seconds(worker)
         results, server = run_load(pipeline_loadgen, [{"kind": "celery", "rate": deliveries}],
                                    label="pipeline: raw Celery no-op", server_pids=worker, **common)
-        received = _celery_receipts(results[0]["window"], results[0]["sent"])
+        received = _celery_receipts(results[0]["window"], results[0]["total"])
+        cost = (cpu_seconds(worker) - cpu) / results[0]["total"]
         series.append(Series.merged("raw Celery no-op task", [results[0], received], asked_rate=deliveries,
-                                    seconds=options.duration, server=server))
+                                    seconds=options.duration, server=server,
+                                    worker_cpu_ms_per_item=round(cost * 1000, 3)))
+        cpu = cpu_seconds(worker)
         results, server = run_load(pipeline_loadgen, [{"kind": "carillon", "rate": rate, "users": users}],
                                    label="pipeline: Carillon event_publish", server_pids=worker, **common)
-        received = _carillon_deliveries(results[0]["stamps"])
+        received = _carillon_deliveries(results[0]["stamps"], results[0]["all_events"])
+        cost = (cpu_seconds(worker) - cpu) / (len(results[0]["all_events"]) * DELIVERIES_PER_EVENT)
         series.append(Series.merged("Carillon pipeline (deliveries)", [results[0], received], asked_rate=deliveries,
-                                    seconds=options.duration, server=server, events_per_second_asked=rate))
+                                    seconds=options.duration, server=server, events_per_second_asked=rate,
+                                    worker_cpu_ms_per_item=round(cost * 1000, 3)))
     finally:
         for process in reversed(processes):
             process.stop()
     kombu, noop, carillon = series
-    cpu_per = {s.name: (s.server["cpu_seconds"] / s.received) if s.received and s.server else None
-               for s in (noop, carillon)}
     return [report_write(
         out=options.out, scenario="pipeline", label=f"{rate:g} events per s ({deliveries:g} deliveries per s)",
         series=series,
@@ -234,7 +251,8 @@ def pipeline_scenario(options: Options) -> list[dict[str, Any]]:
                 "database": str(settings.DATABASES["default"]["ENGINE"]).rsplit(".", 1)[-1],
                 "duration": options.duration, "warmup": options.warmup},
         ratios={
-            "carillon_worker_cpu_per_delivery_vs_celery_noop": ratio(cpu_per[carillon.name], cpu_per[noop.name]),
+            "carillon_worker_cpu_per_delivery_vs_celery_noop": ratio(carillon.extra["worker_cpu_ms_per_item"],
+                                                                     noop.extra["worker_cpu_ms_per_item"]),
             "carillon_p50_vs_celery_noop": ratio(carillon.latency.get_value_at_percentile(50),
                                                  noop.latency.get_value_at_percentile(50)),
             "carillon_p99_vs_celery_noop": ratio(carillon.latency.get_value_at_percentile(99),
