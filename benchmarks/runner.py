@@ -53,7 +53,7 @@ class Series:
     def merged(cls, name: str, results: list[dict[str, Any]], *, asked_rate: float, seconds: float,
                server: dict[str, Any], **extra: Any) -> "Series":
         """A series from the results of several load generator processes."""
-        return cls(
+        item = cls(
             name=name,
             latency=histogram_merge([r["latency"] for r in results]),
             service=histogram_merge([r["service"] for r in results]) if any(r.get("service") for r in results) else None,
@@ -63,8 +63,11 @@ class Series:
             errors=sum(r.get("errors", 0) for r in results),
             seconds=seconds,
             server=server,
-            extra={"received_in_window": sum(r.get("received_in_window", 0) for r in results), **extra},
+            extra=extra,
         )
+        if any("received_in_window" in r for r in results):
+            item.extra["received_in_window"] = sum(r.get("received_in_window", 0) for r in results)
+        return item
 
     def summary(self) -> dict[str, Any]:
         cpu = self.server.get("cpu_seconds") or 0.0

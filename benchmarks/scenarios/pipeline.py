@@ -157,6 +157,7 @@ def _celery_receipts(window: tuple[float, float], total: int, timeout: float = 1
             break
         time.sleep(0.2)
     recorder = Recorder(Window(0.0, window[0], window[1]))
+    recorder.received_in_window = sum(1 for row in rows if window[0] <= row[0] < window[1])
     for received, due, sent in measured:
         recorder.received += 1
         histogram_record(recorder.latency, received - due)
