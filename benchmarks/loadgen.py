@@ -75,8 +75,8 @@ async def open_loop(plan: list[tuple[int, float]], fire: Callable[[int, float], 
     starts the request (a task, a write) and returns. Late requests fire at once, in order,
     and their latency is still counted from their due time."""
     for number, due in plan:
-        delay = due - time.time()
-        if delay > 0.0005:
+        # Never early: the loop's timer may wake a little before the due time.
+        while (delay := due - time.time()) > 0:
             await asyncio.sleep(delay)
         fire(number, due)
 
