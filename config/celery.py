@@ -49,11 +49,6 @@ def _declare_topology(**kwargs: Any) -> None:
         topology_declare(connection)
 
 
-@app.task(name="carillon.noop", ignore_result=True, acks_late=True, shared=False)
-def noop() -> None:
-    """Do nothing: the raw Celery baseline of `manage.py bench pipeline`."""
-
-
 @app.task(name="carillon.ping", ignore_result=False, shared=False)
 def ping() -> dict[str, str]:
     """Answer from a worker, naming it: a round trip proves broker, worker and results."""

@@ -28,24 +28,23 @@ import json
 import os
 import platform
 import re
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
 from django.conf import settings
 from hdrh.histogram import HdrHistogram
 
+from benchmarks.runner import Options
 from config.env import BASE_DIR
 from config.processes import ManagedProcess, free_port, python
 
-INNER = "CARILLON_BENCH_INNER"
+DEFAULT_ROOMS = 25_000
+DEFAULT_WORKERS = 2
 SANDBOX_URL_VARIABLE = "CARILLON_BENCH_SANDBOX_URL"
 LOG_DIR = BASE_DIR / ".run" / "bench-logs"
 
@@ -226,9 +225,6 @@ def bench_ordered_scenario(*, rooms: int, messages_per_room: int, out: Path, qui
     Needs the platform's URL in CARILLON_BENCH_SANDBOX_URL and workers on carillon.rooms
     (bench_ordered_isolated provides both). Returns a JSON-able summary.
     """
-    from config.celery import ping
-
-    ping.apply_async(queue="carillon.rooms").get(timeout=120)  # a worker is up
     chat = ChatPlatform(os.environ.get(SANDBOX_URL_VARIABLE) or settings.ROOMS_CHAT_API_URL)
     timeout = 120.0 if quick else 3600.0
     phases = [
@@ -280,75 +276,40 @@ def summary_lines(summary: dict[str, Any]) -> Iterator[str]:
     yield f"ordered / unordered throughput: {summary['ordered_vs_unordered_throughput']}"
 
 
-@contextmanager
-def _bench_vhost() -> Iterator[str]:
-    """A RabbitMQ virtual host of the bench's own, removed afterwards; yields its AMQP URL."""
-    vhost = f"carillon-bench-ordered-{os.getpid()}"
-    base = settings.RABBITMQ_MANAGEMENT_URL.rstrip("/")  # requests takes its user:password
-    parts = urlsplit(settings.RABBITMQ_URL)
-    http = requests.Session()
-    try:
-        http.put(f"{base}/vhosts/{quote(vhost, safe='')}", timeout=10).raise_for_status()
-    except requests.RequestException as exc:
-        raise RuntimeError(f"cannot reach RabbitMQ's management API at {base} ({exc}); start Carillon's "
-                           "services first (./platform/run) or set RABBITMQ_MANAGEMENT_URL") from exc
-    try:
-        user = quote(parts.username or "guest", safe="")
-        http.put(f"{base}/permissions/{quote(vhost, safe='')}/{user}",
-                 json={"configure": ".*", "write": ".*", "read": ".*"}, timeout=10).raise_for_status()
-        yield urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), "", ""))
-    finally:
-        http.delete(f"{base}/vhosts/{quote(vhost, safe='')}", timeout=30)
+def ordered_scenario(options: Options) -> list[dict[str, Any]]:
+    """`manage.py bench ordered`: start a sandbox, a daphne (the webhooks) and room workers
+    inside the run the command isolated (its own virtual host, database and Redis), then
+    measure. `--connections` is the number of live rooms (default 25,000)."""
+    from config.celery import ping
 
-
-def bench_ordered_isolated(*, rooms: int, messages_per_room: int, concurrency: int, out: Path, quick: bool,
-                           say: Callable[[str], Any]) -> None:
-    """Start the bench's own services and run `manage.py bench ordered` inside them."""
-    database = BASE_DIR / ".run" / "bench-ordered.sqlite3"
-    for stale in database.parent.glob("bench-ordered.sqlite3*"):
-        stale.unlink()
+    rooms, messages_per_room = (20, 3) if options.quick else (options.connections or DEFAULT_ROOMS, 2)
+    concurrency = options.servers or DEFAULT_WORKERS
     sandbox_port, smtp_port, web_port = free_port(), free_port(), free_port()
     sandbox_url, web_url = f"http://127.0.0.1:{sandbox_port}", f"http://127.0.0.1:{web_port}"
+    env = {"ROOMS_CHAT_API_URL": sandbox_url, "CARILLON_PUBLIC_URL": web_url, SANDBOX_URL_VARIABLE: sandbox_url}
+    os.environ.update(env)
     processes: list[ManagedProcess] = []
-    with _bench_vhost() as amqp_url:
-        env = {
-            "RABBITMQ_URL": amqp_url,
-            "DATABASE_URL": f"sqlite:///{database}",
-            "ROOMS_CHAT_API_URL": sandbox_url,
-            "CARILLON_PUBLIC_URL": web_url,
-            SANDBOX_URL_VARIABLE: sandbox_url,
-            "DJANGO_LOG_LEVEL": "WARNING",
-            "DJANGO_DEBUG": "false",  # DEBUG keeps every SQL query in memory
-        }
-        try:
-            # The schema first: daphne and the workers open the database at start.
-            subprocess.run(python("manage.py", "migrate", "--verbosity", "0"), cwd=BASE_DIR,  # noqa: S603
-                           env={**os.environ, **env}, check=True)
-            sandbox = ManagedProcess(
-                "sandbox", python("-m", "sandbox", "--http-port", str(sandbox_port), "--smtp-port", str(smtp_port),
-                                  "--log-level", "WARNING"), env=env, log_dir=LOG_DIR)
-            processes.append(sandbox)
-            sandbox.wait_until(lambda: _answers(f"{sandbox_url}/healthz"), "sandbox /healthz")
-            web = ManagedProcess("daphne", python("-m", "daphne", "-b", "127.0.0.1", "-p", str(web_port),
-                                                  "config.asgi:application"), env=env, log_dir=LOG_DIR)
-            processes.append(web)
-            web.wait_until(lambda: _answers(f"{web_url}/healthz"), "daphne /healthz")
-            worker = ManagedProcess("worker", python(
-                "-m", "celery", "-A", "config.celery", "worker", "--loglevel", "WARNING", "--queues",
-                "carillon.rooms", "--concurrency", str(concurrency), "--without-mingle", "--without-gossip",
-            ), env=env, log_dir=LOG_DIR)
-            processes.append(worker)
-            say(f"bench ordered: {rooms} rooms x {messages_per_room} messages, {concurrency} worker "
-                f"processes, one daphne, SQLite")
-            inner = python("manage.py", "bench", "ordered", "--rooms", str(rooms), "--messages-per-room",
-                           str(messages_per_room), "--out", str(out), *(["--quick"] if quick else []))
-            finished = subprocess.run(inner, cwd=BASE_DIR, env={**os.environ, **env, INNER: "1"}, check=False)  # noqa: S603
-            if finished.returncode:
-                raise RuntimeError(f"the measuring process failed ({finished.returncode}): see its output above; "
-                                   f"the bench's processes log to {LOG_DIR}")
-        finally:
-            for process in processes:
-                process.stop()
+    try:
+        processes.append(ManagedProcess(
+            "sandbox", python("-m", "sandbox", "--http-port", str(sandbox_port), "--smtp-port", str(smtp_port),
+                              "--log-level", "WARNING"), env=env, log_dir=LOG_DIR))
+        processes[-1].wait_until(lambda: _answers(f"{sandbox_url}/healthz"), "sandbox /healthz")
+        processes.append(ManagedProcess("daphne", python("-m", "daphne", "-b", "127.0.0.1", "-p", str(web_port),
+                                                         "config.asgi:application"), env=env, log_dir=LOG_DIR))
+        processes[-1].wait_until(lambda: _answers(f"{web_url}/healthz"), "daphne /healthz")
+        processes.append(ManagedProcess("worker", python(
+            "-m", "celery", "-A", "config.celery", "worker", "--loglevel", "WARNING", "--queues",
+            "carillon.rooms", "--concurrency", str(concurrency), "--without-mingle", "--without-gossip",
+        ), env=env, log_dir=LOG_DIR))
+        ping.apply_async(queue="carillon.rooms").get(timeout=120)  # a worker is up
+        summary = bench_ordered_scenario(rooms=rooms, messages_per_room=messages_per_room, out=options.out,
+                                         quick=options.quick)
+    finally:
+        for process in processes:
+            process.stop()
+    for line in summary_lines(summary):
+        print(line)  # noqa: T201 - the command's terminal output
+    return []  # written above in its own format (ordered-*.json, one .hgrm per phase)
 
 
 def _answers(url: str) -> bool:

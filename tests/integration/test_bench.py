@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,27 +13,74 @@ from config.processes import ROOT
 pytestmark = pytest.mark.integration
 
 
-def test_bench_pipeline_quick_runs_beside_its_baselines_and_writes_results(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "manage.py", "bench", "pipeline", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+def _bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", "bench", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )
 
+
+def test_bench_quick_runs_every_scenario_beside_its_baseline_and_writes_its_files(tmp_path: Path) -> None:
+    result = _bench("--quick", "--out", str(tmp_path), timeout=600)
+
     assert result.returncode == 0, result.stdout + result.stderr
-    [summary_file] = tmp_path.glob("pipeline-*.json")
-    summary = json.loads(summary_file.read_text())
-    assert [row["name"] for row in summary["results"]] == [
-        "raw kombu publish+consume", "raw Celery no-op task", "Carillon pipeline (deliveries)",
-    ]
-    assert all(row["items"] == 60 for row in summary["results"])
-    assert set(summary["pipeline_latency_ms"]) == {"p50", "p90", "p99", "p99.9", "p100"}
-    assert list(tmp_path.glob("pipeline-*.hgrm"))
+    summaries = {}
+    for path in tmp_path.glob("*.json"):
+        summary = json.loads(path.read_text())
+        summaries[summary["scenario"]] = summary
+        if summary["scenario"] == "ordered":
+            continue  # its own format: see ordered_results_hold below
+        for name in summary["files"]:
+            assert (tmp_path / name).stat().st_size > 0 or name.endswith(".hgrm"), name
+        assert (tmp_path / path.name.replace(".json", ".png")).exists()
+    assert set(summaries) == {"pipeline", "realtime", "fanout", "connections", "ordered"}
+    ordered_results_hold(summaries.pop("ordered"), tmp_path)
+    names = {scenario: [row["name"] for row in summary["series"]] for scenario, summary in summaries.items()}
+    assert names["pipeline"] == ["raw kombu round trip", "raw Celery no-op task", "Carillon pipeline (deliveries)"]
+    assert names["realtime"] == ["Carillon WebSocket", "Carillon SSE", "raw Redis pub/sub"]
+    assert names["fanout"] == ["Carillon /ws/ (daphne)", "bare websockets broadcast"]
+    assert names["connections"] == ["Carillon /ws/ (daphne)", "bare websockets server"]
+    for summary in summaries.values():
+        for row in summary["series"]:
+            assert row["received"] > 0, (summary["scenario"], row)
+            assert {"p50", "p99", "p99.9", "p99.99", "p99.9999", "max"} <= set(row["latency_ms"])
+    assert summaries["fanout"]["series"][0]["server"]["cpu_seconds"] >= 0
+    assert list(tmp_path.glob("realtime-*-carillon-websocket.hgrm"))
+
+
+def ordered_results_hold(summary: dict[str, Any], out: Path) -> None:
+    """The ordered scenario ran its phases; ordered ones kept order (a property, not a timing)."""
+    unordered, naive, ordered, paced = summary["results"]
+    assert [unordered["name"], naive["name"], ordered["name"]] == ["unordered", "naive fixed pause", "ordered"]
+    assert paced["name"].startswith("ordered at ")
+    assert unordered["messages"] == ordered["messages"] == 60
+    for run in (ordered, paced):
+        # Every message ended (acked, or timed out when its ack was among the lost
+        # ones), in order, each handed over only after its predecessor ended.
+        assert sum(run["statuses"].values()) == run["messages"]
+        assert set(run["statuses"]) <= {"acked", "timed_out"}
+        assert run["platform"]["order_violations"] == 0
+        assert run["sent_before_predecessor_ended"] == 0
+    assert set(summary["ordered_overhead_beyond_previous_ack_ms"]) == {"p50", "p90", "p99", "p99.9", "p99.99", "p100"}
+    assert len(list(out.glob("ordered-*.hgrm"))) == 6
 
 
 def test_bench_refuses_an_unknown_scenario_naming_it() -> None:
-    result = subprocess.run(
-        [sys.executable, "manage.py", "bench", "fireworks"], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+    result = _bench("fireworks")
 
     assert result.returncode != 0
     assert "fireworks" in result.stderr and "pipeline" in result.stderr
+
+
+@pytest.mark.parametrize(("argument", "value"), [("--rate", "-5"), ("--duration", "0"), ("--connections", "many")])
+def test_bench_refuses_a_bad_argument_naming_it(argument: str, value: str) -> None:
+    result = _bench("realtime", argument, value)
+
+    assert result.returncode != 0
+    assert f"argument {argument}" in result.stderr
+
+
+def test_bench_without_a_scenario_asks_for_one() -> None:
+    result = _bench()
+
+    assert result.returncode != 0
+    assert "scenario" in result.stderr

@@ -1,13 +1,17 @@
-"""`manage.py bench pipeline`: Carillon's throughput beside raw kombu and raw Celery.
+"""`manage.py bench SCENARIO`: Carillon beside its raw baseline, open loop, in one run.
 
-The benchmark never touches the data or queues of a running Carillon: it makes a
-RabbitMQ virtual host and a SQLite database of its own, starts its own sandbox and
-workers there, runs the measurements in a child process wired to them, and removes the
-virtual host at the end.
+The machinery is in `benchmarks/` (scenarios in `benchmarks/scenarios/`); this command
+parses the options and isolates the run: it starts a Redis of its own, makes a SQLite
+database and (for scenarios on the broker) a RabbitMQ virtual host of its own, runs the
+scenarios in a child process wired to them, and removes them at the end. A running
+Carillon's data, queues and topics are never touched.
 """
 
+import argparse
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -17,107 +21,139 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from benchmarks.runner import LOG_DIR, Options
+from benchmarks.scenarios import SCENARIOS
+from benchmarks.servers import redis_start
 from config.env import BASE_DIR
-from config.processes import ManagedProcess, free_port, python
 
 INNER = "CARILLON_BENCH_INNER"
-LOG_DIR = BASE_DIR / ".run" / "bench-logs"
-CHANNEL_QUEUES = "carillon.default,carillon.email,carillon.sms,carillon.analytics,carillon.inapp"
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _not_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
 
 
 class Command(BaseCommand):
-    help = "Benchmark a scenario against its raw baselines in the same run (see docs/benchmarks.md)."
+    help = "Benchmark a scenario beside its raw baseline, open loop (see docs/benchmarks.md)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("scenario", choices=["pipeline", "ordered"])
-        parser.add_argument("--events", type=int, default=2000, help="events to publish (default 2000)")
-        parser.add_argument("--concurrency", type=int, default=2, help="worker processes (default 2)")
-        parser.add_argument("--quick", action="store_true", help="a small run that checks the tool works")
+        parser.add_argument("scenario", nargs="?", choices=list(SCENARIOS),
+                            help="what to measure; with --quick and no scenario, all of them")
+        parser.add_argument("--rate", type=_positive(float), help="requests (publishes, events) per second")
+        parser.add_argument("--size", type=_positive(int), help="message size in bytes (realtime)")
+        parser.add_argument("--connections", type=_positive(int), help="client connections")
+        parser.add_argument("--duration", type=_positive(float), default=30.0, help="measured seconds (30)")
+        parser.add_argument("--warmup", type=_not_negative, default=5.0, help="seconds run, not recorded (5)")
         parser.add_argument("--out", type=Path, default=BASE_DIR / "bench-results", help="where results go")
-        parser.add_argument("--rooms", type=int, default=25_000, help="ordered: live rooms (default 25000)")
-        parser.add_argument("--messages-per-room", type=int, default=2, help="ordered: messages per room (default 2)")
+        parser.add_argument("--quick", action="store_true", help="every scenario (or the one named) for ~2 s")
+        parser.add_argument("--loadgens", type=_positive(int), help="load generator processes")
+        parser.add_argument("--servers", type=_positive(int), help="server processes (fanout, connections)")
 
-    def handle(self, *args: Any, scenario: str, events: int, concurrency: int, quick: bool, out: Path,
-               **options: Any) -> None:
-        if scenario == "ordered":
-            self._ordered(concurrency=concurrency, quick=quick, out=out, **options)
-            return
-        if events < 1 or concurrency < 1:
-            raise CommandError("--events and --concurrency take a whole number of at least 1")
-        events = 20 if quick else events
+    def handle(self, *args: Any, **options: Any) -> None:
+        scenario: str | None = options["scenario"]
+        if scenario is None and not options["quick"]:
+            raise CommandError(f"argument scenario: name one of {', '.join(SCENARIOS)} (or pass --quick for all)")
+        names = [scenario] if scenario else list(SCENARIOS)
         if os.environ.get(INNER):
-            from notifications.bench import bench_pipeline_scenario
+            self._run(names, options)
+        else:
+            self._run_isolated(names)
 
-            call_command("migrate", verbosity=0)
-            summary = bench_pipeline_scenario(events=events, concurrency=concurrency, out=out)
-            for row in summary["results"]:
-                self.stdout.write(f"{row['name']:<36} {row['items']:>7} in {row['seconds']:.2f}s = {row['per_second']:>9.1f}/s")
-            self.stdout.write(f"pipeline: {summary['pipeline_events_per_second']} events/s; cost per delivery "
-                              f"{summary['pipeline_cost_per_delivery_vs_celery_noop']}x a Celery no-op; "
-                              f"latency ms {summary['pipeline_latency_ms']}")
-            return
-        self._run_isolated(events=events, concurrency=concurrency, out=out)
+    def _run(self, names: list[str], options: dict[str, Any]) -> None:
+        quick = options["quick"]
+        run = Options(
+            rate=options["rate"], size=options["size"], connections=options["connections"],
+            duration=2.0 if quick else options["duration"], warmup=0.5 if quick else options["warmup"],
+            out=options["out"], quick=quick, loadgens=options["loadgens"], servers=options["servers"],
+        )
+        call_command("migrate", verbosity=0)
+        for name in names:
+            self.stdout.write(f"== {name}")
+            for summary in SCENARIOS[name].load()(run):
+                self._print(summary)
+            self.stdout.flush()
 
-    def _ordered(self, *, rooms: int, messages_per_room: int, concurrency: int, quick: bool, out: Path,
-                 **options: Any) -> None:
-        """Ordered per-room delivery beside its baselines (rooms/bench.py)."""
-        from rooms.bench import bench_ordered_isolated, bench_ordered_scenario, summary_lines
+    def _print(self, summary: dict[str, Any]) -> None:
+        self.stdout.write(f"-- {summary['scenario']}: {summary['label']}")
+        for row in summary["series"]:
+            latency = row["latency_ms"]
+            per_cpu = row.get("received_per_server_cpu_second")
+            self.stdout.write(
+                f"   {row['name']:<30} asked {row['rate_asked']:>8g}/s got {row['rate_achieved']:>8g}/s "
+                f"recv {row['received_per_second']:>9g}/s err {row['errors']:>4}  ms p50 {latency['p50']} "
+                f"p99 {latency['p99']} p99.99 {latency['p99.99']} max {latency['max']}"
+                + (f"  {per_cpu:,}/cpu-s" if per_cpu else "")
+            )
+        if summary["ratios"]:
+            self.stdout.write(f"   ratios {summary['ratios']}")
 
-        if rooms < 1 or messages_per_room < 1 or concurrency < 1:
-            raise CommandError("--rooms, --messages-per-room and --concurrency take a whole number of at least 1")
-        if quick:
-            rooms, messages_per_room = 20, 3
-        if os.environ.get(INNER):
-            summary = bench_ordered_scenario(rooms=rooms, messages_per_room=messages_per_room, out=out, quick=quick)
-            for line in summary_lines(summary):
-                self.stdout.write(line)
-            return
+    def _run_isolated(self, names: list[str]) -> None:
+        work = BASE_DIR / ".run" / f"bench-{os.getpid()}"
+        work.mkdir(parents=True, exist_ok=True)
+        redis, redis_url = redis_start(work=work, log_dir=LOG_DIR)
+        env = {
+            "DATABASE_URL": f"sqlite:///{work / 'bench.sqlite3'}",
+            "REDIS_URL": redis_url,
+            "REALTIME_REDIS_URL": redis_url,
+            "CARILLON_BENCH_REDIS_PID": str(redis.process.pid),
+            "DJANGO_LOG_LEVEL": "WARNING",
+            "DJANGO_DEBUG": "false",  # DEBUG keeps every SQL query in memory
+            # Clients of a long connection ramp connect minutes after the token was made.
+            "REALTIME_TOKEN_MAX_AGE_SECONDS": "86400",
+            # 1 MB messages: a 1000-message history per topic would hold a gigabyte in Redis.
+            "REALTIME_HISTORY_MAX_LENGTH": "100",
+            INNER: "1",
+        }
+        vhost = None
         try:
-            bench_ordered_isolated(rooms=rooms, messages_per_room=messages_per_room, concurrency=concurrency,
-                                   out=out, quick=quick, say=self.stdout.write)
-        except RuntimeError as exc:
-            raise CommandError(str(exc)) from exc
+            if any(SCENARIOS[name].needs_rabbitmq for name in names):
+                vhost = f"carillon-bench-{os.getpid()}"
+                env["RABBITMQ_URL"] = self._vhost_create(vhost)
+            self.stdout.write(f"bench {' '.join(names)}: own Redis {redis_url}, database and logs in {work}, "
+                              f"{LOG_DIR}" + (f", RabbitMQ vhost {vhost}" if vhost else ""))
+            self.stdout.flush()
+            inner = [sys.executable, "manage.py", "bench", *sys.argv[2:]]
+            result = subprocess.run(inner, cwd=BASE_DIR, env={**os.environ, **env}, check=False)  # noqa: S603
+            if result.returncode:
+                raise CommandError(f"the benchmark failed (exit {result.returncode}); server logs in {LOG_DIR}")
+        finally:
+            redis.stop()
+            if vhost:
+                self._vhost_delete(vhost)
+            shutil.rmtree(work, ignore_errors=True)
 
-    def _run_isolated(self, *, events: int, concurrency: int, out: Path) -> None:
-        vhost = f"carillon-bench-{os.getpid()}"
+    def _vhost_create(self, vhost: str) -> str:
         base = settings.RABBITMQ_MANAGEMENT_URL.rstrip("/")  # requests takes its user:password
         parts = urlsplit(settings.RABBITMQ_URL)
-        user = parts.username or "guest"
-        http = requests.Session()
         try:
-            http.put(f"{base}/vhosts/{quote(vhost, safe='')}", timeout=10).raise_for_status()
+            requests.put(f"{base}/vhosts/{quote(vhost, safe='')}", timeout=10).raise_for_status()
         except requests.RequestException as exc:
             raise CommandError(f"cannot reach RabbitMQ's management API at {base} ({exc}); start Carillon's "
                                "services first (./platform/run) or set RABBITMQ_MANAGEMENT_URL") from exc
-        http.put(f"{base}/permissions/{quote(vhost, safe='')}/{quote(user, safe='')}",
-                 json={"configure": ".*", "write": ".*", "read": ".*"}, timeout=10).raise_for_status()
-        database = BASE_DIR / ".run" / "bench.sqlite3"
-        for stale in database.parent.glob("bench.sqlite3*"):
-            stale.unlink()
-        http_port, smtp_port = free_port(), free_port()
-        env = {
-            "RABBITMQ_URL": urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), "", "")),
-            "DATABASE_URL": f"sqlite:///{database}",
-            "EMAIL_URL": f"smtp://127.0.0.1:{smtp_port}",
-            "TWILIO_API_BASE_URL": f"http://127.0.0.1:{http_port}",
-            "MIXPANEL_API_BASE_URL": f"http://127.0.0.1:{http_port}",
-            "DJANGO_LOG_LEVEL": "WARNING",
-            "DJANGO_DEBUG": "false",  # DEBUG keeps every SQL query in memory
-        }
-        processes: list[ManagedProcess] = []
-        try:
-            processes.append(ManagedProcess("sandbox", python("-m", "sandbox", "--http-port", str(http_port),
-                             "--smtp-port", str(smtp_port), "--log-level", "WARNING"), env=env, log_dir=LOG_DIR))
-            worker = ManagedProcess("worker", python("-m", "celery", "-A", "config.celery", "worker", "--loglevel",
-                                    "WARNING", "--queues", CHANNEL_QUEUES, "--concurrency", str(concurrency),
-                                    "--without-mingle", "--without-gossip"), env=env, log_dir=LOG_DIR)
-            processes.append(worker)
-            self.stdout.write(f"bench pipeline: {events} events, {concurrency} worker processes, vhost {vhost}")
-            inner = python("manage.py", "bench", "pipeline", "--events", str(events),
-                           "--concurrency", str(concurrency), "--out", str(out))
-            subprocess.run(inner, cwd=BASE_DIR, env={**os.environ, **env, INNER: "1"}, check=True)  # noqa: S603
-        finally:
-            for process in processes:
-                process.stop()
-            http.delete(f"{base}/vhosts/{quote(vhost, safe='')}", timeout=30)
+        requests.put(f"{base}/permissions/{quote(vhost, safe='')}/{quote(parts.username or 'guest', safe='')}",
+                     json={"configure": ".*", "write": ".*", "read": ".*"}, timeout=10).raise_for_status()
+        return urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), "", ""))
 
+    def _vhost_delete(self, vhost: str) -> None:
+        base = settings.RABBITMQ_MANAGEMENT_URL.rstrip("/")
+        requests.delete(f"{base}/vhosts/{quote(vhost, safe='')}", timeout=30)

@@ -1,0 +1,126 @@
+"""The processes under test (daphne serving Carillon, the bare broadcast server, Redis) and
+what the benchmark reads of them: CPU seconds and resident memory from /proc."""
+
+import os
+import socket
+import time
+from pathlib import Path
+
+from config.processes import ManagedProcess, free_port, python
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def wait_port(port: int, *, process: ManagedProcess, timeout: float = 60.0) -> None:
+    def listening() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+        except OSError:
+            return False
+        return True
+
+    process.wait_until(listening, f"a listener on port {port}", timeout)
+
+
+def redis_start(*, work: Path, log_dir: Path) -> tuple[ManagedProcess, str]:
+    """A Redis of the benchmark's own: nothing persisted, nothing shared with a running Carillon."""
+    port = free_port()
+    process = ManagedProcess(
+        "redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                  "--dir", str(work), "--maxclients", "10000"],
+        log_dir=log_dir,
+    )
+    wait_port(port, process=process)
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
+def daphne_start(*, name: str, log_dir: Path) -> tuple[ManagedProcess, int]:
+    """daphne serving Carillon's ASGI application (the /ws/ and /events/ endpoints)."""
+    port = free_port()
+    process = ManagedProcess(
+        name, python("-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"), log_dir=log_dir
+    )
+    wait_port(port, process=process)
+    return process, port
+
+
+def bare_start(*, name: str, redis_url: str, channel: str, log_dir: Path) -> tuple[ManagedProcess, int]:
+    """The baseline: a bare `websockets` server broadcasting one Redis subscription."""
+    port = free_port()
+    process = ManagedProcess(
+        name, python("-m", "benchmarks.bare_server", "--port", str(port), "--redis-url", redis_url,
+                     "--channel", channel),
+        log_dir=log_dir,
+    )
+    wait_port(port, process=process)
+    return process, port
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a Celery worker's pool processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        tree.append(current)
+        pending.extend(children.get(current, []))
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of the processes (and their descendants), in seconds."""
+    total = 0
+    for root in pids:
+        for pid in process_tree(root):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+    return total / _CLOCK_TICKS
+
+
+def rss_kib(pids: list[int]) -> int:
+    """Resident memory of the processes (and their descendants), in KiB."""
+    total = 0
+    for root in pids:
+        for pid in process_tree(root):
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+class ServerStats:
+    """CPU used by the server processes between `start()` and `stop()`, and their RSS."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.cpu_start = 0.0
+        self.wall_start = 0.0
+        self.result: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.cpu_start, self.wall_start = cpu_seconds(self.pids), time.monotonic()
+
+    def stop(self) -> dict[str, float]:
+        cpu = cpu_seconds(self.pids) - self.cpu_start
+        wall = time.monotonic() - self.wall_start
+        self.result = {
+            "processes": len(self.pids),
+            "cpu_seconds": round(cpu, 3),
+            "cpu_utilisation": round(cpu / wall, 3) if wall else 0.0,
+            "rss_kib": rss_kib(self.pids),
+        }
+        return self.result
