@@ -16,9 +16,19 @@ from realtime.topics import topic_parse
 logger = logging.getLogger(__name__)
 
 
+# redis-py's default pool raises "Too many connections" past its size; a connection storm
+# or a burst of publishes must wait for a free connection instead (found by manage.py
+# bench connections: handshakes refused and history reads retried by the thousand).
+POOL_CONNECTIONS = 100
+POOL_WAIT_SECONDS = 10
+
+
 @cache
 def sync_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REALTIME_REDIS_URL)
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.REALTIME_REDIS_URL, max_connections=POOL_CONNECTIONS, timeout=POOL_WAIT_SECONDS
+    )
+    return redis.Redis(connection_pool=pool)
 
 
 # redis.asyncio clients are bound to the loop that first used them; tests run several loops.
@@ -32,7 +42,10 @@ def async_client() -> aioredis.Redis:
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
-        client = _async_clients[loop] = aioredis.Redis.from_url(settings.REALTIME_REDIS_URL)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.REALTIME_REDIS_URL, max_connections=POOL_CONNECTIONS, timeout=POOL_WAIT_SECONDS
+        )
+        client = _async_clients[loop] = aioredis.Redis(connection_pool=pool)
     return client
 
 
