@@ -34,7 +34,9 @@ def task_route_guard(name: str, args: Any, kwargs: Any, options: Any, task: Any 
 app = Celery("carillon")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = task_queues()
-app.conf.task_routes = (task_route_guard,)
+# The guard first (it raises for a background task), then the routes of the settings
+# (CELERY_TASK_ROUTES: rooms.* to carillon.rooms).
+app.conf.task_routes = (task_route_guard, app.conf.task_routes)
 app.autodiscover_tasks(related_name="tasks")
 
 
