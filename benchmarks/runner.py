@@ -32,6 +32,7 @@ class Options:
     quick: bool = False
     loadgens: int | None = None
     servers: int | None = None
+    uvicorn: bool = False  # fanout: also serve Carillon with uvicorn, beside daphne
 
 
 @dataclass

@@ -44,6 +44,17 @@ def daphne_start(*, name: str, log_dir: Path) -> tuple[ManagedProcess, int]:
     return process, port
 
 
+def uvicorn_start(*, name: str, log_dir: Path) -> tuple[ManagedProcess, int]:
+    """uvicorn (websockets protocol) serving the same ASGI application as daphne."""
+    port = free_port()
+    process = ManagedProcess(
+        name, python("-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--ws", "websockets",
+                     "--log-level", "warning", "config.asgi:application"), log_dir=log_dir,
+    )
+    wait_port(port, process=process)
+    return process, port
+
+
 def bare_start(*, name: str, redis_url: str, channel: str, log_dir: Path) -> tuple[ManagedProcess, int]:
     """The baseline: a bare `websockets` server broadcasting one Redis subscription."""
     port = free_port()

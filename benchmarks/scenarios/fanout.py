@@ -26,7 +26,7 @@ from benchmarks.loadgen import (
 )
 from benchmarks.runner import LOG_DIR, Options, Series, ratio, report_write
 from benchmarks.scenarios.common import bench_token, redis_pid, redis_url
-from benchmarks.servers import bare_start, daphne_start, rss_kib
+from benchmarks.servers import bare_start, daphne_start, rss_kib, uvicorn_start
 
 TOPIC = "room:fanout"
 BARE_CHANNEL = "bench:fanout"
@@ -119,13 +119,16 @@ def fanout_scenario(options: Options) -> list[dict[str, Any]]:
         servers = options.servers or math.ceil(count / MAX_CONNECTIONS_PER_PROCESS)
         receivers = max(options.loadgens or 1, math.ceil(count / MAX_CONNECTIONS_PER_PROCESS))
         series = []
-        for system in ("carillon", "bare"):
-            name = "Carillon /ws/ (daphne)" if system == "carillon" else "bare websockets broadcast"
+        for kind in ("daphne", *(["uvicorn"] if options.uvicorn else []), "bare"):
+            system = "bare" if kind == "bare" else "carillon"
+            name = f"Carillon /ws/ ({kind})" if system == "carillon" else "bare websockets broadcast"
             processes, ports = [], []
             try:
                 for index in range(servers):
-                    if system == "carillon":
+                    if kind == "daphne":
                         process, port = daphne_start(name=f"daphne-fanout-{index}", log_dir=LOG_DIR)
+                    elif kind == "uvicorn":
+                        process, port = uvicorn_start(name=f"uvicorn-fanout-{index}", log_dir=LOG_DIR)
                     else:
                         process, port = bare_start(name=f"bare-fanout-{index}", redis_url=redis_url(),
                                                    channel=BARE_CHANNEL, log_dir=LOG_DIR)
@@ -155,18 +158,22 @@ def fanout_scenario(options: Options) -> list[dict[str, Any]]:
             finally:
                 for process in processes:
                     process.stop()
-        carillon, bare = series
+        carillon, bare = series[0], series[-1]
+        ratios = {
+            "carillon_deliveries_per_cpu_second_vs_bare": ratio(
+                carillon.summary()["received_per_server_cpu_second"], bare.summary()["received_per_server_cpu_second"]),
+            "carillon_p99_vs_bare": ratio(carillon.latency.get_value_at_percentile(99),
+                                          bare.latency.get_value_at_percentile(99)),
+        }
+        if options.uvicorn:
+            ratios["carillon_uvicorn_deliveries_per_cpu_second_vs_bare"] = ratio(
+                series[1].summary()["received_per_server_cpu_second"], bare.summary()["received_per_server_cpu_second"])
         summaries.append(report_write(
             out=options.out, scenario="fanout", label=f"{count} connections at {rate:g} publishes per s",
             series=series,
             config={"connections": count, "rate": rate, "size": SIZE, "server_processes": servers,
                     "receiver_processes": receivers, "duration": options.duration, "warmup": options.warmup,
                     "redis_pid": redis_pid()},
-            ratios={
-                "carillon_deliveries_per_cpu_second_vs_bare": ratio(
-                    carillon.summary()["received_per_server_cpu_second"], bare.summary()["received_per_server_cpu_second"]),
-                "carillon_p99_vs_bare": ratio(carillon.latency.get_value_at_percentile(99),
-                                              bare.latency.get_value_at_percentile(99)),
-            },
+            ratios=ratios,
         ))
     return summaries

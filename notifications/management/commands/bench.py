@@ -68,6 +68,8 @@ class Command(BaseCommand):
         parser.add_argument("--quick", action="store_true", help="every scenario (or the one named) for ~2 s")
         parser.add_argument("--loadgens", type=_positive(int), help="load generator processes")
         parser.add_argument("--servers", type=_positive(int), help="server processes (fanout, connections)")
+        parser.add_argument("--uvicorn", action="store_true",
+                            help="fanout: also serve Carillon with uvicorn beside daphne (is daphne the limit?)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         scenario: str | None = options["scenario"]
@@ -85,6 +87,7 @@ class Command(BaseCommand):
             rate=options["rate"], size=options["size"], connections=options["connections"],
             duration=2.0 if quick else options["duration"], warmup=0.5 if quick else options["warmup"],
             out=options["out"], quick=quick, loadgens=options["loadgens"], servers=options["servers"],
+            uvicorn=options["uvicorn"],
         )
         call_command("migrate", verbosity=0)
         for name in names:
