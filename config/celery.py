@@ -14,16 +14,13 @@ from celery.signals import worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
+from config.background import BACKGROUND_TASK_PREFIX, WrongAppError  # noqa: E402
 from notifications.queues import task_queues, topology_declare  # noqa: E402
-
-
-class WrongAppError(Exception):
-    """A task was sent through the Celery app that does not own it."""
 
 
 def task_route_guard(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> None:
     """Refuse to send a background task (`background.*`, config/background.py) to RabbitMQ."""
-    if name.startswith("background."):
+    if name.startswith(BACKGROUND_TASK_PREFIX):
         raise WrongAppError(
             f"task {name!r} is a background task: send it through config.background (Redis), "
             "not the critical app"
