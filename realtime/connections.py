@@ -1,5 +1,6 @@
 """What WebSocket and SSE connections share: who is connecting, and the resume ids."""
 
+import asyncio
 import logging
 from typing import Any
 
@@ -7,6 +8,8 @@ from django.contrib.auth import get_user_model
 
 from realtime.auth import realtime_token_user_id
 from realtime.exceptions import InvalidFrame, InvalidToken
+from realtime.frames import HEARTBEAT, Frame
+from realtime.presence import PresenceTracker
 from realtime.topics import Topic, topic_parse
 
 logger = logging.getLogger(__name__)
@@ -43,3 +46,15 @@ def resume_ids_parse(value: str) -> dict[Topic, int]:
 
 def resume_ids_format(ids: dict[Topic, int | None]) -> str:
     return ",".join(f"{topic}={last}" for topic, last in ids.items() if last is not None)
+
+
+def frame_offer(outgoing: "asyncio.Queue[Frame]", frame: Frame, presence: PresenceTracker | None) -> bool:
+    """Queue a frame on a connection's bounded buffer without waiting; False when it is full
+    (a slow consumer). A heartbeat passing through also keeps the connection's presence."""
+    if frame is HEARTBEAT and presence is not None:
+        presence.refresh_soon()
+    try:
+        outgoing.put_nowait(frame)
+    except asyncio.QueueFull:
+        return False
+    return True

@@ -16,10 +16,10 @@ from urllib.parse import parse_qs
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from realtime.connections import MAX_TOPICS_PER_CONNECTION, connection_user_id
+from realtime.connections import MAX_TOPICS_PER_CONNECTION, connection_user_id, frame_offer
 from realtime.exceptions import InvalidFrame, InvalidToken, RealtimeError
 from realtime.fanout import Hub, Subscription, get_hub
-from realtime.frames import HEARTBEAT, Control, Frame
+from realtime.frames import Control, Frame
 from realtime.presence import PresenceTracker
 from realtime.topics import Topic, topic_authorise, topic_parse
 
@@ -145,11 +145,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         """Queue a frame without waiting; a full queue means the client is too slow."""
         if self.closing:
             return
-        if frame is HEARTBEAT and self.presence is not None:
-            self.presence.refresh_soon()
-        try:
-            self.outgoing.put_nowait(frame)
-        except asyncio.QueueFull:
+        if not frame_offer(self.outgoing, frame, self.presence):
             logger.warning(
                 "websocket of user %s too slow (%d frames queued): closing",
                 self.user_id,

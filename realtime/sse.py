@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET
 from realtime.connections import (
     MAX_TOPICS_PER_CONNECTION,
     connection_user_id,
+    frame_offer,
     resume_ids_format,
     resume_ids_parse,
 )
@@ -48,11 +49,7 @@ class SseConnection:
     def offer(self, frame: Frame) -> None:
         if self.overflowed:
             return
-        if frame is HEARTBEAT and self.presence is not None:
-            self.presence.refresh_soon()
-        try:
-            self.outgoing.put_nowait(frame)
-        except asyncio.QueueFull:
+        if not frame_offer(self.outgoing, frame, self.presence):
             logger.warning("event stream too slow (%d queued): closing", self.outgoing.qsize())
             self.overflowed = True
             while not self.outgoing.empty():
