@@ -32,7 +32,7 @@ class Options:
     quick: bool = False
     loadgens: int | None = None
     servers: int | None = None
-    uvicorn: bool = False  # fanout: also serve Carillon with uvicorn, beside daphne
+    uvicorn: bool = False  # fanout, connections: also serve Carillon with uvicorn, beside daphne
 
 
 @dataclass

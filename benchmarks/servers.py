@@ -67,6 +67,30 @@ def bare_start(*, name: str, redis_url: str, channel: str, log_dir: Path) -> tup
     return process, port
 
 
+def servers_start(kind: str, *, count: int, scenario: str, redis_url: str, channel: str,
+                  log_dir: Path) -> tuple[list[ManagedProcess], list[int]]:
+    """`count` server processes of one kind (`daphne`, `uvicorn`, or `bare`: the baseline
+    broadcasting the Redis `channel`) and their ports; on a failure none is left running."""
+    processes: list[ManagedProcess] = []
+    ports: list[int] = []
+    try:
+        for index in range(count):
+            name = f"{kind}-{scenario}-{index}"
+            if kind == "daphne":
+                process, port = daphne_start(name=name, log_dir=log_dir)
+            elif kind == "uvicorn":
+                process, port = uvicorn_start(name=name, log_dir=log_dir)
+            else:
+                process, port = bare_start(name=name, redis_url=redis_url, channel=channel, log_dir=log_dir)
+            processes.append(process)
+            ports.append(port)
+    except BaseException:
+        for process in processes:
+            process.stop()
+        raise
+    return processes, ports
+
+
 def process_tree(pid: int) -> list[int]:
     """`pid` and its descendants (a Celery worker's pool processes)."""
     children: dict[int, list[int]] = {}

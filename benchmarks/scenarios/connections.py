@@ -5,7 +5,8 @@ to its own user topic's room (`room:idle-k`), from receiver processes of ≤ 19,
 and 127.0.0.x source addresses past 25,000. The latency recorded is connect + subscribe
 from each connection's due time. RSS of the server processes is read before the ramp and
 while every connection is still held; the difference over the connections held is the cost
-of one. Carillon's daphne beside the bare `websockets` server.
+of one. Carillon's daphne (and with `--uvicorn` the same application under uvicorn) beside the
+bare `websockets` server.
 """
 
 import asyncio
@@ -27,11 +28,12 @@ from benchmarks.loadgen import (
 )
 from benchmarks.runner import LOG_DIR, Options, Series, ratio, report_write
 from benchmarks.scenarios.common import bench_token, redis_url
-from benchmarks.servers import bare_start, daphne_start, rss_kib
+from benchmarks.servers import rss_kib, servers_start
 
 # daphne and the bare server get the same hard limit of 20,000 descriptors as every
-# process here; a few dozen go to listeners, Redis, logs and the interpreter.
-DEFAULT_PER_SERVER = 19_000
+# process here; the rest (≤ 200) go to the listener, the Redis pool (≤ 100), logs and
+# the interpreter.
+DEFAULT_PER_SERVER = 19_800
 DEFAULT_RATE = 1_000.0
 
 
@@ -45,6 +47,7 @@ async def _ramp(config: dict[str, Any], link: Link) -> None:
     window = link.wait_start()
     latency = histogram_new()
     clients: list[Any] = []
+    held_per_port: dict[int, int] = {}
     errors: list[str] = []
     tasks: set[asyncio.Task[Any]] = set()
     ports = config["ports"]
@@ -63,6 +66,7 @@ async def _ramp(config: dict[str, Any], link: Link) -> None:
             errors.append(repr(exc))
             return
         clients.append(client)
+        held_per_port[port] = held_per_port.get(port, 0) + 1
         histogram_record(latency, time.time() - due)
         link.count(len(clients))
 
@@ -83,7 +87,7 @@ async def _ramp(config: dict[str, Any], link: Link) -> None:
     await asyncio.get_running_loop().run_in_executor(None, link.hold)
     link.done({"latency": histogram_encode(latency), "service": "", "sent": len([p for p in plan
                if p[0] < config["total"]]), "received": len(clients), "errors": len(errors),
-               "first_error": errors[0] if errors else None})
+               "first_error": errors[0] if errors else None, "held_per_port": held_per_port})
     for client in clients:
         client.close()
 
@@ -96,18 +100,12 @@ def connections_scenario(options: Options) -> list[dict[str, Any]]:
     ramp = total / rate
     token = bench_token()
     series = []
-    for system in ("carillon", "bare"):
-        name = "Carillon /ws/ (daphne)" if system == "carillon" else "bare websockets server"
-        processes, ports = [], []
+    for kind in ("daphne", *(["uvicorn"] if options.uvicorn else []), "bare"):
+        system = "bare" if kind == "bare" else "carillon"
+        name = f"Carillon /ws/ ({kind})" if system == "carillon" else "bare websockets server"
+        processes, ports = servers_start(kind, count=servers, scenario="connections", redis_url=redis_url(),
+                                         channel="bench:idle", log_dir=LOG_DIR)
         try:
-            for index in range(servers):
-                if system == "carillon":
-                    process, port = daphne_start(name=f"daphne-connections-{index}", log_dir=LOG_DIR)
-                else:
-                    process, port = bare_start(name=f"bare-connections-{index}", redis_url=redis_url(),
-                                               channel="bench:idle", log_dir=LOG_DIR)
-                processes.append(process)
-                ports.append(port)
             pids = [p.process.pid for p in processes]
             idle = {pid: rss_kib([pid]) for pid in pids}
             source = source_base(total)
@@ -121,20 +119,30 @@ def connections_scenario(options: Options) -> list[dict[str, Any]]:
                                        on_held=lambda: held_rss.update({pid: rss_kib([pid]) for pid in pids}))  # noqa: B023 - called before the loop moves on
             held = sum(r["received"] for r in results)
             per_process = {pid: held_rss[pid] - idle[pid] for pid in pids}
+            # Each server's own count and cost: "up to its 20,000 descriptors" is per process.
+            held_by_server = [sum(r["held_per_port"].get(port, 0) for r in results) for port in ports]
             item = Series.merged(name, results, asked_rate=rate, seconds=ramp, server=server,
                                  connections_held=held, server_processes=servers,
                                  rss_idle_kib=sum(idle.values()), rss_held_kib=sum(held_rss.values()),
                                  kib_per_connection=round(sum(per_process.values()) / held, 1) if held else None,
+                                 connections_per_server=held_by_server,
+                                 kib_per_connection_per_server=[
+                                     round(per_process[pid] / count, 1) if count else None
+                                     for pid, count in zip(pids, held_by_server, strict=True)],
                                  first_error=next((r["first_error"] for r in results if r["first_error"]), None))
             series.append(item)
         finally:
             for process in processes:
                 process.stop()
-    carillon, bare = series
+    carillon, bare = series[0], series[-1]
+    ratios = {"carillon_kib_per_connection_vs_bare": ratio(carillon.extra["kib_per_connection"],
+                                                            bare.extra["kib_per_connection"])}
+    if options.uvicorn:
+        ratios["carillon_uvicorn_kib_per_connection_vs_bare"] = ratio(series[1].extra["kib_per_connection"],
+                                                                       bare.extra["kib_per_connection"])
     return [report_write(
         out=options.out, scenario="connections", label=f"{total} connections over {servers} server processes",
         series=series,
         config={"connections": total, "rate": rate, "server_processes": servers, "loadgens": loadgens},
-        ratios={"carillon_kib_per_connection_vs_bare": ratio(carillon.extra["kib_per_connection"],
-                                                             bare.extra["kib_per_connection"])},
+        ratios=ratios,
     )]

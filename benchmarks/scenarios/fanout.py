@@ -26,7 +26,7 @@ from benchmarks.loadgen import (
 )
 from benchmarks.runner import LOG_DIR, Options, Series, ratio, report_write
 from benchmarks.scenarios.common import bench_token, redis_pid, redis_url
-from benchmarks.servers import bare_start, daphne_start, rss_kib, uvicorn_start
+from benchmarks.servers import rss_kib, servers_start
 
 TOPIC = "room:fanout"
 BARE_CHANNEL = "bench:fanout"
@@ -122,18 +122,9 @@ def fanout_scenario(options: Options) -> list[dict[str, Any]]:
         for kind in ("daphne", *(["uvicorn"] if options.uvicorn else []), "bare"):
             system = "bare" if kind == "bare" else "carillon"
             name = f"Carillon /ws/ ({kind})" if system == "carillon" else "bare websockets broadcast"
-            processes, ports = [], []
+            processes, ports = servers_start(kind, count=servers, scenario="fanout", redis_url=redis_url(),
+                                             channel=BARE_CHANNEL, log_dir=LOG_DIR)
             try:
-                for index in range(servers):
-                    if kind == "daphne":
-                        process, port = daphne_start(name=f"daphne-fanout-{index}", log_dir=LOG_DIR)
-                    elif kind == "uvicorn":
-                        process, port = uvicorn_start(name=f"uvicorn-fanout-{index}", log_dir=LOG_DIR)
-                    else:
-                        process, port = bare_start(name=f"bare-fanout-{index}", redis_url=redis_url(),
-                                                   channel=BARE_CHANNEL, log_dir=LOG_DIR)
-                    processes.append(process)
-                    ports.append(port)
                 pids = [p.process.pid for p in processes]
                 rss_idle = rss_kib(pids)
                 configs: list[dict[str, Any]] = [{"role": "publish", "system": system, "rate": rate}]

@@ -69,7 +69,7 @@ class Command(BaseCommand):
         parser.add_argument("--loadgens", type=_positive(int), help="load generator processes")
         parser.add_argument("--servers", type=_positive(int), help="server processes (fanout, connections)")
         parser.add_argument("--uvicorn", action="store_true",
-                            help="fanout: also serve Carillon with uvicorn beside daphne (is daphne the limit?)")
+                            help="fanout, connections: also serve Carillon with uvicorn beside daphne (is daphne the limit?)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         scenario: str | None = options["scenario"]
