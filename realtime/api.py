@@ -10,7 +10,7 @@ from rest_framework.views import APIView
 
 from realtime.auth import realtime_token_create
 from realtime.exceptions import InvalidTopic
-from realtime.presence import presence_online_users_sync
+from realtime.presence import presence_online_users
 from realtime.services import realtime_publish
 from realtime.topics import topic_parse
 
@@ -96,5 +96,5 @@ class PresenceView(RealtimeAPIView):
             raise exceptions.ValidationError(
                 {"users": ["give 1 to 100 user ids separated by commas: ?users=1,2"]}
             )
-        online = presence_online_users_sync(user_ids=[int(p) for p in parts])
+        online = presence_online_users(user_ids=[int(p) for p in parts])
         return Response({"users": {str(k): v for k, v in online.items()}})

@@ -8,8 +8,7 @@ from django.contrib.auth import get_user_model
 
 from realtime.auth import realtime_token_user_id
 from realtime.exceptions import InvalidFrame, InvalidToken
-from realtime.frames import HEARTBEAT, Frame
-from realtime.presence import PresenceTracker
+from realtime.frames import Frame
 from realtime.topics import Topic, topic_parse
 
 logger = logging.getLogger(__name__)
@@ -48,11 +47,9 @@ def resume_ids_format(ids: dict[Topic, int | None]) -> str:
     return ",".join(f"{topic}={last}" for topic, last in ids.items() if last is not None)
 
 
-def frame_offer(outgoing: "asyncio.Queue[Frame]", frame: Frame, presence: PresenceTracker | None) -> bool:
+def frame_offer(outgoing: "asyncio.Queue[Frame]", frame: Frame) -> bool:
     """Queue a frame on a connection's bounded buffer without waiting; False when it is full
-    (a slow consumer). A heartbeat passing through also keeps the connection's presence."""
-    if frame is HEARTBEAT and presence is not None:
-        presence.refresh_soon()
+    (a slow consumer)."""
     try:
         outgoing.put_nowait(frame)
     except asyncio.QueueFull:

@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import weakref
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -24,6 +23,7 @@ from redis.exceptions import RedisError
 
 from realtime.frames import HEARTBEAT, Control, Delivery, Frame
 from realtime.history import ahistory_latest_id, ahistory_since, history_decode
+from realtime.presence import ProcessPresence
 from realtime.services import async_client
 from realtime.topics import Topic, pubsub_channel, stats_process_key, topic_from_pubsub_channel
 
@@ -107,7 +107,9 @@ class Hub:
             asyncio.create_task(self._stats_loop(), name="realtime-hub-stats"),
         ]
         self._pending_limit = int(settings.REALTIME_HISTORY_MAX_LENGTH)
-        self._sinks: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Connected sinks and the user each acts for (None: anonymous).
+        self._sinks: weakref.WeakKeyDictionary[Any, int | None] = weakref.WeakKeyDictionary()
+        self.presence = ProcessPresence()
         self._retries: set[asyncio.Task[None]] = set()
         self._stats_changed = asyncio.Event()
 
@@ -319,23 +321,29 @@ class Hub:
             except TimeoutError:
                 pass
 
-    def attach(self, sink: Sink) -> None:
-        """Send heartbeats to `sink` while it is connected, subscribed or not."""
-        self._sinks.add(sink)
+    def attach(self, sink: Sink, user_id: int | None) -> None:
+        """Send heartbeats to `sink` while it is connected, subscribed or not, and count
+        its user as present."""
+        self._sinks[sink] = user_id
+        if user_id is not None:
+            self.presence.join(user_id)
         self._stats_changed.set()
 
     def detach(self, sink: Sink) -> None:
-        self._sinks.discard(sink)
+        if sink in self._sinks:
+            user_id = self._sinks.pop(sink)
+            if user_id is not None:
+                self.presence.leave(user_id)
         self._stats_changed.set()
 
 
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub]" = weakref.WeakKeyDictionary()
 
 
-def get_hub(factory: Callable[[], Hub] | None = None) -> Hub:
+def get_hub() -> Hub:
     """The hub of the running event loop (one per server process in production)."""
     loop = asyncio.get_running_loop()
     hub = _hubs.get(loop)
     if hub is None:
-        hub = _hubs[loop] = (factory or (lambda: Hub(settings.REALTIME_REDIS_URL)))()
+        hub = _hubs[loop] = Hub(settings.REALTIME_REDIS_URL)
     return hub

@@ -25,7 +25,6 @@ from realtime.connections import (
 from realtime.exceptions import InvalidToken, RealtimeError, TopicRefused
 from realtime.fanout import Subscription, get_hub
 from realtime.frames import HEARTBEAT, Control, Delivery, Frame
-from realtime.presence import PresenceTracker
 from realtime.topics import Topic, topic_authorise, topic_parse
 
 logger = logging.getLogger(__name__)
@@ -42,14 +41,14 @@ class SseConnection:
 
     def __init__(self, positions: dict[Topic, int | None], user_id: int | None = None) -> None:
         self.positions = positions
-        self.presence = PresenceTracker(user_id) if user_id is not None else None
+        self.user_id = user_id
         self.outgoing: asyncio.Queue[Frame] = asyncio.Queue(settings.REALTIME_CONNECTION_BUFFER)
         self.overflowed = False
 
     def offer(self, frame: Frame) -> None:
         if self.overflowed:
             return
-        if not frame_offer(self.outgoing, frame, self.presence):
+        if not frame_offer(self.outgoing, frame):
             logger.warning("event stream too slow (%d queued): closing", self.outgoing.qsize())
             self.overflowed = True
             while not self.outgoing.empty():
@@ -76,10 +75,8 @@ class SseConnection:
 
     async def stream(self) -> AsyncIterator[str]:
         hub = get_hub()
-        hub.attach(self)
+        hub.attach(self, self.user_id)
         subscriptions: list[Subscription] = []
-        if self.presence is not None:
-            await self.presence.join()
         try:
             for topic, last_id in self.positions.items():
                 subscriptions.append(await hub.subscribe(self, topic, last_id))
@@ -95,8 +92,6 @@ class SseConnection:
             hub.detach(self)
             for subscription in subscriptions:
                 await hub.unsubscribe(subscription)
-            if self.presence is not None:
-                await self.presence.leave()
             logger.debug("event stream closed")
 
 

@@ -1,15 +1,18 @@
 """Presence across processes, debounced, readable over the API and as events."""
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 import redis
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.test import override_settings
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from realtime.auth import realtime_token_create
+from realtime.presence import ProcessPresence
 from realtime.topics import presence_key, presence_state_key
 from tests.integration.conftest import start_daphne
 from tests.integration.realtime.clients import WsClient
@@ -77,3 +80,34 @@ def test_a_bad_presence_query_is_a_400() -> None:
 
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_request"
+
+
+@override_settings(REALTIME_PRESENCE_GRACE_SECONDS=0.3, REALTIME_HEARTBEAT_SECONDS=0.5)
+def test_one_process_is_one_member_per_user_and_rewrites_what_redis_lost() -> None:
+    user_id = 990_001
+    keys = [presence_key(user_id), presence_state_key(user_id)]
+    sync = redis.Redis.from_url(settings.REALTIME_REDIS_URL)
+    sync.delete(*keys)
+
+    async def until(check: Callable[[], bool]) -> None:
+        for _ in range(100):
+            if check():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("presence never reached the expected state in Redis")
+
+    async def scenario() -> None:
+        presence = ProcessPresence()
+        for _ in range(300):  # one user's connections on one process: one member
+            presence.join(user_id)
+        await until(lambda: sync.zcard(keys[0]) == 1 and sync.get(keys[1]) == b"online")
+        sync.delete(*keys)  # Redis restarted without its data
+        await until(lambda: sync.zcard(keys[0]) == 1 and sync.get(keys[1]) == b"online")
+        for _ in range(299):
+            presence.leave(user_id)
+        await asyncio.sleep(0.6)  # past the grace period: one connection is left
+        assert sync.zcard(keys[0]) == 1
+        presence.leave(user_id)
+        await until(lambda: sync.zcard(keys[0]) == 0 and sync.get(keys[1]) is None)
+
+    asyncio.run(scenario())

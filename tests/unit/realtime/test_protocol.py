@@ -96,7 +96,6 @@ def test_a_websocket_whose_buffer_fills_is_closed_as_a_slow_consumer() -> None:
         consumer = RealtimeConsumer()
         consumer.closing = False
         consumer.user_id = 1
-        consumer.presence = None
         consumer.outgoing = asyncio.Queue(2)
 
         async def record_close(code: int, reason: str) -> None:
