@@ -92,15 +92,31 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         self.writer = asyncio.create_task(self._write_loop())
         self.hub = get_hub()
         self.hub.attach(self, self.user_id)
+        self.released = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # daphne cancels an application that is still busy 10 s after its client left
+        # (a connect stuck behind an overloaded database or Redis): `disconnect` never runs
+        # then, and without this the hub would keep the subscriptions and the user present.
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._release()
 
     async def disconnect(self, code: int) -> None:
+        await self._release()
+
+    async def _release(self) -> None:
+        """Leave the hub once, however the connection ended."""
         self.closing = True
-        if hasattr(self, "writer"):
-            self.writer.cancel()
-            self.hub.detach(self)
-        for subscription in self.subscriptions.values():
+        if getattr(self, "released", True):
+            return
+        self.released = True
+        self.writer.cancel()
+        self.hub.detach(self)
+        subscriptions, self.subscriptions = list(self.subscriptions.values()), {}
+        for subscription in subscriptions:
             await self.hub.unsubscribe(subscription)
-        self.subscriptions.clear()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.closing:
@@ -132,7 +148,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             return
         if topic in self.subscriptions:
             await self.hub.unsubscribe(self.subscriptions.pop(topic))
-        self.subscriptions[topic] = await self.hub.subscribe(self, topic, last_id)
+        self.subscriptions[topic] = self.hub.subscribe(self, topic, last_id)
 
     async def _unsubscribe(self, name: str) -> None:
         try:

@@ -110,42 +110,56 @@ class Hub:
         # Connected sinks and the user each acts for (None: anonymous).
         self._sinks: weakref.WeakKeyDictionary[Any, int | None] = weakref.WeakKeyDictionary()
         self.presence = ProcessPresence()
-        self._retries: set[asyncio.Task[None]] = set()
+        self._subscribing: set[asyncio.Task[None]] = set()  # Redis SUBSCRIBEs in flight
+        # redis-py's PubSub is not safe for concurrent (un)subscribes: two first SUBSCRIBEs
+        # at once each open a connection and one of them is lost with its channel.
+        self._pubsub_lock = asyncio.Lock()
+        # The highest id this process has seen per followed topic (from pub/sub or history).
+        self._latest: dict[Topic, int] = {}
         self._stats_changed = asyncio.Event()
 
     # --- subscriptions ---------------------------------------------------------------
 
-    async def subscribe(self, sink: Sink, topic: Topic, last_id: int | None) -> Subscription:
-        """Register `sink` for `topic`, replaying history after `last_id` first."""
+    def subscribe(self, sink: Sink, topic: Topic, last_id: int | None) -> Subscription:
+        """Register `sink` for `topic`, replaying history after `last_id` first.
+
+        Synchronous on purpose: the subscription is in the table the moment it exists, so a
+        connection cancelled right after cannot leave one behind that it does not know of.
+        """
         subscription = Subscription(sink, topic, last_id)
-        subscribers = self.table.setdefault(topic, set())
-        subscribers.add(subscription)
+        self.table.setdefault(topic, set()).add(subscription)
         if topic not in self._confirmed:
+            # The reader's confirmation of the Redis subscription starts the replay:
+            # reading history before that could miss what is published in between.
             self._confirmed[topic] = asyncio.Event()
-            try:
-                await self._pubsub.subscribe(pubsub_channel(topic))
-            except RedisError:
-                # redis-py only resubscribes channels whose SUBSCRIBE went through: retry
-                # this one ourselves; its confirmation then starts the replay.
-                logger.warning("Redis subscribe to %s failed; retrying", topic)
-                task = asyncio.create_task(self._subscribe_until_done(topic))
-                self._retries.add(task)
-                task.add_done_callback(self._retries.discard)
-                return subscription
-        if self._confirmed[topic].is_set():
-            self.catch_up(subscription)
-        # Otherwise the reader's confirmation of the Redis subscription starts the replay:
-        # reading history before that could miss what is published in between.
+            task = asyncio.create_task(self._redis_subscribe(topic))
+            self._subscribing.add(task)
+            task.add_done_callback(self._subscribing.discard)
+        elif self._confirmed[topic].is_set():
+            if last_id is None and topic in self._latest:
+                # Starting from now on a topic this process already follows: its latest id
+                # is known here, no history read (a reconnect storm to one room costs no
+                # Redis round trip per connection). Anything pub/sub lost past it shows
+                # up as a gap and is read from history then.
+                subscription.last_id = self._latest[topic]
+                self._go_live(subscription)
+            else:
+                self.catch_up(subscription)
         return subscription
 
-    async def _subscribe_until_done(self, topic: Topic) -> None:
+    async def _redis_subscribe(self, topic: Topic) -> None:
+        # redis-py only resubscribes channels whose SUBSCRIBE went through: retry until
+        # this one does, or nobody here wants the topic any more.
         delay = 0.1
         while topic in self.table:
-            await asyncio.sleep(delay)
             try:
-                await self._pubsub.subscribe(pubsub_channel(topic))
+                async with self._pubsub_lock:
+                    if topic in self.table:
+                        await self._pubsub.subscribe(pubsub_channel(topic))
                 return
             except RedisError:
+                logger.warning("Redis subscribe to %s failed; retrying in %.1fs", topic, delay)
+                await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
     async def unsubscribe(self, subscription: Subscription) -> None:
@@ -159,8 +173,11 @@ class Hub:
         if not subscribers:
             del self.table[subscription.topic]
             self._confirmed.pop(subscription.topic, None)
+            self._latest.pop(subscription.topic, None)
             try:
-                await self._pubsub.unsubscribe(pubsub_channel(subscription.topic))
+                async with self._pubsub_lock:
+                    if subscription.topic not in self.table:
+                        await self._pubsub.unsubscribe(pubsub_channel(subscription.topic))
             except RedisError:
                 logger.warning("Redis unsubscribe from %s failed", subscription.topic)
 
@@ -210,6 +227,8 @@ class Hub:
         if not subscribers:
             return
         delivery = Delivery(history_decode(raw))
+        if delivery.id > self._latest.get(topic, 0):
+            self._latest[topic] = delivery.id
         for subscription in tuple(subscribers):
             self._offer(subscription, delivery)
 
@@ -272,14 +291,19 @@ class Hub:
                         await subscription.replay(Delivery(message))
             if not await self._drain_pending(subscription) or subscription._again:
                 continue
-            subscription.replaying = False
-            if not subscription.announced:
-                # Tells the client the subscription is live and from which id.
-                subscription.announced = True
-                subscription.sink.offer(
-                    Control("subscribed", {"topic": str(topic), "id": subscription.last_id})
-                )
+            if subscription.last_id is not None:
+                self._latest[topic] = max(self._latest.get(topic, 0), subscription.last_id)
+            self._go_live(subscription)
             return
+
+    def _go_live(self, subscription: Subscription) -> None:
+        subscription.replaying = False
+        if not subscription.announced:
+            # Tells the client the subscription is live and from which id.
+            subscription.announced = True
+            subscription.sink.offer(
+                Control("subscribed", {"topic": str(subscription.topic), "id": subscription.last_id})
+            )
 
     async def _drain_pending(self, subscription: Subscription) -> bool:
         """Deliver held live messages that follow on; False when they leave a gap."""
@@ -315,11 +339,14 @@ class Hub:
             except RedisError as exc:
                 logger.warning("realtime stats not written (%s)", exc)
             self._stats_changed.clear()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
+            # that arrives as the event is set, and the loop would then outlive its server.
             try:
-                await asyncio.wait_for(self._stats_changed.wait(), STATS_INTERVAL_SECONDS)
-                await asyncio.sleep(STATS_COALESCE_SECONDS)
+                async with asyncio.timeout(STATS_INTERVAL_SECONDS):
+                    await self._stats_changed.wait()
             except TimeoutError:
-                pass
+                continue
+            await asyncio.sleep(STATS_COALESCE_SECONDS)
 
     def attach(self, sink: Sink, user_id: int | None) -> None:
         """Send heartbeats to `sink` while it is connected, subscribed or not, and count

@@ -95,8 +95,9 @@ class ProcessPresence:
             now = time.monotonic()
             wake_at = min([next_refresh, *(left + grace for left in self.left_at.values())])
             if not self._joined and wake_at > now:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), wake_at - now)
+                try:  # not wait_for: see Hub._stats_loop
+                    async with asyncio.timeout(wake_at - now):
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
             self._wake.clear()

@@ -79,7 +79,7 @@ class SseConnection:
         subscriptions: list[Subscription] = []
         try:
             for topic, last_id in self.positions.items():
-                subscriptions.append(await hub.subscribe(self, topic, last_id))
+                subscriptions.append(hub.subscribe(self, topic, last_id))
             # A first chunk at once: the client knows it is connected, proxies see bytes.
             yield f"retry: {settings.REALTIME_SSE_RETRY_MS}\n: connected\n\n"
             while True:
