@@ -27,7 +27,10 @@ def redis_start(*, work: Path, log_dir: Path) -> tuple[ManagedProcess, str]:
     port = free_port()
     process = ManagedProcess(
         "redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                  "--dir", str(work), "--maxclients", "10000"],
+                  "--dir", str(work), "--maxclients", "10000",
+                  # Redis drops a subscriber 32 MB behind (its default); 1 MB messages at
+                  # 100/s need more room than that to measure anything.
+                  "--client-output-buffer-limit", "pubsub 1gb 256mb 60"],
         log_dir=log_dir,
     )
     wait_port(port, process=process)
