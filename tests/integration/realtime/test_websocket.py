@@ -63,34 +63,6 @@ def test_a_message_published_once_reaches_clients_on_two_daphne_processes(
     assert on_first[0]["event"] == "video.liked"
 
 
-def test_a_late_subscriber_on_a_followed_topic_starts_at_its_latest_id(
-    daphne_url: str, alice: AbstractBaseUser, bob: AbstractBaseUser
-) -> None:
-    """The hub answers from the latest id it has seen (no history read): the late joiner
-    gets that id and exactly what follows, nothing published before it subscribed."""
-    topic = room()
-
-    async def scenario() -> tuple[list, list]:
-        early = await WsClient.connect(daphne_url, token(alice))
-        await early.subscribe(topic)
-        realtime_publish(topic=topic, event="e", data=1)
-        realtime_publish(topic=topic, event="e", data=2)
-        seen_early = [await early.frame(), await early.frame()]
-        late = await WsClient.connect(daphne_url, token(bob))
-        seen_late = await late.subscribe(topic)
-        realtime_publish(topic=topic, event="e", data=3)
-        seen_late.append(await late.frame())
-        seen_early.append(await early.frame())
-        await early.close()
-        await late.close()
-        return seen_early, seen_late
-
-    seen_early, seen_late = asyncio.run(scenario())
-
-    assert messages(seen_early) == [(topic, 1, 1), (topic, 2, 2), (topic, 3, 3)]
-    assert [(f["type"], f.get("id")) for f in seen_late] == [("subscribed", 2), ("message", 3)]
-
-
 def test_resume_after_a_dropped_connection_replays_exactly_what_was_missed(
     daphne_url: str, alice: AbstractBaseUser
 ) -> None:

@@ -1,0 +1,89 @@
+"""The process hub on its own, against the real Redis: what holds under the connections."""
+
+import asyncio
+import uuid
+from collections.abc import Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from realtime.fanout import get_hub
+from realtime.frames import Control, Delivery, Frame
+from realtime.services import arealtime_publish
+from realtime.topics import Topic
+from tests.processes import free_port
+
+pytestmark = pytest.mark.integration
+
+
+class Sink:
+    """A connection reduced to what the hub sees of it."""
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+
+    def offer(self, frame: Frame) -> None:
+        self.frames.append(frame)
+
+    async def put(self, frame: Frame) -> None:
+        self.frames.append(frame)
+
+    def seen(self) -> list[tuple[str, object]]:
+        return [
+            ("message", f.id) if isinstance(f, Delivery) else (f.type, f.fields.get("id"))
+            for f in self.frames
+            if isinstance(f, Delivery | Control)
+        ]
+
+
+async def until(check: Callable[[], bool]) -> None:
+    for _ in range(100):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+
+
+def fresh_topic() -> Topic:
+    return Topic("room", f"hub-{uuid.uuid4().hex[:8]}")
+
+
+def test_a_subscriber_from_now_on_a_followed_topic_needs_no_history_read() -> None:
+    topic = fresh_topic()
+
+    async def scenario() -> list[tuple[str, object]]:
+        hub = get_hub()
+        early = Sink()
+        hub.subscribe(early, topic, None)
+        await until(lambda: ("subscribed", 0) in early.seen())
+        for number in (1, 2):
+            await arealtime_publish(topic=str(topic), event="e", data=number)
+        await until(lambda: len(early.seen()) == 3)
+        # History reads now go to a Redis that is not there: only what the hub already
+        # knows of the topic can answer the late subscriber.
+        hub._history = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+        late = Sink()
+        hub.subscribe(late, topic, None)
+        await arealtime_publish(topic=str(topic), event="e", data=3)
+        await until(lambda: len(late.seen()) == 2)
+        return late.seen()
+
+    assert asyncio.run(scenario()) == [("subscribed", 2), ("message", 3)]
+
+
+def test_first_subscriptions_to_two_topics_at_once_both_hold() -> None:
+    """redis-py's PubSub loses one of two concurrent first SUBSCRIBEs unless the hub
+    sends them one at a time."""
+    topics = [fresh_topic(), fresh_topic()]
+
+    async def scenario() -> list[list[tuple[str, object]]]:
+        hub = get_hub()  # a new event loop: a hub whose pub/sub connection is not open yet
+        sinks = [Sink(), Sink()]
+        for sink, topic in zip(sinks, topics, strict=True):
+            hub.subscribe(sink, topic, None)
+        await until(lambda: all(len(s.seen()) == 1 for s in sinks))
+        for topic in topics:
+            await arealtime_publish(topic=str(topic), event="e", data=1)
+        await until(lambda: all(len(s.seen()) == 2 for s in sinks))
+        return [s.seen() for s in sinks]
+
+    assert asyncio.run(scenario()) == [[("subscribed", 0), ("message", 1)]] * 2
