@@ -63,6 +63,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     user_id: int | None
     hub: Hub
+    released = True  # nothing to release until connect attaches to the hub
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels closes stale database connections before every message it dispatches,
@@ -109,14 +110,12 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     async def _release(self) -> None:
         """Leave the hub once, however the connection ended."""
         self.closing = True
-        if getattr(self, "released", True):
+        if self.released:
             return
         self.released = True
         self.writer.cancel()
-        self.hub.detach(self)
         subscriptions, self.subscriptions = list(self.subscriptions.values()), {}
-        for subscription in subscriptions:
-            await self.hub.unsubscribe(subscription)
+        await self.hub.release(self, subscriptions)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.closing:

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import weakref
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -107,8 +108,10 @@ class Hub:
             asyncio.create_task(self._stats_loop(), name="realtime-hub-stats"),
         ]
         self._pending_limit = int(settings.REALTIME_HISTORY_MAX_LENGTH)
-        # Connected sinks and the user each acts for (None: anonymous).
-        self._sinks: weakref.WeakKeyDictionary[Any, int | None] = weakref.WeakKeyDictionary()
+        # Connected sinks and the user each acts for (None: anonymous). Strong references:
+        # every connection releases itself (Hub.release), and a sink that vanished without
+        # it would leave its user counted as present.
+        self._sinks: dict[Any, int | None] = {}
         self.presence = ProcessPresence()
         self._subscribing: set[asyncio.Task[None]] = set()  # Redis SUBSCRIBEs in flight
         # redis-py's PubSub is not safe for concurrent (un)subscribes: two first SUBSCRIBEs
@@ -356,12 +359,14 @@ class Hub:
             self.presence.join(user_id)
         self._stats_changed.set()
 
-    def detach(self, sink: Sink) -> None:
-        if sink in self._sinks:
-            user_id = self._sinks.pop(sink)
-            if user_id is not None:
-                self.presence.leave(user_id)
+    async def release(self, sink: Sink, subscriptions: Iterable[Subscription]) -> None:
+        """A connection is gone: no more heartbeats or presence, its subscriptions end."""
+        user_id = self._sinks.pop(sink, None)
+        if user_id is not None:
+            self.presence.leave(user_id)
         self._stats_changed.set()
+        for subscription in subscriptions:
+            await self.unsubscribe(subscription)
 
 
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub]" = weakref.WeakKeyDictionary()

@@ -20,7 +20,7 @@ import uuid
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from realtime.services import arealtime_publish, async_client
+from realtime.services import arealtime_publish, async_client, sync_client
 from realtime.topics import presence_key, presence_state_key
 
 logger = logging.getLogger(__name__)
@@ -163,8 +163,6 @@ async def _announce(user_id: int, *, online: bool) -> None:
 
 def presence_online_users(*, user_ids: list[int]) -> dict[int, bool]:
     """Which of `user_ids` have a live connection right now, on any process."""
-    from realtime.services import sync_client
-
     pipe = sync_client().pipeline(transaction=False)
     for user_id in user_ids:
         pipe.zcount(presence_key(user_id), _now_ms(), "+inf")

@@ -89,9 +89,7 @@ class SseConnection:
                     return
         finally:
             # Runs when the client leaves too: Django cancels the response on disconnect.
-            hub.detach(self)
-            for subscription in subscriptions:
-                await hub.unsubscribe(subscription)
+            await hub.release(self, subscriptions)
             logger.debug("event stream closed")
 
 
