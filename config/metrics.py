@@ -4,10 +4,11 @@
 import hmac
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from core.errors import error_response
 from notifications.metrics import CarillonCollector
 from realtime.metrics import RealtimeCollector
 
@@ -27,14 +28,10 @@ def _allowed(request: HttpRequest) -> bool:
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
     if not _allowed(request):
-        response = JsonResponse(
-            {
-                "error": "not_authenticated",
-                "message": "metrics need Authorization: Bearer <CARILLON_METRICS_TOKEN> or a staff login",
-                "detail": {},
-            },
+        return error_response(
+            "not_authenticated",
+            "metrics need Authorization: Bearer <CARILLON_METRICS_TOKEN> or a staff login",
             status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="carillon-metrics"'},
         )
-        response["WWW-Authenticate"] = 'Bearer realm="carillon-metrics"'
-        return response
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -1,7 +1,9 @@
 """The realtime app's errors: each carries a short code for API bodies and error frames."""
 
+from core.errors import ApplicationError
 
-class RealtimeError(Exception):
+
+class RealtimeError(ApplicationError):
     """Base of every realtime error; `code` is what clients see."""
 
     code = "realtime_error"
@@ -13,6 +15,7 @@ class InvalidTopic(RealtimeError):  # noqa: N818 (STYLE names errors like Invali
 
 class TopicRefused(RealtimeError):  # noqa: N818 (STYLE names errors like InvalidEvent)
     code = "topic_refused"
+    status = 403
 
 
 class InvalidFrame(RealtimeError):  # noqa: N818 (STYLE names errors like InvalidEvent)
@@ -21,3 +24,4 @@ class InvalidFrame(RealtimeError):  # noqa: N818 (STYLE names errors like Invali
 
 class InvalidToken(RealtimeError):  # noqa: N818 (STYLE names errors like InvalidEvent)
     code = "invalid_token"
+    status = 401

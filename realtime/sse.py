@@ -11,10 +11,11 @@ import logging
 from collections.abc import AsyncIterator
 
 from django.conf import settings
-from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.http import require_GET
 
+from core.errors import application_error_response, error_response
 from realtime.connections import (
     MAX_TOPICS_PER_CONNECTION,
     connection_user_id,
@@ -30,10 +31,6 @@ from realtime.topics import Topic, topic_authorise, topic_parse
 logger = logging.getLogger(__name__)
 
 _OVERFLOW = Control("error", {"code": "slow_consumer", "reason": "buffer full: reconnect"})
-
-
-def _error(status: int, exc: RealtimeError, detail: object = None) -> JsonResponse:
-    return JsonResponse({"error": exc.code, "message": str(exc), "detail": detail}, status=status)
 
 
 class SseConnection:
@@ -101,24 +98,27 @@ async def events(request: HttpRequest) -> HttpResponseBase:
             user=await request.auser(), token=request.GET.get("token")
         )
     except InvalidToken as exc:
-        return _error(401, exc)
+        return application_error_response(exc)
     names = request.GET.getlist("topic")
     try:
         if not names or len(names) > MAX_TOPICS_PER_CONNECTION:
             raise RealtimeError(
-                f"name 1 to {MAX_TOPICS_PER_CONNECTION} topics: /events/?topic=room:lobby&topic=user:42"
+                code="invalid_request",
+                message=f"name 1 to {MAX_TOPICS_PER_CONNECTION} topics: /events/?topic=room:lobby&topic=user:42"
             )
         topics = [topic_parse(name) for name in names]
         resume = resume_ids_parse(
             request.headers.get("Last-Event-ID") or request.GET.get("last_event_id", "")
         )
     except RealtimeError as exc:
-        return _error(400, exc)
+        return application_error_response(exc)
     try:
         for topic in topics:
             topic_authorise(topic=topic, user_id=user_id)
     except TopicRefused as exc:
-        return _error(403 if user_id is not None else 401, exc)
+        return application_error_response(exc) if user_id is not None else error_response(
+            exc.code, exc.message, status=401
+        )
     connection = SseConnection({topic: resume.get(topic) for topic in topics}, user_id)
     response = StreamingHttpResponse(connection.stream(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

@@ -9,6 +9,7 @@ from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
+from core.errors import application_error_response, error_response
 from realtime.exceptions import InvalidTopic
 from realtime.services import realtime_publish
 from realtime.topics import topic_parse, user_topic
@@ -41,12 +42,9 @@ def like(request: HttpRequest) -> JsonResponse:
     try:
         topic = topic_parse(request.POST.get("topic", ""))
     except InvalidTopic as exc:
-        return JsonResponse({"error": exc.code, "message": str(exc), "detail": None}, status=400)
+        return application_error_response(exc)
     if topic.kind != "room":
-        return JsonResponse(
-            {"error": "invalid_topic", "message": "likes go to room: topics", "detail": None},
-            status=400,
-        )
+        return error_response("invalid_topic", "likes go to room: topics")
     message_id = realtime_publish(
         topic=str(topic), event="video.liked", data={"user": request.user.get_username()}
     )

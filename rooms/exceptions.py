@@ -1,16 +1,11 @@
-"""The rooms app's errors. API views turn them into {"error", "message", "detail"}."""
+"""The rooms app's errors, rendered as the API's error body (core.errors)."""
 
-from typing import Any
+from core.errors import ApplicationError
 
 
-class RoomError(Exception):
+class RoomError(ApplicationError):
     code = "room_error"
     status = 400
-
-    def __init__(self, message: str, *, detail: Any = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.detail = detail
 
 
 class RoomNotFoundError(RoomError):

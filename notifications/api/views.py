@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.api import api_error
+from core.errors import error_response
 from notifications.api.serializers import (
     DigestPreferenceSerializer,
     EventAcceptedSerializer,
@@ -77,16 +77,16 @@ class EventListView(APIView):
     )
     def post(self, request: Request) -> Response:
         if _too_large(request):
-            return api_error(
+            return error_response(
                 "payload_too_large",
                 f"an event body may be at most {settings.CARILLON_MAX_EVENT_BYTES} bytes",
                 detail={"limit": settings.CARILLON_MAX_EVENT_BYTES},
-                status_code=413,
+                status=413,
             )
         try:
             body = request.data
         except ParseError as exc:
-            return api_error("malformed_json", f"the body is not valid JSON: {exc.detail}")
+            return error_response("malformed_json", f"the body is not valid JSON: {exc.detail}")
         incoming = EventPublishSerializer(data=body)
         incoming.is_valid(raise_exception=True)
         fields: dict[str, Any] = incoming.validated_data
@@ -105,7 +105,7 @@ class EventListView(APIView):
                 occurred_at=fields["occurred_at"],
             )
         except InvalidEvent as exc:
-            return api_error("invalid_event", exc.message, detail=exc.detail)
+            return error_response("invalid_event", exc.message, detail=exc.detail)
         duplicate = first is not None and first.pk == event.pk
         answer = {"id": event.pk, "status_url": f"/api/events/{event.pk}/", "duplicate": duplicate}
         return Response(EventAcceptedSerializer(answer).data, status=200 if duplicate else 202)
@@ -163,13 +163,13 @@ class PreferenceView(APIView):
         channels = {row["channel"] for row in preference_list(user_id=request.user.pk)}
         for row in incoming.validated_data:
             if row["category"] not in categories or row["channel"] not in channels:
-                return api_error(
+                return error_response(
                     "unknown_preference",
                     f"no category {row['category']!r} with channel {row['channel']!r}",
                     detail={"categories": sorted(categories), "channels": sorted(channels)},
                 )
             if categories[row["category"]] and not row["enabled"]:
-                return api_error(
+                return error_response(
                     "mandatory_category",
                     f"{row['category']} notifications cannot be switched off",
                     detail={"category": row["category"]},
@@ -192,7 +192,7 @@ class DigestPreferenceView(APIView):
     def put(self, request: Request) -> Response:
         incoming = DigestPreferenceSerializer(data=request.data)
         if not incoming.is_valid():
-            return api_error(
+            return error_response(
                 "invalid_digest_frequency",
                 "frequency must be one of daily, weekly, off",
                 detail=incoming.errors,
@@ -217,7 +217,7 @@ class FailedJobActionView(APIView):
     def post(self, request: Request, failed_job_id: int, action: str) -> Response:
         get_object_or_404(FailedJob, pk=failed_job_id)
         if action == "discard" and not str(request.data.get("reason", "")).strip():
-            return api_error("reason_required", "say why the job is discarded: send {\"reason\": ...}")
+            return error_response("reason_required", "say why the job is discarded: send {\"reason\": ...}")
         try:
             if action == "replay":
                 job = failed_job_replay(failed_job_id=failed_job_id, user_id=request.user.pk)
@@ -226,5 +226,5 @@ class FailedJobActionView(APIView):
                     failed_job_id=failed_job_id, user_id=request.user.pk, reason=str(request.data.get("reason", ""))
                 )
         except FailedJobStateError as exc:
-            return api_error("invalid_state", str(exc), status_code=409)
+            return error_response("invalid_state", str(exc), status=409)
         return Response({"id": job.pk, "state": job.state})

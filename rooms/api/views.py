@@ -4,28 +4,23 @@ import json
 import logging
 from typing import Any
 
+from django.http import HttpResponse
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.errors import error_response
 from rooms import selectors, services
-from rooms.exceptions import InvalidWebhookError, RoomError
+from rooms.exceptions import InvalidWebhookError
 from rooms.providers import SIGNATURE_HEADER, chat_signature_valid
 
 logger = logging.getLogger(__name__)
 
 
-def error_response(exc: RoomError) -> Response:
-    return Response({"error": exc.code, "message": exc.message, "detail": exc.detail}, status=exc.status)
-
-
-def invalid_request(detail: Any, message: str) -> Response:
-    return Response(
-        {"error": "invalid_request", "message": message, "detail": detail},
-        status=status.HTTP_400_BAD_REQUEST,
-    )
+def invalid_request(detail: Any, message: str) -> HttpResponse:
+    return error_response("invalid_request", message, detail=detail)
 
 
 class RoomMessageIn(serializers.Serializer[dict[str, Any]]):
@@ -33,22 +28,16 @@ class RoomMessageIn(serializers.Serializer[dict[str, Any]]):
 
 
 class RoomDetailView(APIView):
-    def get(self, request: Request, room_id: int) -> Response:
-        try:
-            return Response(selectors.room_state(room_id=room_id))
-        except RoomError as exc:
-            return error_response(exc)
+    def get(self, request: Request, room_id: int) -> HttpResponse:
+        return Response(selectors.room_state(room_id=room_id))
 
 
 class RoomMessagesView(APIView):
-    def post(self, request: Request, room_id: int) -> Response:
+    def post(self, request: Request, room_id: int) -> HttpResponse:
         payload = RoomMessageIn(data=request.data)
         if not payload.is_valid():
             return invalid_request(payload.errors, 'send {"body": "<text of the message>"}')
-        try:
-            message = services.room_message_enqueue(room_id=room_id, body=payload.validated_data["body"])
-        except RoomError as exc:
-            return error_response(exc)
+        message = services.room_message_enqueue(room_id=room_id, body=payload.validated_data["body"])
         return Response(
             {"id": message.pk, "room": room_id, "sequence": message.sequence, "status": message.status},
             status=status.HTTP_201_CREATED,
@@ -61,15 +50,13 @@ class ChatWebhookView(APIView):
     authentication_classes: list[type] = []
     permission_classes = [AllowAny]
 
-    def post(self, request: Request) -> Response:
+    def post(self, request: Request) -> HttpResponse:
         raw = request.body
         if not chat_signature_valid(body=raw, signature=request.headers.get(SIGNATURE_HEADER, "")):
             logger.warning("chat webhook with a bad signature refused")
-            return error_response(
-                InvalidWebhookError(
-                    f"the {SIGNATURE_HEADER} header does not match the body: check that the "
-                    "webhook secret (ROOMS_CHAT_WEBHOOK_SECRET) is the one the platform signs with",
-                )
+            raise InvalidWebhookError(
+                f"the {SIGNATURE_HEADER} header does not match the body: check that the "
+                "webhook secret (ROOMS_CHAT_WEBHOOK_SECRET) is the one the platform signs with",
             )
         try:
             event = json.loads(raw)

@@ -100,7 +100,7 @@ def test_the_stream_stops_its_work_when_the_client_disconnects(
 @pytest.mark.parametrize(
     ("query", "status", "error"),
     [
-        ("", 400, "realtime_error"),
+        ("", 400, "invalid_request"),
         ("?topic=nope", 400, "invalid_topic"),
         ("?topic=room:a&last_event_id=garbage", 400, "invalid_frame"),
         ("?topic=user:999999", 403, "topic_refused"),
