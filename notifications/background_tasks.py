@@ -67,9 +67,10 @@ def cleanup() -> dict[str, int]:
 
 
 @app.task(name="background.drain_dead_letters", shared=False)
-def drain_dead_letters() -> int:
+def drain_dead_letters() -> dict[str, int]:
     """Record the critical app's dead letters as FailedJobs (the queue is RabbitMQ's; the
     job only reads it, as `manage.py drain_dead_letters` does)."""
     from notifications.dead_letters import dead_letter_drain  # imports the critical app
 
-    return dead_letter_drain()
+    result = dead_letter_drain()
+    return {"taken": result.taken, "recorded": result.recorded}

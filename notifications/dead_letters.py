@@ -7,6 +7,7 @@ recorded under the message's task id and only acknowledges it.
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from kombu import Message
@@ -41,9 +42,21 @@ def _describe(message: Message, dead_letter_queue: str) -> dict[str, Any]:
     }
 
 
-def dead_letter_drain(*, limit: int = 1000) -> int:
-    """Record up to `limit` dead-lettered messages per queue as FailedJobs; return how many."""
-    drained = 0
+@dataclass(frozen=True)
+class DrainResult:
+    taken: int  # messages acknowledged off the dead-letter queues
+    recorded: int  # of those, how many became new failed jobs (the rest were recorded before)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.taken} dead-lettered messages taken: {self.recorded} recorded as new failed jobs, "
+            f"{self.taken - self.recorded} already recorded"
+        )
+
+
+def dead_letter_drain(*, limit: int = 1000) -> DrainResult:
+    """Record up to `limit` dead-lettered messages per queue as FailedJobs, acknowledging each."""
+    taken = recorded = 0
     with critical_app.connection_for_read() as connection:
         topology_declare(connection)
         channel = connection.channel()
@@ -55,7 +68,7 @@ def dead_letter_drain(*, limit: int = 1000) -> int:
                     if message is None:
                         break
                     described = _describe(message, queue.name)
-                    failed_job_record(
+                    _, created = failed_job_record(
                         task_name=described["task_name"],
                         task_id=described["task_id"],
                         queue=described["queue"],
@@ -68,9 +81,11 @@ def dead_letter_drain(*, limit: int = 1000) -> int:
                         source="dead_letter",
                     )
                     message.ack()
-                    drained += 1
+                    taken += 1
+                    recorded += created
         finally:
             channel.close()
-    if drained:
-        logger.info("dead-letter drain: %d messages recorded as failed jobs", drained)
-    return drained
+    result = DrainResult(taken=taken, recorded=recorded)
+    if taken:
+        logger.info("dead-letter drain: %s", result)
+    return result

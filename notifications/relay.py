@@ -68,8 +68,10 @@ def _publish(message: OutboxMessage, producer: object) -> None:
             payload["task"],
             args=payload["args"],
             queue=payload["queue"],
-            # One id per (event, subscriber): Flower and logs tie retries together.
-            task_id=f"{payload['args'][0]}.{payload['args'][1]}",
+            # One id per outbox row: a task's retries keep it (Flower and logs tie them
+            # together) and its failure is recorded once under it. A replay is a new row,
+            # so a replay that fails again is a new failed job, not lost under the old one.
+            task_id=f"{payload['args'][0]}.{payload['args'][1]}.{message.pk}",
             producer=producer,
             retry=False,
         )

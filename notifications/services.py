@@ -325,10 +325,10 @@ def failed_job_record(
     attempts: int,
     source: str = "task",
     critical: bool = True,
-) -> FailedJob:
+) -> tuple[FailedJob, bool]:
     """Keep a job that will not succeed by retrying, with what an operator needs to
-    replay it. Recorded once per task id: a dead-letter drain finding the same message
-    later adds nothing."""
+    replay it; say whether it is new. Recorded once per task id: a dead-letter drain
+    finding the same message later adds nothing."""
     event_id, subscriber_name = (args + [None, None])[:2] if isinstance(args, list) else (None, None)
     event = Event.objects.filter(pk=event_id).first() if _is_uuid(event_id) else None
     delivery = (
@@ -353,7 +353,7 @@ def failed_job_record(
     )
     if created:
         logger.error("failed job %s: task %s %s gave up: %s", failed_job.pk, task_name, task_id, error)
-    return failed_job
+    return failed_job, created
 
 
 def _is_uuid(value: object) -> bool:

@@ -1,6 +1,7 @@
 """Faults lose no event and send no duplicate: a worker killed mid-send, RabbitMQ down
 while events are published, a message that kills every worker that takes it."""
 
+import io
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -102,7 +103,7 @@ def test_poison_message_is_dead_lettered_after_its_delivery_limit_and_recorded(
     assert failed.queue == "carillon.inapp" and failed.task_name == "notifications.inapp.deliver"
     assert "delivery_limit" in failed.error_message
     assert failed.args == [str(event.id), "crashing_feed"]
-    assert dead_letter_drain() == 0  # nothing left, nothing recorded twice
+    assert dead_letter_drain().taken == 0  # nothing left, nothing recorded twice
     assert FailedJob.objects.filter(event=event).count() == 1
 
 
@@ -137,7 +138,40 @@ def test_dead_letter_drain_killed_half_way_and_run_again_loses_and_duplicates_no
 
     # The killed drain's unacknowledged messages are back in the queue, some of them with
     # their FailedJob already committed: those are acknowledged and not recorded again.
-    assert dead_letter_drain() >= total - recorded_before_kill
+    assert dead_letter_drain().recorded == total - recorded_before_kill
     recorded = list(FailedJob.objects.values_list("task_id", flat=True))
     assert sorted(recorded) == sorted(f"dead-{n}" for n in range(total))  # each once
-    assert dead_letter_drain() == 0  # the queue is empty: nothing left unacknowledged
+    assert dead_letter_drain().taken == 0  # the queue is empty: nothing left unacknowledged
+
+
+def test_dead_letter_drain_says_what_it_recorded_and_what_was_recorded_before() -> None:
+    from django.core.management import call_command
+
+    from config.celery import app as critical_app
+    from notifications.queues import dead_letter_queues, topology_declare
+
+    with critical_app.connection_for_write() as connection:
+        topology_declare(connection)
+        for queue in dead_letter_queues():  # what earlier tests dead-lettered is not ours
+            queue(connection.default_channel).purge()
+        producer = connection.Producer()
+        for task_id in ("known", "new"):
+            producer.publish(
+                [["not-an-event", "security_sms"], {}, {}],
+                routing_key="carillon.sms.dlq",
+                serializer="json",
+                headers={"id": task_id, "task": "notifications.sms.deliver",
+                         "x-death": [{"queue": "carillon.sms", "reason": "rejected", "count": 1}]},
+                delivery_mode=2,
+            )
+    # The task recorded its own failure before RabbitMQ dead-lettered it.
+    FailedJob.objects.create(task_name="notifications.sms.deliver", task_id="known", dedup_key="known",
+                             queue="carillon.sms", error_class="ProviderPermanentError", error_message="400")
+    out = io.StringIO()
+
+    call_command("drain_dead_letters", stdout=out)
+
+    assert out.getvalue().strip() == (
+        "2 dead-lettered messages taken: 1 recorded as new failed jobs, 1 already recorded"
+    )
+    assert sorted(FailedJob.objects.values_list("task_id", flat=True)) == ["known", "new"]

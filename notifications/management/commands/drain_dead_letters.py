@@ -12,5 +12,4 @@ class Command(BaseCommand):
         parser.add_argument("--limit", type=int, default=1000, help="messages per queue at most")
 
     def handle(self, *args: Any, limit: int, **options: Any) -> None:
-        drained = dead_letter_drain(limit=limit)
-        self.stdout.write(f"recorded {drained} dead-lettered messages")
+        self.stdout.write(str(dead_letter_drain(limit=limit)))
