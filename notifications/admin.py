@@ -17,8 +17,8 @@ from django_celery_beat.admin import (
 )
 from django_celery_beat.models import PeriodicTask
 
-from config.background import BACKGROUND_TASK_PREFIX
 from config.background import app as background_app
+from config.task_routing import BACKGROUND_TASK_PREFIX
 from notifications.exceptions import FailedJobStateError
 from notifications.models import (
     Delivery,

@@ -11,6 +11,9 @@ class NotificationsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from notifications.queues import notification_queues_declare
+
+        notification_queues_declare()
         # Subscribers and event types are declared at import: Carillon's own, then those
         # of any module named in CARILLON_SUBSCRIBER_MODULES (a project's own wiring).
         import_module("notifications.subscribers")

@@ -2,15 +2,20 @@
 celery beat from the schedules in the database (docs/operations.md, "Scheduled jobs").
 
 Each is thin, idempotent, and safe to run twice or late; a job that fails for good is a
-non-critical FailedJob (config/background.py).
+non-critical FailedJob (`_record_failure` below).
 """
 
 import logging
+import traceback
+from typing import Any
 
+from celery.signals import task_failure
 from django.db import InterfaceError, OperationalError
 
 from config.background import app
+from config.task_routing import BACKGROUND_QUEUE
 from notifications.cleanup import cleanup_run
+from notifications.dead_letters import dead_letter_drain
 from notifications.digests import (
     digest_due_user_ids,
     digest_prepare,
@@ -18,10 +23,35 @@ from notifications.digests import (
     digest_unsent_ids,
 )
 from notifications.exceptions import ProviderTransientError
+from notifications.services import failed_job_record
 
 logger = logging.getLogger(__name__)
 
 TRANSIENT_ERRORS = (ProviderTransientError, OperationalError, InterfaceError)
+
+
+@task_failure.connect
+def _record_failure(
+    sender: Any, task_id: str, exception: BaseException, args: Any, **kwargs: Any
+) -> None:
+    """Keep a background job that failed for good as a FailedJob marked non-critical:
+    visible in the admin and metrics, never paged for. Critical tasks record their own
+    (notifications/tasks/base.py)."""
+    if getattr(sender, "app", None) is not app:
+        return
+    try:
+        failed_job_record(
+            task_name=sender.name,
+            task_id=task_id,
+            queue=BACKGROUND_QUEUE,
+            args=list(args or []),
+            error=exception,
+            traceback="".join(traceback.format_exception(exception)),
+            attempts=sender.request.retries + 1,
+            critical=False,
+        )
+    except Exception:
+        logger.exception("background task %s %s failed and could not be recorded", sender.name, task_id)
 
 
 @app.task(name="background.digests_send_due", shared=False)
@@ -70,7 +100,5 @@ def cleanup() -> dict[str, int]:
 def drain_dead_letters() -> dict[str, int]:
     """Record the critical app's dead letters as FailedJobs (the queue is RabbitMQ's; the
     job only reads it, as `manage.py drain_dead_letters` does)."""
-    from notifications.dead_letters import dead_letter_drain  # imports the critical app
-
     result = dead_letter_drain()
     return {"taken": result.taken, "recorded": result.recorded}

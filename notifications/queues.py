@@ -9,15 +9,19 @@
 - `carillon.dlx` (topic): where channel queues dead-letter (rejected, or past the
   delivery limit); one quorum dead-letter queue per channel, bound by `dead.<channel>`.
 - `carillon.rooms` (on `carillon.tasks`): ordered per-room delivery, see rooms/queues.py.
+
+Each Django app declares its queues with `queue_declare` when it is ready; the critical
+app's workers consume among them (`-Q`) and declare the whole topology at start-up.
 """
 
 from typing import Any
 
+from celery.signals import worker_init
 from django.conf import settings
 from kombu import Connection, Exchange, Queue
 
+from config.celery import app as critical_app
 from notifications.channels import Channel
-from rooms.queues import rooms_queue
 
 EVENTS_EXCHANGE = Exchange("carillon.events", type="topic", durable=True)
 TASKS_EXCHANGE = Exchange("carillon.tasks", type="topic", durable=True)
@@ -81,9 +85,21 @@ def delivery_task_name(channel: str) -> str:
     return f"notifications.{channel}.deliver"
 
 
+def queue_declare(queue: Queue) -> None:
+    """Add a queue to the critical app: workers may consume it and declare it at start-up."""
+    if all(known.name != queue.name for known in critical_app.conf.task_queues):
+        critical_app.conf.task_queues.append(queue)
+
+
+def notification_queues_declare() -> None:
+    """The notifications app's queues: the default one and one per channel."""
+    for queue in (default_queue(), *(channel_queue(channel) for channel in Channel.values)):
+        queue_declare(queue)
+
+
 def task_queues() -> list[Queue]:
     """The queues Celery workers of the critical app consume (`-Q` picks among them)."""
-    return [default_queue(), *(channel_queue(channel) for channel in Channel.values), rooms_queue(TASKS_EXCHANGE)]
+    return list(critical_app.conf.task_queues)
 
 
 def dead_letter_queues() -> list[Queue]:
@@ -104,6 +120,19 @@ def topology_declare(connection: Connection) -> None:
         exchange(channel).declare()
     for queue in queues:
         queue(channel).declare()
+
+
+@worker_init.connect
+def _declare_topology(sender: Any, **kwargs: Any) -> None:
+    """Declare every exchange and queue, dead-letter queues included, before consuming.
+
+    A worker declares only the queues it consumes; the dead-letter queues and the events
+    exchange must exist before the first message is rejected or published.
+    """
+    if sender.app is not critical_app:
+        return  # a background worker: its broker is Redis
+    with critical_app.connection_for_write() as connection:
+        topology_declare(connection)
 
 
 def topology_definitions() -> dict[str, Any]:

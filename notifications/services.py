@@ -33,6 +33,7 @@ from notifications.models import (
 from notifications.providers.analytics import analytics_send_batch
 from notifications.providers.senders import SENDERS
 from notifications.queues import channel_queue_name, delivery_task_name
+from notifications.relay import outbox_publish
 from notifications.selectors import preference_enabled
 from notifications.subscribers import subscriber_get, subscribers_for
 
@@ -89,8 +90,6 @@ def event_publish(
         if existing is None:
             raise
         return existing
-    from notifications.relay import outbox_publish  # the relay imports this module
-
     ids = [row.pk for row in outbox]
     transaction.on_commit(partial(outbox_publish, ids=ids), robust=True)
     logger.info("event %s %s written with %d outbox rows", event.id, event.type, len(ids))
@@ -394,8 +393,6 @@ def failed_job_replay(*, failed_job_id: int, user_id: int | None) -> FailedJob:
             failed_job=failed_job, kind=FailedJobAction.Kind.REPLAY, user_id=user_id,
             outcome=f"re-enqueued (outbox row {row.pk}); {reopened} failed deliveries re-opened",
         )
-    from notifications.relay import outbox_publish
-
     transaction.on_commit(partial(outbox_publish, ids=[row.pk]), robust=True)
     logger.info("failed job %s replayed by user %s", failed_job_id, user_id)
     return failed_job

@@ -1,8 +1,8 @@
 """The rooms queue: a durable quorum queue on the critical app's task exchange.
 
 Room sends have a queue of their own so that a burst of chat traffic never sits in front
-of other critical work, and workers can be scaled for it alone. notifications/queues.py
-adds it to the topology every worker declares at start-up.
+of other critical work, and workers can be scaled for it alone. The rooms app declares it
+when ready (rooms/apps.py), so it is in the topology every worker declares at start-up.
 """
 
 from django.conf import settings

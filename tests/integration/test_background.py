@@ -24,8 +24,8 @@ from django.test import Client
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, IntervalSchedule, PeriodicTask, PeriodicTasks
 
-from config.background import BACKGROUND_QUEUE
 from config.background import app as background_app
+from config.task_routing import BACKGROUND_QUEUE
 from notifications.background_tasks import cleanup, digest_send_one
 from notifications.digests import digest_due_user_ids, digest_prepare
 from notifications.models import (

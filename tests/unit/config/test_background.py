@@ -7,6 +7,7 @@ from celery.exceptions import QueueNotFound
 from config import background, celery
 from config.background import app as background_app
 from config.celery import app as critical_app
+from config.task_routing import WrongAppError
 from notifications.queues import channel_queue_name
 
 
@@ -39,7 +40,7 @@ def test_each_task_is_registered_on_its_own_app_only() -> None:
 
 
 def test_background_app_refuses_a_critical_task_by_name() -> None:
-    with pytest.raises(background.WrongAppError, match="not a background task"):
+    with pytest.raises(WrongAppError, match="not a background task"):
         background_app.send_task("notifications.email.deliver", args=["event-id", "transactional_email"])
 
 
@@ -50,7 +51,7 @@ def test_background_task_cannot_be_sent_to_a_rabbitmq_queue(channel: str) -> Non
 
 
 def test_critical_app_refuses_a_background_task_by_name() -> None:
-    with pytest.raises(celery.WrongAppError, match="is a background task"):
+    with pytest.raises(WrongAppError, match="is a background task"):
         critical_app.send_task("background.cleanup")
 
 
