@@ -7,8 +7,8 @@ from realtime import api, sse, views
 
 urlpatterns: list[URLPattern] = [
     path("events/", sse.events, name="realtime-events"),
-    path("api/realtime/token", api.TokenView.as_view(), name="realtime-token"),
-    path("api/realtime/publish", api.PublishView.as_view(), name="realtime-publish"),
+    path("api/realtime/token/", api.TokenView.as_view(), name="realtime-token"),
+    path("api/realtime/publish/", api.PublishView.as_view(), name="realtime-publish"),
     path("live/", views.live, name="realtime-live"),
     path("live/like", views.like, name="realtime-like"),
     path(

@@ -2,7 +2,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from notifications.models import Delivery, DigestFrequency, Event, Notification
+from notifications.models import Delivery, DigestFrequency, Event, FailedJob, Notification
 
 
 class EventPublishSerializer(serializers.Serializer[Any]):
@@ -65,3 +65,14 @@ class DigestPreferenceSerializer(serializers.Serializer[Any]):
         choices=DigestFrequency.choices,
         help_text="email a digest of unread in-app notifications: daily, weekly, or off",
     )
+
+
+class FailedJobActionSerializer(serializers.Serializer[Any]):
+    reason = serializers.CharField(
+        required=False, allow_blank=True, default="", help_text="why the job is discarded (required to discard)"
+    )
+
+
+class FailedJobStateSerializer(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    state = serializers.ChoiceField(choices=FailedJob.State.choices)

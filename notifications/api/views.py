@@ -9,7 +9,6 @@ from django.core.exceptions import RequestDataTooBig
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, permissions
-from rest_framework.exceptions import ParseError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -20,6 +19,8 @@ from notifications.api.serializers import (
     EventAcceptedSerializer,
     EventPublishSerializer,
     EventSerializer,
+    FailedJobActionSerializer,
+    FailedJobStateSerializer,
     NotificationSerializer,
     PreferenceSerializer,
 )
@@ -83,11 +84,7 @@ class EventListView(APIView):
                 detail={"limit": settings.CARILLON_MAX_EVENT_BYTES},
                 status=413,
             )
-        try:
-            body = request.data
-        except ParseError as exc:
-            return error_response("malformed_json", f"the body is not valid JSON: {exc.detail}")
-        incoming = EventPublishSerializer(data=body)
+        incoming = EventPublishSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         fields: dict[str, Any] = incoming.validated_data
         first = (
@@ -213,18 +210,19 @@ class FailedJobActionView(APIView):
 
     permission_classes = [permissions.IsAuthenticated, CanReplayFailedJobs]
 
-    @extend_schema(request=None, responses={200: dict})
+    @extend_schema(request=FailedJobActionSerializer, responses={200: FailedJobStateSerializer})
     def post(self, request: Request, failed_job_id: int, action: str) -> Response:
         get_object_or_404(FailedJob, pk=failed_job_id)
-        if action == "discard" and not str(request.data.get("reason", "")).strip():
+        incoming = FailedJobActionSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        reason = incoming.validated_data["reason"].strip()
+        if action == "discard" and not reason:
             return error_response("reason_required", "say why the job is discarded: send {\"reason\": ...}")
         try:
             if action == "replay":
                 job = failed_job_replay(failed_job_id=failed_job_id, user_id=request.user.pk)
             else:
-                job = failed_job_discard(
-                    failed_job_id=failed_job_id, user_id=request.user.pk, reason=str(request.data.get("reason", ""))
-                )
+                job = failed_job_discard(failed_job_id=failed_job_id, user_id=request.user.pk, reason=reason)
         except FailedJobStateError as exc:
             return error_response("invalid_state", str(exc), status=409)
         return Response({"id": job.pk, "state": job.state})

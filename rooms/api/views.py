@@ -1,6 +1,5 @@
 """Rooms API: enqueue a message, read a room's state, receive the chat platform's acks."""
 
-import json
 import logging
 from typing import Any
 
@@ -12,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.errors import error_response
+from core.parsers import json_loads
 from rooms import selectors, services
 from rooms.exceptions import InvalidWebhookError
 from rooms.providers import SIGNATURE_HEADER, chat_signature_valid
@@ -59,7 +59,7 @@ class ChatWebhookView(APIView):
                 "webhook secret (ROOMS_CHAT_WEBHOOK_SECRET) is the one the platform signs with",
             )
         try:
-            event = json.loads(raw)
+            event = json_loads(raw)
             key = str(event["idempotency_key"])
         except (ValueError, KeyError, TypeError):
             return invalid_request(None, "a delivery webhook carries JSON with an idempotency_key")
