@@ -1,4 +1,4 @@
-"""Every answer under /api/ is JSON, whatever part of Django gives it."""
+"""Every answer under /api/ (and of the SSE stream) is JSON, whatever part of Django gives it."""
 
 from collections.abc import Awaitable, Callable
 
@@ -9,7 +9,8 @@ from django.urls import is_valid_path
 
 from core.errors import error_response, http_error_response
 
-API_PREFIX = "/api/"
+# The paths the OpenAPI schema documents: /events/ is the SSE stream, JSON when it refuses.
+API_PREFIXES = ("/api/", "/events/")
 
 GetResponse = Callable[[HttpRequest], HttpResponseBase | Awaitable[HttpResponseBase]]
 
@@ -35,7 +36,7 @@ def _missing_slash(request: HttpRequest) -> HttpResponseBase | None:
 
 
 class ApiErrorMiddleware:
-    """Answer the error body for /api/ errors that no DRF view rendered.
+    """Answer the error body for API errors that no view rendered as one.
 
     Sits above CommonMiddleware, so a slashless API URL is answered here before
     APPEND_SLASH can redirect it. Sync and async alike: the work is pure, and an async
@@ -54,13 +55,13 @@ class ApiErrorMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
         if self.is_async:
             return self.__acall__(request)
-        if not request.path_info.startswith(API_PREFIX):
+        if not request.path_info.startswith(API_PREFIXES):
             return self.get_response(request)  # type: ignore[return-value]
         response = _missing_slash(request) or self.get_response(request)
         return http_error_response(request, response)  # type: ignore[arg-type]
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        if not request.path_info.startswith(API_PREFIX):
+        if not request.path_info.startswith(API_PREFIXES):
             return await self.get_response(request)  # type: ignore[misc]
         response = _missing_slash(request) or await self.get_response(request)  # type: ignore[misc]
         return http_error_response(request, response)

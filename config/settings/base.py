@@ -186,28 +186,34 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "core.schema.AutoSchema",
     "EXCEPTION_HANDLER": "core.errors.api_exception_handler",
-    # Every body parsed by one JSON parser that turns any malformed body into a 400, and
-    # every answer JSON (people browse the API at /api/docs/, not DRF's HTML renderer).
-    "DEFAULT_PARSER_CLASSES": [
-        "core.parsers.JSONParser",
-        "rest_framework.parsers.FormParser",
-        "rest_framework.parsers.MultiPartParser",
-    ],
+    # JSON bodies through one parser that makes any malformed body a 400 (form-encoded
+    # ones too). No multipart: nothing here takes files, and daphne's HTTP server answers
+    # a malformed multipart body with a bare 400 before Carillon sees it.
+    # Every answer is JSON: people browse the API at /api/docs/, not DRF's HTML renderer.
+    "DEFAULT_PARSER_CLASSES": ["core.parsers.JSONParser", "rest_framework.parsers.FormParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 20,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Carillon API",
-    "DESCRIPTION": "Publish domain events and read their deliveries.",
+    "DESCRIPTION": (
+        "Publish domain events and read their deliveries. Every error answers "
+        '{"error": code, "message": text, "detail": object} (docs/api.md).'
+    ),
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     # Swagger UI assets are served locally: no CDN is assumed reachable.
     "SWAGGERUI_DIST": "SIDECAR",
     "SWAGGERUI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # The SSE stream and Twilio's callback are plain Django views: core.schema adds them.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "core.schema.add_plain_views",
+    ],
 }
 
 # --- Providers ---------------------------------------------------------------------

@@ -7,13 +7,15 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import generics, permissions
+from rest_framework.fields import IntegerField
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.errors import error_response
+from core.schema import error
 from notifications.api.serializers import (
     DigestPreferenceSerializer,
     EventAcceptedSerializer,
@@ -68,7 +70,12 @@ class EventListView(APIView):
 
     @extend_schema(
         request=EventPublishSerializer,
-        responses={202: EventAcceptedSerializer, 200: EventAcceptedSerializer},
+        responses={
+            202: EventAcceptedSerializer,
+            200: EventAcceptedSerializer,
+            400: error("the body is invalid (`invalid_request`) or the data does not fit the type (`invalid_event`)"),
+            413: error("the body is larger than CARILLON_MAX_EVENT_BYTES (`payload_too_large`)"),
+        },
         summary="Publish a domain event",
         description=(
             "Validates the event against its type's schema and publishes it to every subscriber. "
@@ -131,7 +138,7 @@ class NotificationListView(generics.ListAPIView[Notification]):
 
 
 class NotificationReadView(APIView):
-    @extend_schema(request=None, responses={200: dict})
+    @extend_schema(request=None, responses={200: inline_serializer("UnreadCount", {"unread_count": IntegerField()})})
     def post(self, request: Request, notification_id: int) -> Response:
         get_object_or_404(Notification, pk=notification_id, user_id=request.user.pk)
         notification_mark_read(user_id=request.user.pk, notification_id=notification_id)
@@ -139,7 +146,12 @@ class NotificationReadView(APIView):
 
 
 class NotificationReadAllView(APIView):
-    @extend_schema(request=None, responses={200: dict})
+    @extend_schema(
+        request=None,
+        responses={
+            200: inline_serializer("MarkedRead", {"marked_read": IntegerField(), "unread_count": IntegerField()})
+        },
+    )
     def post(self, request: Request) -> Response:
         changed = notification_mark_read(user_id=request.user.pk)
         return Response({"marked_read": changed, "unread_count": 0})
@@ -152,7 +164,13 @@ class PreferenceView(APIView):
     def get(self, request: Request) -> Response:
         return Response(preference_list(user_id=request.user.pk))
 
-    @extend_schema(request=PreferenceSerializer(many=True), responses={200: PreferenceSerializer(many=True)})
+    @extend_schema(
+        request=PreferenceSerializer(many=True),
+        responses={
+            200: PreferenceSerializer(many=True),
+            400: error("invalid items (`invalid_request`), `unknown_preference` or `mandatory_category`"),
+        },
+    )
     def put(self, request: Request) -> Response:
         incoming = PreferenceSerializer(data=request.data, many=True)
         incoming.is_valid(raise_exception=True)
@@ -185,7 +203,10 @@ class DigestPreferenceView(APIView):
     def get(self, request: Request) -> Response:
         return Response({"frequency": digest_frequency_get(user_id=request.user.pk)})
 
-    @extend_schema(request=DigestPreferenceSerializer, responses={200: DigestPreferenceSerializer})
+    @extend_schema(
+        request=DigestPreferenceSerializer,
+        responses={200: DigestPreferenceSerializer, 400: error("`invalid_digest_frequency` or an unreadable body")},
+    )
     def put(self, request: Request) -> Response:
         incoming = DigestPreferenceSerializer(data=request.data)
         if not incoming.is_valid():
@@ -210,7 +231,14 @@ class FailedJobActionView(APIView):
 
     permission_classes = [permissions.IsAuthenticated, CanReplayFailedJobs]
 
-    @extend_schema(request=FailedJobActionSerializer, responses={200: FailedJobStateSerializer})
+    @extend_schema(
+        request=FailedJobActionSerializer,
+        responses={
+            200: FailedJobStateSerializer,
+            400: error("a discard without a reason (`reason_required`) or an invalid body"),
+            409: error("the job was already replayed or discarded (`invalid_state`)"),
+        },
+    )
     def post(self, request: Request, failed_job_id: int, action: str) -> Response:
         get_object_or_404(FailedJob, pk=failed_job_id)
         incoming = FailedJobActionSerializer(data=request.data)

@@ -108,10 +108,12 @@ def test_a_body_that_is_not_json_is_an_invalid_request(staff: Client) -> None:
         assert_error(method(url, "{not json", content_type="application/json"), 400, "invalid_request")
 
 
-def test_multipart_without_a_boundary_is_an_invalid_request(staff: Client) -> None:
-    response = staff.post("/api/realtime/publish/", b"x", content_type="multipart/form-data")
+def test_multipart_is_an_unsupported_media_type(staff: Client) -> None:
+    without_boundary = staff.post("/api/realtime/publish/", b"x", content_type="multipart/form-data")
+    empty = staff.post("/api/rooms/1/messages/", b"--b--\r\n", content_type="multipart/form-data; boundary=b")
 
-    assert_error(response, 400, "invalid_request")
+    assert_error(without_boundary, 415, "unsupported_media_type")
+    assert_error(empty, 415, "unsupported_media_type")
 
 
 @pytest.mark.parametrize("method", ["get", "post", "put", "patch", "delete"])
@@ -170,9 +172,17 @@ def test_an_unexpected_failure_answers_internal_error_without_its_text(staff: Cl
     assert "hunter2" not in response.content.decode() and "RuntimeError" not in body["message"]
 
 
+def test_the_event_stream_answers_other_methods_with_json_405(staff: Client) -> None:
+    response = Client(enforce_csrf_checks=True).post("/events/?topic=room:lobby")
+
+    assert assert_error(response, 405, "method_not_allowed")["message"] == "POST is not allowed on this URL: use GET"
+    assert response["Allow"] == "GET"
+
+
 def test_pages_outside_the_api_keep_html_errors(staff: Client) -> None:
     response = Client().get("/no-such-page/")
 
     assert response.status_code == 404 and "application/json" not in response["Content-Type"]
+
 
 
