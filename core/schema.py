@@ -75,3 +75,4 @@ def add_plain_views(result: dict[str, Any], generator: Any, request: Any, public
                 "parameters": parameters + operation.get("parameters", []),
             }
     return result
+
