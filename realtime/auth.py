@@ -28,9 +28,9 @@ def realtime_token_user_id(token: str) -> int:
             token, max_age=settings.REALTIME_TOKEN_MAX_AGE_SECONDS
         )
     except signing.SignatureExpired as exc:
-        raise InvalidToken("token expired: get a new one from POST /api/realtime/token") from exc
+        raise InvalidToken("token expired: get a new one from POST /api/realtime/token/") from exc
     except signing.BadSignature as exc:
-        raise InvalidToken("token is not valid: get one from POST /api/realtime/token") from exc
+        raise InvalidToken("token is not valid: get one from POST /api/realtime/token/") from exc
     return int(value)
 
 

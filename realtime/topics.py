@@ -52,7 +52,7 @@ def user_topic(user_id: int) -> str:
 def topic_authorise(*, topic: Topic, user_id: int | None) -> None:
     """Allow a subscription or raise TopicRefused with the reason. The one policy place."""
     if user_id is None:
-        raise TopicRefused("log in (session) or pass a token from POST /api/realtime/token")
+        raise TopicRefused("log in (session) or pass a token from POST /api/realtime/token/")
     if topic.kind in PRIVATE_KINDS and topic.key != str(user_id):
         raise TopicRefused(f"{topic} is another user's private topic")
 

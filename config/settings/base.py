@@ -36,6 +36,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Above CommonMiddleware: a slashless /api/ URL gets a JSON 404, not APPEND_SLASH's redirect.
+    "core.middleware.ApiErrorMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -185,20 +187,34 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "core.schema.AutoSchema",
     "EXCEPTION_HANDLER": "core.errors.api_exception_handler",
+    # JSON bodies through one parser that makes any malformed body a 400 (form-encoded
+    # ones too). No multipart: nothing here takes files, and daphne's HTTP server answers
+    # a malformed multipart body with a bare 400 before Carillon sees it.
+    # Every answer is JSON: people browse the API at /api/docs/, not DRF's HTML renderer.
+    "DEFAULT_PARSER_CLASSES": ["core.parsers.JSONParser", "rest_framework.parsers.FormParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 20,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Carillon API",
-    "DESCRIPTION": "Publish domain events and read their deliveries.",
+    "DESCRIPTION": (
+        "Publish domain events and read their deliveries. Every error answers "
+        '{"error": code, "message": text, "detail": object} (docs/api.md).'
+    ),
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     # Swagger UI assets are served locally: no CDN is assumed reachable.
     "SWAGGERUI_DIST": "SIDECAR",
     "SWAGGERUI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # The SSE stream and Twilio's callback are plain Django views: core.schema adds them.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "core.schema.add_plain_views",
+    ],
 }
 
 # --- Providers ---------------------------------------------------------------------

@@ -1,12 +1,31 @@
 from typing import Any
 
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from rest_framework import serializers
 
-from notifications.models import Delivery, DigestFrequency, Event, Notification
+from notifications.events import event_types
+from notifications.models import Delivery, DigestFrequency, Event, FailedJob, Notification
+
+
+class EventTypeField(serializers.CharField):
+    """The name of a declared event type; event_publish checks it and lists the known ones."""
+
+
+class EventTypeFieldSchema(OpenApiSerializerFieldExtension):
+    """Event types are an enum in the schema, read from the registry when it is generated."""
+
+    target_class = EventTypeField
+
+    def map_serializer_field(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        return {
+            "type": "string",
+            "enum": sorted({event_type.name for event_type in event_types()}),
+            "description": "a declared event type",
+        }
 
 
 class EventPublishSerializer(serializers.Serializer[Any]):
-    type = serializers.CharField(max_length=100, help_text="a declared event type, e.g. account.created")
+    type = EventTypeField(max_length=100)
     version = serializers.IntegerField(required=False, min_value=1, help_text="default: the latest")
     data = serializers.JSONField(help_text="the event's data, checked against its type's schema")
     actor = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
@@ -65,3 +84,14 @@ class DigestPreferenceSerializer(serializers.Serializer[Any]):
         choices=DigestFrequency.choices,
         help_text="email a digest of unread in-app notifications: daily, weekly, or off",
     )
+
+
+class FailedJobActionSerializer(serializers.Serializer[Any]):
+    reason = serializers.CharField(
+        required=False, allow_blank=True, default="", help_text="why the job is discarded (required to discard)"
+    )
+
+
+class FailedJobStateSerializer(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    state = serializers.ChoiceField(choices=FailedJob.State.choices)

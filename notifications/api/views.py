@@ -7,19 +7,22 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import generics, permissions
-from rest_framework.exceptions import ParseError
+from rest_framework.fields import IntegerField
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.errors import error_response
+from core.schema import error
 from notifications.api.serializers import (
     DigestPreferenceSerializer,
     EventAcceptedSerializer,
     EventPublishSerializer,
     EventSerializer,
+    FailedJobActionSerializer,
+    FailedJobStateSerializer,
     NotificationSerializer,
     PreferenceSerializer,
 )
@@ -67,7 +70,12 @@ class EventListView(APIView):
 
     @extend_schema(
         request=EventPublishSerializer,
-        responses={202: EventAcceptedSerializer, 200: EventAcceptedSerializer},
+        responses={
+            202: EventAcceptedSerializer,
+            200: EventAcceptedSerializer,
+            400: error("the body is invalid (`invalid_request`) or the data does not fit the type (`invalid_event`)"),
+            413: error("the body is larger than CARILLON_MAX_EVENT_BYTES (`payload_too_large`)"),
+        },
         summary="Publish a domain event",
         description=(
             "Validates the event against its type's schema and publishes it to every subscriber. "
@@ -83,11 +91,7 @@ class EventListView(APIView):
                 detail={"limit": settings.CARILLON_MAX_EVENT_BYTES},
                 status=413,
             )
-        try:
-            body = request.data
-        except ParseError as exc:
-            return error_response("malformed_json", f"the body is not valid JSON: {exc.detail}")
-        incoming = EventPublishSerializer(data=body)
+        incoming = EventPublishSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         fields: dict[str, Any] = incoming.validated_data
         first = (
@@ -134,7 +138,7 @@ class NotificationListView(generics.ListAPIView[Notification]):
 
 
 class NotificationReadView(APIView):
-    @extend_schema(request=None, responses={200: dict})
+    @extend_schema(request=None, responses={200: inline_serializer("UnreadCount", {"unread_count": IntegerField()})})
     def post(self, request: Request, notification_id: int) -> Response:
         get_object_or_404(Notification, pk=notification_id, user_id=request.user.pk)
         notification_mark_read(user_id=request.user.pk, notification_id=notification_id)
@@ -142,7 +146,12 @@ class NotificationReadView(APIView):
 
 
 class NotificationReadAllView(APIView):
-    @extend_schema(request=None, responses={200: dict})
+    @extend_schema(
+        request=None,
+        responses={
+            200: inline_serializer("MarkedRead", {"marked_read": IntegerField(), "unread_count": IntegerField()})
+        },
+    )
     def post(self, request: Request) -> Response:
         changed = notification_mark_read(user_id=request.user.pk)
         return Response({"marked_read": changed, "unread_count": 0})
@@ -155,7 +164,13 @@ class PreferenceView(APIView):
     def get(self, request: Request) -> Response:
         return Response(preference_list(user_id=request.user.pk))
 
-    @extend_schema(request=PreferenceSerializer(many=True), responses={200: PreferenceSerializer(many=True)})
+    @extend_schema(
+        request=PreferenceSerializer(many=True),
+        responses={
+            200: PreferenceSerializer(many=True),
+            400: error("invalid items (`invalid_request`), `unknown_preference` or `mandatory_category`"),
+        },
+    )
     def put(self, request: Request) -> Response:
         incoming = PreferenceSerializer(data=request.data, many=True)
         incoming.is_valid(raise_exception=True)
@@ -188,7 +203,10 @@ class DigestPreferenceView(APIView):
     def get(self, request: Request) -> Response:
         return Response({"frequency": digest_frequency_get(user_id=request.user.pk)})
 
-    @extend_schema(request=DigestPreferenceSerializer, responses={200: DigestPreferenceSerializer})
+    @extend_schema(
+        request=DigestPreferenceSerializer,
+        responses={200: DigestPreferenceSerializer, 400: error("`invalid_digest_frequency` or an unreadable body")},
+    )
     def put(self, request: Request) -> Response:
         incoming = DigestPreferenceSerializer(data=request.data)
         if not incoming.is_valid():
@@ -213,18 +231,26 @@ class FailedJobActionView(APIView):
 
     permission_classes = [permissions.IsAuthenticated, CanReplayFailedJobs]
 
-    @extend_schema(request=None, responses={200: dict})
+    @extend_schema(
+        request=FailedJobActionSerializer,
+        responses={
+            200: FailedJobStateSerializer,
+            400: error("a discard without a reason (`reason_required`) or an invalid body"),
+            409: error("the job was already replayed or discarded (`invalid_state`)"),
+        },
+    )
     def post(self, request: Request, failed_job_id: int, action: str) -> Response:
         get_object_or_404(FailedJob, pk=failed_job_id)
-        if action == "discard" and not str(request.data.get("reason", "")).strip():
+        incoming = FailedJobActionSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        reason = incoming.validated_data["reason"].strip()
+        if action == "discard" and not reason:
             return error_response("reason_required", "say why the job is discarded: send {\"reason\": ...}")
         try:
             if action == "replay":
                 job = failed_job_replay(failed_job_id=failed_job_id, user_id=request.user.pk)
             else:
-                job = failed_job_discard(
-                    failed_job_id=failed_job_id, user_id=request.user.pk, reason=str(request.data.get("reason", ""))
-                )
+                job = failed_job_discard(failed_job_id=failed_job_id, user_id=request.user.pk, reason=reason)
         except FailedJobStateError as exc:
             return error_response("invalid_state", str(exc), status=409)
         return Response({"id": job.pk, "state": job.state})

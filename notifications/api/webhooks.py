@@ -9,6 +9,7 @@ from django.views.decorators.http import require_POST
 from twilio.request_validator import RequestValidator
 
 from core.errors import error_response
+from core.schema import ERROR_CONTENT, plain_view_operation
 from notifications.services import delivery_apply_provider_status
 
 logger = logging.getLogger(__name__)
@@ -36,3 +37,46 @@ def twilio_status_callback(request: HttpRequest, delivery_id: int) -> HttpRespon
     if delivery is None:
         return error_response("unknown_delivery", f"no delivery {delivery_id}", status=404)
     return HttpResponse(status=204)
+
+
+plain_view_operation(
+    "/api/webhooks/twilio/{delivery_id}/",
+    "post",
+    {
+        "operationId": "webhooks_twilio_status_callback",
+        "summary": "Twilio's status callback for one SMS delivery",
+        "tags": ["webhooks"],
+        "parameters": [
+            {
+                "name": "X-Twilio-Signature",
+                "in": "header",
+                "required": True,
+                "description": "Twilio's signature of the public URL and the form fields",
+                "schema": {"type": "string"},
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "MessageSid": {"type": "string"},
+                            "MessageStatus": {"type": "string", "description": "queued, sent, delivered, failed, ..."},
+                            "AccountSid": {"type": "string"},
+                            "ErrorCode": {"type": "string"},
+                        },
+                        "required": ["MessageStatus"],
+                    }
+                }
+            },
+        },
+        "responses": {
+            "204": {"description": "applied (or an older status, ignored)"},
+            "400": {"description": "MessageStatus is missing (`invalid_callback`)", "content": ERROR_CONTENT},
+            "403": {"description": "the signature does not match (`invalid_signature`)", "content": ERROR_CONTENT},
+            "404": {"description": "no such delivery (`unknown_delivery`)", "content": ERROR_CONTENT},
+        },
+    },
+)

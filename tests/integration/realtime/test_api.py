@@ -1,4 +1,4 @@
-"""POST /api/realtime/token and /api/realtime/publish."""
+"""POST /api/realtime/token/ and /api/realtime/publish/."""
 
 import asyncio
 import uuid
@@ -24,7 +24,7 @@ def api_client(*, staff: bool) -> APIClient:
 def test_a_token_names_the_user_who_asked_for_it() -> None:
     client = api_client(staff=False)
 
-    response = client.post("/api/realtime/token")
+    response = client.post("/api/realtime/token/")
 
     assert response.status_code == 200
     user = Token.objects.get(key=client._credentials["HTTP_AUTHORIZATION"].split()[1]).user
@@ -33,7 +33,7 @@ def test_a_token_names_the_user_who_asked_for_it() -> None:
 
 def test_a_backend_publishes_over_http_and_a_websocket_client_gets_it(daphne_url: str) -> None:
     client = api_client(staff=True)
-    token = client.post("/api/realtime/token").json()["token"]
+    token = client.post("/api/realtime/token/").json()["token"]
     topic = f"live:{uuid.uuid4().hex[:12]}"
 
     async def scenario() -> tuple[list, dict]:
@@ -42,7 +42,7 @@ def test_a_backend_publishes_over_http_and_a_websocket_client_gets_it(daphne_url
         # The test client is synchronous Django: run it off the event loop.
         response = await asyncio.to_thread(
             client.post,
-            "/api/realtime/publish",
+            "/api/realtime/publish/",
             {"topic": topic, "event": "video.liked", "data": {"v": 7}},
             format="json",
         )
@@ -58,7 +58,7 @@ def test_a_backend_publishes_over_http_and_a_websocket_client_gets_it(daphne_url
 
 def test_publishing_needs_staff() -> None:
     response = api_client(staff=False).post(
-        "/api/realtime/publish", {"topic": "room:a", "event": "e"}, format="json"
+        "/api/realtime/publish/", {"topic": "room:a", "event": "e"}, format="json"
     )
 
     assert response.status_code == 403
@@ -79,7 +79,7 @@ def test_a_bad_publish_request_is_a_400_and_publishes_nothing(body: dict) -> Non
     from django.conf import settings
 
     before = redis.Redis.from_url(settings.REALTIME_REDIS_URL).get("carillon:rt:seq:room:a")
-    response = api_client(staff=True).post("/api/realtime/publish", body, format="json")
+    response = api_client(staff=True).post("/api/realtime/publish/", body, format="json")
 
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_request"

@@ -87,11 +87,11 @@ def test_invalid_event_answers_400_naming_the_field(api: APIClient, body: dict[s
     assert_nothing_changed()
 
 
-def test_malformed_json_answers_400(api: APIClient) -> None:
+def test_malformed_json_is_an_invalid_request(api: APIClient) -> None:
     response = api.post("/api/events/", data='{"type": "account.created", ', content_type="application/json")
 
     assert response.status_code == 400
-    assert response.json()["error"] == "malformed_json"
+    assert response.json()["error"] == "invalid_request"
     assert_nothing_changed()
 
 
