@@ -6,6 +6,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 
+from core.parsing import id_parse
 from realtime.auth import realtime_token_user_id
 from realtime.exceptions import InvalidFrame, InvalidToken
 from realtime.frames import Frame
@@ -35,11 +36,14 @@ def resume_ids_parse(value: str) -> dict[Topic, int]:
         return ids
     for part in value.split(",")[:MAX_TOPICS_PER_CONNECTION]:
         name, sep, number = part.strip().rpartition("=")
-        if not sep or not number.isdigit():
+        try:
+            if not sep:
+                raise ValueError("no '='")
+            ids[topic_parse(name)] = id_parse(number)
+        except ValueError as exc:
             raise InvalidFrame(
                 f"bad resume id {part[:80]!r}: use topic=id pairs joined by commas (room:lobby=12)"
-            )
-        ids[topic_parse(name)] = int(number)
+            ) from exc
     return ids
 
 

@@ -18,6 +18,7 @@ from channels.db import aclose_old_connections
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from core.parsing import MAX_ID
 from realtime.connections import MAX_TOPICS_PER_CONNECTION, connection_user_id, frame_offer
 from realtime.exceptions import InvalidFrame, InvalidToken, RealtimeError
 from realtime.fanout import Hub, Subscription, get_hub
@@ -47,8 +48,9 @@ def command_parse(text: str | None, data: bytes | None) -> dict[str, Any]:
     }:
         raise InvalidFrame("frame must be an object whose type is subscribe, unsubscribe or ping")
     last_id = command.get("last_id")
-    if last_id is not None and (type(last_id) is not int or last_id < 0):
-        raise InvalidFrame("last_id must be a non-negative integer or absent")
+    # A JSON number, not a string: the same bound as ids read from text (core.parsing).
+    if last_id is not None and (type(last_id) is not int or not 0 <= last_id <= MAX_ID):
+        raise InvalidFrame(f"last_id must be an integer from 0 to {MAX_ID}, or absent")
     if command["type"] != "ping" and not isinstance(command.get("topic"), str):
         raise InvalidFrame(f"{command['type']} needs a topic string")
     return command

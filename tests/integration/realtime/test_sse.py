@@ -103,6 +103,8 @@ def test_the_stream_stops_its_work_when_the_client_disconnects(
         ("", 400, "invalid_request"),
         ("?topic=nope", 400, "invalid_topic"),
         ("?topic=room:a&last_event_id=garbage", 400, "invalid_frame"),
+        ("?topic=room:a&last_event_id=room:a=%C2%B2", 400, "invalid_frame"),  # a superscript 2
+        ("?topic=room:a&last_event_id=room:a=99999999999999999999", 400, "invalid_frame"),
         ("?topic=user:999999", 403, "topic_refused"),
         ("?topic=room:a&token=forged", 401, "invalid_token"),
     ],

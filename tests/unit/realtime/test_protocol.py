@@ -45,7 +45,9 @@ def test_an_sse_id_round_trips_positions_in_several_topics() -> None:
     assert resume_ids_parse("") == {}
 
 
-@pytest.mark.parametrize("value", ["garbage", "room:lobby=", "room:lobby=-1", "nope=3"])
+@pytest.mark.parametrize(
+    "value", ["garbage", "room:lobby=", "room:lobby=-1", "nope=3", "room:lobby=\u00b2", "room:a= 3"]
+)
 def test_a_bad_sse_id_is_refused(value: str) -> None:
     with pytest.raises((InvalidFrame, InvalidTopic)):
         resume_ids_parse(value)
@@ -63,6 +65,7 @@ def test_a_bad_sse_id_is_refused(value: str) -> None:
         '{"type": "subscribe"}',
         '{"type": "subscribe", "topic": "room:a", "last_id": "3"}',
         '{"type": "subscribe", "topic": "room:a", "last_id": true}',
+        '{"type": "subscribe", "topic": "room:a", "last_id": 99999999999999999999}',
     ],
 )
 def test_frames_outside_the_schema_are_invalid(text: str | None) -> None:
