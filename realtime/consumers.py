@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 CLOSE_BAD_FRAME = 4400
 CLOSE_BAD_TOKEN = 4401
+CLOSE_NOT_FOUND = 4404
 CLOSE_SLOW_CONSUMER = 4408
 MAX_FRAME_BYTES = 4096
 
@@ -192,3 +193,18 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         if hasattr(self, "writer"):
             self.writer.cancel()
         await self.close(code=code, reason=reason[:120])
+
+
+class NoSuchEndpointConsumer(AsyncWebsocketConsumer):
+    """Any WebSocket path but `/ws/`: accepted, then closed with 4404 and where to go.
+
+    Accept-then-close rather than refusing the handshake: a refused handshake reaches a
+    browser as a bare 403 from daphne (the origin check's answer too), a close code says
+    what was wrong.
+    """
+
+    channel_layer_alias = "realtime-no-layer"
+
+    async def connect(self) -> None:
+        await self.accept()
+        await self.close(code=CLOSE_NOT_FOUND, reason="no WebSocket endpoint here: use /ws/")

@@ -5,6 +5,7 @@ import re
 import socket
 import uuid
 
+import aiohttp
 import pytest
 import redis
 from django.conf import settings as django_settings
@@ -12,11 +13,11 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 
 from realtime.auth import realtime_token_create
-from realtime.consumers import CLOSE_BAD_FRAME, CLOSE_BAD_TOKEN
+from realtime.consumers import CLOSE_BAD_FRAME, CLOSE_BAD_TOKEN, CLOSE_NOT_FOUND
 from realtime.services import realtime_publish
 from realtime.topics import pubsub_channel, topic_parse
 from tests.integration.conftest import start_daphne
-from tests.integration.realtime.clients import WsClient, latest_id, messages
+from tests.integration.realtime.clients import TIMEOUT, WsClient, latest_id, messages
 from tests.integration.test_operations import TOKEN, scrape
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -265,3 +266,17 @@ def test_metrics_count_each_daphne_process_connections_and_the_messages_publishe
     finally:
         process.stop()
     assert after == before + 1
+
+
+@pytest.mark.parametrize("path", ["/ws/nope/", "/ws", "/events/"])
+def test_a_websocket_to_another_path_is_closed_with_4404_not_a_server_error(
+    daphne_url: str, path: str
+) -> None:
+    async def scenario() -> int | None:
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(daphne_url.replace("http", "ws", 1) + path, origin=daphne_url)
+            message = await asyncio.wait_for(ws.receive(), TIMEOUT)
+            assert message.type == aiohttp.WSMsgType.CLOSE, message
+            return ws.close_code
+
+    assert asyncio.run(scenario()) == CLOSE_NOT_FOUND
