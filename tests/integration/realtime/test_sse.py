@@ -48,9 +48,9 @@ def test_each_event_is_streamed_at_once_and_the_id_resumes_every_topic(
                 # would leave this waiting (and the test failing) instead of passing.
                 for topic, n in [(room, 1), (private, 2), (room, 3)]:
                     await asyncio.sleep(0.2)  # let the subscriptions confirm
-                    realtime_publish(topic=topic, event="e", data=n)
+                    realtime_publish(topic=topic, event="e", data={"n": n})
                     seen += await sse_events(response, 1)
-            missed = realtime_publish(topic=room, event="e", data=4)
+            missed = realtime_publish(topic=room, event="e", data={"n": 4})
             headers = {"Last-Event-ID": seen[-1]["id"]}
             # The header wins over a stale query parameter.
             async with session.get(
@@ -65,9 +65,9 @@ def test_each_event_is_streamed_at_once_and_the_id_resumes_every_topic(
     seen, resumed = asyncio.run(scenario())
     resumed = [e for e in resumed if e["event"] == "e"]
 
-    assert [json.loads(e["data"])["data"] for e in seen] == [1, 2, 3]
+    assert [json.loads(e["data"])["data"] for e in seen] == [{"n": 1}, {"n": 2}, {"n": 3}]
     assert seen[-1]["id"] == f"{room}=2,{private}={before + 1}"
-    assert [json.loads(e["data"]) for e in resumed] == [{"topic": room, "id": 3, "data": 4}]
+    assert [json.loads(e["data"]) for e in resumed] == [{"topic": room, "id": 3, "data": {"n": 4}}]
     assert resumed[0]["id"] == f"{room}=3,{private}={before + 1}"
 
 
@@ -122,3 +122,4 @@ def test_a_bad_event_stream_request_gets_a_json_error(
     assert response.status_code == status
     assert response.json()["error"] == error
     assert response.json()["message"]
+

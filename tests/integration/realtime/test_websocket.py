@@ -72,21 +72,21 @@ def test_resume_after_a_dropped_connection_replays_exactly_what_was_missed(
     async def scenario() -> list:
         client = await WsClient.connect(daphne_url, token(alice))
         await client.subscribe(topic)
-        realtime_publish(topic=topic, event="e", data=1)
+        realtime_publish(topic=topic, event="e", data={"n": 1})
         seen = [await client.frame()]
         await client.close()
-        realtime_publish(topic=topic, event="e", data=2)
-        realtime_publish(topic=topic, event="e", data=3)
+        realtime_publish(topic=topic, event="e", data={"n": 2})
+        realtime_publish(topic=topic, event="e", data={"n": 3})
         client = await WsClient.connect(daphne_url, token(alice))
         seen += await client.subscribe(topic, last_id=seen[-1]["id"])
-        realtime_publish(topic=topic, event="e", data=4)
+        realtime_publish(topic=topic, event="e", data={"n": 4})
         seen.append(await client.frame())
         await client.close()
         return seen
 
     seen = asyncio.run(scenario())
 
-    assert messages(seen) == [(topic, 1, 1), (topic, 2, 2), (topic, 3, 3), (topic, 4, 4)]
+    assert messages(seen) == [(topic, n, {"n": n}) for n in (1, 2, 3, 4)]
     assert [f["type"] for f in seen] == ["message", "message", "message", "subscribed", "message"]
 
 
@@ -96,12 +96,12 @@ def test_an_id_older_than_the_history_gets_resync_not_a_gap(
     settings.REALTIME_HISTORY_MAX_LENGTH = 3  # type: ignore[attr-defined]
     topic = room()
     for n in range(1, 7):
-        realtime_publish(topic=topic, event="e", data=n)
+        realtime_publish(topic=topic, event="e", data={"n": n})
 
     async def scenario() -> list:
         client = await WsClient.connect(daphne_url, token(alice))
         frames = await client.subscribe(topic, last_id=1)
-        realtime_publish(topic=topic, event="e", data=7)
+        realtime_publish(topic=topic, event="e", data={"n": 7})
         frames.append(await client.frame())
         await client.close()
         return frames
@@ -110,7 +110,7 @@ def test_an_id_older_than_the_history_gets_resync_not_a_gap(
 
     assert frames[0] == {"type": "resync", "topic": topic, "id": 6}
     assert frames[1] == {"type": "subscribed", "topic": topic, "id": 6}
-    assert messages(frames[2:]) == [(topic, 7, 7)]
+    assert messages(frames[2:]) == [(topic, 7, {"n": 7})]
 
 
 def test_another_users_private_topic_is_refused_and_ones_own_is_not(
@@ -162,7 +162,7 @@ def test_a_garbage_frame_closes_only_that_connection(
         await good.subscribe(topic)
         await bad.send(garbage)
         code = await bad.close_code()
-        realtime_publish(topic=topic, event="e", data="still here")
+        realtime_publish(topic=topic, event="e", data={"still": "here"})
         frames = [await good.frame()]
         await bad.close()
         await good.close()
@@ -171,7 +171,7 @@ def test_a_garbage_frame_closes_only_that_connection(
     code, frames = asyncio.run(scenario())
 
     assert code == CLOSE_BAD_FRAME
-    assert messages(frames) == [(topic, 1, "still here")]
+    assert messages(frames) == [(topic, 1, {"still": "here"})]
 
 
 def test_an_invalid_token_closes_with_4401(daphne_url: str) -> None:
