@@ -47,8 +47,9 @@ def resume_ids_parse(value: str) -> dict[Topic, int]:
     return ids
 
 
-def resume_ids_format(ids: dict[Topic, int | None]) -> str:
-    return ",".join(f"{topic}={last}" for topic, last in ids.items() if last is not None)
+def resume_ids_format(ids: dict[Topic, int]) -> str:
+    """The SSE id of a stream: every topic's position, `room:lobby=12,user:3=40`."""
+    return ",".join(f"{topic}={last}" for topic, last in ids.items())
 
 
 def frame_offer(outgoing: "asyncio.Queue[Frame]", frame: Frame) -> bool:

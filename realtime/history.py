@@ -140,6 +140,13 @@ async def ahistory_latest_id(client: aioredis.Redis, *, topic: Topic) -> int:
     return int(await client.get(sequence_key(topic)) or 0)
 
 
+async def ahistory_latest_ids(client: aioredis.Redis, *, topics: list[Topic]) -> dict[Topic, int]:
+    """The last id of each topic, in one round trip: 0 for a topic with no message yet, so
+    resuming from it replays everything the topic ever had in its history."""
+    values = await client.mget([sequence_key(topic) for topic in topics])
+    return {topic: int(value or 0) for topic, value in zip(topics, values, strict=True)}
+
+
 def history_trim_expired(client: redis.Redis, *, max_keys: int = 10_000) -> int:
     """Remove messages older than the history's age limit from every topic's history,
     looking at up to `max_keys` topics (SCAN, so Redis is never blocked); return how

@@ -4,6 +4,11 @@ The SSE `id` is the position in every topic of the stream (`room:lobby=12,user:3
 so one Last-Event-ID resumes all of them. The `Last-Event-ID` header (what EventSource
 sends on reconnect) wins over the `last_event_id` query parameter (what a page can put on
 its first connection, since browsers cannot set headers on EventSource).
+
+EventSource keeps the `id` of the last event it saw, and an event with an empty `id`
+erases it: so every event, from the stream's first bytes on, names the position of every
+topic, including a topic that has had no message on this stream (where it stood when the
+stream started; 0 for a topic with no message at all).
 """
 
 import asyncio
@@ -14,6 +19,7 @@ from django.conf import settings
 from django.http import HttpRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.http import require_GET
+from redis.exceptions import RedisError
 
 from core.errors import application_error_response, error_response
 from realtime.connections import (
@@ -36,8 +42,11 @@ _OVERFLOW = Control("error", {"code": "slow_consumer", "reason": "buffer full: r
 class SseConnection:
     """One EventSource: a bounded queue the hub fills and the response drains."""
 
-    def __init__(self, positions: dict[Topic, int | None], user_id: int | None = None) -> None:
-        self.positions = positions
+    def __init__(self, resume: dict[Topic, int | None], user_id: int | None = None) -> None:
+        # The ids the client resumes from (None: from now), then, once the stream starts,
+        # the position in each topic that every event's id carries.
+        self.resume = resume
+        self.positions: dict[Topic, int] = {}
         self.user_id = user_id
         self.outgoing: asyncio.Queue[Frame] = asyncio.Queue(settings.REALTIME_CONNECTION_BUFFER)
         self.overflowed = False
@@ -75,10 +84,16 @@ class SseConnection:
         hub.attach(self, self.user_id)
         subscriptions: list[Subscription] = []
         try:
+            self.positions = await self._start_positions()
             for topic, last_id in self.positions.items():
                 subscriptions.append(hub.subscribe(self, topic, last_id))
-            # A first chunk at once: the client knows it is connected, proxies see bytes.
-            yield f"retry: {settings.REALTIME_SSE_RETRY_MS}\n: connected\n\n"
+            # A first chunk at once: the client knows it is connected, proxies see bytes,
+            # and EventSource takes the start positions as its last id (an event with an
+            # id and no data sets it without firing), so a drop before any event resumes.
+            yield (
+                f"retry: {settings.REALTIME_SSE_RETRY_MS}\n"
+                f"id: {resume_ids_format(self.positions)}\n: connected\n\n"
+            )
             while True:
                 frame = await self.outgoing.get()
                 yield self.encode(frame)
@@ -88,6 +103,24 @@ class SseConnection:
             # Runs when the client leaves too: Django cancels the response on disconnect.
             await hub.release(self, subscriptions)
             logger.debug("event stream closed")
+
+    async def _start_positions(self) -> dict[Topic, int]:
+        """The resume ids, and for topics resumed from now, where they stand now."""
+        from_now = [topic for topic, last_id in self.resume.items() if last_id is None]
+        delay = 0.1
+        while True:
+            try:
+                latest = await get_hub().latest_ids(from_now) if from_now else {}
+                break
+            except RedisError as exc:
+                # The client waits (EventSource gives up for good on an error answer).
+                logger.warning("event stream: latest ids unreadable (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        return {
+            topic: latest[topic] if last_id is None else last_id
+            for topic, last_id in self.resume.items()
+        }
 
 
 @require_GET

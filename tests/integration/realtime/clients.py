@@ -90,3 +90,63 @@ def latest_id(topic: str) -> int:
     """The topic's last id: user topics outlive a test (user ids repeat across passes)."""
     client = redis.Redis.from_url(settings.REALTIME_REDIS_URL)
     return int(client.get(sequence_key(topic_parse(topic))) or 0)
+
+
+class EventSource:
+    """/events/ read the way a browser's EventSource reads it (the HTML standard's parser):
+    `last_event_id` follows the `id:` field of every event dispatched, an empty one erasing
+    it, and a reconnect to the same URL sends it as Last-Event-ID when it is not empty."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.session = session
+        self.url = url
+        self.last_event_id = ""
+        self._id_buffer = ""
+        self.response: aiohttp.ClientResponse | None = None
+
+    async def connect(self) -> None:
+        headers = {"Last-Event-ID": self.last_event_id} if self.last_event_id else {}
+        self.response = await self.session.get(
+            self.url, headers=headers, timeout=aiohttp.ClientTimeout(sock_read=TIMEOUT)
+        )
+        assert self.response.status == 200, await self.response.text()
+
+    def drop(self) -> None:
+        assert self.response is not None
+        self.response.close()
+
+    async def dispatch(self) -> dict[str, str] | None:
+        """Read up to the next blank line and dispatch: the event fired, or None when it
+        had no data (the id is taken either way)."""
+        assert self.response is not None
+        data: list[str] = []
+        kind = ""
+        while True:
+            raw = await asyncio.wait_for(self.response.content.readline(), TIMEOUT)
+            if not raw:
+                raise ConnectionError("event stream ended")
+            line = raw.decode().rstrip("\n")
+            if not line:
+                self.last_event_id = self._id_buffer
+                if not data:
+                    return None
+                return {"event": kind or "message", "data": "\n".join(data), "id": self.last_event_id}
+            if line.startswith(":"):
+                continue
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "id" and "\0" not in value:
+                self._id_buffer = value
+            elif field == "data":
+                data.append(value)
+            elif field == "event":
+                kind = value
+
+    async def events(self, until: str) -> list[dict[str, str]]:
+        """Events fired up to and including the first of type `until`."""
+        fired: list[dict[str, str]] = []
+        while not fired or fired[-1]["event"] != until:
+            event = await self.dispatch()
+            if event is not None:
+                fired.append(event)
+        return fired

@@ -14,7 +14,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from realtime.auth import realtime_token_create
 from realtime.services import realtime_publish
 from realtime.topics import pubsub_channel, topic_parse
-from tests.integration.realtime.clients import TIMEOUT, latest_id, sse_events
+from tests.integration.realtime.clients import TIMEOUT, EventSource, latest_id, sse_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -123,3 +123,73 @@ def test_a_bad_event_stream_request_gets_a_json_error(
     assert response.json()["error"] == error
     assert response.json()["message"]
 
+
+def published(events: list[dict[str, str]]) -> list[tuple[str, object]]:
+    return [
+        (json.loads(e["data"])["topic"], json.loads(e["data"])["data"])
+        for e in events
+        if e["event"] not in ("subscribed", "resync", "error")
+    ]
+
+
+def test_a_topic_with_no_message_on_the_stream_yet_is_in_the_id_and_resumes(
+    daphne_url: str, alice: AbstractBaseUser
+) -> None:
+    a, b = f"room:{uuid.uuid4().hex[:12]}", f"room:{uuid.uuid4().hex[:12]}"
+    url = f"{daphne_url}/events/?topic={a}&topic={b}&token={realtime_token_create(user_id=alice.pk)}"
+
+    async def scenario() -> tuple[list, list]:
+        async with aiohttp.ClientSession() as session:
+            source = EventSource(session, url)
+            await source.connect()
+            before = await source.events(until="subscribed") + await source.events(until="subscribed")
+            realtime_publish(topic=a, event="e", data={"n": 1})
+            before += await source.events(until="e")
+            source.drop()
+            for n in (1, 2):  # while away, on the topic that had sent nothing yet
+                realtime_publish(topic=b, event="e", data={"n": n})
+            await source.connect()
+            after = await source.events(until="subscribed") + await source.events(until="subscribed")
+            realtime_publish(topic=a, event="e", data={"n": 2})
+            after += await source.events(until="e")  # replays came before `subscribed`
+            source.drop()
+            return before, after
+
+    before, after = asyncio.run(scenario())
+
+    assert before[-1]["id"] == f"{a}=1,{b}=0"  # b has no message at all: position 0
+    assert published(after) == [(b, {"n": 1}), (b, {"n": 2}), (a, {"n": 2})]
+    assert "resync" not in [e["event"] for e in after]
+
+
+@pytest.mark.parametrize("drop_after", ["first bytes", "subscribed"])
+def test_eventsource_reconnecting_with_no_message_seen_misses_nothing(
+    daphne_url: str, alice: AbstractBaseUser, drop_after: str
+) -> None:
+    topic = f"room:{uuid.uuid4().hex[:12]}"
+    for n in (1, 2, 3):
+        realtime_publish(topic=topic, event="e", data={"n": n})
+    url = f"{daphne_url}/events/?topic={topic}&token={realtime_token_create(user_id=alice.pk)}"
+
+    async def scenario() -> tuple[str, list]:
+        async with aiohttp.ClientSession() as session:
+            source = EventSource(session, url)
+            await source.connect()
+            if drop_after == "subscribed":
+                await source.events(until="subscribed")
+            else:
+                assert await source.dispatch() is None  # the first chunk fires no event
+            source.drop()
+            for n in (4, 5):
+                realtime_publish(topic=topic, event="e", data={"n": n})
+            last_event_id = source.last_event_id
+            await source.connect()  # the same URL: EventSource adds only Last-Event-ID
+            after = await source.events(until="subscribed")
+            source.drop()
+            return last_event_id, after
+
+    last_event_id, after = asyncio.run(scenario())
+
+    assert last_event_id == f"{topic}=3"
+    assert published(after) == [(topic, {"n": 4}), (topic, {"n": 5})]
+    assert after[-1]["id"] == f"{topic}=5"

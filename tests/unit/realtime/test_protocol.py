@@ -40,7 +40,7 @@ def test_a_private_topic_is_only_for_its_user_and_nothing_for_anonymous() -> Non
 def test_an_sse_id_round_trips_positions_in_several_topics() -> None:
     ids = {Topic("room", "lobby"): 12, Topic("user", "3"): 40}
 
-    assert resume_ids_format(ids) == "room:lobby=12,user:3=40"  # type: ignore[arg-type]
+    assert resume_ids_format(ids) == "room:lobby=12,user:3=40"
     assert resume_ids_parse("room:lobby=12,user:3=40") == ids
     assert resume_ids_parse("") == {}
 
