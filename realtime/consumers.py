@@ -19,7 +19,12 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from core.parsing import MAX_ID
-from realtime.connections import MAX_TOPICS_PER_CONNECTION, connection_user_id, frame_offer
+from realtime.connections import (
+    MAX_TOPICS_PER_CONNECTION,
+    connection_user_id,
+    frame_offer,
+    transport_backlog,
+)
 from realtime.exceptions import InvalidFrame, InvalidToken, RealtimeError
 from realtime.fanout import Hub, Subscription, get_hub
 from realtime.frames import Control, Frame
@@ -182,8 +187,12 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self.outgoing.put(frame)
 
     async def _write_loop(self) -> None:
+        backlog = transport_backlog(self.scope)
         while True:
             frame = await self.outgoing.get()
+            # While the client does not read, frames wait in the bounded queue (which
+            # closes it with 4408 when full) rather than piling up in daphne's transport.
+            await backlog.drained()
             await self.send(text_data=frame.ws_text)
 
     async def _close(self, code: int, reason: str) -> None:

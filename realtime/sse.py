@@ -24,10 +24,12 @@ from redis.exceptions import RedisError
 from core.errors import application_error_response, error_response
 from realtime.connections import (
     MAX_TOPICS_PER_CONNECTION,
+    TransportBacklog,
     connection_user_id,
     frame_offer,
     resume_ids_format,
     resume_ids_parse,
+    transport_backlog,
 )
 from realtime.exceptions import InvalidToken, RealtimeError, TopicRefused
 from realtime.fanout import Subscription, get_hub
@@ -42,12 +44,18 @@ _OVERFLOW = Control("error", {"code": "slow_consumer", "reason": "buffer full: r
 class SseConnection:
     """One EventSource: a bounded queue the hub fills and the response drains."""
 
-    def __init__(self, resume: dict[Topic, int | None], user_id: int | None = None) -> None:
+    def __init__(
+        self,
+        resume: dict[Topic, int | None],
+        user_id: int | None = None,
+        backlog: TransportBacklog | None = None,
+    ) -> None:
         # The ids the client resumes from (None: from now), then, once the stream starts,
         # the position in each topic that every event's id carries.
         self.resume = resume
         self.positions: dict[Topic, int] = {}
         self.user_id = user_id
+        self.backlog = backlog or TransportBacklog(None)
         self.outgoing: asyncio.Queue[Frame] = asyncio.Queue(settings.REALTIME_CONNECTION_BUFFER)
         self.overflowed = False
 
@@ -96,6 +104,11 @@ class SseConnection:
             )
             while True:
                 frame = await self.outgoing.get()
+                # While the client does not read, events wait in the bounded queue, whose
+                # overflow ends the stream, rather than piling up in daphne's transport.
+                await self.backlog.drained(give_up=lambda: self.overflowed)
+                if self.overflowed and frame is not _OVERFLOW:
+                    continue  # dropped with the queue: the error event is next
                 yield self.encode(frame)
                 if frame is _OVERFLOW:
                     return
@@ -152,7 +165,9 @@ async def events(request: HttpRequest) -> HttpResponseBase:
         return application_error_response(exc) if user_id is not None else error_response(
             exc.code, exc.message, status=401
         )
-    connection = SseConnection({topic: resume.get(topic) for topic in topics}, user_id)
+    connection = SseConnection(
+        {topic: resume.get(topic) for topic in topics}, user_id, transport_backlog(getattr(request, "scope", {}))
+    )
     response = StreamingHttpResponse(connection.stream(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: pass each event through at once

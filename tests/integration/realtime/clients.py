@@ -1,7 +1,10 @@
 """Test clients for /ws/ and /events/ over real sockets (aiohttp)."""
 
 import asyncio
+import base64
 import json
+import os
+import socket
 from typing import Any
 
 import aiohttp
@@ -150,3 +153,72 @@ class EventSource:
             if event is not None:
                 fired.append(event)
         return fired
+
+
+class RawClient:
+    """A raw TCP client that reads only when told; with a small receive buffer, what a
+    phone on a dead network or a frozen tab looks like to the server when it stops."""
+
+    def __init__(self, base_url: str, request: str, receive_buffer: int | None = None) -> None:
+        host, port = base_url.removeprefix("http://").split(":")
+        self.sock = socket.socket()
+        if receive_buffer is not None:
+            # Before connect: the window the client advertises stays small.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.settimeout(TIMEOUT)
+        self.sock.connect((host, int(port)))
+        self.sock.sendall(request.replace("\n", "\r\n").encode())
+        self.received = bytearray()
+
+    def read_until(self, marker: bytes) -> bytes:
+        start = 0
+        while self.received.find(marker, start) < 0:
+            start = max(0, len(self.received) - len(marker))
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed before {marker!r}: {self.received[-200:]!r}")
+            self.received += chunk
+        return bytes(self.received)
+
+    def read_to_end(self) -> bytes:
+        """Read on until the server closes (an EOF or a reset); everything it sent."""
+        try:
+            while chunk := self.sock.recv(65536):
+                self.received += chunk
+        except ConnectionResetError:
+            pass
+        return bytes(self.received)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def ws_request(base_url: str, path: str) -> str:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {path} HTTP/1.1\nHost: {base_url.removeprefix('http://')}\nUpgrade: websocket\n"
+        f"Connection: Upgrade\nSec-WebSocket-Key: {key}\nSec-WebSocket-Version: 13\n"
+        f"Origin: {base_url}\n\n"
+    )
+
+
+def ws_client_frame(text: str) -> bytes:
+    """A masked text frame, as a client must send it."""
+    payload, mask = text.encode(), os.urandom(4)
+    assert len(payload) < 126
+    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def ws_server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of each whole server frame in `data` (after the handshake)."""
+    frames, at = [], data.index(b"\r\n\r\n") + 4
+    while at + 2 <= len(data):
+        opcode, length, at = data[at] & 0x0F, data[at + 1] & 0x7F, at + 2
+        if length >= 126:
+            size = 2 if length == 126 else 8
+            length, at = int.from_bytes(data[at : at + size], "big"), at + size
+        if at + length > len(data):
+            break
+        frames.append((opcode, data[at : at + length]))
+        at += length
+    return frames
