@@ -47,7 +47,9 @@ def fresh_topic() -> Topic:
     return Topic("room", f"hub-{uuid.uuid4().hex[:8]}")
 
 
-def test_a_subscriber_from_now_on_a_followed_topic_needs_no_history_read() -> None:
+@pytest.mark.parametrize("start", [None, 2], ids=["from now", "from the latest id"])
+def test_a_subscriber_from_now_on_a_followed_topic_needs_no_history_read(start: int | None) -> None:
+    """An SSE stream reads its start positions first and subscribes from exactly them."""
     topic = fresh_topic()
 
     async def scenario() -> list[tuple[str, object]]:
@@ -62,7 +64,7 @@ def test_a_subscriber_from_now_on_a_followed_topic_needs_no_history_read() -> No
         # knows of the topic can answer the late subscriber.
         hub._history = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
         late = Sink()
-        hub.subscribe(late, topic, None)
+        hub.subscribe(late, topic, start)
         await arealtime_publish(topic=str(topic), event="e", data={"n": 3})
         await until(lambda: len(late.seen()) == 2)
         return late.seen()

@@ -280,3 +280,28 @@ def test_a_websocket_to_another_path_is_closed_with_4404_not_a_server_error(
             return ws.close_code
 
     assert asyncio.run(scenario()) == CLOSE_NOT_FOUND
+
+
+def test_a_client_that_drops_before_any_message_resumes_from_the_subscribed_id(
+    daphne_url: str, alice: AbstractBaseUser
+) -> None:
+    """`subscribed` says where a subscription from now starts: what a client stores."""
+    topic = room()
+    for n in (1, 2, 3):
+        realtime_publish(topic=topic, event="e", data={"n": n})
+
+    async def scenario() -> tuple[dict, list]:
+        client = await WsClient.connect(daphne_url, token(alice))
+        subscribed = (await client.subscribe(topic))[-1]
+        await client.close()
+        for n in (4, 5):
+            realtime_publish(topic=topic, event="e", data={"n": n})
+        client = await WsClient.connect(daphne_url, token(alice))
+        frames = await client.subscribe(topic, last_id=subscribed["id"])
+        await client.close()
+        return subscribed, frames
+
+    subscribed, frames = asyncio.run(scenario())
+
+    assert subscribed == {"type": "subscribed", "topic": topic, "id": 3}
+    assert messages(frames) == [(topic, 4, {"n": 4}), (topic, 5, {"n": 5})]
