@@ -13,13 +13,15 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from realtime.auth import SessionUserMiddleware  # noqa: E402
+from realtime.connections import TransportBacklogMiddleware  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 
+# TransportBacklogMiddleware: WebSocket and SSE connections bound what daphne holds unsent.
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            SessionUserMiddleware(URLRouter(websocket_urlpatterns))
+        "http": TransportBacklogMiddleware(django_asgi_app),
+        "websocket": TransportBacklogMiddleware(
+            AllowedHostsOriginValidator(SessionUserMiddleware(URLRouter(websocket_urlpatterns)))
         ),
     }
 )

@@ -10,6 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.parsing import id_parse
 from core.schema import ERROR_CONTENT, error, plain_view_operation
 from realtime.auth import realtime_token_create
 from realtime.connections import MAX_TOPICS_PER_CONNECTION
@@ -66,7 +67,8 @@ class PublishView(APIView):
             202: inline_serializer(
                 "RealtimePublished",
                 {"topic": serializers.CharField(), "id": serializers.IntegerField(help_text="the topic's message id")},
-            )
+            ),
+            413: error("the encoded message is over REALTIME_MAX_MESSAGE_BYTES (`payload_too_large`)"),
         },
     )
     def post(self, request: Request) -> Response:
@@ -108,11 +110,15 @@ class PresenceView(APIView):
     def get(self, request: Request) -> Response:
         raw = request.query_params.get("users", "")
         parts = [p.strip() for p in raw.split(",") if p.strip()]
-        if not parts or len(parts) > 100 or not all(p.isdigit() for p in parts):
+        try:
+            if not parts or len(parts) > 100:
+                raise ValueError("1 to 100 ids")
+            user_ids = [id_parse(p) for p in parts]
+        except ValueError as exc:
             raise exceptions.ValidationError(
                 {"users": ["give 1 to 100 user ids separated by commas: ?users=1,2"]}
-            )
-        online = presence_online_users(user_ids=[int(p) for p in parts])
+            ) from exc
+        online = presence_online_users(user_ids=user_ids)
         return Response({"users": {str(k): v for k, v in online.items()}})
 
 

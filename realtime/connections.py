@@ -1,11 +1,14 @@
 """What WebSocket and SSE connections share: who is connecting, and the resume ids."""
 
 import asyncio
+import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib.auth import get_user_model
 
+from core.parsing import id_parse
 from realtime.auth import realtime_token_user_id
 from realtime.exceptions import InvalidFrame, InvalidToken
 from realtime.frames import Frame
@@ -35,16 +38,78 @@ def resume_ids_parse(value: str) -> dict[Topic, int]:
         return ids
     for part in value.split(",")[:MAX_TOPICS_PER_CONNECTION]:
         name, sep, number = part.strip().rpartition("=")
-        if not sep or not number.isdigit():
+        try:
+            if not sep:
+                raise ValueError("no '='")
+            ids[topic_parse(name)] = id_parse(number)
+        except ValueError as exc:
             raise InvalidFrame(
                 f"bad resume id {part[:80]!r}: use topic=id pairs joined by commas (room:lobby=12)"
-            )
-        ids[topic_parse(name)] = int(number)
+            ) from exc
     return ids
 
 
-def resume_ids_format(ids: dict[Topic, int | None]) -> str:
-    return ",".join(f"{topic}={last}" for topic, last in ids.items() if last is not None)
+def resume_ids_format(ids: dict[Topic, int]) -> str:
+    """The SSE id of a stream: every topic's position, `room:lobby=12,user:3=40`."""
+    return ",".join(f"{topic}={last}" for topic, last in ids.items())
+
+
+# A connection's writer waits while more than this is unsent in the server's transport:
+# Twisted's own mark for pausing a producer (FileDescriptor.bufferSize).
+TRANSPORT_HIGH_WATER_BYTES = 64 * 1024
+TRANSPORT_POLL_SECONDS = 0.05
+TRANSPORT_BACKLOG_SCOPE_KEY = "carillon.transport_backlog"
+
+
+class TransportBacklog:
+    """How many bytes the server took from one connection and has not yet written to its
+    socket.
+
+    daphne's ASGI `send` returns at once and Twisted keeps whatever the socket does not
+    take: a client that stops reading would make the server hold everything published to
+    it. daphne hands each application `partial(server.handle_reply, protocol)`, whose
+    protocol (WebSocket or HTTP request) has the Twisted transport; its unsent bytes are
+    what Twisted itself compares with its buffer size. Under a server whose `send` waits
+    for the socket, or one this cannot see into, the backlog reads 0 and the queue bound
+    alone applies.
+    """
+
+    def __init__(self, send: Any) -> None:
+        protocol = send.args[0] if isinstance(send, functools.partial) and send.args else None
+        self._transport = getattr(protocol, "transport", None)
+
+    def __call__(self) -> int:
+        transport = self._transport
+        if transport is None:
+            return 0
+        # twisted.internet.abstract.FileDescriptor: dataBuffer[offset:] + _tempDataBuffer.
+        unsent = len(getattr(transport, "dataBuffer", b"")) - getattr(transport, "offset", 0)
+        return unsent + getattr(transport, "_tempDataLen", 0)
+
+    async def drained(self, give_up: Callable[[], bool] = lambda: False) -> None:
+        """Wait until the transport is under its high-water mark (or `give_up()`): the
+        back-pressure daphne's `send` does not give, so a stalled client's frames stay in
+        its bounded queue, where overflowing closes it as a slow consumer."""
+        while self() > TRANSPORT_HIGH_WATER_BYTES and not give_up():
+            await asyncio.sleep(TRANSPORT_POLL_SECONDS)
+
+
+class TransportBacklogMiddleware:
+    """Put the connection's TransportBacklog in its scope (WebSocket consumers and the SSE
+    view see the scope, not daphne's `send`)."""
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        scope = {**scope, TRANSPORT_BACKLOG_SCOPE_KEY: TransportBacklog(send)}
+        return await self.application(scope, receive, send)
+
+
+def transport_backlog(scope: dict[str, Any]) -> TransportBacklog:
+    """The connection's backlog; one that reads 0 outside TransportBacklogMiddleware."""
+    backlog = scope.get(TRANSPORT_BACKLOG_SCOPE_KEY)
+    return backlog if isinstance(backlog, TransportBacklog) else TransportBacklog(None)
 
 
 def frame_offer(outgoing: "asyncio.Queue[Frame]", frame: Frame) -> bool:

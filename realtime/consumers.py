@@ -18,7 +18,13 @@ from channels.db import aclose_old_connections
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from realtime.connections import MAX_TOPICS_PER_CONNECTION, connection_user_id, frame_offer
+from core.parsing import MAX_ID
+from realtime.connections import (
+    MAX_TOPICS_PER_CONNECTION,
+    connection_user_id,
+    frame_offer,
+    transport_backlog,
+)
 from realtime.exceptions import InvalidFrame, InvalidToken, RealtimeError
 from realtime.fanout import Hub, Subscription, get_hub
 from realtime.frames import Control, Frame
@@ -28,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 CLOSE_BAD_FRAME = 4400
 CLOSE_BAD_TOKEN = 4401
+CLOSE_NOT_FOUND = 4404
 CLOSE_SLOW_CONSUMER = 4408
 MAX_FRAME_BYTES = 4096
 
@@ -47,8 +54,9 @@ def command_parse(text: str | None, data: bytes | None) -> dict[str, Any]:
     }:
         raise InvalidFrame("frame must be an object whose type is subscribe, unsubscribe or ping")
     last_id = command.get("last_id")
-    if last_id is not None and (type(last_id) is not int or last_id < 0):
-        raise InvalidFrame("last_id must be a non-negative integer or absent")
+    # A JSON number, not a string: the same bound as ids read from text (core.parsing).
+    if last_id is not None and (type(last_id) is not int or not 0 <= last_id <= MAX_ID):
+        raise InvalidFrame(f"last_id must be an integer from 0 to {MAX_ID}, or absent")
     if command["type"] != "ping" and not isinstance(command.get("topic"), str):
         raise InvalidFrame(f"{command['type']} needs a topic string")
     return command
@@ -179,8 +187,12 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self.outgoing.put(frame)
 
     async def _write_loop(self) -> None:
+        backlog = transport_backlog(self.scope)
         while True:
             frame = await self.outgoing.get()
+            # While the client does not read, frames wait in the bounded queue (which
+            # closes it with 4408 when full) rather than piling up in daphne's transport.
+            await backlog.drained()
             await self.send(text_data=frame.ws_text)
 
     async def _close(self, code: int, reason: str) -> None:
@@ -190,3 +202,18 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         if hasattr(self, "writer"):
             self.writer.cancel()
         await self.close(code=code, reason=reason[:120])
+
+
+class NoSuchEndpointConsumer(AsyncWebsocketConsumer):
+    """Any WebSocket path but `/ws/`: accepted, then closed with 4404 and where to go.
+
+    Accept-then-close rather than refusing the handshake: a refused handshake reaches a
+    browser as a bare 403 from daphne (the origin check's answer too), a close code says
+    what was wrong.
+    """
+
+    channel_layer_alias = "realtime-no-layer"
+
+    async def connect(self) -> None:
+        await self.accept()
+        await self.close(code=CLOSE_NOT_FOUND, reason="no WebSocket endpoint here: use /ws/")

@@ -25,3 +25,12 @@ class InvalidFrame(RealtimeError):  # noqa: N818 (STYLE names errors like Invali
 class InvalidToken(RealtimeError):  # noqa: N818 (STYLE names errors like InvalidEvent)
     code = "invalid_token"
     status = 401
+
+
+class InvalidMessage(RealtimeError):  # noqa: N818 (STYLE names errors like InvalidEvent)
+    code = "invalid_request"
+
+
+class MessageTooLarge(RealtimeError):  # noqa: N818 (STYLE names errors like InvalidEvent)
+    code = "payload_too_large"
+    status = 413

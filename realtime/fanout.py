@@ -23,7 +23,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from realtime.frames import HEARTBEAT, Control, Delivery, Frame
-from realtime.history import ahistory_latest_id, ahistory_since, history_decode
+from realtime.history import ahistory_latest_id, ahistory_latest_ids, ahistory_since, history_decode
 from realtime.presence import ProcessPresence
 from realtime.services import async_client
 from realtime.topics import Topic, pubsub_channel, stats_process_key, topic_from_pubsub_channel
@@ -138,17 +138,36 @@ class Hub:
             task = asyncio.create_task(self._redis_subscribe(topic))
             self._subscribing.add(task)
             task.add_done_callback(self._subscribing.discard)
-        elif self._confirmed[topic].is_set():
-            if last_id is None and topic in self._latest:
-                # Starting from now on a topic this process already follows: its latest id
-                # is known here, no history read (a reconnect storm to one room costs no
-                # Redis round trip per connection). Anything pub/sub lost past it shows
-                # up as a gap and is read from history then.
-                subscription.last_id = self._latest[topic]
+        elif self._is_confirmed(topic):
+            latest = self._latest.get(topic)
+            if latest is not None and last_id in (None, latest):
+                # Starting from now (or from exactly now) on a topic this process already
+                # follows: its latest id is known here, no history read (a reconnect storm
+                # to one room costs no Redis round trip per connection). Anything pub/sub
+                # lost past it shows up as a gap and is read from history then.
+                subscription.last_id = latest
                 self._go_live(subscription)
             else:
                 self.catch_up(subscription)
         return subscription
+
+    async def latest_ids(self, topics: list[Topic]) -> dict[Topic, int]:
+        """Where each topic stands now (0: no message yet), for a connection that must know
+        its start position before anything is sent: from what this process follows, else
+        one Redis round trip. Resuming from these ids later misses nothing."""
+        latest = {
+            topic: self._latest[topic]
+            for topic in topics
+            if topic in self._latest and self._is_confirmed(topic)
+        }
+        unknown = [topic for topic in topics if topic not in latest]
+        if unknown:
+            latest |= await ahistory_latest_ids(self._history, topics=unknown)
+        return {topic: latest[topic] for topic in topics}
+
+    def _is_confirmed(self, topic: Topic) -> bool:
+        confirmed = self._confirmed.get(topic)
+        return confirmed is not None and confirmed.is_set()
 
     async def _redis_subscribe(self, topic: Topic) -> None:
         # redis-py only resubscribes channels whose SUBSCRIBE went through: retry until

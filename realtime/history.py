@@ -94,20 +94,20 @@ def _max_age_ms() -> int:
     return int(settings.REALTIME_HISTORY_MAX_AGE_SECONDS * 1000)
 
 
-def _append_args(topic: Topic, event: str, data: Any) -> tuple[list[str], list[Any]]:
-    body = json.dumps({"topic": str(topic), "event": event, "data": data}, separators=(",", ":"))
+def _append_args(topic: Topic, body: str) -> tuple[list[str], list[Any]]:
     keys = [sequence_key(topic), history_key(topic), pubsub_channel(topic), STATS_PUBLISHED_KEY]
     return keys, [_now_ms(), settings.REALTIME_HISTORY_MAX_LENGTH, _max_age_ms(), body]
 
 
-def history_append(client: redis.Redis, *, topic: Topic, event: str, data: Any) -> int:
-    """Append a message to the topic's history, publish it, and return its id."""
-    keys, args = _append_args(topic, event, data)
+def history_append(client: redis.Redis, *, topic: Topic, body: str) -> int:
+    """Append a message (`body`: the JSON object of its topic, event and data) to the
+    topic's history, publish it, and return its id."""
+    keys, args = _append_args(topic, body)
     return int(client.eval(APPEND_SCRIPT, len(keys), *keys, *args))  # type: ignore[arg-type]
 
 
-async def ahistory_append(client: aioredis.Redis, *, topic: Topic, event: str, data: Any) -> int:
-    keys, args = _append_args(topic, event, data)
+async def ahistory_append(client: aioredis.Redis, *, topic: Topic, body: str) -> int:
+    keys, args = _append_args(topic, body)
     return int(await client.eval(APPEND_SCRIPT, len(keys), *keys, *args))  # type: ignore[misc]
 
 
@@ -138,6 +138,13 @@ async def ahistory_since(client: aioredis.Redis, *, topic: Topic, last_id: int) 
 
 async def ahistory_latest_id(client: aioredis.Redis, *, topic: Topic) -> int:
     return int(await client.get(sequence_key(topic)) or 0)
+
+
+async def ahistory_latest_ids(client: aioredis.Redis, *, topics: list[Topic]) -> dict[Topic, int]:
+    """The last id of each topic, in one round trip: 0 for a topic with no message yet, so
+    resuming from it replays everything the topic ever had in its history."""
+    values = await client.mget([sequence_key(topic) for topic in topics])
+    return {topic: int(value or 0) for topic, value in zip(topics, values, strict=True)}
 
 
 def history_trim_expired(client: redis.Redis, *, max_keys: int = 10_000) -> int:

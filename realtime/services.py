@@ -1,6 +1,7 @@
 """Publishing to topics: append to the bounded history, then Redis pub/sub (one script)."""
 
 import asyncio
+import json
 import logging
 import weakref
 from functools import cache
@@ -10,8 +11,9 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from realtime.exceptions import InvalidMessage, MessageTooLarge
 from realtime.history import ahistory_append, history_append
-from realtime.topics import topic_parse
+from realtime.topics import Topic, topic_parse
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +51,42 @@ def async_client() -> aioredis.Redis:
     return client
 
 
+def message_encode(*, topic: Topic, event: str, data: Any) -> str:
+    """The message as history and pub/sub carry it; raise InvalidMessage unless `data` is a
+    JSON object, MessageTooLarge past REALTIME_MAX_MESSAGE_BYTES.
+
+    Every subscriber of the topic receives the message and its history keeps it (up to
+    REALTIME_HISTORY_MAX_LENGTH of them), so the bound is on every publish, whoever calls.
+    """
+    if not isinstance(data, dict):
+        raise InvalidMessage(
+            f"data must be a JSON object, not {type(data).__name__}: {{\"likes\": 3}}",
+            detail={"data": ["must be a JSON object"]},
+        )
+    try:
+        # allow_nan=False: NaN is not JSON, and browsers' JSON.parse would refuse the frame.
+        body = json.dumps(
+            {"topic": str(topic), "event": event, "data": data}, separators=(",", ":"), allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidMessage(
+            f"data is not JSON: {exc}", detail={"data": ["must hold only JSON values"]}
+        ) from exc
+    size, limit = len(body.encode()), int(settings.REALTIME_MAX_MESSAGE_BYTES)
+    if size > limit:
+        raise MessageTooLarge(
+            f"the message is {size} bytes encoded, over the limit of {limit}: publish an id "
+            "and a summary, and let clients fetch the rest from the API",
+            detail={"size": size, "limit": limit},
+        )
+    return body
+
+
 def realtime_publish(*, topic: str, event: str, data: Any) -> int:
-    """Publish `event` with JSON-serialisable `data` to `topic`; return the message id."""
-    message_id = history_append(sync_client(), topic=topic_parse(topic), event=event, data=data)
+    """Publish `event` with `data` (a JSON object) to `topic`; return the message id."""
+    parsed = topic_parse(topic)
+    body = message_encode(topic=parsed, event=event, data=data)
+    message_id = history_append(sync_client(), topic=parsed, body=body)
     logger.debug("published %s #%s on %s", event, message_id, topic)
     return message_id
 
@@ -59,6 +94,7 @@ def realtime_publish(*, topic: str, event: str, data: Any) -> int:
 async def arealtime_publish(*, topic: str, event: str, data: Any) -> int:
     """Async `realtime_publish`."""
     parsed = topic_parse(topic)
-    message_id = await ahistory_append(async_client(), topic=parsed, event=event, data=data)
+    body = message_encode(topic=parsed, event=event, data=data)
+    message_id = await ahistory_append(async_client(), topic=parsed, body=body)
     logger.debug("published %s #%s on %s", event, message_id, topic)
     return message_id

@@ -7,6 +7,7 @@ authenticated user. Authorisation is decided by `topic_authorise` alone.
 import re
 from dataclasses import dataclass
 
+from core.parsing import id_parse
 from realtime.exceptions import InvalidTopic, TopicRefused
 
 PRIVATE_KINDS = frozenset({"user"})
@@ -39,8 +40,11 @@ def topic_parse(name: object) -> Topic:
     kind, key = match["kind"], match["key"]
     if kind not in PRIVATE_KINDS | BROADCAST_KINDS:
         raise InvalidTopic(f"unknown topic kind {kind!r}: use user, room or live")
-    if kind == "user" and not key.isdigit():
-        raise InvalidTopic(f"user topics take a numeric user id, not {key!r}")
+    if kind == "user":
+        try:
+            id_parse(key)
+        except ValueError as exc:
+            raise InvalidTopic(f"user topics take a numeric user id, not {key!r}") from exc
     return Topic(kind, key)
 
 

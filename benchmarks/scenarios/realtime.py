@@ -55,8 +55,12 @@ QUICK = Preset("1 KB at 200 per s (quick)", 1024, 200, 2)
 
 def realtime_loadgen(config: dict[str, Any], link: Link) -> None:
     import django
+    from django.conf import settings
 
     django.setup()
+    # The grid measures messages past what Carillon accepts (1 MB) to show what they would
+    # cost: this publisher alone lifts the limit.
+    settings.REALTIME_MAX_MESSAGE_BYTES = max(settings.REALTIME_MAX_MESSAGE_BYTES, 2 * config["size"])
     asyncio.run(_realtime_loadgen(config, link))
 
 

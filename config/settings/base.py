@@ -167,6 +167,8 @@ REALTIME_REDIS_URL = env("REALTIME_REDIS_URL", default=REDIS_URL)
 # Resume window per topic: the last N messages, none older than this.
 REALTIME_HISTORY_MAX_LENGTH = env.int("REALTIME_HISTORY_MAX_LENGTH", default=1000)
 REALTIME_HISTORY_MAX_AGE_SECONDS = env.int("REALTIME_HISTORY_MAX_AGE_SECONDS", default=3600)
+# A published message, encoded: each subscriber receives it and the history keeps it.
+REALTIME_MAX_MESSAGE_BYTES = env.int("REALTIME_MAX_MESSAGE_BYTES", default=16 * 1024)
 # Well under the 60 s idle timeout common to proxies and NATs.
 REALTIME_HEARTBEAT_SECONDS = env.float("REALTIME_HEARTBEAT_SECONDS", default=25.0)
 # Frames queued per connection before a client that does not read is disconnected.

@@ -72,6 +72,8 @@ def test_publishing_needs_staff() -> None:
         {"topic": "nope", "event": "e"},
         {"topic": "room:a"},
         {"topic": "room:a", "event": "bad event"},
+        {"topic": "room:a", "event": "e", "data": "str"},
+        {"topic": "room:a", "event": "e", "data": [1, 2]},
     ],
 )
 def test_a_bad_publish_request_is_a_400_and_publishes_nothing(body: dict) -> None:
@@ -85,3 +87,29 @@ def test_a_bad_publish_request_is_a_400_and_publishes_nothing(body: dict) -> Non
     assert response.json()["error"] == "invalid_request"
     assert response.json()["detail"]
     assert redis.Redis.from_url(settings.REALTIME_REDIS_URL).get("carillon:rt:seq:room:a") == before
+
+
+def test_a_message_over_the_size_limit_is_a_413_and_publishes_nothing(settings: object) -> None:
+    import redis
+
+    settings.REALTIME_MAX_MESSAGE_BYTES = 16 * 1024  # type: ignore[attr-defined]
+    sequence = redis.Redis.from_url(settings.REALTIME_REDIS_URL)  # type: ignore[attr-defined]
+    before = sequence.get("carillon:rt:seq:room:a")
+    client = api_client(staff=True)
+
+    too_large = client.post(
+        "/api/realtime/publish",
+        {"topic": "room:a", "event": "e", "data": {"blob": "x" * 1_000_000}},
+        format="json",
+    )
+    just_fits = client.post(
+        "/api/realtime/publish",
+        {"topic": "room:a", "event": "e", "data": {"blob": "x" * 16_000}},
+        format="json",
+    )
+
+    assert too_large.status_code == 413
+    assert too_large.json()["error"] == "payload_too_large"
+    assert too_large.json()["detail"]["limit"] == 16 * 1024
+    assert just_fits.status_code == 202
+    assert int(sequence.get("carillon:rt:seq:room:a") or 0) == int(before or 0) + 1

@@ -47,7 +47,9 @@ def fresh_topic() -> Topic:
     return Topic("room", f"hub-{uuid.uuid4().hex[:8]}")
 
 
-def test_a_subscriber_from_now_on_a_followed_topic_needs_no_history_read() -> None:
+@pytest.mark.parametrize("start", [None, 2], ids=["from now", "from the latest id"])
+def test_a_subscriber_from_now_on_a_followed_topic_needs_no_history_read(start: int | None) -> None:
+    """An SSE stream reads its start positions first and subscribes from exactly them."""
     topic = fresh_topic()
 
     async def scenario() -> list[tuple[str, object]]:
@@ -56,14 +58,14 @@ def test_a_subscriber_from_now_on_a_followed_topic_needs_no_history_read() -> No
         hub.subscribe(early, topic, None)
         await until(lambda: ("subscribed", 0) in early.seen())
         for number in (1, 2):
-            await arealtime_publish(topic=str(topic), event="e", data=number)
+            await arealtime_publish(topic=str(topic), event="e", data={"n": number})
         await until(lambda: len(early.seen()) == 3)
         # History reads now go to a Redis that is not there: only what the hub already
         # knows of the topic can answer the late subscriber.
         hub._history = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
         late = Sink()
-        hub.subscribe(late, topic, None)
-        await arealtime_publish(topic=str(topic), event="e", data=3)
+        hub.subscribe(late, topic, start)
+        await arealtime_publish(topic=str(topic), event="e", data={"n": 3})
         await until(lambda: len(late.seen()) == 2)
         return late.seen()
 
@@ -82,7 +84,7 @@ def test_first_subscriptions_to_two_topics_at_once_both_hold() -> None:
             hub.subscribe(sink, topic, None)
         await until(lambda: all(len(s.seen()) == 1 for s in sinks))
         for topic in topics:
-            await arealtime_publish(topic=str(topic), event="e", data=1)
+            await arealtime_publish(topic=str(topic), event="e", data={"n": 1})
         await until(lambda: all(len(s.seen()) == 2 for s in sinks))
         return [s.seen() for s in sinks]
 

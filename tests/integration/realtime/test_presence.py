@@ -71,12 +71,13 @@ def test_presence_follows_connections_on_two_processes_and_a_flap_does_not_flick
     ]
 
 
-def test_a_bad_presence_query_is_a_400() -> None:
+@pytest.mark.parametrize("users", ["1,abc", "\u00b2", "1,\u0663", "-1", "99999999999999999999"])
+def test_a_bad_presence_query_is_a_400(users: str) -> None:
     api = APIClient()
     user = get_user_model().objects.create_user("frank")
     api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
 
-    response = api.get("/api/presence/?users=1,abc")
+    response = api.get("/api/presence/", {"users": users})
 
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_request"

@@ -15,6 +15,7 @@ from django.contrib.auth import get_user_model
 
 from realtime.auth import realtime_token_create
 from realtime.history import history_append
+from realtime.services import message_encode
 from realtime.topics import topic_parse
 from tests.integration.conftest import start_daphne
 from tests.integration.realtime.clients import WsClient, messages
@@ -76,9 +77,8 @@ def test_clients_resume_after_redis_restarts_under_them(own_redis: OwnRedis) -> 
     topic = "room:restart"
 
     def publish(n: int) -> None:
-        history_append(
-            redis.Redis.from_url(own_redis.url), topic=topic_parse(topic), event="e", data=n
-        )
+        body = message_encode(topic=topic_parse(topic), event="e", data={"n": n})
+        history_append(redis.Redis.from_url(own_redis.url), topic=topic_parse(topic), body=body)
 
     async def scenario() -> list:
         client = await WsClient.connect(url, realtime_token_create(user_id=user.pk))
@@ -100,4 +100,4 @@ def test_clients_resume_after_redis_restarts_under_them(own_redis: OwnRedis) -> 
     finally:
         daphne.stop()
 
-    assert messages(seen) == [(topic, 1, 1), (topic, 2, 2), (topic, 3, 3)]
+    assert messages(seen) == [(topic, n, {"n": n}) for n in (1, 2, 3)]

@@ -5,6 +5,7 @@ import re
 import socket
 import uuid
 
+import aiohttp
 import pytest
 import redis
 from django.conf import settings as django_settings
@@ -12,11 +13,11 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 
 from realtime.auth import realtime_token_create
-from realtime.consumers import CLOSE_BAD_FRAME, CLOSE_BAD_TOKEN
+from realtime.consumers import CLOSE_BAD_FRAME, CLOSE_BAD_TOKEN, CLOSE_NOT_FOUND
 from realtime.services import realtime_publish
 from realtime.topics import pubsub_channel, topic_parse
 from tests.integration.conftest import start_daphne
-from tests.integration.realtime.clients import WsClient, latest_id, messages
+from tests.integration.realtime.clients import TIMEOUT, WsClient, latest_id, messages
 from tests.integration.test_operations import TOKEN, scrape
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -71,21 +72,21 @@ def test_resume_after_a_dropped_connection_replays_exactly_what_was_missed(
     async def scenario() -> list:
         client = await WsClient.connect(daphne_url, token(alice))
         await client.subscribe(topic)
-        realtime_publish(topic=topic, event="e", data=1)
+        realtime_publish(topic=topic, event="e", data={"n": 1})
         seen = [await client.frame()]
         await client.close()
-        realtime_publish(topic=topic, event="e", data=2)
-        realtime_publish(topic=topic, event="e", data=3)
+        realtime_publish(topic=topic, event="e", data={"n": 2})
+        realtime_publish(topic=topic, event="e", data={"n": 3})
         client = await WsClient.connect(daphne_url, token(alice))
         seen += await client.subscribe(topic, last_id=seen[-1]["id"])
-        realtime_publish(topic=topic, event="e", data=4)
+        realtime_publish(topic=topic, event="e", data={"n": 4})
         seen.append(await client.frame())
         await client.close()
         return seen
 
     seen = asyncio.run(scenario())
 
-    assert messages(seen) == [(topic, 1, 1), (topic, 2, 2), (topic, 3, 3), (topic, 4, 4)]
+    assert messages(seen) == [(topic, n, {"n": n}) for n in (1, 2, 3, 4)]
     assert [f["type"] for f in seen] == ["message", "message", "message", "subscribed", "message"]
 
 
@@ -95,12 +96,12 @@ def test_an_id_older_than_the_history_gets_resync_not_a_gap(
     settings.REALTIME_HISTORY_MAX_LENGTH = 3  # type: ignore[attr-defined]
     topic = room()
     for n in range(1, 7):
-        realtime_publish(topic=topic, event="e", data=n)
+        realtime_publish(topic=topic, event="e", data={"n": n})
 
     async def scenario() -> list:
         client = await WsClient.connect(daphne_url, token(alice))
         frames = await client.subscribe(topic, last_id=1)
-        realtime_publish(topic=topic, event="e", data=7)
+        realtime_publish(topic=topic, event="e", data={"n": 7})
         frames.append(await client.frame())
         await client.close()
         return frames
@@ -109,7 +110,7 @@ def test_an_id_older_than_the_history_gets_resync_not_a_gap(
 
     assert frames[0] == {"type": "resync", "topic": topic, "id": 6}
     assert frames[1] == {"type": "subscribed", "topic": topic, "id": 6}
-    assert messages(frames[2:]) == [(topic, 7, 7)]
+    assert messages(frames[2:]) == [(topic, 7, {"n": 7})]
 
 
 def test_another_users_private_topic_is_refused_and_ones_own_is_not(
@@ -161,7 +162,7 @@ def test_a_garbage_frame_closes_only_that_connection(
         await good.subscribe(topic)
         await bad.send(garbage)
         code = await bad.close_code()
-        realtime_publish(topic=topic, event="e", data="still here")
+        realtime_publish(topic=topic, event="e", data={"still": "here"})
         frames = [await good.frame()]
         await bad.close()
         await good.close()
@@ -170,7 +171,7 @@ def test_a_garbage_frame_closes_only_that_connection(
     code, frames = asyncio.run(scenario())
 
     assert code == CLOSE_BAD_FRAME
-    assert messages(frames) == [(topic, 1, "still here")]
+    assert messages(frames) == [(topic, 1, {"still": "here"})]
 
 
 def test_an_invalid_token_closes_with_4401(daphne_url: str) -> None:
@@ -265,3 +266,42 @@ def test_metrics_count_each_daphne_process_connections_and_the_messages_publishe
     finally:
         process.stop()
     assert after == before + 1
+
+
+@pytest.mark.parametrize("path", ["/ws/nope/", "/ws", "/events/"])
+def test_a_websocket_to_another_path_is_closed_with_4404_not_a_server_error(
+    daphne_url: str, path: str
+) -> None:
+    async def scenario() -> int | None:
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(daphne_url.replace("http", "ws", 1) + path, origin=daphne_url)
+            message = await asyncio.wait_for(ws.receive(), TIMEOUT)
+            assert message.type == aiohttp.WSMsgType.CLOSE, message
+            return ws.close_code
+
+    assert asyncio.run(scenario()) == CLOSE_NOT_FOUND
+
+
+def test_a_client_that_drops_before_any_message_resumes_from_the_subscribed_id(
+    daphne_url: str, alice: AbstractBaseUser
+) -> None:
+    """`subscribed` says where a subscription from now starts: what a client stores."""
+    topic = room()
+    for n in (1, 2, 3):
+        realtime_publish(topic=topic, event="e", data={"n": n})
+
+    async def scenario() -> tuple[dict, list]:
+        client = await WsClient.connect(daphne_url, token(alice))
+        subscribed = (await client.subscribe(topic))[-1]
+        await client.close()
+        for n in (4, 5):
+            realtime_publish(topic=topic, event="e", data={"n": n})
+        client = await WsClient.connect(daphne_url, token(alice))
+        frames = await client.subscribe(topic, last_id=subscribed["id"])
+        await client.close()
+        return subscribed, frames
+
+    subscribed, frames = asyncio.run(scenario())
+
+    assert subscribed == {"type": "subscribed", "topic": topic, "id": 3}
+    assert messages(frames) == [(topic, 4, {"n": 4}), (topic, 5, {"n": 5})]
