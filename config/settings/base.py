@@ -35,6 +35,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "core.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -197,12 +198,12 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     # Swagger UI assets are served locally: no CDN is assumed reachable.
-    "SWAGGERUI_DIST": "SIDECAR",
-    "SWAGGERUI_FAVICON_HREF": "SIDECAR",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
 }
 
-# --- Rate limits (docs/operations.md, "Rate limits") ---------------------------------
+# --- Security (docs/operations.md, "Rate limits" and "Production security") ----------
 # Rate limits (core/throttling.py): COUNT/[N]UNIT, counted in Redis so that every web
 # process shares them. Failure scopes lock out after COUNT failures in the window; the
 # others refuse the requests past COUNT in the window. Defaults sit far above what the
@@ -230,6 +231,19 @@ CARILLON_THROTTLE_REDIS_URL = env("CARILLON_THROTTLE_REDIS_URL", default=REDIS_U
 # Proxies in front of daphne that append to X-Forwarded-For (0: clients connect directly).
 # Rate limits count per client address: behind a proxy REMOTE_ADDR is the proxy's.
 CARILLON_TRUSTED_PROXIES = env.int("CARILLON_TRUSTED_PROXIES", default=0)
+# Scripts only from Carillon itself (the /live/ page's script is a static file). Inline
+# styles are allowed: the admin's change list and Swagger UI's page carry <style> blocks,
+# and a style cannot run code. connect-src 'self' covers same-origin ws:/wss: (CSP 3).
+CARILLON_CONTENT_SECURITY_POLICY = env(
+    "CARILLON_CONTENT_SECURITY_POLICY",
+    default=(
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'self'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+)
+# The OpenAPI schema and Swagger UI at /api/schema/ and /api/docs/ (production: off).
+CARILLON_API_DOCS_ENABLED = env.bool("CARILLON_API_DOCS_ENABLED", default=True)
 
 # --- Providers ---------------------------------------------------------------------
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Carillon <noreply@carillon.local>")
