@@ -25,10 +25,16 @@ PASSWORD = "right-password-123"
 
 @pytest.fixture(autouse=True)
 def _fresh_counters() -> Iterator[None]:
+    # After too: a lockout of 127.0.0.1 left behind would refuse every later test's sign-in.
     client = redis.Redis.from_url(settings.CARILLON_THROTTLE_REDIS_URL)
-    for key in client.scan_iter("carillon:throttle:*"):
-        client.delete(key)
+
+    def forget() -> None:
+        for key in client.scan_iter("carillon:throttle:*"):
+            client.delete(key)
+
+    forget()
     yield
+    forget()
     client.close()
 
 
