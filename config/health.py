@@ -1,7 +1,6 @@
 """Probes for load balancers: /healthz (the process answers), /readyz (its services do)."""
 
 import logging
-import platform
 import time
 from collections.abc import Callable
 
@@ -11,6 +10,8 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 from kombu import Connection
+
+from config.metrics import operator_authorized
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +50,17 @@ READINESS_CHECKS: dict[str, Callable[[], None]] = {
 
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
-    """Answer 200 while the process can serve a request at all."""
-    return JsonResponse({"status": "ok", "python": platform.python_version()})
+    """Answer 200 while the process can serve a request at all (and tell nothing else)."""
+    return JsonResponse({"status": "ok"})
 
 
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Answer 200 when every service is reachable, else 503; each check is reported."""
+    """Answer 200 when every service is reachable, else 503; each check is reported.
+
+    Anyone sees whether each check passed; only operators (staff, or the metrics bearer
+    token) see why one failed and how long each took: exception texts name hosts and ports.
+    """
     checks: dict[str, dict[str, object]] = {}
     for name, check in READINESS_CHECKS.items():
         started = time.perf_counter()
@@ -68,6 +73,8 @@ def readyz(request: HttpRequest) -> JsonResponse:
             checks[name] = {"ok": True}
         checks[name]["ms"] = round((time.perf_counter() - started) * 1000, 1)
     ready = all(check["ok"] for check in checks.values())
+    if not operator_authorized(request):
+        checks = {name: {"ok": check["ok"]} for name, check in checks.items()}
     return JsonResponse(
         {"status": "ok" if ready else "unavailable", "checks": checks},
         status=200 if ready else 503,

@@ -17,7 +17,8 @@ registry.register(CarillonCollector())
 registry.register(RealtimeCollector())
 
 
-def _allowed(request: HttpRequest) -> bool:
+def operator_authorized(request: HttpRequest) -> bool:
+    """True for the metrics bearer token or a signed-in staff user."""
     token = settings.CARILLON_METRICS_TOKEN
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     if token and scheme.lower() == "bearer" and hmac.compare_digest(presented.strip(), token):
@@ -27,7 +28,7 @@ def _allowed(request: HttpRequest) -> bool:
 
 @require_GET
 def metrics(request: HttpRequest) -> HttpResponse:
-    if not _allowed(request):
+    if not operator_authorized(request):
         return error_response(
             "not_authenticated",
             "metrics need Authorization: Bearer <CARILLON_METRICS_TOKEN> or a staff login",

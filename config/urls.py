@@ -1,7 +1,8 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import TemplateView
-from drf_spectacular.views import SpectacularSwaggerView
+from drf_spectacular.views import SpectacularSwaggerSplitView
 
 from config import health, metrics
 from core.views import SchemaView
@@ -14,7 +15,12 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("notifications.api.urls")),
     path("api/", include("rooms.api.urls")),
-    path("api/schema/", SchemaView.as_view(), name="api-schema"),
     path("", include("realtime.urls")),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]
+if settings.CARILLON_API_DOCS_ENABLED:
+    urlpatterns += [
+        path("api/schema/", SchemaView.as_view(), name="api-schema"),
+        # The split view serves Swagger UI's start-up script as a file: the page needs no
+        # inline script, so the Content-Security-Policy can forbid them.
+        path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
+    ]

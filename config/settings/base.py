@@ -35,6 +35,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "core.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Above CommonMiddleware: a slashless /api/ URL gets a JSON 404, not APPEND_SLASH's redirect.
     "core.middleware.ApiErrorMiddleware",
@@ -42,6 +43,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # After authentication: a session user's requests count against the user.
+    "core.throttling.ThrottleMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -209,8 +212,8 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     # Swagger UI assets are served locally: no CDN is assumed reachable.
-    "SWAGGERUI_DIST": "SIDECAR",
-    "SWAGGERUI_FAVICON_HREF": "SIDECAR",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     # The SSE stream and Twilio's callback are plain Django views: core.schema adds them.
     "POSTPROCESSING_HOOKS": [
@@ -218,6 +221,48 @@ SPECTACULAR_SETTINGS = {
         "core.schema.add_plain_views",
     ],
 }
+
+# --- Security (docs/operations.md, "Rate limits" and "Production security") ----------
+# Rate limits (core/throttling.py): COUNT/[N]UNIT, counted in Redis so that every web
+# process shares them. Failure scopes lock out after COUNT failures in the window; the
+# others refuse the requests past COUNT in the window. Defaults sit far above what the
+# test suite and `manage.py bench` send (the benchmarks publish in-process, and acks reach
+# the chat webhook at under 100/s), so only tests that lower a rate on purpose meet them.
+CARILLON_THROTTLE_RATES = {
+    "login_username": env("CARILLON_THROTTLE_LOGIN_USERNAME", default="5/15m"),
+    "login_address": env("CARILLON_THROTTLE_LOGIN_ADDRESS", default="20/15m"),
+    "credential_failures": env("CARILLON_THROTTLE_CREDENTIAL_FAILURES", default="30/10m"),
+    "publish": env("CARILLON_THROTTLE_PUBLISH", default="6000/m"),
+    "realtime_token": env("CARILLON_THROTTLE_REALTIME_TOKEN", default="600/m"),
+    "webhook": env("CARILLON_THROTTLE_WEBHOOK", default="30000/m"),
+}
+# URL name (namespace:name) -> the scope its requests count in.
+CARILLON_THROTTLE_VIEWS = {
+    "admin:login": "login",
+    "realtime-login": "login",
+    "event-list": "publish",
+    "realtime-publish": "publish",
+    "realtime-token": "realtime_token",
+    "twilio-status-callback": "webhook",
+    "chat-webhook": "webhook",
+}
+CARILLON_THROTTLE_REDIS_URL = env("CARILLON_THROTTLE_REDIS_URL", default=REDIS_URL)
+# Proxies in front of daphne that append to X-Forwarded-For (0: clients connect directly).
+# Rate limits count per client address: behind a proxy REMOTE_ADDR is the proxy's.
+CARILLON_TRUSTED_PROXIES = env.int("CARILLON_TRUSTED_PROXIES", default=0)
+# Scripts only from Carillon itself (the /live/ page's script is a static file). Inline
+# styles are allowed: the admin's change list and Swagger UI's page carry <style> blocks,
+# and a style cannot run code. connect-src 'self' covers same-origin ws:/wss: (CSP 3).
+CARILLON_CONTENT_SECURITY_POLICY = env(
+    "CARILLON_CONTENT_SECURITY_POLICY",
+    default=(
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'self'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+)
+# The OpenAPI schema and Swagger UI at /api/schema/ and /api/docs/ (production: off).
+CARILLON_API_DOCS_ENABLED = env.bool("CARILLON_API_DOCS_ENABLED", default=True)
 
 # --- Providers ---------------------------------------------------------------------
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Carillon <noreply@carillon.local>")

@@ -30,7 +30,24 @@ TWILIO_FROM_NUMBER = env("TWILIO_FROM_NUMBER")
 MIXPANEL_TOKEN = env("MIXPANEL_TOKEN")
 MIXPANEL_API_SECRET = env("MIXPANEL_API_SECRET")
 
+# HTTPS only. daphne speaks plain HTTP behind a TLS-terminating proxy, which must set
+# X-Forwarded-Proto (and overwrite any a client sent): that is how Django knows a request
+# came in over HTTPS, and redirects the ones that did not.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
+# Probes come from the load balancer over plain HTTP, inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+# A year, subdomains included: browsers then never try plain HTTP. Start lower
+# (DJANGO_SECURE_HSTS_SECONDS=3600) on a domain not yet all HTTPS: it cannot be taken back.
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+# The proxy appends the client's address to X-Forwarded-For: rate limits count per client.
+CARILLON_TRUSTED_PROXIES = env.int("CARILLON_TRUSTED_PROXIES", default=1)
+CARILLON_THROTTLE_REDIS_URL = env("CARILLON_THROTTLE_REDIS_URL", default=REDIS_URL)
+# The schema and Swagger UI tell anyone every endpoint: on only where it is meant to be public.
+CARILLON_API_DOCS_ENABLED = env.bool("CARILLON_API_DOCS_ENABLED", default=False)

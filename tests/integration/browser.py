@@ -4,7 +4,7 @@
 without the background-networking flag Chromium keeps trying to reach Google's hosts.
 """
 
-from playwright.sync_api import Browser, Playwright
+from playwright.sync_api import Browser, Page, Playwright
 
 CHROMIUM = "/usr/bin/chromium"
 WAIT_MS = 20_000
@@ -15,3 +15,10 @@ def chromium_launch(playwright: Playwright) -> Browser:
         executable_path=CHROMIUM,
         args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
     )
+
+
+def csp_violations(page: Page) -> list[str]:
+    """Collect what the Content-Security-Policy blocks on `page` (Chromium says so on its console)."""
+    violations: list[str] = []
+    page.on("console", lambda message: violations.append(message.text) if "Content Security Policy" in message.text else None)
+    return violations

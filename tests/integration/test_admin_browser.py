@@ -12,7 +12,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 from notifications.models import FailedJob, FailedJobAction
 from notifications.services import event_publish
 from sandbox.client import SandboxClient
-from tests.integration.browser import WAIT_MS, chromium_launch
+from tests.integration.browser import WAIT_MS, chromium_launch, csp_violations
 from tests.integration.test_pipeline import RESET_URL, make_user, statuses
 from tests.processes import ManagedProcess, wait_for
 
@@ -56,11 +56,13 @@ def replay_in_the_admin(url: str) -> None:
         browser = chromium_launch(playwright)
         try:
             viewer = browser.new_page()
+            blocked = csp_violations(viewer)
             log_in(viewer, url, "viewer")
             viewer.goto(f"{url}/admin/notifications/failedjob/")
             expect(viewer.locator("select[name=action] option")).not_to_contain_text(["Replay selected failed jobs"])
 
             page = browser.new_page()
+            blocked += csp_violations(page)
             log_in(page, url, "operator")
             page.goto(f"{url}/admin/notifications/failedjob/?queue=carillon.sms")
             expect(page.locator("#result_list tbody tr")).to_have_count(1)
@@ -71,12 +73,35 @@ def replay_in_the_admin(url: str) -> None:
             expect(page.locator("#content")).to_contain_text("Replay 1 failed job?", timeout=WAIT_MS)
             page.click("input[type=submit][value='Yes, replay 1']")
             expect(page.locator(".messagelist")).to_contain_text("Replayed 1 failed jobs.", timeout=WAIT_MS)
+            assert blocked == []  # the admin works whole under the Content-Security-Policy
+        finally:
+            browser.close()
+
+
+def test_the_api_docs_render_under_the_content_security_policy(daphne_url: str) -> None:
+    with ThreadPoolExecutor(1) as browser_thread:
+        browser_thread.submit(read_the_api_docs, daphne_url).result()
+
+
+def read_the_api_docs(url: str) -> None:
+    with sync_playwright() as playwright:
+        browser = chromium_launch(playwright)
+        try:
+            page = browser.new_page()
+            blocked = csp_violations(page)
+            response = page.goto(f"{url}/api/docs/")
+            assert response is not None and "script-src 'self'" in response.headers["content-security-policy"]
+            page.wait_for_load_state("networkidle")
+            assert blocked == []
+            expect(page.locator(".swagger-ui .info")).to_contain_text("Carillon API", timeout=WAIT_MS)
+            expect(page.locator(".opblock-summary-path").first).to_be_visible(timeout=WAIT_MS)
         finally:
             browser.close()
 
 
 def log_in(page: Page, url: str, username: str) -> None:
-    page.goto(f"{url}/admin/login/?next=/admin/")
+    login = page.goto(f"{url}/admin/login/?next=/admin/")
+    assert login is not None and "script-src 'self'" in login.headers["content-security-policy"]
     page.fill("#id_username", username)
     page.fill("#id_password", f"pw-{username}-123")
     page.click("input[type=submit]")

@@ -1,5 +1,6 @@
 """Production settings refuse to start without their secrets and URLs."""
 
+import json
 import os
 import subprocess
 import sys
@@ -51,3 +52,64 @@ def test_production_settings_name_the_missing_variable(missing: str) -> None:
 
     assert result.returncode != 0
     assert f"Set the {missing} environment variable" in result.stderr
+
+
+PRODUCTION_SECURITY = """
+import json
+import django
+from django.conf import settings
+from django.urls import Resolver404, resolve
+
+django.setup()
+
+
+def served(path):
+    try:
+        resolve(path)
+    except Resolver404:
+        return False
+    return True
+
+
+print(json.dumps({
+    "hsts": [settings.SECURE_HSTS_SECONDS, settings.SECURE_HSTS_INCLUDE_SUBDOMAINS],
+    "ssl_redirect": settings.SECURE_SSL_REDIRECT,
+    "proxy_ssl_header": list(settings.SECURE_PROXY_SSL_HEADER),
+    "secure_cookies": [settings.SESSION_COOKIE_SECURE, settings.CSRF_COOKIE_SECURE],
+    "csp": settings.CARILLON_CONTENT_SECURITY_POLICY,
+    "csp_middleware": "core.csp.ContentSecurityPolicyMiddleware" in settings.MIDDLEWARE,
+    "trusted_proxies": settings.CARILLON_TRUSTED_PROXIES,
+    "api_docs": [served("/api/schema/"), served("/api/docs/")],
+}))
+"""
+
+
+def production_security(environment: dict[str, str]) -> dict[str, object]:
+    clean = {key: value for key, value in os.environ.items() if key not in PRODUCTION_ENVIRONMENT}
+    result = subprocess.run(
+        [sys.executable, "-c", PRODUCTION_SECURITY],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**clean, **environment, "DJANGO_SETTINGS_MODULE": "config.settings.production"},
+    )
+    assert result.returncode == 0, result.stderr
+    answer: dict[str, object] = json.loads(result.stdout)
+    return answer
+
+
+def test_production_is_https_only_with_a_content_security_policy_and_no_public_schema() -> None:
+    answer = production_security(PRODUCTION_ENVIRONMENT)
+
+    assert answer["hsts"] == [31_536_000, True]
+    assert answer["ssl_redirect"] is True
+    assert answer["proxy_ssl_header"] == ["HTTP_X_FORWARDED_PROTO", "https"]
+    assert answer["secure_cookies"] == [True, True]
+    assert answer["csp_middleware"] is True
+    assert "script-src 'self';" in str(answer["csp"])
+    assert answer["trusted_proxies"] == 1
+    assert answer["api_docs"] == [False, False]
+
+
+def test_production_serves_the_schema_when_the_setting_says_so() -> None:
+    answer = production_security({**PRODUCTION_ENVIRONMENT, "CARILLON_API_DOCS_ENABLED": "true"})
+
+    assert answer["api_docs"] == [True, True]

@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from playwright.sync_api import Page, expect, sync_playwright
 
 from notifications.services import event_publish
-from tests.integration.browser import WAIT_MS, chromium_launch
+from tests.integration.browser import WAIT_MS, chromium_launch, csp_violations
 from tests.integration.conftest import start_daphne
 from tests.processes import ManagedProcess, free_port
 
@@ -42,6 +42,7 @@ def browse(publish: Callable[..., None]) -> None:
         with sync_playwright() as playwright:
             browser = chromium_launch(playwright)
             page = browser.new_page()
+            blocked = csp_violations(page)
             log_in_and_see_live(page, url, publish)
 
             process.stop()
@@ -63,6 +64,7 @@ def browse(publish: Callable[..., None]) -> None:
             expect(page.locator("#state")).to_have_text("live", timeout=WAIT_MS)
             expect(page.locator("#notifications li")).to_have_count(2, timeout=WAIT_MS)
             expect(page.locator("#unread")).to_have_text("0")
+            assert blocked == []  # the Content-Security-Policy let the page do all of it
             browser.close()
     finally:
         for process in processes:
@@ -70,7 +72,8 @@ def browse(publish: Callable[..., None]) -> None:
 
 
 def log_in_and_see_live(page: Page, url: str, publish: Callable[..., None]) -> None:
-    page.goto(f"{url}/live/?room=browser")
+    login = page.goto(f"{url}/live/?room=browser")
+    assert login is not None and "script-src 'self'" in login.headers["content-security-policy"]
     page.fill("#id_username", "grace")
     page.fill("#id_password", "pw-grace-123")
     page.click("#login")
