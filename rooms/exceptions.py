@@ -8,6 +8,13 @@ class RoomError(ApplicationError):
     status = 400
 
 
+class InvalidRequestError(RoomError):
+    """A request body that does not say what the endpoint needs; `detail` names the fields."""
+
+    code = "invalid_request"
+    status = 400
+
+
 class RoomNotFoundError(RoomError):
     code = "room_not_found"
     status = 404
@@ -15,6 +22,13 @@ class RoomNotFoundError(RoomError):
 
 class InvalidWebhookError(RoomError):
     code = "invalid_signature"
+    status = 403
+
+
+class WebhookTimestampError(RoomError):
+    """A webhook without a signed timestamp, or signed too long ago (a replay)."""
+
+    code = "invalid_timestamp"
     status = 403
 
 

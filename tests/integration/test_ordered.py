@@ -17,7 +17,7 @@ import requests
 
 from rooms import services
 from rooms.models import ChatProvider, Room, RoomMessage
-from sandbox.chat import chat_signature
+from sandbox.chat import chat_signed_headers
 from sandbox.client import SandboxClient
 from tests.integration.conftest import _celery_worker, start_daphne
 from tests.processes import ManagedProcess
@@ -111,7 +111,7 @@ def post_ack(url: str, message: RoomMessage, *, secret: str = SECRET) -> request
     ).encode()
     return requests.post(
         f"{url}/api/webhooks/chat/", data=body, timeout=10,
-        headers={"Content-Type": "application/json", "X-Chat-Signature": chat_signature(secret, body)},
+        headers={"Content-Type": "application/json", **chat_signed_headers(secret, body)},
     )
 
 

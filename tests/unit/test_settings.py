@@ -24,6 +24,7 @@ PRODUCTION_ENVIRONMENT = {
     "TWILIO_FROM_NUMBER": "+15550000000",
     "MIXPANEL_TOKEN": "token",
     "MIXPANEL_API_SECRET": "secret",
+    "ROOMS_CHAT_WEBHOOK_SECRET": "secret",
 }
 
 
@@ -51,3 +52,11 @@ def test_production_settings_name_the_missing_variable(missing: str) -> None:
 
     assert result.returncode != 0
     assert f"Set the {missing} environment variable" in result.stderr
+
+
+def test_production_settings_refuse_an_empty_chat_webhook_secret() -> None:
+    # Empty, anyone could sign the chat platform's acks.
+    result = load_production_settings({**PRODUCTION_ENVIRONMENT, "ROOMS_CHAT_WEBHOOK_SECRET": ""})
+
+    assert result.returncode != 0
+    assert "Set the ROOMS_CHAT_WEBHOOK_SECRET environment variable" in result.stderr
