@@ -20,6 +20,20 @@ class RoomNotFoundError(RoomError):
     status = 404
 
 
+class RoomPermissionError(RoomError):
+    """The caller may see the room but not do this to it."""
+
+    code = "permission_denied"
+    status = 403
+
+
+class IdempotencyKeyReusedError(RoomError):
+    """A key already used by this caller for a different request (Stripe's rule)."""
+
+    code = "idempotency_key_reused"
+    status = 409
+
+
 class InvalidWebhookError(RoomError):
     code = "invalid_signature"
     status = 403

@@ -5,6 +5,7 @@ import logging
 from typing import Any
 
 from django.http import HttpResponse
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -20,23 +21,62 @@ logger = logging.getLogger(__name__)
 
 class RoomMessageIn(serializers.Serializer[dict[str, Any]]):
     body = serializers.CharField(max_length=4096)
+    idempotency_key = serializers.CharField(
+        max_length=200, required=False, allow_null=True, default=None,
+        help_text="your key for this message: a retry with the same key and body answers 200 with the first "
+        "message and enqueues nothing; the same key with another body answers 409",
+    )
+
+
+class RoomMessageAccepted(serializers.Serializer[dict[str, Any]]):
+    id = serializers.IntegerField()
+    room = serializers.IntegerField()
+    sequence = serializers.IntegerField()
+    status = serializers.CharField()
+    duplicate = serializers.BooleanField()
+
+
+ERRORS = {
+    403: OpenApiResponse(description="permission_denied: you may read the room but not send into it"),
+    404: OpenApiResponse(description="room_not_found: no such room, or not yours (rooms.view_room reads any)"),
+}
 
 
 class RoomDetailView(APIView):
+    """A room's state, for its owner or an operator with rooms.view_room."""
+
+    @extend_schema(responses={200: dict, 404: ERRORS[404]})
     def get(self, request: Request, room_id: int) -> HttpResponse:
-        return Response(selectors.room_state(room_id=room_id))
+        room = selectors.room_for_caller(room_id=room_id, user=request.user)
+        return Response(selectors.room_state(room_id=room.pk))
 
 
 class RoomMessagesView(APIView):
+    """Enqueue a message, for the room's owner or an operator with rooms.send_room_message."""
+
+    @extend_schema(
+        request=RoomMessageIn,
+        responses={
+            202: RoomMessageAccepted, 200: RoomMessageAccepted, **ERRORS,
+            409: OpenApiResponse(description="idempotency_key_reused: the key was used for another message"),
+        },
+        description="Enqueues the message and answers 202 once it is committed; it is sent after every earlier "
+        "message of the room. A repeated idempotency_key answers 200 with the first message.",
+    )
     def post(self, request: Request, room_id: int) -> HttpResponse:
+        room = selectors.room_for_caller(room_id=room_id, user=request.user, send=True)
         payload = RoomMessageIn(data=request.data)
         if not payload.is_valid():
             raise InvalidRequestError('send {"body": "<text of the message>"}', detail=payload.errors)
-        message = services.room_message_enqueue(room_id=room_id, body=payload.validated_data["body"])
-        return Response(
-            {"id": message.pk, "room": room_id, "sequence": message.sequence, "status": message.status},
-            status=status.HTTP_201_CREATED,
+        key = payload.validated_data["idempotency_key"]
+        first = selectors.room_message_for_key(scope=selectors.caller_scope(request.user.pk), key=key) if key else None
+        message = services.room_message_enqueue(
+            room_id=room.pk, body=payload.validated_data["body"], caller_id=request.user.pk, idempotency_key=key
         )
+        duplicate = first is not None and first.pk == message.pk
+        answer = {"id": message.pk, "room": room.pk, "sequence": message.sequence, "status": message.status,
+                  "duplicate": duplicate}
+        return Response(answer, status=status.HTTP_200_OK if duplicate else status.HTTP_202_ACCEPTED)
 
 
 class StringField(serializers.CharField):

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.test import override_settings
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -23,11 +24,19 @@ pytestmark = pytest.mark.django_db(transaction=True)
 SECRET = "sandbox-chat-secret"
 
 
-@pytest.fixture
-def api() -> APIClient:
-    user = get_user_model().objects.create_user(username="operator", password="x-not-used-x")
+def client_of(username: str, *permissions: str) -> APIClient:
+    user = get_user_model().objects.create_user(username=username, password="x-not-used-x")
+    user.user_permissions.add(*(Permission.objects.get(codename=codename) for codename in permissions))
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client
+
+
+@pytest.fixture
+def api(room: Room) -> APIClient:
+    """The integration that owns the room."""
+    client = client_of("integration")
+    Room.objects.filter(pk=room.pk).update(owner=get_user_model().objects.get(username="integration"))
     return client
 
 
@@ -65,7 +74,8 @@ def test_sandbox_and_carillon_agree_on_the_signature() -> None:
 def test_enqueue_then_read_the_room(api: APIClient, room: Room, sent: SentTasks) -> None:
     created = [api.post(f"/api/rooms/{room.pk}/messages/", {"body": b}, format="json") for b in "ab"]
 
-    assert [r.status_code for r in created] == [201, 201]
+    assert [r.status_code for r in created] == [202, 202]
+    assert [r.json()["duplicate"] for r in created] == [False, False]
     state = api.get(f"/api/rooms/{room.pk}/").json()
     assert state["in_flight"]["sequence"] == 1
     assert state["queued"] == 1
@@ -226,3 +236,96 @@ def test_webhook_headers_of_any_shape_answer_403(headers: dict[str, str], room: 
 
     assert status == 403
     assert body["error"] in {"invalid_signature", "invalid_timestamp"}
+
+
+def test_a_stranger_can_neither_read_a_room_nor_send_into_it(room: Room, sent: SentTasks) -> None:
+    stranger = client_of("stranger")
+
+    read = stranger.get(f"/api/rooms/{room.pk}/")
+    send = stranger.post(f"/api/rooms/{room.pk}/messages/", {"body": "spam"}, format="json")
+    missing = stranger.get("/api/rooms/999999/")
+
+    # Answered as a room that does not exist: ids are sequential, a 403 would confirm it.
+    assert (read.status_code, send.status_code) == (404, 404)
+    assert read.json()["error"] == send.json()["error"] == missing.json()["error"] == "room_not_found"
+    assert room.recipient not in read.content.decode()
+    assert not RoomMessage.objects.exists()
+    assert sent.calls == []
+
+
+def test_an_operator_with_view_room_reads_any_room_but_sends_nothing(room: Room, sent: SentTasks) -> None:
+    operator = client_of("watcher", "view_room")
+
+    read = operator.get(f"/api/rooms/{room.pk}/")
+    send = operator.post(f"/api/rooms/{room.pk}/messages/", {"body": "hi"}, format="json")
+
+    assert read.status_code == 200 and read.json()["recipient"] == room.recipient
+    assert send.status_code == 403
+    assert send.json()["error"] == "permission_denied"
+    assert not RoomMessage.objects.exists()
+
+
+def test_an_operator_with_send_room_message_sends_into_any_room(room: Room, sent: SentTasks) -> None:
+    operator = client_of("sender", "send_room_message")
+
+    send = operator.post(f"/api/rooms/{room.pk}/messages/", {"body": "hi"}, format="json")
+
+    assert send.status_code == 202
+    assert RoomMessage.objects.get().body == "hi"
+
+
+def test_a_retried_post_with_the_same_key_enqueues_once(api: APIClient, room: Room, sent: SentTasks) -> None:
+    body = {"body": "your code is 1234", "idempotency_key": "otp-1"}
+
+    first = api.post(f"/api/rooms/{room.pk}/messages/", body, format="json")
+    again = api.post(f"/api/rooms/{room.pk}/messages/", body, format="json")
+
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.json() == {**first.json(), "duplicate": True, "status": "in_flight"}
+    assert RoomMessage.objects.count() == 1
+    assert len(sent.calls) == 1
+
+
+def test_the_same_key_for_another_message_answers_409(api: APIClient, room: Room, sent: SentTasks) -> None:
+    first = api.post(f"/api/rooms/{room.pk}/messages/", {"body": "a", "idempotency_key": "k"}, format="json")
+
+    other = api.post(f"/api/rooms/{room.pk}/messages/", {"body": "b", "idempotency_key": "k"}, format="json")
+
+    assert other.status_code == 409
+    assert other.json()["error"] == "idempotency_key_reused"
+    assert other.json()["detail"]["message"] == first.json()["id"]
+    assert list(RoomMessage.objects.values_list("body", flat=True)) == ["a"]
+
+
+def test_idempotency_keys_are_per_caller(api: APIClient, room: Room, sent: SentTasks) -> None:
+    operator = client_of("sender", "send_room_message")
+    body = {"body": "same", "idempotency_key": "shared-key"}
+
+    mine = api.post(f"/api/rooms/{room.pk}/messages/", body, format="json")
+    theirs = operator.post(f"/api/rooms/{room.pk}/messages/", body, format="json")
+
+    assert (mine.status_code, theirs.status_code) == (202, 202)
+    assert mine.json()["id"] != theirs.json()["id"]
+    assert RoomMessage.objects.count() == 2
+
+
+def test_with_the_broker_down_the_enqueue_and_the_ack_still_answer(
+    api: APIClient, room: Room, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kombu.exceptions import OperationalError
+
+    from rooms.tasks import room_message_send_task
+
+    def broker_down(*args: object) -> None:
+        raise OperationalError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(room_message_send_task, "delay", broker_down)
+    for body in "ab":
+        assert api.post(f"/api/rooms/{room.pk}/messages/", {"body": body}, format="json").status_code == 202
+    first = RoomMessage.objects.get(sequence=1)
+
+    status, answer = webhook(APIClient(), {"type": "message.delivered", "idempotency_key": str(first.idempotency_key)})
+
+    # Both transitions committed; their sends are left to the recovery sweep.
+    assert (status, answer["status"]) == (200, "applied")
+    assert Room.objects.get(pk=room.pk).in_flight_id == RoomMessage.objects.get(sequence=2).pk
