@@ -6,8 +6,9 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, permissions
 from rest_framework.exceptions import ParseError
 from rest_framework.request import Request
@@ -24,10 +25,12 @@ from notifications.api.serializers import (
     PreferenceSerializer,
 )
 from notifications.events import event_types
-from notifications.exceptions import FailedJobStateError, InvalidEvent
+from notifications.exceptions import FailedJobStateError, IdempotencyKeyReused, InvalidEvent
 from notifications.models import Event, FailedJob, Notification
 from notifications.selectors import (
     digest_frequency_get,
+    event_for_key,
+    events_visible,
     notification_list,
     notification_unread_count,
     preference_list,
@@ -67,12 +70,21 @@ class EventListView(APIView):
 
     @extend_schema(
         request=EventPublishSerializer,
-        responses={202: EventAcceptedSerializer, 200: EventAcceptedSerializer},
+        responses={
+            202: EventAcceptedSerializer,
+            200: EventAcceptedSerializer,
+            400: OpenApiResponse(description="invalid_event (naming the field: unknown type, bad data, a "
+                                 "recipient user that does not exist), invalid_request, malformed_json"),
+            409: OpenApiResponse(description="idempotency_key_reused: you used this key for another request"),
+            413: OpenApiResponse(description="payload_too_large"),
+        },
         summary="Publish a domain event",
         description=(
-            "Validates the event against its type's schema and publishes it to every subscriber. "
+            "Validates the event against its type's schema (recipients included: a user_id must name "
+            "an existing user) and publishes it to every subscriber. "
             f"Bodies over CARILLON_MAX_EVENT_BYTES (default {64 * 1024} bytes) get 413. "
-            "A repeated idempotency_key answers 200 with the first event and publishes nothing."
+            "idempotency_key is unique per publisher: repeating a request with it answers 200 with the "
+            "first event and publishes nothing; the same key with a different request answers 409."
         ),
     )
     def post(self, request: Request) -> Response:
@@ -90,20 +102,20 @@ class EventListView(APIView):
         incoming = EventPublishSerializer(data=body)
         incoming.is_valid(raise_exception=True)
         fields: dict[str, Any] = incoming.validated_data
-        first = (
-            Event.objects.filter(idempotency_key=fields["idempotency_key"]).first()
-            if fields["idempotency_key"]
-            else None
-        )
+        key = fields["idempotency_key"]
+        first = event_for_key(publisher_id=request.user.pk, key=key) if key else None
         try:
             event = event_publish(
                 type=fields["type"],
                 data=fields["data"],
                 version=fields.get("version"),
                 actor=fields["actor"] or request.user.get_username(),
-                idempotency_key=fields["idempotency_key"],
+                idempotency_key=key,
                 occurred_at=fields["occurred_at"],
+                publisher_id=request.user.pk,
             )
+        except IdempotencyKeyReused as exc:
+            return error_response("idempotency_key_reused", exc.message, detail=exc.detail, status=409)
         except InvalidEvent as exc:
             return error_response("invalid_event", exc.message, detail=exc.detail)
         duplicate = first is not None and first.pk == event.pk
@@ -112,11 +124,17 @@ class EventListView(APIView):
 
 
 class EventDetailView(generics.RetrieveAPIView[Event]):
-    """An event with each delivery's state: a publisher learns when its work is done."""
+    """An event with each delivery's state: a publisher learns when its work is done.
 
-    permission_classes = [permissions.IsAuthenticated, CanPublishEvents]
+    Only its publisher, or an operator with notifications.view_event, reads it (its data
+    may hold secrets such as a reset URL); anyone else gets 404, as for no such event.
+    """
+
+    permission_classes = [permissions.IsAuthenticated]
     serializer_class = EventSerializer
-    queryset = Event.objects.prefetch_related("deliveries")
+
+    def get_queryset(self) -> QuerySet[Event]:
+        return events_visible(user=self.request.user)
 
 
 class NotificationListView(generics.ListAPIView[Notification]):
