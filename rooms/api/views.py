@@ -5,7 +5,7 @@ import logging
 from typing import Any
 
 from django.http import HttpResponse
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -138,6 +138,20 @@ class ChatWebhookView(APIView):
     authentication_classes: list[type] = []
     permission_classes = [AllowAny]
 
+    @extend_schema(
+        request=ChatWebhookIn,
+        parameters=[
+            OpenApiParameter(TIMESTAMP_HEADER, str, OpenApiParameter.HEADER, required=True,
+                             description="unix seconds when signed; refused beyond 5 minutes"),
+            OpenApiParameter(SIGNATURE_HEADER, str, OpenApiParameter.HEADER, required=True,
+                             description='sha256=<hex HMAC-SHA256 of "<timestamp>." followed by the raw body>'),
+        ],
+        responses={
+            200: OpenApiResponse(description='{"status": "applied" | "ignored", "message": <id or null>}'),
+            400: OpenApiResponse(description="invalid_request: the body is not a valid webhook"),
+            403: OpenApiResponse(description="invalid_signature, or invalid_timestamp (missing, or too old)"),
+        },
+    )
     def post(self, request: Request) -> HttpResponse:
         raw = request.body
         chat_webhook_verify(
