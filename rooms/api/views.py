@@ -4,6 +4,8 @@ import json
 import logging
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
@@ -13,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from rooms import selectors, services
-from rooms.exceptions import InvalidRequestError
+from rooms.exceptions import InvalidRequestError, RoomError
 from rooms.providers import SIGNATURE_HEADER, TIMESTAMP_HEADER, chat_webhook_verify
 
 logger = logging.getLogger(__name__)
@@ -153,7 +155,14 @@ class ChatWebhookView(APIView):
         },
     )
     def post(self, request: Request) -> HttpResponse:
-        raw = request.body
+        try:
+            raw = request.body
+        except RequestDataTooBig:
+            raise RoomError(
+                "a webhook body may be at most DATA_UPLOAD_MAX_MEMORY_SIZE bytes",
+                code="payload_too_large", status=413,
+                detail={"limit": settings.DATA_UPLOAD_MAX_MEMORY_SIZE},
+            ) from None
         chat_webhook_verify(
             body=raw,
             signature=request.headers.get(SIGNATURE_HEADER, ""),

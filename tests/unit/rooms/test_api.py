@@ -329,3 +329,13 @@ def test_with_the_broker_down_the_enqueue_and_the_ack_still_answer(
     # Both transitions committed; their sends are left to the recovery sweep.
     assert (status, answer["status"]) == (200, "applied")
     assert Room.objects.get(pk=room.pk).in_flight_id == RoomMessage.objects.get(sequence=2).pk
+
+
+@override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1024)
+def test_an_oversized_webhook_answers_413_in_the_error_format(room: Room) -> None:
+    raw = json.dumps({"type": "message.delivered", "padding": "x" * 2000}).encode()
+
+    status, body = post_webhook(raw, chat_signed_headers(SECRET, raw))
+
+    assert status == 413
+    assert body["error"] == "payload_too_large"
