@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -21,6 +22,17 @@ def read_dotenv() -> None:
     dotenv = BASE_DIR / ".env"
     if dotenv.is_file():
         environ.Env.read_env(dotenv, overwrite=False)
+
+
+def required_secret(name: str) -> str:
+    """A secret that must be set and not empty: an empty signing secret lets anyone sign.
+
+    Refuses with django-environ's own message, as a missing variable is refused.
+    """
+    value: str = env(name)
+    if not value.strip():
+        raise ImproperlyConfigured(f"Set the {name} environment variable (it is empty)")
+    return value
 
 
 def database_config(url: str) -> dict[str, object]:

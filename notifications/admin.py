@@ -51,10 +51,11 @@ class OutboxInline(admin.TabularInline):
 
 @admin.register(Event)
 class EventAdmin(admin.ModelAdmin):
-    list_display = ["id", "type", "version", "actor", "occurred_at", "created_at"]
+    list_display = ["id", "type", "version", "publisher", "actor", "occurred_at", "created_at"]
     list_filter = ["type"]
     search_fields = ["id", "idempotency_key", "actor"]
-    readonly_fields = ["id", "type", "version", "occurred_at", "actor", "data", "idempotency_key", "created_at"]
+    readonly_fields = ["id", "type", "version", "occurred_at", "publisher", "actor", "data", "idempotency_key",
+                       "created_at"]
     inlines = [OutboxInline, DeliveryInline]
 
 

@@ -3,7 +3,10 @@
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
+from django.contrib.auth import get_user_model
+from django.db import connection
 from rest_framework import serializers
+from rest_framework.fields import empty
 
 from notifications.exceptions import InvalidEvent
 
@@ -82,21 +85,50 @@ def event_data_validate(event_type: EventType, data: Any) -> dict[str, Any]:
     return dict(schema.to_representation(schema.validated_data))
 
 
+class UserIdField(serializers.IntegerField):
+    """A recipient: the id of a user that exists, checked when the event is published.
+
+    Declare every recipient of an event type's schema with it. An event naming no real
+    user would be accepted and then fail once per subscriber, each failure a failed job:
+    whoever may publish could fill the failed-job list. Checked here, such an event is
+    refused with the field named and nothing written.
+    """
+
+    default_error_messages = {"no_user": "no user with id {user_id}"}
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("min_value", 1)
+        super().__init__(**kwargs)
+
+    def run_validation(self, data: Any = empty) -> Any:
+        value = super().run_validation(data)
+        if value is None:
+            return value
+        users = get_user_model()
+        # Past the id column's range the lookup itself would fail (SQLite overflows).
+        _, highest = connection.ops.integer_field_range(users._meta.pk.get_internal_type())
+        if highest is not None and value > highest:
+            self.fail("max_value", max_value=highest)
+        if not users.objects.filter(pk=value).exists():
+            self.fail("no_user", user_id=value)
+        return value
+
+
 # --- Carillon's demo event types -------------------------------------------------------
 
 
 class AccountCreated(serializers.Serializer[Any]):
-    user_id = serializers.IntegerField(min_value=1)
+    user_id = UserIdField()
     name = serializers.CharField(max_length=200, required=False, allow_blank=True)
 
 
 class PasswordResetRequested(serializers.Serializer[Any]):
-    user_id = serializers.IntegerField(min_value=1)
+    user_id = UserIdField()
     reset_url = serializers.URLField(max_length=500)
 
 
 class VideoLiked(serializers.Serializer[Any]):
-    user_id = serializers.IntegerField(min_value=1, help_text="the video's owner, who is told")
+    user_id = UserIdField(help_text="the video's owner, who is told")
     video_id = serializers.CharField(max_length=100)
     liked_by = serializers.CharField(max_length=200)
 

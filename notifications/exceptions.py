@@ -19,6 +19,10 @@ class InvalidEvent(NotificationError):  # noqa: N818 - the name the brief and st
         self.detail = detail or {}
 
 
+class IdempotencyKeyReused(InvalidEvent):  # noqa: N818 - an InvalidEvent, named for its cause
+    """An idempotency key this publisher already used for a different request."""
+
+
 class ProviderError(NotificationError):
     """A provider did not take a message."""
 

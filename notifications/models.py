@@ -17,13 +17,30 @@ class Event(models.Model):
     occurred_at = models.DateTimeField()
     actor = models.CharField(max_length=200, blank=True)
     data = models.JSONField()
-    # A repeated key returns the first event and publishes nothing.
-    idempotency_key = models.CharField(max_length=200, unique=True, null=True, blank=True)
+    # Who published it through the API (null: the project's own code). `actor` is free
+    # text the caller chooses, so this, not it, decides who may read the event back.
+    publisher = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    # A repeated key returns the first event and publishes nothing. Keys are unique per
+    # publisher: `idempotency_scope` is "user:<id>" ("" for the project's own code), a
+    # string rather than the foreign key so that it outlives the user's row.
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - null in the envelope
+    idempotency_scope = models.CharField(max_length=50, blank=True, editable=False)
+    # SHA-256 of the publishing request: the same key with another request is refused
+    # rather than answered with this event.
+    request_hash = models.CharField(max_length=64, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
         ordering = ["-created_at"]
         permissions = [("publish_event", "Can publish events through the API")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["idempotency_scope", "idempotency_key"], condition=models.Q(idempotency_key__isnull=False),
+                name="event_unique_idempotency_key",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.type} v{self.version} {self.id}"

@@ -1,10 +1,33 @@
 """Reads of the notifications app."""
 
+from typing import Any
+
 from django.db.models import QuerySet
 
 from notifications.channels import Channel
 from notifications.events import event_types
-from notifications.models import DigestFrequency, Notification, Preference, Recipient
+from notifications.models import DigestFrequency, Event, Notification, Preference, Recipient
+
+
+def idempotency_scope(publisher_id: int | None) -> str:
+    """Where a publisher's idempotency keys are unique: its own, or the project's ("")."""
+    return f"user:{publisher_id}" if publisher_id is not None else ""
+
+
+def event_for_key(*, publisher_id: int | None, key: str) -> Event | None:
+    """The event a publisher already published with this idempotency key, if any."""
+    return Event.objects.filter(idempotency_scope=idempotency_scope(publisher_id), idempotency_key=key).first()
+
+
+def events_visible(*, user: Any) -> QuerySet[Event]:
+    """The events `user` (a request's user) may read: those it published, or every one
+    with notifications.view_event. An event's data may hold secrets (a reset URL)."""
+    events = Event.objects.prefetch_related("deliveries")
+    if not user.is_authenticated:  # its pk is None, which would match the project's events
+        return events.none()
+    if user.has_perm("notifications.view_event"):
+        return events
+    return events.filter(publisher_id=user.pk)
 
 
 def notification_list(*, user_id: int) -> QuerySet[Notification]:

@@ -26,9 +26,11 @@ class RoomMessageInline(admin.TabularInline):
 
 @admin.register(Room)
 class RoomAdmin(admin.ModelAdmin):
-    list_display = ["id", "provider", "recipient", "in_flight", "attempt", "last_ack_at", "timeouts", "version"]
+    list_display = ["id", "provider", "recipient", "owner", "in_flight", "attempt", "last_ack_at", "timeouts",
+                    "version"]
     list_filter = ["provider"]
     search_fields = ["recipient"]
+    raw_id_fields = ["owner"]
     readonly_fields = ["in_flight", "attempt", "version", "last_sequence", "last_ack_at", "timeouts"]
     inlines = [RoomMessageInline]
     actions = ["skip_in_flight", "retry_in_flight"]

@@ -8,13 +8,41 @@ class RoomError(ApplicationError):
     status = 400
 
 
+class InvalidRequestError(RoomError):
+    """A request body that does not say what the endpoint needs; `detail` names the fields."""
+
+    code = "invalid_request"
+    status = 400
+
+
 class RoomNotFoundError(RoomError):
     code = "room_not_found"
     status = 404
 
 
+class RoomPermissionError(RoomError):
+    """The caller may see the room but not do this to it."""
+
+    code = "permission_denied"
+    status = 403
+
+
+class IdempotencyKeyReusedError(RoomError):
+    """A key already used by this caller for a different request (Stripe's rule)."""
+
+    code = "idempotency_key_reused"
+    status = 409
+
+
 class InvalidWebhookError(RoomError):
     code = "invalid_signature"
+    status = 403
+
+
+class WebhookTimestampError(RoomError):
+    """A webhook without a signed timestamp, or signed too long ago (a replay)."""
+
+    code = "invalid_timestamp"
     status = 403
 
 

@@ -8,6 +8,7 @@ every transition is a conditional UPDATE on the version it read (compare-and-set
 
 import uuid
 
+from django.conf import settings
 from django.db import models
 
 
@@ -30,6 +31,13 @@ class ChatProvider(models.Model):
 class Room(models.Model):
     provider = models.ForeignKey(ChatProvider, on_delete=models.PROTECT, related_name="rooms")
     recipient = models.CharField(max_length=255, help_text="The recipient's address on the provider.")
+    # Room ids are sequential, so the API cannot trust a caller who names one: only the
+    # owner (the integration that created the room) reads and sends into it, and
+    # operators by permission. No owner: a room of the project's own code.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="rooms",
+        help_text="The API user (integration) the room belongs to; it alone may read it and send into it.",
+    )
     # The state machine: idle when in_flight is null.
     in_flight = models.OneToOneField(
         "RoomMessage", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -45,8 +53,12 @@ class Room(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["provider", "recipient"], name="room_unique_recipient"),
         ]
-        # Skipping or resending changes what a recipient receives: not every staff member.
-        permissions = [("operate_room", "Can skip or retry a room's in-flight message")]
+        permissions = [
+            # Skipping or resending changes what a recipient receives: not every staff member.
+            ("operate_room", "Can skip or retry a room's in-flight message"),
+            # Reading any room is rooms.view_room; sending into a room one does not own is this.
+            ("send_room_message", "Can send messages into any room through the API"),
+        ]
 
     def __str__(self) -> str:
         return f"room {self.pk} ({self.provider_id}:{self.recipient})"
@@ -75,11 +87,21 @@ class RoomMessage(models.Model):
     acked_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     note = models.CharField(max_length=255, blank=True)
+    # The caller's own idempotency key (the API's `idempotency_key`, not the provider's
+    # key above): a retried POST gets the first message back instead of a second copy.
+    # Blank: none given. Unique per caller: `request_scope` is "user:<id>" ("" for the project's own code),
+    # a string rather than a foreign key so that it outlives the user's row.
+    request_scope = models.CharField(max_length=50, blank=True, editable=False)
+    request_key = models.CharField(max_length=200, blank=True, editable=False)
 
     class Meta:
         ordering = ["room", "sequence"]
         constraints = [
             models.UniqueConstraint(fields=["room", "sequence"], name="room_message_unique_sequence"),
+            models.UniqueConstraint(
+                fields=["request_scope", "request_key"], condition=~models.Q(request_key=""),
+                name="room_message_unique_request_key",
+            ),
         ]
         indexes = [models.Index(fields=["room", "status", "sequence"])]
 

@@ -3,16 +3,27 @@
 import hashlib
 import hmac
 import logging
+import time
 from dataclasses import dataclass
 
 import requests
 from django.conf import settings
 
-from rooms.exceptions import ProviderPermanentError, ProviderTransientError
+from rooms.exceptions import (
+    InvalidWebhookError,
+    ProviderPermanentError,
+    ProviderTransientError,
+    WebhookTimestampError,
+)
 
 logger = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Chat-Signature"
+TIMESTAMP_HEADER = "X-Chat-Timestamp"
+# How far a webhook's signed timestamp may be from our clock. The signature covers the
+# timestamp, so a captured ack can be replayed only within this window (Stripe's default);
+# it also absorbs the clock skew between the platform and us, and its retry delays.
+WEBHOOK_TOLERANCE_S = 300
 
 
 @dataclass(frozen=True)
@@ -49,8 +60,32 @@ def chat_send(
     return ChatSendResult(provider_message_id=str(answer["id"]), duplicate=bool(answer.get("duplicate")))
 
 
-def chat_signature_valid(*, body: bytes, signature: str) -> bool:
-    """Check a webhook's `X-Chat-Signature` (sha256=<hex HMAC-SHA256 of the raw body>)."""
-    secret = settings.ROOMS_CHAT_WEBHOOK_SECRET.encode()
-    expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, signature)
+def chat_webhook_verify(*, body: bytes, signature: str, timestamp: str, now: float | None = None) -> None:
+    """Check a webhook's `X-Chat-Signature` (sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">)
+    and that its `X-Chat-Timestamp` is within WEBHOOK_TOLERANCE_S of now; raise if not."""
+    secret = settings.ROOMS_CHAT_WEBHOOK_SECRET
+    # Unix seconds have 10 digits until 2286; the bound keeps int() cheap and in range.
+    if not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > 12:
+        raise WebhookTimestampError(
+            f"send the unix time the webhook was signed at in {TIMESTAMP_HEADER}",
+            detail={"header": TIMESTAMP_HEADER},
+        )
+    signed = timestamp.encode() + b"." + body
+    expected = "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    # An empty secret would let anyone sign: nothing verifies without one (production
+    # settings refuse to start without it). Headers arrive decoded as latin-1, so compare
+    # bytes: compare_digest refuses non-ASCII strings.
+    if not secret or not hmac.compare_digest(expected.encode(), signature.encode(errors="replace")):
+        logger.warning("chat webhook with a bad signature refused")
+        raise InvalidWebhookError(
+            f"the {SIGNATURE_HEADER} header does not match the timestamp and body: check that the "
+            "webhook secret (ROOMS_CHAT_WEBHOOK_SECRET) is the one the platform signs with",
+        )
+    skew = abs((time.time() if now is None else now) - int(timestamp))
+    if skew > WEBHOOK_TOLERANCE_S:
+        logger.warning("chat webhook signed %d s away from now refused", skew)
+        raise WebhookTimestampError(
+            f"the webhook was signed {int(skew)} s away from now, more than {WEBHOOK_TOLERANCE_S} s: "
+            "a replayed or much delayed webhook, or a clock out of sync",
+            detail={"header": TIMESTAMP_HEADER, "tolerance_s": WEBHOOK_TOLERANCE_S},
+        )

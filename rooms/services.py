@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
+from kombu.exceptions import KombuError
 
-from rooms.exceptions import RoomNotFoundError
+from rooms.exceptions import IdempotencyKeyReusedError, RoomNotFoundError
 from rooms.models import ChatProvider, Room, RoomMessage
+from rooms.selectors import caller_scope, room_message_for_key
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +45,20 @@ class Dispatch:
 def _publish_send(dispatch: Dispatch | None) -> None:
     if dispatch is None:
         return
+    transaction.on_commit(lambda: _send(dispatch))
+
+
+def _send(dispatch: Dispatch) -> None:
     from rooms.tasks import room_message_send_task  # tasks import services
 
-    transaction.on_commit(
-        lambda: room_message_send_task.delay(dispatch.message_id, dispatch.attempt)
-    )
+    try:
+        room_message_send_task.delay(dispatch.message_id, dispatch.attempt)
+    except (KombuError, OSError) as exc:
+        # The transition is committed: failing the caller now (an API request, a webhook)
+        # would only make it retry what is done. The recovery sweep (room_recover)
+        # publishes this send again once RabbitMQ takes it.
+        logger.warning("message %s attempt %s: send not published, left to the recovery sweep: %s",
+                       dispatch.message_id, dispatch.attempt, exc)
 
 
 def _cas(room: Room, **changes: object) -> bool:
@@ -130,10 +141,11 @@ def _dispatched(outcome: Dispatch | None) -> Dispatch | None:
     return None if outcome is None or outcome is _DONE else outcome
 
 
-def room_create(*, provider_name: str, recipient: str) -> Room:
-    """Create (or return) the room of one recipient on one provider."""
+def room_create(*, provider_name: str, recipient: str, owner_id: int | None = None) -> Room:
+    """Create (or return) the room of one recipient on one provider, owned by an API user
+    (None: the project's own code; operators reach it by permission)."""
     provider = ChatProvider.objects.get(name=provider_name)
-    room, _ = Room.objects.get_or_create(provider=provider, recipient=recipient)
+    room, _ = Room.objects.get_or_create(provider=provider, recipient=recipient, defaults={"owner_id": owner_id})
     return room
 
 
@@ -158,18 +170,53 @@ def room_dispatch(*, room_id: int) -> Dispatch | None:
     return dispatch
 
 
-def room_message_enqueue(*, room_id: int, body: str) -> RoomMessage:
-    """Append a message to the room's FIFO; it is sent once every earlier one is done."""
-    with transaction.atomic():
-        # The increment is atomic in the database; it does not touch the state machine's
-        # columns, so it never conflicts with a transition.
-        if not Room.objects.filter(pk=room_id).update(last_sequence=F("last_sequence") + 1):
-            raise RoomNotFoundError(f"room {room_id} does not exist", detail={"room_id": room_id})
-        sequence = Room.objects.values_list("last_sequence", flat=True).get(pk=room_id)
-        message = RoomMessage.objects.create(room_id=room_id, sequence=sequence, body=body)
-        transaction.on_commit(lambda: room_dispatch(room_id=room_id))
+def room_message_enqueue(
+    *, room_id: int, body: str, caller_id: int | None = None, idempotency_key: str | None = None
+) -> RoomMessage:
+    """Append a message to the room's FIFO; it is sent once every earlier one is done.
+
+    With an `idempotency_key`, a repeat by the same caller returns the first message and
+    enqueues nothing; the same key for another room or body raises
+    IdempotencyKeyReusedError. Once this returns, the message is committed: if RabbitMQ
+    cannot take its send now, the recovery sweep sends it later.
+    """
+    scope = caller_scope(caller_id)
+    if idempotency_key:
+        first = room_message_for_key(scope=scope, key=idempotency_key)
+        if first is not None:
+            return _same_request(first, room_id=room_id, body=body)
+    try:
+        with transaction.atomic():
+            # The increment is atomic in the database; it does not touch the state
+            # machine's columns, so it never conflicts with a transition.
+            if not Room.objects.filter(pk=room_id).update(last_sequence=F("last_sequence") + 1):
+                raise RoomNotFoundError(f"room {room_id} does not exist", detail={"room_id": room_id})
+            sequence = Room.objects.values_list("last_sequence", flat=True).get(pk=room_id)
+            message = RoomMessage.objects.create(
+                room_id=room_id, sequence=sequence, body=body, request_scope=scope, request_key=idempotency_key or ""
+            )
+            # Robust: the message is committed whatever the dispatch meets; what it could
+            # not do, the recovery sweep does.
+            transaction.on_commit(lambda: room_dispatch(room_id=room_id), robust=True)
+    except IntegrityError:
+        # The same key enqueued concurrently: the other transaction won.
+        first = room_message_for_key(scope=scope, key=idempotency_key) if idempotency_key else None
+        if first is None:
+            raise
+        return _same_request(first, room_id=room_id, body=body)
     logger.info("room %s: enqueued message %s (#%s)", room_id, message.pk, sequence)
     return message
+
+
+def _same_request(first: RoomMessage, *, room_id: int, body: str) -> RoomMessage:
+    """The first message of a repeated key, if the repeat asks for the same thing."""
+    if first.room_id != room_id or first.body != body:
+        raise IdempotencyKeyReusedError(
+            f"idempotency key {first.request_key!r} was used for another message (id {first.pk}): "
+            "use a new key for a new message",
+            detail={"idempotency_key": first.request_key, "message": first.pk},
+        )
+    return first
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,10 @@ it again, as idempotent APIs do. After a latency drawn from `callback_distributi
 `callback_delay_ms` ± `callback_jitter_ms`, normal, or exponential; a room's own mean
 through `PUT /api/chat/rooms/{room}`),
 the platform POSTs `{"type": "message.delivered", "id", "room", "idempotency_key"}` to
-`callback_url`, signed with `X-Chat-Signature: sha256=<hex HMAC-SHA256 of the body>`;
-`callback_loss_rate` of acks are never sent.
+`callback_url`, with `X-Chat-Timestamp: <unix seconds>` and `X-Chat-Signature:
+sha256=<hex HMAC-SHA256 of "<timestamp>." followed by the body>` (the timestamp is signed
+so that a receiver can refuse a captured ack replayed later); `callback_loss_rate` of
+acks are never sent.
 
 Per room it records the order in which messages arrived: a first arrival whose
 `sequence` is lower than one already seen is an order violation; a repeated idempotency
@@ -37,11 +39,20 @@ logger = logging.getLogger(__name__)
 
 MESSAGES_PATH = "/chat/v1/messages"
 SIGNATURE_HEADER = "X-Chat-Signature"
+TIMESTAMP_HEADER = "X-Chat-Timestamp"
 
 
-def chat_signature(secret: str, body: bytes) -> str:
-    """Sign a webhook body: `sha256=` and the hex HMAC-SHA256 keyed by the shared secret."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def chat_signature(secret: str, body: bytes, timestamp: int) -> str:
+    """Sign a webhook: `sha256=` and the hex HMAC-SHA256, keyed by the shared secret, of
+    the timestamp, a dot, and the body."""
+    signed = str(timestamp).encode() + b"." + body
+    return "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+def chat_signed_headers(secret: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
+    """The headers of a signed webhook sent now (or at `timestamp`, unix seconds)."""
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    return {TIMESTAMP_HEADER: str(timestamp), SIGNATURE_HEADER: chat_signature(secret, body, timestamp)}
 
 
 @dataclass
@@ -179,7 +190,7 @@ async def _post_ack(app: web.Application, message: dict[str, Any], delay: float)
         async with app[HTTP_KEY].post(
             message["callback_url"],
             data=body,
-            headers={"Content-Type": "application/json", SIGNATURE_HEADER: chat_signature(state.secret, body)},
+            headers={"Content-Type": "application/json", **chat_signed_headers(state.secret, body)},
             timeout=ClientTimeout(total=15),
         ) as response:
             message["ack_status"] = response.status

@@ -4,7 +4,7 @@ A missing variable stops start-up with django-environ's ImproperlyConfigured
 ("Set the X environment variable"), naming the variable to set.
 """
 
-from config.env import database_config, env
+from config.env import database_config, env, required_secret
 from config.settings.base import *  # noqa: F403
 
 DEBUG = False
@@ -29,6 +29,8 @@ TWILIO_AUTH_TOKEN = env("TWILIO_AUTH_TOKEN")
 TWILIO_FROM_NUMBER = env("TWILIO_FROM_NUMBER")
 MIXPANEL_TOKEN = env("MIXPANEL_TOKEN")
 MIXPANEL_API_SECRET = env("MIXPANEL_API_SECRET")
+# The chat platform signs its delivery acks with it (rooms/providers.py).
+ROOMS_CHAT_WEBHOOK_SECRET = required_secret("ROOMS_CHAT_WEBHOOK_SECRET")
 
 # HTTPS only. daphne speaks plain HTTP behind a TLS-terminating proxy, which must set
 # X-Forwarded-Proto (and overwrite any a client sent): that is how Django knows a request

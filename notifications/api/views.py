@@ -6,6 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import generics, permissions
@@ -27,10 +28,12 @@ from notifications.api.serializers import (
     PreferenceSerializer,
 )
 from notifications.events import event_types
-from notifications.exceptions import FailedJobStateError, InvalidEvent
+from notifications.exceptions import FailedJobStateError, IdempotencyKeyReused, InvalidEvent
 from notifications.models import Event, FailedJob, Notification
 from notifications.selectors import (
     digest_frequency_get,
+    event_for_key,
+    events_visible,
     notification_list,
     notification_unread_count,
     preference_list,
@@ -73,14 +76,20 @@ class EventListView(APIView):
         responses={
             202: EventAcceptedSerializer,
             200: EventAcceptedSerializer,
-            400: error("the body is invalid (`invalid_request`) or the data does not fit the type (`invalid_event`)"),
+            400: error(
+                "the body is invalid (`invalid_request`) or the data does not fit the type (`invalid_event`: "
+                "unknown type, bad data, a recipient user that does not exist)"
+            ),
+            409: error("`idempotency_key_reused`: this key was used for another request"),
             413: error("the body is larger than CARILLON_MAX_EVENT_BYTES (`payload_too_large`)"),
         },
         summary="Publish a domain event",
         description=(
-            "Validates the event against its type's schema and publishes it to every subscriber. "
+            "Validates the event against its type's schema (recipients included: a user_id must name "
+            "an existing user) and publishes it to every subscriber. "
             f"Bodies over CARILLON_MAX_EVENT_BYTES (default {64 * 1024} bytes) get 413. "
-            "A repeated idempotency_key answers 200 with the first event and publishes nothing."
+            "idempotency_key is unique per publisher: repeating a request with it answers 200 with the "
+            "first event and publishes nothing; the same key with a different request answers 409."
         ),
     )
     def post(self, request: Request) -> Response:
@@ -94,20 +103,20 @@ class EventListView(APIView):
         incoming = EventPublishSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         fields: dict[str, Any] = incoming.validated_data
-        first = (
-            Event.objects.filter(idempotency_key=fields["idempotency_key"]).first()
-            if fields["idempotency_key"]
-            else None
-        )
+        key = fields["idempotency_key"]
+        first = event_for_key(publisher_id=request.user.pk, key=key) if key else None
         try:
             event = event_publish(
                 type=fields["type"],
                 data=fields["data"],
                 version=fields.get("version"),
                 actor=fields["actor"] or request.user.get_username(),
-                idempotency_key=fields["idempotency_key"],
+                idempotency_key=key,
                 occurred_at=fields["occurred_at"],
+                publisher_id=request.user.pk,
             )
+        except IdempotencyKeyReused as exc:
+            return error_response("idempotency_key_reused", exc.message, detail=exc.detail, status=409)
         except InvalidEvent as exc:
             return error_response("invalid_event", exc.message, detail=exc.detail)
         duplicate = first is not None and first.pk == event.pk
@@ -116,11 +125,17 @@ class EventListView(APIView):
 
 
 class EventDetailView(generics.RetrieveAPIView[Event]):
-    """An event with each delivery's state: a publisher learns when its work is done."""
+    """An event with each delivery's state: a publisher learns when its work is done.
 
-    permission_classes = [permissions.IsAuthenticated, CanPublishEvents]
+    Only its publisher, or an operator with notifications.view_event, reads it (its data
+    may hold secrets such as a reset URL); anyone else gets 404, as for no such event.
+    """
+
+    permission_classes = [permissions.IsAuthenticated]
     serializer_class = EventSerializer
-    queryset = Event.objects.prefetch_related("deliveries")
+
+    def get_queryset(self) -> QuerySet[Event]:
+        return events_visible(user=self.request.user)
 
 
 class NotificationListView(generics.ListAPIView[Notification]):

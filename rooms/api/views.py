@@ -3,6 +3,8 @@
 import logging
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -12,86 +14,144 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.errors import error_response
 from core.parsers import json_loads
 from core.schema import error
 from rooms import selectors, services
-from rooms.exceptions import InvalidWebhookError
-from rooms.providers import SIGNATURE_HEADER, chat_signature_valid
+from rooms.exceptions import InvalidRequestError, RoomError
+from rooms.providers import SIGNATURE_HEADER, TIMESTAMP_HEADER, chat_webhook_verify
 
 logger = logging.getLogger(__name__)
 
 
-def invalid_request(detail: Any, message: str) -> HttpResponse:
-    return error_response("invalid_request", message, detail=detail)
-
-
 class RoomMessageIn(serializers.Serializer[dict[str, Any]]):
     body = serializers.CharField(max_length=4096)
+    idempotency_key = serializers.CharField(
+        max_length=200, required=False, allow_null=True, default=None,
+        help_text="your key for this message: a retry with the same key and body answers 200 with the first "
+        "message and enqueues nothing; the same key with another body answers 409",
+    )
+
+
+class RoomMessageAccepted(serializers.Serializer[dict[str, Any]]):
+    id = serializers.IntegerField()
+    room = serializers.IntegerField()
+    sequence = serializers.IntegerField()
+    status = serializers.CharField()
+    duplicate = serializers.BooleanField()
+
+
+ERRORS = {
+    403: error("you may read the room but not send into it (`permission_denied`)"),
+    404: error("no such room, or not yours: rooms.view_room reads any (`room_not_found`)"),
+}
 
 
 class RoomDetailView(APIView):
+    """A room's state, for its owner or an operator with rooms.view_room."""
+
     @extend_schema(
-        responses={
-            200: OpenApiTypes.OBJECT,
-            404: error("no such room (`room_not_found`)"),
-        },
+        responses={200: OpenApiTypes.OBJECT, 404: ERRORS[404]},
         description="In flight, queued, counts per status, last ack and timeouts (docs/ordered-delivery.md).",
     )
     def get(self, request: Request, room_id: int) -> HttpResponse:
-        return Response(selectors.room_state(room_id=room_id))
+        room = selectors.room_for_caller(room_id=room_id, user=request.user)
+        return Response(selectors.room_state(room_id=room.pk))
 
 
 class RoomMessagesView(APIView):
+    """Enqueue a message, for the room's owner or an operator with rooms.send_room_message."""
+
     @extend_schema(
         request=RoomMessageIn,
         responses={
-            201: inline_serializer(
-                "RoomMessageEnqueued",
-                {
-                    "id": serializers.IntegerField(),
-                    "room": serializers.IntegerField(),
-                    "sequence": serializers.IntegerField(),
-                    "status": serializers.CharField(),
-                },
-            ),
-            404: error("no such room (`room_not_found`)"),
+            202: RoomMessageAccepted, 200: RoomMessageAccepted, **ERRORS,
+            409: error("the key was used for another message (`idempotency_key_reused`)"),
         },
+        description="Enqueues the message and answers 202 once it is committed; it is sent after every earlier "
+        "message of the room. A repeated idempotency_key answers 200 with the first message.",
     )
     def post(self, request: Request, room_id: int) -> HttpResponse:
+        room = selectors.room_for_caller(room_id=room_id, user=request.user, send=True)
         payload = RoomMessageIn(data=request.data)
         if not payload.is_valid():
-            return invalid_request(payload.errors, 'send {"body": "<text of the message>"}')
-        message = services.room_message_enqueue(room_id=room_id, body=payload.validated_data["body"])
-        return Response(
-            {"id": message.pk, "room": room_id, "sequence": message.sequence, "status": message.status},
-            status=status.HTTP_201_CREATED,
+            raise InvalidRequestError('send {"body": "<text of the message>"}', detail=payload.errors)
+        key = payload.validated_data["idempotency_key"]
+        first = selectors.room_message_for_key(scope=selectors.caller_scope(request.user.pk), key=key) if key else None
+        message = services.room_message_enqueue(
+            room_id=room.pk, body=payload.validated_data["body"], caller_id=request.user.pk, idempotency_key=key
         )
+        duplicate = first is not None and first.pk == message.pk
+        answer = {"id": message.pk, "room": room.pk, "sequence": message.sequence, "status": message.status,
+                  "duplicate": duplicate}
+        return Response(answer, status=status.HTTP_200_OK if duplicate else status.HTTP_202_ACCEPTED)
+
+
+class StringField(serializers.CharField):
+    """A JSON string; DRF's CharField also turns numbers into strings."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class UuidStringField(serializers.UUIDField):
+    """A UUID written as a JSON string; DRF's UUIDField also takes integers."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, str):
+            self.fail("invalid", value=data)
+        return super().to_internal_value(data)
+
+
+class ChatWebhookIn(serializers.Serializer[dict[str, Any]]):
+    type = StringField(max_length=100)
+    idempotency_key = UuidStringField(required=False)
+    id = StringField(max_length=255, required=False, allow_blank=True, allow_null=True)
+
+
+DELIVERED = "message.delivered"
+
+
+def chat_webhook_parse(event: Any) -> dict[str, Any] | None:
+    """Validate a parsed webhook body: a delivery ack's fields, or None for another event.
+
+    The platform retries a webhook that does not get a 2xx, so a body that can never be
+    applied gets a 400 naming its fields (never a 500, which would be retried forever).
+    """
+    if not isinstance(event, dict):
+        raise InvalidRequestError("a webhook body is a JSON object", detail={"body": ["must be a JSON object"]})
+    incoming = ChatWebhookIn(data=event)
+    if not incoming.is_valid():
+        raise InvalidRequestError(
+            f"invalid webhook {', '.join(incoming.errors)}: a delivery ack is "
+            '{"type": "message.delivered", "id": "<platform id>", "idempotency_key": "<uuid>"}',
+            detail=incoming.errors,
+        )
+    fields = incoming.validated_data
+    if fields["type"] != DELIVERED:
+        return None
+    if "idempotency_key" not in fields:
+        raise InvalidRequestError(
+            "a delivery ack names its message by idempotency_key",
+            detail={"idempotency_key": ["This field is required."]},
+        )
+    return fields
 
 
 class ChatWebhookView(APIView):
-    """The chat platform's delivery ack: verified by HMAC, idempotent."""
+    """The chat platform's delivery ack: verified by HMAC over a timestamp and the body, idempotent."""
 
     authentication_classes: list[type] = []
     permission_classes = [AllowAny]
 
     @extend_schema(
-        request=inline_serializer(
-            "ChatDeliveryAck",
-            {
-                "type": serializers.CharField(help_text="message.delivered; other types are ignored"),
-                "id": serializers.CharField(required=False, help_text="the platform's message id"),
-                "idempotency_key": serializers.CharField(help_text="the key Carillon sent the message with"),
-            },
-        ),
+        request=ChatWebhookIn,
         parameters=[
-            OpenApiParameter(
-                SIGNATURE_HEADER,
-                str,
-                OpenApiParameter.HEADER,
-                required=True,
-                description="hex HMAC-SHA256 of the raw body with ROOMS_CHAT_WEBHOOK_SECRET",
-            )
+            OpenApiParameter(TIMESTAMP_HEADER, str, OpenApiParameter.HEADER, required=True,
+                             description="unix seconds when signed; refused beyond 5 minutes"),
+            OpenApiParameter(SIGNATURE_HEADER, str, OpenApiParameter.HEADER, required=True,
+                             description='sha256=<hex HMAC-SHA256 of "<timestamp>." followed by the raw body>'),
         ],
         responses={
             200: inline_serializer(
@@ -102,24 +162,33 @@ class ChatWebhookView(APIView):
                     "reason": serializers.CharField(required=False),
                 },
             ),
-            400: error("not JSON with an idempotency_key (`invalid_request`)"),
-            403: error("the signature does not match the body (`invalid_signature`)"),
+            400: error("the body is not a valid webhook (`invalid_request`)"),
+            403: error("`invalid_signature`, or `invalid_timestamp` (missing, or too old)"),
+            413: error("the body is over DATA_UPLOAD_MAX_MEMORY_SIZE (`payload_too_large`)"),
         },
     )
     def post(self, request: Request) -> HttpResponse:
-        raw = request.body
-        if not chat_signature_valid(body=raw, signature=request.headers.get(SIGNATURE_HEADER, "")):
-            logger.warning("chat webhook with a bad signature refused")
-            raise InvalidWebhookError(
-                f"the {SIGNATURE_HEADER} header does not match the body: check that the "
-                "webhook secret (ROOMS_CHAT_WEBHOOK_SECRET) is the one the platform signs with",
-            )
+        try:
+            raw = request.body
+        except RequestDataTooBig:
+            raise RoomError(
+                "a webhook body may be at most DATA_UPLOAD_MAX_MEMORY_SIZE bytes",
+                code="payload_too_large", status=413,
+                detail={"limit": settings.DATA_UPLOAD_MAX_MEMORY_SIZE},
+            ) from None
+        chat_webhook_verify(
+            body=raw,
+            signature=request.headers.get(SIGNATURE_HEADER, ""),
+            timestamp=request.headers.get(TIMESTAMP_HEADER, ""),
+        )
         try:
             event = json_loads(raw)
-            key = str(event["idempotency_key"])
-        except (ValueError, KeyError, TypeError):
-            return invalid_request(None, "a delivery webhook carries JSON with an idempotency_key")
-        if event.get("type") != "message.delivered":
+        except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError)
+            raise InvalidRequestError("a webhook body is JSON in UTF-8", detail={"body": ["not JSON"]}) from None
+        ack = chat_webhook_parse(event)
+        if ack is None:
             return Response({"status": "ignored", "reason": "not a delivery event"})
-        outcome = services.room_message_ack(idempotency_key=key, provider_message_id=str(event.get("id") or ""))
+        outcome = services.room_message_ack(
+            idempotency_key=str(ack["idempotency_key"]), provider_message_id=ack.get("id") or ""
+        )
         return Response({"status": "applied" if outcome.applied else "ignored", "message": outcome.message_id})

@@ -14,13 +14,15 @@ from dataclasses import dataclass
 
 import pytest
 import requests
+from django.contrib.auth import get_user_model
+from rest_framework.test import APIClient
 
 from rooms import services
 from rooms.models import ChatProvider, Room, RoomMessage
-from sandbox.chat import chat_signature
+from sandbox.chat import chat_signed_headers
 from sandbox.client import SandboxClient
 from tests.integration.conftest import _celery_worker, start_daphne
-from tests.processes import ManagedProcess
+from tests.processes import ManagedProcess, rabbitmqctl
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -111,7 +113,7 @@ def post_ack(url: str, message: RoomMessage, *, secret: str = SECRET) -> request
     ).encode()
     return requests.post(
         f"{url}/api/webhooks/chat/", data=body, timeout=10,
-        headers={"Content-Type": "application/json", "X-Chat-Signature": chat_signature(secret, body)},
+        headers={"Content-Type": "application/json", **chat_signed_headers(secret, body)},
     )
 
 
@@ -251,3 +253,35 @@ def test_a_worker_killed_mid_send_loses_nothing_and_reorders_nothing(
     assert seen["order_violations"] == 0
     assert statuses(room) == [Status.ACKED] * 3
     assert RoomMessage.objects.get(pk=first.pk).provider_message_id
+
+
+def test_a_message_enqueued_while_rabbitmq_is_down_is_sent_once_by_the_recovery_sweep(
+    chat: SandboxClient, web_processes: list[WebProcess]
+) -> None:
+    (room,) = make_rooms(1, ack_timeout_ms=1000)
+    owner = get_user_model().objects.create_user(username=f"integration-{room.pk}")
+    Room.objects.filter(pk=room.pk).update(owner=owner)
+    client = APIClient()
+    client.force_authenticate(owner)
+    request = {"body": "sent once", "idempotency_key": "order-42"}
+
+    rabbitmqctl("stop_app")
+    try:
+        accepted = client.post(f"/api/rooms/{room.pk}/messages/", request, format="json")
+        # The caller retries, as a client that saw an error would.
+        retried = client.post(f"/api/rooms/{room.pk}/messages/", request, format="json")
+    finally:
+        rabbitmqctl("start_app")
+
+    assert accepted.status_code == 202, accepted.content
+    assert (retried.status_code, retried.json()["duplicate"], retried.json()["id"]) == (200, True, accepted.json()["id"])
+    assert statuses(room) == [Status.IN_FLIGHT]  # committed, its send lost with the broker
+
+    def swept_and_acked() -> bool:
+        services.room_recover(stalled_after_s=0)  # what beat runs every minute
+        return all_done([room])
+
+    wait_until(swept_and_acked, "the recovery sweep sends the message and it is acked")
+
+    assert statuses(room) == [Status.ACKED]
+    assert chat.chat_rooms()["rooms"][room.recipient]["arrivals"] == [1]

@@ -25,6 +25,7 @@ PRODUCTION_ENVIRONMENT = {
     "TWILIO_FROM_NUMBER": "+15550000000",
     "MIXPANEL_TOKEN": "token",
     "MIXPANEL_API_SECRET": "secret",
+    "ROOMS_CHAT_WEBHOOK_SECRET": "secret",
 }
 
 
@@ -113,3 +114,11 @@ def test_production_serves_the_schema_when_the_setting_says_so() -> None:
     answer = production_security({**PRODUCTION_ENVIRONMENT, "CARILLON_API_DOCS_ENABLED": "true"})
 
     assert answer["api_docs"] == [True, True]
+
+
+def test_production_settings_refuse_an_empty_chat_webhook_secret() -> None:
+    # Empty, anyone could sign the chat platform's acks.
+    result = load_production_settings({**PRODUCTION_ENVIRONMENT, "ROOMS_CHAT_WEBHOOK_SECRET": ""})
+
+    assert result.returncode != 0
+    assert "Set the ROOMS_CHAT_WEBHOOK_SECRET environment variable" in result.stderr

@@ -91,12 +91,12 @@ def test_a_failed_job_action_whose_body_is_not_an_object_is_an_invalid_request(s
 
 
 def test_a_deeply_nested_chat_webhook_is_an_invalid_request(settings: Any) -> None:
-    from sandbox.chat import chat_signature
+    from sandbox.chat import chat_signed_headers
 
     body = DEEP_JSON.encode()
     response = Client().post(
         "/api/webhooks/chat/", body, content_type="application/json",
-        HTTP_X_CHAT_SIGNATURE=chat_signature(settings.ROOMS_CHAT_WEBHOOK_SECRET, body),
+        headers=chat_signed_headers(settings.ROOMS_CHAT_WEBHOOK_SECRET, body),
     )
 
     assert_error(response, 400, "invalid_request")

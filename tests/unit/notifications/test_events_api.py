@@ -10,6 +10,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from notifications.models import Delivery, Event, OutboxMessage
+from notifications.services import event_publish
 
 pytestmark = pytest.mark.django_db
 
@@ -40,12 +41,14 @@ def test_valid_event_is_accepted_with_its_id_and_outbox_rows(api: APIClient, pub
     event = Event.objects.get(pk=response.json()["id"])
     assert response.json()["status_url"] == f"/api/events/{event.pk}/"
     assert event.actor == "backend"
+    assert event.publisher == publisher
     # The envelope plus one task per subscriber of account.created (email, analytics, in-app).
     assert sorted(event.outbox.values_list("kind", flat=True)) == ["envelope", "task", "task", "task"]
 
 
-def test_repeated_idempotency_key_returns_the_first_event_and_writes_nothing(api: APIClient) -> None:
-    body = {"type": "video.liked", "data": {"user_id": 1, "video_id": "v1", "liked_by": "Bo"}, "idempotency_key": "like-1"}
+def test_repeated_idempotency_key_returns_the_first_event_and_writes_nothing(api: APIClient, publisher: Any) -> None:
+    body = {"type": "video.liked", "data": {"user_id": publisher.pk, "video_id": "v1", "liked_by": "Bo"},
+            "idempotency_key": "like-1"}
 
     first = api.post("/api/events/", body, format="json")
     again = api.post("/api/events/", body, format="json")
@@ -123,4 +126,109 @@ def test_publisher_without_the_permission_answers_403(django_user_model: Any) ->
 
     assert response.status_code == 403
     assert "publish_event" in response.json()["message"]
+    assert_nothing_changed()
+
+
+def client_of(user: Any) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client
+
+
+@pytest.fixture
+def other_publisher(django_user_model: Any) -> Any:
+    user = django_user_model.objects.create_user("another-backend")
+    user.user_permissions.add(Permission.objects.get(codename="publish_event"))
+    return user
+
+
+RESET = "https://app.example.com/reset/s3cr3t-token"
+
+
+def test_an_event_is_shown_to_its_publisher_and_operators_only(
+    api: APIClient, publisher: Any, other_publisher: Any, django_user_model: Any
+) -> None:
+    event_id = api.post(
+        "/api/events/", {"type": "password.reset_requested", "data": {"user_id": publisher.pk, "reset_url": RESET}},
+        format="json",
+    ).json()["id"]
+    operator = django_user_model.objects.create_user("operator")
+    operator.user_permissions.add(Permission.objects.get(codename="view_event"))
+
+    own = api.get(f"/api/events/{event_id}/")
+    others = client_of(other_publisher).get(f"/api/events/{event_id}/")
+    operators = client_of(operator).get(f"/api/events/{event_id}/")
+
+    assert own.status_code == 200 and own.json()["data"]["reset_url"] == RESET
+    # Answered as for an event that does not exist: no data, no hint that it does.
+    assert others.status_code == 404
+    assert others.json()["error"] == "not_found"
+    assert RESET not in others.content.decode()
+    assert operators.status_code == 200
+
+
+def test_an_event_published_by_the_project_itself_is_shown_to_operators_only(
+    api: APIClient, publisher: Any
+) -> None:
+    event = event_publish(type="account.created", data={"user_id": publisher.pk})
+
+    assert api.get(f"/api/events/{event.pk}/").status_code == 404
+
+
+def test_idempotency_keys_are_per_publisher(api: APIClient, publisher: Any, other_publisher: Any) -> None:
+    body = {"type": "account.created", "data": {"user_id": publisher.pk}, "idempotency_key": "signup-1"}
+
+    mine = api.post("/api/events/", body, format="json")
+    theirs = client_of(other_publisher).post("/api/events/", body, format="json")
+
+    # The second publisher's event is its own, published, and not the first one's.
+    assert (mine.status_code, theirs.status_code) == (202, 202)
+    assert mine.json()["id"] != theirs.json()["id"]
+    assert Event.objects.get(pk=theirs.json()["id"]).publisher == other_publisher
+    assert OutboxMessage.objects.filter(event_id=theirs.json()["id"]).count() == 4
+
+
+def test_the_same_key_with_another_request_answers_409_and_writes_nothing(
+    api: APIClient, publisher: Any
+) -> None:
+    first = api.post(
+        "/api/events/", {"type": "account.created", "data": {"user_id": publisher.pk}, "idempotency_key": "k-1"},
+        format="json",
+    )
+
+    other = api.post(
+        "/api/events/", {"type": "account.created", "data": {"user_id": publisher.pk, "name": "Ada"},
+                         "idempotency_key": "k-1"},
+        format="json",
+    )
+
+    assert other.status_code == 409
+    assert other.json()["error"] == "idempotency_key_reused"
+    assert other.json()["detail"]["event"] == first.json()["id"]
+    assert Event.objects.count() == 1
+
+
+def test_event_publish_from_django_code_keeps_its_own_keys(api: APIClient, publisher: Any) -> None:
+    data = {"user_id": publisher.pk}
+    first = event_publish(type="account.created", data=data, idempotency_key="welcome-1")
+    again = event_publish(type="account.created", data=data, idempotency_key="welcome-1")
+    through_the_api = api.post(
+        "/api/events/", {"type": "account.created", "data": data, "idempotency_key": "welcome-1"}, format="json"
+    )
+
+    assert again.pk == first.pk and first.publisher is None
+    assert through_the_api.status_code == 202 and through_the_api.json()["id"] != str(first.pk)
+
+
+@pytest.mark.parametrize("user_id", [99999999999999999999, 2**63, 987654321])
+def test_an_event_for_a_user_that_does_not_exist_answers_400_and_writes_nothing(
+    api: APIClient, user_id: int
+) -> None:
+    response = api.post(
+        "/api/events/", {"type": "account.created", "data": {"user_id": user_id}}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_event"
+    assert "data.user_id" in response.json()["detail"]
     assert_nothing_changed()
