@@ -8,8 +8,18 @@ when ready (rooms/apps.py), so it is in the topology every worker declares at st
 from django.conf import settings
 from kombu import Exchange, Queue
 
+from config.celery import app as critical_app
+
 ROOMS_QUEUE_NAME = "carillon.rooms"
 ROOMS_ROUTING_KEY = "carillon.rooms"
+# rooms/tasks.py runs it; services publish it by name, so the state machine does not
+# import the tasks that call back into it.
+ROOM_SEND_TASK = "rooms.message_send"
+
+
+def room_send_publish(message_id: int, attempt: int) -> None:
+    """Publish one send attempt (CELERY_TASK_ROUTES puts rooms.* on carillon.rooms)."""
+    critical_app.send_task(ROOM_SEND_TASK, args=[message_id, attempt])
 
 
 def rooms_queue(tasks_exchange: Exchange) -> Queue:

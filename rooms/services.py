@@ -20,6 +20,7 @@ from django.db.models import F
 from django.utils import timezone
 from kombu.exceptions import KombuError
 
+from rooms import queues
 from rooms.exceptions import IdempotencyKeyReusedError, RoomNotFoundError
 from rooms.models import ChatProvider, Room, RoomMessage
 from rooms.selectors import caller_scope, room_message_for_key
@@ -49,10 +50,8 @@ def _publish_send(dispatch: Dispatch | None) -> None:
 
 
 def _send(dispatch: Dispatch) -> None:
-    from rooms.tasks import room_message_send_task  # tasks import services
-
     try:
-        room_message_send_task.delay(dispatch.message_id, dispatch.attempt)
+        queues.room_send_publish(dispatch.message_id, dispatch.attempt)
     except (KombuError, OSError) as exc:
         # The transition is committed: failing the caller now (an API request, a webhook)
         # would only make it retry what is done. The recovery sweep (room_recover)

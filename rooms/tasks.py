@@ -17,12 +17,13 @@ from rooms import services
 from rooms.exceptions import ProviderPermanentError, ProviderTransientError
 from rooms.models import RoomMessage
 from rooms.providers import chat_send
+from rooms.queues import ROOM_SEND_TASK
 
 logger = logging.getLogger(__name__)
 
 
 @app.task(
-    name="rooms.message_send",
+    name=ROOM_SEND_TASK,
     shared=False,
     bind=True,
     autoretry_for=(ProviderTransientError,),

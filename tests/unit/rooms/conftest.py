@@ -12,17 +12,17 @@ from rooms.models import ChatProvider, Room
 class SentTasks:
     calls: list[tuple[int, int]] = field(default_factory=list)
 
-    def delay(self, message_id: int, attempt: int) -> None:
+    def publish(self, message_id: int, attempt: int) -> None:
         self.calls.append((message_id, attempt))
 
 
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> SentTasks:
     """Publishing crosses a process boundary (RabbitMQ): record (message_id, attempt)."""
-    from rooms.tasks import room_message_send_task
+    from rooms import queues
 
     recorder = SentTasks()
-    monkeypatch.setattr(room_message_send_task, "delay", recorder.delay)
+    monkeypatch.setattr(queues, "room_send_publish", recorder.publish)
     return recorder
 
 

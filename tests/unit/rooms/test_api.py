@@ -314,12 +314,12 @@ def test_with_the_broker_down_the_enqueue_and_the_ack_still_answer(
 ) -> None:
     from kombu.exceptions import OperationalError
 
-    from rooms.tasks import room_message_send_task
+    from config.celery import app as critical_app
 
-    def broker_down(*args: object) -> None:
+    def broker_down(*args: object, **kwargs: object) -> None:
         raise OperationalError("[Errno 111] Connection refused")
 
-    monkeypatch.setattr(room_message_send_task, "delay", broker_down)
+    monkeypatch.setattr(critical_app, "send_task", broker_down)
     for body in "ab":
         assert api.post(f"/api/rooms/{room.pk}/messages/", {"body": body}, format="json").status_code == 202
     first = RoomMessage.objects.get(sequence=1)
