@@ -37,6 +37,14 @@ class ApplicationError(Exception):
             self.status = status
 
 
+
+class IdempotencyKeyReusedError(ApplicationError):
+    """A key this caller already used for a different request: like Stripe, refuse rather
+    than answer the first request's result for a request that is not the same."""
+
+    code = "idempotency_key_reused"
+    status = 409
+
 def error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
     """The error body; `detail` is an object, never null."""
     if detail is None:
@@ -72,10 +80,10 @@ _STATUS_CODES = {
     406: "not_acceptable",
     413: "payload_too_large",
     415: "unsupported_media_type",
-    429: "throttled",
+    429: "rate_limited",
 }
 # DRF's codes, renamed where Carillon documents another word for the same thing.
-_DRF_CODES = {"parse_error": "invalid_request", "invalid": "invalid_request"}
+_DRF_CODES = {"parse_error": "invalid_request", "invalid": "invalid_request", "throttled": "rate_limited"}
 
 
 def status_code_name(status: int) -> str:

@@ -2,24 +2,23 @@
 
 from typing import Any
 
+from core.errors import ApplicationError, IdempotencyKeyReusedError
+
 
 class NotificationError(Exception):
     """Base of every error the notifications app raises on purpose."""
 
 
-class InvalidEvent(NotificationError):  # noqa: N818 - the name the brief and style guide use
+class InvalidEvent(NotificationError, ApplicationError):  # noqa: N818 - the name the brief and style guide use
     """An event that cannot be published: unknown type or version, or data not matching it.
 
     `detail` maps each offending field to its messages, as an API error's detail.
     """
 
-    def __init__(self, message: str, *, detail: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.detail = detail or {}
+    code = "invalid_event"
 
 
-class IdempotencyKeyReused(InvalidEvent):  # noqa: N818 - an InvalidEvent, named for its cause
+class IdempotencyKeyReused(NotificationError, IdempotencyKeyReusedError):  # noqa: N818 - named for its cause
     """An idempotency key this publisher already used for a different request."""
 
 

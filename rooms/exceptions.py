@@ -27,13 +27,6 @@ class RoomPermissionError(RoomError):
     status = 403
 
 
-class IdempotencyKeyReusedError(RoomError):
-    """A key already used by this caller for a different request (Stripe's rule)."""
-
-    code = "idempotency_key_reused"
-    status = 409
-
-
 class InvalidWebhookError(RoomError):
     code = "invalid_signature"
     status = 403

@@ -20,8 +20,9 @@ from django.db.models import F
 from django.utils import timezone
 from kombu.exceptions import KombuError
 
+from core.errors import IdempotencyKeyReusedError
 from rooms import queues
-from rooms.exceptions import IdempotencyKeyReusedError, RoomNotFoundError
+from rooms.exceptions import RoomNotFoundError
 from rooms.models import ChatProvider, Room, RoomMessage
 from rooms.selectors import caller_scope, room_message_for_key
 

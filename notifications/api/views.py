@@ -28,7 +28,7 @@ from notifications.api.serializers import (
     PreferenceSerializer,
 )
 from notifications.events import event_types
-from notifications.exceptions import FailedJobStateError, IdempotencyKeyReused, InvalidEvent
+from notifications.exceptions import FailedJobStateError
 from notifications.models import Event, FailedJob, Notification
 from notifications.selectors import (
     digest_frequency_get,
@@ -105,20 +105,15 @@ class EventListView(APIView):
         fields: dict[str, Any] = incoming.validated_data
         key = fields["idempotency_key"]
         first = event_for_key(publisher_id=request.user.pk, key=key) if key else None
-        try:
-            event = event_publish(
-                type=fields["type"],
-                data=fields["data"],
-                version=fields.get("version"),
-                actor=fields["actor"] or request.user.get_username(),
-                idempotency_key=key,
-                occurred_at=fields["occurred_at"],
-                publisher_id=request.user.pk,
-            )
-        except IdempotencyKeyReused as exc:
-            return error_response("idempotency_key_reused", exc.message, detail=exc.detail, status=409)
-        except InvalidEvent as exc:
-            return error_response("invalid_event", exc.message, detail=exc.detail)
+        event = event_publish(
+            type=fields["type"],
+            data=fields["data"],
+            version=fields.get("version"),
+            actor=fields["actor"] or request.user.get_username(),
+            idempotency_key=key,
+            occurred_at=fields["occurred_at"],
+            publisher_id=request.user.pk,
+        )
         duplicate = first is not None and first.pk == event.pk
         answer = {"id": event.pk, "status_url": f"/api/events/{event.pk}/", "duplicate": duplicate}
         return Response(EventAcceptedSerializer(answer).data, status=200 if duplicate else 202)

@@ -11,6 +11,8 @@ from django.urls import include, path
 from rest_framework.authtoken.models import Token
 
 from notifications.models import FailedJob
+from rooms.models import ChatProvider, Room
+from rooms.services import room_create
 
 pytestmark = pytest.mark.django_db
 
@@ -64,15 +66,20 @@ def test_validation_errors_of_any_shape_name_the_problem(errors: Any) -> None:
         ("put", "/api/preferences/"),
         ("put", "/api/preferences/digest/"),
         ("post", "/api/realtime/publish/"),
-        ("post", "/api/rooms/1/messages/"),
+        ("post", "/api/rooms/{room}/messages/"),
         ("post", "/api/failed-jobs/{job}/discard/"),
     ],
 )
 def test_json_nested_deeper_than_the_parser_goes_is_an_invalid_request(staff: Client, method: str, url: str) -> None:
-    url = url.format(job=failed_job().pk)
+    url = url.format(job=failed_job().pk, room=room().pk)
     response = getattr(staff, method)(url, DEEP_JSON, content_type="application/json")
 
     assert_error(response, 400, "invalid_request")
+
+
+def room() -> Room:
+    ChatProvider.objects.get_or_create(name="chat")
+    return room_create(provider_name="chat", recipient="+15550001")
 
 
 def failed_job() -> FailedJob:
@@ -110,7 +117,7 @@ def test_a_body_that_is_not_json_is_an_invalid_request(staff: Client) -> None:
 
 def test_multipart_is_an_unsupported_media_type(staff: Client) -> None:
     without_boundary = staff.post("/api/realtime/publish/", b"x", content_type="multipart/form-data")
-    empty = staff.post("/api/rooms/1/messages/", b"--b--\r\n", content_type="multipart/form-data; boundary=b")
+    empty = staff.post(f"/api/rooms/{room().pk}/messages/", b"--b--\r\n", content_type="multipart/form-data; boundary=b")
 
     assert_error(without_boundary, 415, "unsupported_media_type")
     assert_error(empty, 415, "unsupported_media_type")
