@@ -6,7 +6,7 @@ import socket
 import time
 from pathlib import Path
 
-from config.processes import ManagedProcess, free_port, python
+from core.processes import ManagedProcess, free_port, python
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

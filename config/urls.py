@@ -4,7 +4,7 @@ from django.urls import include, path
 from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularSwaggerSplitView
 
-from config import health, metrics
+from core import health, metrics
 from core.views import SchemaView
 
 urlpatterns = [

@@ -6,3 +6,9 @@ class RealtimeConfig(AppConfig):
 
     name = "realtime"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from core.metrics import registry
+        from realtime.metrics import RealtimeCollector
+
+        registry.register(RealtimeCollector())

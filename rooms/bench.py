@@ -41,7 +41,7 @@ from hdrh.histogram import HdrHistogram
 
 from benchmarks.runner import Options
 from config.env import BASE_DIR
-from config.processes import ManagedProcess, free_port, python
+from core.processes import ManagedProcess, free_port, python
 
 DEFAULT_ROOMS = 25_000
 DEFAULT_WORKERS = 2

@@ -9,8 +9,8 @@ from typing import TypeVar
 
 from django.conf import settings
 
-from config.processes import ManagedProcess as BaseManagedProcess
-from config.processes import free_port, python
+from core.processes import ManagedProcess as BaseManagedProcess
+from core.processes import free_port, python
 
 __all__ = ["ManagedProcess", "free_port", "python", "rabbitmqctl", "subprocess_database_url", "wait_for"]
 

@@ -28,7 +28,7 @@ from benchmarks.hdr import histogram_encode, histogram_new, histogram_record
 from benchmarks.loadgen import Link, Window, run_load, schedule, sync_open_loop
 from benchmarks.runner import LOG_DIR, Options, Series, ratio, report_write
 from benchmarks.servers import cpu_seconds
-from config.processes import ManagedProcess, free_port, python
+from core.processes import ManagedProcess, free_port, python
 
 RAW_QUEUE = Queue(
     "bench.raw",

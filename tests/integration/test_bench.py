@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from config.processes import ROOT
+from core.processes import ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import requests
 from django.test import Client, override_settings
 
 from config.celery import app as critical_app
-from config.processes import ROOT
+from core.processes import ROOT
 from notifications.models import Event, FailedJob, OutboxMessage
 from notifications.queues import dead_letter_queues, topology_declare
 from tests.processes import ManagedProcess, free_port, python, wait_for

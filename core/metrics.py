@@ -9,12 +9,9 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from core.errors import error_response
-from notifications.metrics import CarillonCollector
-from realtime.metrics import RealtimeCollector
 
+# Each app registers its collectors when ready (notifications/apps.py, realtime/apps.py).
 registry = CollectorRegistry(auto_describe=False)  # describing would query at import
-registry.register(CarillonCollector())
-registry.register(RealtimeCollector())
 
 
 def operator_authorized(request: HttpRequest) -> bool:

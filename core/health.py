@@ -11,7 +11,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 from kombu import Connection
 
-from config.metrics import operator_authorized
+from core.metrics import operator_authorized
 
 logger = logging.getLogger(__name__)
 
