@@ -8,7 +8,7 @@ from hdrh.histogram import HdrHistogram
 LOWEST_US = 1
 HIGHEST_US = 600_000_000
 SIGNIFICANT_DIGITS = 3
-# The percentiles every summary reports, up to six nines (seed 001).
+# The percentiles every summary reports, up to six nines: the tail is where users wait.
 PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99, 99.999, 99.9999, 100.0)
 
 

@@ -1,4 +1,5 @@
-"""Percentile plots in the style of seed 001: latency by percentile, x-axis in "nines"."""
+"""Percentile plots: latency by percentile, the x-axis in "nines" (90, 99, 99.9, ...), so
+that the tail is as wide as the median."""
 
 from pathlib import Path
 

@@ -1,7 +1,8 @@
 """Per-process fan-out: an in-memory subscription table and one Redis subscription per topic.
 
 Each server process keeps `topic -> local subscriptions` and subscribes once per topic to
-Redis pub/sub (seed 002's frontends). The reader task decodes a published message once
+Redis pub/sub (one subscription per topic per frontend process, as LinkedIn's realtime
+frontends do). The reader task decodes a published message once
 and offers it to every local subscription; nothing goes through the Channels layer.
 
 Pub/sub may lose messages (a reconnect, a partition), so it is never trusted for

@@ -6,8 +6,6 @@ delayed delivery on quorum queues), so a slow room holds no worker.
 """
 
 import logging
-import time
-from typing import Any
 
 from celery import Task
 from django.conf import settings
@@ -86,18 +84,3 @@ def room_message_ack_timeout_task(message_id: int, attempt: int) -> str:
     except RoomMessage.DoesNotExist:
         logger.warning("message %s no longer exists; timeout check dropped", message_id)
         return "missing"
-
-
-@app.task(name="rooms.bench_send_direct", shared=False)
-def room_bench_send_direct_task(recipient: str, messages: list[list[Any]], pause_ms: int) -> None:
-    """Baselines of `manage.py bench ordered`: call the platform with no room state.
-
-    `messages` is a list of [sequence, idempotency key, body]. One message per task is the
-    unordered baseline (send at once); a room's messages in one task with `pause_ms` after
-    each is seed 003's naive fix (a fixed delay after every message), which holds its
-    worker for the whole pause.
-    """
-    for index, (sequence, key, body) in enumerate(messages):
-        if index and pause_ms:
-            time.sleep(pause_ms / 1000)
-        chat_send(room=recipient, body=body, idempotency_key=key, sequence=sequence, callback_url="")

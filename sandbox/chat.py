@@ -17,7 +17,7 @@ Per room it records the order in which messages arrived: a first arrival whose
 `sequence` is lower than one already seen is an order violation; a repeated idempotency
 key is a duplicate. It also models what the recipient sees: each message reaches the
 device when its ack is due (lost ack or not), so a message sent before the previous one
-reached the device can overtake it (`delivery_order_violations`, seed 003's complaint).
+reached the device can overtake it (`delivery_order_violations`: what a user of the chat sees out of order).
 `GET /api/chat/rooms` exposes all three; `?summary=1` leaves out the per-room detail.
 """
 

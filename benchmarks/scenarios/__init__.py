@@ -29,5 +29,5 @@ SCENARIOS: dict[str, Scenario] = {
     "realtime": Scenario("benchmarks.scenarios.realtime:realtime_scenario"),
     "fanout": Scenario("benchmarks.scenarios.fanout:fanout_scenario"),
     "connections": Scenario("benchmarks.scenarios.connections:connections_scenario"),
-    "ordered": Scenario("rooms.bench:ordered_scenario", needs_rabbitmq=True),
+    "ordered": Scenario("benchmarks.scenarios.ordered:ordered_scenario", needs_rabbitmq=True),
 }

@@ -93,7 +93,7 @@ def _kombu_consume(config: dict[str, Any], link: Link) -> None:
 
 
 def _celery_publish(config: dict[str, Any], link: Link) -> None:
-    from benchmarks.tasks import bench_noop
+    from benchmarks.baseline_tasks import bench_noop
     from notifications.queues import DEFAULT_QUEUE_NAME
 
     bench_noop.apply_async(args=(0.0, 0.0), queue=DEFAULT_QUEUE_NAME)  # the producer's connection is up
@@ -147,7 +147,7 @@ def _carillon_publish(config: dict[str, Any], link: Link) -> None:
 
 def _celery_receipts(window: tuple[float, float], total: int, timeout: float = 120.0) -> dict[str, Any]:
     """Wait until every task of the series ran (warm-up included); histogram the measured."""
-    from benchmarks.tasks import RECEIPTS_KEY, _redis
+    from benchmarks.baseline_tasks import RECEIPTS_KEY, _redis
 
     deadline = time.monotonic() + timeout
     while True:
@@ -213,7 +213,7 @@ def pipeline_scenario(options: Options) -> list[dict[str, Any]]:
                                          str(smtp_port), "--log-level", "WARNING"), env=env, log_dir=LOG_DIR),
         ManagedProcess("worker", python("-m", "celery", "-A", "config.celery", "worker", "--loglevel", "WARNING",
                                         "--queues", CHANNEL_QUEUES, "--concurrency", str(CONCURRENCY),
-                                        "--include", "benchmarks.tasks", "--without-mingle", "--without-gossip"),
+                                        "--include", "benchmarks.baseline_tasks", "--without-mingle", "--without-gossip"),
                        env=env, log_dir=LOG_DIR),
     ]
     try:

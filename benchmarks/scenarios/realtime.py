@@ -1,5 +1,5 @@
 """`realtime`: realtime_publish → WebSocket and SSE client receipt, beside a raw Redis
-pub/sub round trip, at fixed rates (seed 001's grid of sizes and rates by default).
+pub/sub round trip, at fixed rates (a grid of sizes and rates by default).
 
 Each load generator process publishes its share of the schedule and holds the receiving
 connections too, so send and receipt are timed on one clock. Connection k subscribes to
@@ -41,7 +41,7 @@ class Preset:
     connections: int
 
 
-# Seed 001's grid, after the rate the issue sets a goal at (1k messages/s).
+# Sizes and rates around the goal rate (1k messages/s).
 PRESETS = [
     Preset("1 KB at 1k per s", 1024, 1000, 1),
     Preset("256 B at 3k per s", 256, 3000, 1),

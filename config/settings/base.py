@@ -31,6 +31,7 @@ INSTALLED_APPS = [
     "notifications",
     "realtime",
     "rooms",
+    "benchmarks",
 ]
 
 MIDDLEWARE = [

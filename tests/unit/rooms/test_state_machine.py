@@ -1,4 +1,4 @@
-"""Transitions of the per-room state machine, including every race of issue 7."""
+"""Transitions of the per-room state machine, including every race it is known to face."""
 
 from datetime import timedelta
 

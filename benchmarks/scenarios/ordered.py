@@ -2,8 +2,8 @@
 its two baselines, in one run, against the sandbox's chat platform.
 
 - unordered: every message handed to the platform at once (one task each, no room
-  state): the capacity of the send path, and the order violations seed 003 starts from.
-- naive: seed 003's fix, a fixed pause after every message (one task per room that
+  state): the capacity of the send path, and the order violations that ordering exists to prevent.
+- naive: the usual first fix, a fixed pause after every message (one task per room that
   sends, sleeps, sends): it holds a worker for every pause.
 - ordered: `room_message_enqueue` and the room state machine, acks by webhook through
   daphne, lost acks ended by the ack timeout.
@@ -12,7 +12,7 @@ Messages come as a burst per room (a room's messages one after the other, as a u
 types them), rooms one after the other. The first three phases enqueue everything at
 once: their messages/s are the sustained throughput at saturation, and their latencies
 include queueing behind the whole backlog. A fourth phase, ordered at a fixed rate
-(open loop, seed 001) of half the saturated ordered throughput, measures the *overhead*
+(open loop: intended times fixed in advance) of half the saturated ordered throughput, measures the *overhead*
 of a message: from the later of its intended enqueue time and the end of its
 predecessor (ack or timeout recorded) to the platform's answer for it (`sent_at`), i.e.
 what ordering costs beyond the wait for the previous ack. The platform's order counts come
@@ -37,8 +37,13 @@ from typing import Any
 
 import requests
 from django.conf import settings
-from hdrh.histogram import HdrHistogram
 
+from benchmarks.hdr import (
+    histogram_new,
+    histogram_percentiles_ms,
+    histogram_record,
+    histogram_write_hgrm,
+)
 from benchmarks.runner import Options
 from config.env import BASE_DIR
 from core.processes import ManagedProcess, free_port, python
@@ -48,7 +53,7 @@ DEFAULT_WORKERS = 2
 SANDBOX_URL_VARIABLE = "CARILLON_BENCH_SANDBOX_URL"
 LOG_DIR = BASE_DIR / ".run" / "bench-logs"
 
-# The scenario of issue 7: ~100 ms ack latency with jitter, 5 % of acks lost. Normal
+# The reference scenario: ~100 ms ack latency with jitter, 5 % of acks lost. Normal
 # jitter has a tail, as real latencies do: a fixed pause is then sometimes too short.
 ACK_DELAY_MS = 100
 ACK_JITTER_MS = 30
@@ -59,19 +64,6 @@ ACK_TIMEOUT_MS = 1000
 NAIVE_PAUSE_MS = ACK_DELAY_MS
 # The naive fix holds a worker for every pause: a few hundred rooms show its rate.
 NAIVE_ROOMS = 300
-PERCENTILES = (50, 90, 99, 99.9, 99.99, 100)
-
-
-def _histogram() -> HdrHistogram:
-    return HdrHistogram(1, 3_600_000_000, 3)  # microseconds, up to an hour
-
-
-def _record(histogram: HdrHistogram, seconds: float) -> None:
-    histogram.record_value(max(1, int(seconds * 1_000_000)))
-
-
-def _percentiles_ms(histogram: HdrHistogram) -> dict[str, float]:
-    return {f"p{p}": round(histogram.get_value_at_percentile(p) / 1000, 1) for p in PERCENTILES}
 
 
 def _wait(condition: Callable[[], bool], what: str, timeout: float) -> None:
@@ -119,7 +111,7 @@ def _knobs() -> dict[str, Any]:
 def bench_direct(chat: ChatPlatform, *, name: str, rooms: int, messages_per_room: int, pause_ms: int,
                  timeout: float) -> dict[str, Any]:
     """A baseline: messages straight to the platform, no room state (see the module doc)."""
-    from rooms.tasks import room_bench_send_direct_task
+    from benchmarks.baseline_tasks import bench_room_send_direct
 
     chat.reset(**_knobs())
     tag = uuid.uuid4().hex[:8]
@@ -128,21 +120,21 @@ def bench_direct(chat: ChatPlatform, *, name: str, rooms: int, messages_per_room
     if pause_ms:  # the naive fix: one task per room, pausing after each message
         for room in range(rooms):
             messages = [[seq, str(uuid.uuid4()), str(time.time())] for seq in range(1, messages_per_room + 1)]
-            room_bench_send_direct_task.delay(f"{tag}-{room}", messages, pause_ms)
+            bench_room_send_direct.delay(f"{tag}-{room}", messages, pause_ms)
     else:  # unordered: one task per message, each room's burst back to back
         for room in range(rooms):
             for seq in range(1, messages_per_room + 1):
-                room_bench_send_direct_task.delay(f"{tag}-{room}", [[seq, str(uuid.uuid4()), str(time.time())]], 0)
+                bench_room_send_direct.delay(f"{tag}-{room}", [[seq, str(uuid.uuid4()), str(time.time())]], 0)
     _wait(lambda: chat.accepted() >= total, f"{name}: {total} messages at the platform", timeout)
-    latency = _histogram()
+    latency = histogram_new()
     arrivals = chat.received(total)
     for item in arrivals:
-        _record(latency, item["received_at"] - float(item["body"]))
+        histogram_record(latency, item["received_at"] - float(item["body"]))
     seconds = max(item["received_at"] for item in arrivals) - started
     return {
         "name": name, "rooms": rooms, "messages": total, "seconds": round(seconds, 2),
         "messages_per_second": round(total / seconds, 1), "pause_ms": pause_ms,
-        "enqueue_to_provider_ms": _percentiles_ms(latency), "platform": chat.counts(),
+        "enqueue_to_provider_ms": histogram_percentiles_ms(latency), "platform": chat.counts(),
         "_histograms": {"enqueue-to-provider": latency},
     }
 
@@ -180,7 +172,7 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
     pending = RoomMessage.objects.filter(room__provider=provider).exclude(status__in=done)
     _wait(lambda: not pending.exists(), f"ordered: {total} messages acked or timed out", timeout)
 
-    overhead, to_provider = _histogram(), _histogram()
+    overhead, to_provider = histogram_new(), histogram_new()
     rows = (RoomMessage.objects.filter(room__provider=provider).order_by("room_id", "sequence")
             .values_list("room_id", "body", "sent_at", "finished_at", "status"))
     previous_room, previous_finished = None, None
@@ -202,8 +194,8 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
         if sent_at < ready:  # handed over before its predecessor ended: ordering broken
             sent_early += 1
             continue
-        _record(overhead, (sent_at - ready).total_seconds())
-        _record(to_provider, (sent_at - enqueued_at).total_seconds())
+        histogram_record(overhead, (sent_at - ready).total_seconds())
+        histogram_record(to_provider, (sent_at - enqueued_at).total_seconds())
     seconds = last_finished - started
     timeouts = sum(Room.objects.filter(provider=provider).values_list("timeouts", flat=True))
     return {
@@ -212,8 +204,8 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
         "enqueue_seconds": round(enqueued - started, 2), "ack_timeout_ms": ACK_TIMEOUT_MS,
         "statuses": statuses, "timeouts": timeouts, "sent_before_predecessor_ended": sent_early,
         "send_not_recorded": unsent,
-        "overhead_beyond_previous_ack_ms": _percentiles_ms(overhead),
-        "enqueue_to_provider_ms": _percentiles_ms(to_provider),
+        "overhead_beyond_previous_ack_ms": histogram_percentiles_ms(overhead),
+        "enqueue_to_provider_ms": histogram_percentiles_ms(to_provider),
         "platform": chat.counts(),
         "_histograms": {"overhead": overhead, "enqueue-to-provider": to_provider},
     }
@@ -258,8 +250,7 @@ def bench_ordered_scenario(*, rooms: int, messages_per_room: int, out: Path, qui
     for phase in phases:
         for kind, histogram in phase["_histograms"].items():
             name = f"ordered-{stamp}-{re.sub(r'[^a-z0-9]+', '-', phase['name'])}-{kind}.hgrm"
-            with (out / name).open("wb") as hgrm:
-                histogram.output_percentile_distribution(hgrm, 1000.0)  # in milliseconds
+            histogram_write_hgrm(histogram, out / name)
     return summary
 
 
@@ -299,7 +290,8 @@ def ordered_scenario(options: Options) -> list[dict[str, Any]]:
         processes[-1].wait_until(lambda: _answers(f"{web_url}/healthz"), "daphne /healthz")
         processes.append(ManagedProcess("worker", python(
             "-m", "celery", "-A", "config.celery", "worker", "--loglevel", "WARNING", "--queues",
-            "carillon.rooms", "--concurrency", str(concurrency), "--without-mingle", "--without-gossip",
+            "carillon.rooms", "--concurrency", str(concurrency), "--include", "benchmarks.baseline_tasks",
+            "--without-mingle", "--without-gossip",
         ), env=env, log_dir=LOG_DIR))
         ping.apply_async(queue="carillon.rooms").get(timeout=120)  # a worker is up
         summary = bench_ordered_scenario(rooms=rooms, messages_per_room=messages_per_room, out=options.out,
