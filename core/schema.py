@@ -26,6 +26,9 @@ def error(description: str) -> OpenApiResponse:
     return OpenApiResponse(ErrorSerializer, description=description)
 
 
+TOO_MANY_REQUESTS = "too many requests: wait Retry-After seconds (`rate_limited`, docs/operations.md)"
+
+
 class AutoSchema(openapi.AutoSchema):
     """drf-spectacular's schema, plus the error answers every view can give."""
 
@@ -46,8 +49,9 @@ class AutoSchema(openapi.AutoSchema):
         if "{" in self.path or self._is_list_view():
             # Paths with ids name objects that may not exist; lists answer 404 past the last page.
             statuses[404] = "no such object or page (`not_found`, or the app's own code)"
-        if self.view.get_throttles():
-            statuses[429] = "too many requests: wait for Retry-After seconds (`throttled`)"
+        # Any request can meet a rate limit: its view's own, or its address's after too
+        # many refused credentials (core/throttling.py).
+        statuses[429] = TOO_MANY_REQUESTS
         return statuses
 
 
@@ -70,9 +74,12 @@ def add_plain_views(result: dict[str, Any], generator: Any, request: Any, public
                 {"name": name, "in": "path", "required": True, "schema": {"type": "integer"}}
                 for name in re.findall(r"{(\w+)}", path)
             ]
+            responses = {"429": {"description": TOO_MANY_REQUESTS, "content": ERROR_CONTENT},
+                         **operation.get("responses", {})}
             result["paths"].setdefault(path, {})[method] = {
                 **operation,
                 "parameters": parameters + operation.get("parameters", []),
+                "responses": responses,
             }
     return result
 

@@ -243,6 +243,7 @@ CARILLON_THROTTLE_VIEWS = {
     "realtime-login": "login",
     "event-list": "publish",
     "realtime-publish": "publish",
+    "room-messages": "publish",
     "realtime-token": "realtime_token",
     "twilio-status-callback": "webhook",
     "chat-webhook": "webhook",

@@ -5,6 +5,11 @@ from config.settings.local import BASE_DIR, DATABASES
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
+# The suite sends many refused credentials from 127.0.0.1 on purpose (the API fuzzer,
+# token tests): at the production default the address would be locked out for every
+# later test. Tests of the lockout set their own low rates.
+CARILLON_THROTTLE_RATES = {**CARILLON_THROTTLE_RATES, "credential_failures": "100000/10m"}  # noqa: F405
+
 # Worker and daphne processes started by the tests open the same database as the test
 # run, so SQLite's test database must be a file rather than the in-memory default.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

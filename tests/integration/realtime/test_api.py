@@ -98,12 +98,12 @@ def test_a_message_over_the_size_limit_is_a_413_and_publishes_nothing(settings: 
     client = api_client(staff=True)
 
     too_large = client.post(
-        "/api/realtime/publish",
+        "/api/realtime/publish/",
         {"topic": "room:a", "event": "e", "data": {"blob": "x" * 1_000_000}},
         format="json",
     )
     just_fits = client.post(
-        "/api/realtime/publish",
+        "/api/realtime/publish/",
         {"topic": "room:a", "event": "e", "data": {"blob": "x" * 16_000}},
         format="json",
     )
