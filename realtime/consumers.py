@@ -8,7 +8,6 @@ Server frames: `message` {topic, id, event, data}, `subscribed` {topic, id},
 """
 
 import asyncio
-import json
 import logging
 from typing import Any
 from urllib.parse import parse_qs
@@ -18,6 +17,7 @@ from channels.db import aclose_old_connections
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from core.parsers import json_loads
 from core.parsing import MAX_ID
 from realtime.connections import (
     MAX_TOPICS_PER_CONNECTION,
@@ -44,7 +44,7 @@ def command_parse(text: str | None, data: bytes | None) -> dict[str, Any]:
     if text is None or len(text) > MAX_FRAME_BYTES:
         raise InvalidFrame("frames are JSON text of at most 4096 characters")
     try:
-        command = json.loads(text)
+        command = json_loads(text)
     except ValueError as exc:
         raise InvalidFrame("frame is not JSON") from exc
     if not isinstance(command, dict) or command.get("type") not in {

@@ -58,12 +58,10 @@ class CanPublishEvents(permissions.BasePermission):
 
 
 def _too_large(request: Request) -> bool:
-    """Refuse by Content-Length first, then by the body actually read (chunked uploads)."""
-    limit = settings.CARILLON_MAX_EVENT_BYTES
+    """Measure the body actually read (Content-Length may lie, or be absent when chunked);
+    Django refuses to read one past DATA_UPLOAD_MAX_MEMORY_SIZE at all."""
     try:
-        if int(request.META.get("CONTENT_LENGTH") or 0) > limit:
-            return True
-        return len(request.body) > limit
+        return len(request.body) > settings.CARILLON_MAX_EVENT_BYTES
     except RequestDataTooBig:
         return True
 

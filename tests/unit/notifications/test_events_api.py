@@ -232,3 +232,4 @@ def test_an_event_for_a_user_that_does_not_exist_answers_400_and_writes_nothing(
     assert response.json()["error"] == "invalid_event"
     assert "data.user_id" in response.json()["detail"]
     assert_nothing_changed()
+

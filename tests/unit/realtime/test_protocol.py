@@ -66,6 +66,8 @@ def test_a_bad_sse_id_is_refused(value: str) -> None:
         '{"type": "subscribe", "topic": "room:a", "last_id": "3"}',
         '{"type": "subscribe", "topic": "room:a", "last_id": true}',
         '{"type": "subscribe", "topic": "room:a", "last_id": 99999999999999999999}',
+        "[" * 4000,  # deeper than the decoder recurses: RecursionError, not ValueError
+        '{"type": "subscribe", "topic": "room:a", "last_id": NaN}',
     ],
 )
 def test_frames_outside_the_schema_are_invalid(text: str | None) -> None:
