@@ -59,10 +59,10 @@ def dead_letter_drain(*, limit: int = 1000) -> DrainResult:
     taken = recorded = 0
     with critical_app.connection_for_read() as connection:
         topology_declare(connection)
-        channel = connection.channel()
+        amqp_channel = connection.channel()
         try:
             for queue in dead_letter_queues():
-                bound = queue(channel)
+                bound = queue(amqp_channel)
                 for _ in range(limit):
                     message = bound.get(no_ack=False, accept=["json"])
                     if message is None:
@@ -84,7 +84,7 @@ def dead_letter_drain(*, limit: int = 1000) -> DrainResult:
                     taken += 1
                     recorded += created
         finally:
-            channel.close()
+            amqp_channel.close()
     result = DrainResult(taken=taken, recorded=recorded)
     if taken:
         logger.info("dead-letter drain: %s", result)

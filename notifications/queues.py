@@ -81,7 +81,7 @@ def default_queue() -> Queue:
 
 
 def delivery_task_name(channel: str) -> str:
-    """The Celery task that delivers on a channel (notifications/tasks/<channel>.py)."""
+    """The Celery task that delivers on a channel (built in notifications/tasks/__init__.py)."""
     return f"notifications.{channel}.deliver"
 
 
@@ -115,11 +115,11 @@ def topology() -> tuple[list[Exchange], list[Queue]]:
 def topology_declare(connection: Connection) -> None:
     """Declare every exchange, queue and binding (idempotent: safe at every start-up)."""
     exchanges, queues = topology()
-    channel = connection.default_channel
+    amqp_channel = connection.default_channel  # "channel" alone means a delivery channel here
     for exchange in exchanges:
-        exchange(channel).declare()
+        exchange(amqp_channel).declare()
     for queue in queues:
-        queue(channel).declare()
+        queue(amqp_channel).declare()
 
 
 @worker_init.connect
