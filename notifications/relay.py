@@ -74,6 +74,10 @@ def _publish(message: OutboxMessage, producer: object) -> None:
             task_id=f"{payload['args'][0]}.{payload['args'][1]}.{message.pk}",
             producer=producer,
             retry=False,
+            # Nobody waits for a delivery's result: without this, send_task first declares
+            # the result backend's reply queue on every publish, and retries that forever
+            # while RabbitMQ is down.
+            ignore_result=True,
         )
 
 

@@ -19,7 +19,9 @@ ROOM_SEND_TASK = "rooms.message_send"
 
 def room_send_publish(message_id: int, attempt: int) -> None:
     """Publish one send attempt (CELERY_TASK_ROUTES puts rooms.* on carillon.rooms)."""
-    critical_app.send_task(ROOM_SEND_TASK, args=[message_id, attempt])
+    # ignore_result: without it send_task first declares the result backend's reply queue,
+    # retrying forever while RabbitMQ is down instead of failing this publish.
+    critical_app.send_task(ROOM_SEND_TASK, args=[message_id, attempt], ignore_result=True)
 
 
 def rooms_queue(tasks_exchange: Exchange) -> Queue:

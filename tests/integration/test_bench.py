@@ -60,7 +60,8 @@ def ordered_results_hold(summary: dict[str, Any], out: Path) -> None:
         assert set(run["statuses"]) <= {"acked", "timed_out"}
         assert run["platform"]["order_violations"] == 0
         assert run["sent_before_predecessor_ended"] == 0
-    assert set(summary["ordered_overhead_beyond_previous_ack_ms"]) == {"p50", "p90", "p99", "p99.9", "p99.99", "p100"}
+    # The same percentiles as every other scenario (benchmarks.hdr), to six nines and the max.
+    assert {"p50", "p99", "p99.9", "p99.99", "p99.9999", "max"} <= set(summary["ordered_overhead_beyond_previous_ack_ms"])
     assert len(list(out.glob("ordered-*.hgrm"))) == 6
 
 

@@ -149,7 +149,8 @@ def test_random_api_tokens_lock_out_their_address_even_for_a_valid_token(setting
 @pytest.mark.parametrize(
     ("url_name", "body", "user_kind"),
     [
-        ("event-list", {"type": "account.created", "data": {"user_id": 1}}, {"publisher": True}),
+        # user_id: the publisher's own (events naming a user that does not exist are refused).
+        ("event-list", {"type": "account.created", "data": {"user_id": "self"}}, {"publisher": True}),
         ("realtime-publish", {"topic": "live:throttle", "event": "video.liked"}, {"staff": True}),
         ("realtime-token", {}, {}),
     ],
@@ -158,8 +159,11 @@ def test_a_publisher_past_its_rate_gets_429_with_retry_after(
     settings: Any, url_name: str, body: dict[str, Any], user_kind: dict[str, bool]
 ) -> None:
     settings.CARILLON_THROTTLE_RATES = {**settings.CARILLON_THROTTLE_RATES, "publish": "2/m", "realtime_token": "2/m"}
-    client = Client(HTTP_AUTHORIZATION=token_header(make_user(**user_kind)))
+    user = make_user(**user_kind)
+    client = Client(HTTP_AUTHORIZATION=token_header(user))
     url = reverse(url_name)
+    if "data" in body and body["data"].get("user_id") == "self":
+        body = {**body, "data": {"user_id": user.pk}}
 
     accepted = [client.post(url, body, content_type="application/json").status_code for _ in range(2)]
     refused = client.post(url, body, content_type="application/json")
