@@ -50,8 +50,11 @@ class DeadLettered(NotificationError):  # noqa: N818 - names what happened to th
     """A message RabbitMQ dead-lettered (rejected, over its delivery limit, or expired)."""
 
 
-class FailedJobStateError(NotificationError):
-    """A failed job cannot take that action (already replayed or discarded, or no reason)."""
+class FailedJobStateError(NotificationError, ApplicationError):
+    """A failed job cannot take that action: it was already replayed or discarded."""
+
+    code = "invalid_state"
+    status = 409
 
 
 class BatchPending(NotificationError):  # noqa: N818 - a state, not a failure

@@ -4,6 +4,7 @@ OpenAPI description of the SSE stream (a plain Django view, realtime/sse.py)."""
 import logging
 from typing import Any
 
+from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import exceptions, permissions, serializers, status
 from rest_framework.request import Request
@@ -37,8 +38,6 @@ class TokenView(APIView):
         },
     )
     def post(self, request: Request) -> Response:
-        from django.conf import settings
-
         token = realtime_token_create(user_id=request.user.pk)
         return Response({"token": token, "expires_in": settings.REALTIME_TOKEN_MAX_AGE_SECONDS})
 

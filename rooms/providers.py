@@ -48,7 +48,7 @@ def chat_send(
         "callback_url": callback_url,
     }
     try:
-        response = _session.post(url, json=payload, timeout=settings.ROOMS_CHAT_API_TIMEOUT_S)
+        response = _session.post(url, json=payload, timeout=settings.ROOMS_CHAT_API_TIMEOUT_SECONDS)
     except requests.RequestException as exc:
         raise ProviderTransientError(f"chat platform unreachable at {url}: {exc}") from exc
     if response.status_code >= 500 or response.status_code == 429:

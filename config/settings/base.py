@@ -280,7 +280,7 @@ MIXPANEL_API_BASE_URL = env("MIXPANEL_API_BASE_URL", default="")
 # signs acks with. Local and test settings point the API at the provider sandbox.
 ROOMS_CHAT_API_URL = env("ROOMS_CHAT_API_URL", default="")
 ROOMS_CHAT_WEBHOOK_SECRET = env("ROOMS_CHAT_WEBHOOK_SECRET", default="")
-ROOMS_CHAT_API_TIMEOUT_S = env.float("ROOMS_CHAT_API_TIMEOUT_S", default=10.0)
+ROOMS_CHAT_API_TIMEOUT_SECONDS = env.float("ROOMS_CHAT_API_TIMEOUT_SECONDS", default=10.0)
 
 LOGGING = {
     "version": 1,

@@ -28,7 +28,6 @@ from notifications.api.serializers import (
     PreferenceSerializer,
 )
 from notifications.events import event_types
-from notifications.exceptions import FailedJobStateError
 from notifications.models import Event, FailedJob, Notification
 from notifications.selectors import (
     digest_frequency_get,
@@ -254,11 +253,9 @@ class FailedJobActionView(APIView):
         reason = incoming.validated_data["reason"].strip()
         if action == "discard" and not reason:
             return error_response("reason_required", "say why the job is discarded: send {\"reason\": ...}")
-        try:
-            if action == "replay":
-                job = failed_job_replay(failed_job_id=failed_job_id, user_id=request.user.pk)
-            else:
-                job = failed_job_discard(failed_job_id=failed_job_id, user_id=request.user.pk, reason=reason)
-        except FailedJobStateError as exc:
-            return error_response("invalid_state", str(exc), status=409)
+        # A job in another state raises FailedJobStateError, an application error (409).
+        if action == "replay":
+            job = failed_job_replay(failed_job_id=failed_job_id, user_id=request.user.pk)
+        else:
+            job = failed_job_discard(failed_job_id=failed_job_id, user_id=request.user.pk, reason=reason)
         return Response({"id": job.pk, "state": job.state})
