@@ -117,6 +117,11 @@ async def create_message(request: web.Request) -> web.Response:
     if not room_name or body is None:
         inbox.rejected += 1
         return _error(400, "invalid_message", "room and body are required")
+    retry_after = inbox.admit()
+    if retry_after is not None:
+        response = _error(429, "rate_limited", "too many requests")
+        response.headers["Retry-After"] = str(retry_after)
+        return response
     if inbox.knobs.should_fail():
         inbox.rejected += 1
         return _error(inbox.knobs.error_status, "unavailable", "sandbox failure (knob)")

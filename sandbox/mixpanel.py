@@ -83,6 +83,11 @@ async def _ingest(request: web.Request, endpoint: str) -> web.Response:
     if endpoint == "import" and not _import_authorised(request):
         inbox.rejected += 1
         return _answer(request, "invalid project secret", status=401)
+    retry_after = inbox.admit()
+    if retry_after is not None:
+        response = _answer(request, "too many requests", status=429)
+        response.headers["Retry-After"] = str(retry_after)
+        return response
     if inbox.knobs.should_fail():
         inbox.rejected += 1
         return _answer(request, "sandbox failure (knob)", status=inbox.knobs.error_status)

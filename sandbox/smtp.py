@@ -27,6 +27,9 @@ class RecordingHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
         inbox = self.store.inbox("email")
         await inbox.knobs.delay()
+        # SMTP has no Retry-After: a 4xx reply tells the client to come back later.
+        if inbox.admit() is not None:
+            return "421 4.7.0 Sandbox rate limit: too many messages, slow down"
         if inbox.knobs.should_fail():
             inbox.rejected += 1
             code = inbox.knobs.error_status

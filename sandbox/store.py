@@ -2,6 +2,7 @@
 
 import asyncio
 import itertools
+import math
 import random
 import time
 from collections import deque
@@ -38,6 +39,9 @@ class Knobs:
     callback_distribution: str = "uniform"
     callback_loss_rate: float = 0.0  # share of messages whose callbacks never come (0..1)
     final_status: str = "delivered"  # SMS: delivered, undelivered or failed
+    # Requests taken per second, as a provider's rate limit (0: no limit). Past it the
+    # provider answers 429 with Retry-After (SMTP: 421), as Twilio and Mixpanel do.
+    rate_limit_per_second: float = 0.0
 
     def update(self, changes: dict[str, Any]) -> None:
         known = [field.name for field in fields(self)]
@@ -51,6 +55,8 @@ class Knobs:
                 raise KnobError(f"knob {name!r} takes a {kind.__name__}, not {value!r}") from exc
             if name.endswith("_rate") and not 0.0 <= converted <= 1.0:
                 raise KnobError(f"knob {name!r} is a share between 0 and 1, not {value!r}")
+            if name == "rate_limit_per_second" and converted < 0:
+                raise KnobError("rate_limit_per_second is 0 (no limit) or more")
             if name == "final_status" and converted not in ("delivered", "undelivered", "failed"):
                 raise KnobError("final_status is one of delivered, undelivered, failed")
             if name == "callback_distribution" and converted not in CALLBACK_DISTRIBUTIONS:
@@ -92,6 +98,28 @@ class Inbox:
     duplicates: int = 0
     in_flight: int = 0  # requests received and not yet answered (tests time a crash by it)
     requests: int = 0  # requests that were accepted (several items may come in one)
+    rate_limited: int = 0  # requests refused for going over rate_limit_per_second
+    # The rate limit's token bucket: a second's worth of requests may come at once.
+    _tokens: float = 0.0
+    _refilled_at: float = 0.0
+
+    def admit(self) -> int | None:
+        """Take one request under the rate limit; answer the seconds to wait (Retry-After)
+        when it is over, else None."""
+        rate = self.knobs.rate_limit_per_second
+        if rate <= 0:
+            return None
+        now = time.monotonic()
+        if self._refilled_at == 0.0:
+            self._tokens = rate
+        else:
+            self._tokens = min(rate, self._tokens + (now - self._refilled_at) * rate)
+        self._refilled_at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return None
+        self.rate_limited += 1
+        return max(1, math.ceil((1 - self._tokens) / rate))
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -100,6 +128,7 @@ class Inbox:
             "accepted": self.accepted,
             "rejected": self.rejected,
             "duplicates": self.duplicates,
+            "rate_limited": self.rate_limited,
             "knobs": asdict(self.knobs),
         }
 

@@ -116,6 +116,11 @@ async def _create_message(request: web.Request, form: Any) -> web.Response:
     store = request.app[STORE_KEY]
     inbox = store.inbox("sms")
     await inbox.knobs.delay()
+    retry_after = inbox.admit()
+    if retry_after is not None:
+        response = twilio_error(429, 20429, "Too Many Requests")
+        response.headers["Retry-After"] = str(retry_after)
+        return response
     if inbox.knobs.should_fail():
         inbox.rejected += 1
         status = inbox.knobs.error_status

@@ -10,6 +10,7 @@ from email.utils import make_msgid
 from typing import Any
 
 import pytest
+import requests
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.test import override_settings
 from mixpanel import Mixpanel, MixpanelException
@@ -213,3 +214,25 @@ def test_sandbox_refuses_unknown_knobs_with_a_clear_error(sandbox: SandboxClient
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_knobs"
     assert "latency_ms" in response.json()["message"]
+
+
+def test_rate_limit_knob_answers_429_with_retry_after_past_the_rate(sandbox: SandboxClient) -> None:
+    sandbox.set_knobs("sms", rate_limit_per_second=2)
+    sandbox.set_knobs("mixpanel", rate_limit_per_second=1)
+    sandbox.set_knobs("email", rate_limit_per_second=1)
+    messages = f"{sandbox.url}/2010-04-01/Accounts/AC1/Messages.json"
+    form = {"To": "+15005550006", "From": "+15005550001", "Body": "hello"}
+    answers = [
+        requests.post(messages, data=form, auth=("AC1", SANDBOX_TWILIO_TOKEN), timeout=10) for _ in range(4)
+    ]
+    assert [answer.status_code for answer in answers] == [201, 201, 429, 429]
+    assert answers[2].json()["code"] == 20429 and int(answers[2].headers["Retry-After"]) >= 1
+    track = [requests.post(f"{sandbox.url}/track", data={"data": "[]"}, timeout=10) for _ in range(2)]
+    assert track[1].status_code == 429 and "Retry-After" in track[1].headers
+    with smtplib.SMTP("127.0.0.1", sandbox.smtp_port, timeout=10) as smtp:
+        smtp.sendmail("a@example.com", ["b@example.com"], "Subject: one\r\n\r\nbody")
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            smtp.sendmail("a@example.com", ["b@example.com"], "Subject: two\r\n\r\nbody")
+    assert refused.value.smtp_code == 421
+    assert (sandbox.inbox("sms")["accepted"], sandbox.inbox("sms")["rate_limited"]) == (2, 2)
+    assert [sandbox.inbox(name)["rate_limited"] for name in ("mixpanel", "email")] == [1, 1]
