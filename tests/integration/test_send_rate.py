@@ -1,0 +1,55 @@
+"""Provider send rates: one token bucket in the suite's Redis, shared by every caller."""
+
+import time
+import uuid
+
+import pytest
+from django.test import override_settings
+
+from core.send_rate import SendRate, SendRateExceeded, send_rate_pause, send_rate_take
+
+pytestmark = pytest.mark.integration
+
+
+def _name() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+def test_a_burst_goes_at_once_and_the_next_send_is_told_when_to_come_back() -> None:
+    name, rate = _name(), SendRate(per_second=1, burst=5)
+    for _ in range(5):
+        send_rate_take(name=name, rate=rate, max_wait_seconds=0)
+    with pytest.raises(SendRateExceeded) as over:
+        send_rate_take(name=name, rate=rate, max_wait_seconds=0)
+    assert 0 < over.value.retry_after <= 1
+
+
+def test_sends_never_go_faster_than_the_rate() -> None:
+    name, rate = _name(), SendRate(per_second=50, burst=1)
+    started = time.monotonic()
+    for _ in range(11):
+        send_rate_take(name=name, rate=rate)
+    # The first is the burst; ten more at 50/s cannot take less than 0.2 s.
+    assert time.monotonic() - started >= 0.19
+
+
+def test_more_than_a_burst_is_taken_a_burst_at_a_time() -> None:
+    name, rate = _name(), SendRate(per_second=1000, burst=10)
+    send_rate_take(name=name, rate=rate, count=35)  # would never fit in a bucket of 10
+    with pytest.raises(SendRateExceeded):
+        send_rate_take(name=name, rate=SendRate(per_second=0.01, burst=10), count=10, max_wait_seconds=0)
+
+
+def test_a_providers_retry_after_pauses_every_sender_and_a_shorter_one_does_not_cut_it() -> None:
+    name, rate = _name(), SendRate(per_second=100, burst=100)
+    send_rate_pause(name=name, seconds=30)
+    send_rate_pause(name=name, seconds=1)
+    with pytest.raises(SendRateExceeded) as paused:
+        send_rate_take(name=name, rate=rate, max_wait_seconds=5)
+    assert paused.value.retry_after > 25
+
+
+def test_without_redis_sends_go_ahead_unpaced() -> None:
+    with override_settings(REDIS_URL="redis://127.0.0.1:9/0"):  # the discard port: nothing listens
+        send_rate_pause(name="unreachable", seconds=30)
+        send_rate_take(name="unreachable", rate=SendRate(per_second=0.01, burst=1), count=3, max_wait_seconds=0)
