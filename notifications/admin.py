@@ -31,6 +31,8 @@ from notifications.models import (
     Preference,
     ProviderCallback,
     Recipient,
+    Topic,
+    TopicSubscription,
 )
 from notifications.services import failed_job_discard, failed_job_replay
 
@@ -210,6 +212,33 @@ class NotificationAdmin(admin.ModelAdmin):
 class RecipientAdmin(admin.ModelAdmin):
     list_display = ["user", "phone_number", "digest_frequency"]
     list_filter = ["digest_frequency"]
+
+
+@admin.register(Topic)
+class TopicAdmin(admin.ModelAdmin):
+    """Topics by publisher ("user:<id>"; blank: the project's own code). Subscribers are
+    listed on their own page: a topic may have a hundred thousand."""
+
+    list_display = ["key", "scope", "name", "subscribers", "created_at"]
+    search_fields = ["key", "name"]
+    list_filter = ["scope"]
+    readonly_fields = ["scope"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Topic]:
+        return super().get_queryset(request).annotate(subscriber_count=Count("subscriptions"))
+
+    @admin.display(ordering="subscriber_count")
+    def subscribers(self, topic: Any) -> Any:
+        url = reverse("admin:notifications_topicsubscription_changelist") + f"?topic__id__exact={topic.pk}"
+        return format_html('<a href="{}">{}</a>', url, topic.subscriber_count)
+
+
+@admin.register(TopicSubscription)
+class TopicSubscriptionAdmin(admin.ModelAdmin):
+    list_display = ["topic", "user", "created_at"]
+    list_filter = ["topic"]
+    search_fields = ["topic__key", "user__username", "user__email"]
+    raw_id_fields = ["topic", "user"]
 
 
 @admin.register(Digest)

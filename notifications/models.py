@@ -274,3 +274,34 @@ class Digest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.frequency} digest for user {self.user_id} until {self.period_end:%Y-%m-%d %H:%M}"
+
+
+class Topic(models.Model):
+    """A named audience users are subscribed to ("product-updates", "channel:42:live"):
+    an event addressed to it reaches every subscriber at the time it is sent."""
+
+    # Keys are unique per publisher, as idempotency keys are: "user:<id>" for an API
+    # publisher, "" for the project's own code. One publisher never sees another's topics.
+    scope = models.CharField(max_length=50, blank=True, editable=False)
+    key = models.CharField(max_length=100)
+    name = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["scope", "key"], name="one_topic_per_key")]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class TopicSubscription(models.Model):
+    topic = models.ForeignKey(Topic, on_delete=models.CASCADE, related_name="subscriptions")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        # Its index also serves reading a topic's recipients in pages of ascending user ids.
+        constraints = [models.UniqueConstraint(fields=["topic", "user"], name="one_subscription_per_user")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} → {self.topic_id}"

@@ -2,11 +2,11 @@
 
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 
 from notifications.channels import Channel
 from notifications.events import event_types
-from notifications.models import DigestFrequency, Event, Notification, Preference, Recipient
+from notifications.models import DigestFrequency, Event, Notification, Preference, Recipient, Topic
 
 
 def idempotency_scope(publisher_id: int | None) -> str:
@@ -70,3 +70,13 @@ def digest_frequency_get(*, user_id: int) -> str:
     """The user's digest choice (off until they choose)."""
     frequency = Recipient.objects.filter(user_id=user_id).values_list("digest_frequency", flat=True).first()
     return frequency or DigestFrequency.OFF
+
+
+def topic_get(*, scope: str, key: str) -> Topic | None:
+    """A publisher's topic by key (`scope` as idempotency_scope gives it)."""
+    return Topic.objects.filter(scope=scope, key=key).first()
+
+
+def topics_of(*, scope: str) -> QuerySet[Topic]:
+    """A publisher's topics with their subscriber counts, by key."""
+    return Topic.objects.filter(scope=scope).annotate(subscriber_count=Count("subscriptions")).order_by("key")

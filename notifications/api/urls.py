@@ -1,6 +1,6 @@
 from django.urls import path
 
-from notifications.api import views, webhooks
+from notifications.api import topics, views, webhooks
 
 urlpatterns = [
     path("events/", views.EventListView.as_view(), name="event-list"),
@@ -12,6 +12,13 @@ urlpatterns = [
         path(f"failed-jobs/<int:failed_job_id>/{action}/", views.FailedJobActionView.as_view(),
              {"action": action}, name=f"failed-job-{action}")
         for action in ("replay", "discard")
+    ),
+    path("topics/", topics.TopicListView.as_view(), name="topic-list"),
+    path("topics/<str:key>/", topics.TopicDetailView.as_view(), name="topic-detail"),
+    path("topics/<str:key>/subscribers/", topics.TopicSubscribersView.as_view(), name="topic-subscribers"),
+    path(
+        "topics/<str:key>/subscribers/remove/", topics.TopicSubscribersView.as_view(), {"action": "remove"},
+        name="topic-subscribers-remove",
     ),
     path("preferences/", views.PreferenceView.as_view(), name="preferences"),
     path("preferences/digest/", views.DigestPreferenceView.as_view(), name="preferences-digest"),
