@@ -9,3 +9,12 @@ class Channel(TextChoices):
     SMS = "sms"
     ANALYTICS = "analytics"
     INAPP = "inapp"
+
+
+class Lane(TextChoices):
+    """Which queues an event type's work rides. Bulk work (a broadcast to an audience)
+    has its own queue per channel and its own workers, so a password reset never waits
+    behind a hundred thousand newsletters."""
+
+    TRANSACTIONAL = "transactional"
+    BULK = "bulk"

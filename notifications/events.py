@@ -8,6 +8,7 @@ from django.db import connection
 from rest_framework import serializers
 from rest_framework.fields import empty
 
+from notifications.channels import Lane
 from notifications.exceptions import InvalidEvent
 
 
@@ -33,6 +34,9 @@ class EventType:
     category: str
     mandatory: bool = False
     description: str = ""
+    # Bulk: the type's work rides the bulk queues (broadcasts, digests of news) and never
+    # delays transactional types (a password reset) on the same channel.
+    lane: Lane = Lane.TRANSACTIONAL
 
 
 _REGISTRY: dict[str, dict[int, EventType]] = {}

@@ -30,6 +30,12 @@ class Event(models.Model):
     # SHA-256 of the publishing request: the same key with another request is refused
     # rather than answered with this event.
     request_hash = models.CharField(max_length=64, blank=True, editable=False)
+    # Who the event is for beyond its data's user_id: {"users": [...]}, {"topic": key} or
+    # {"audience": name, "params": {...}} (notifications/audiences.py). Null: the
+    # subscribers' own recipients.
+    audience = models.JSONField(null=True, blank=True)
+    # An operator cancelled it: deliveries not yet sent are not sent.
+    cancelled_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -90,6 +96,7 @@ class Delivery(models.Model):
         UNDELIVERED = "undelivered"
         FAILED = "failed"
         SKIPPED = "skipped"  # the recipient switched this channel off
+        CANCELLED = "cancelled"  # the event was cancelled before this was sent
 
     event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
     subscriber = models.CharField(max_length=100)
@@ -305,3 +312,42 @@ class TopicSubscription(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} → {self.topic_id}"
+
+
+class Broadcast(models.Model):
+    """One subscriber's work for an event addressed to an audience.
+
+    Its recipients are read in pages of ascending user ids; each page becomes a chunk,
+    written with its outbox row in one transaction, so every chunk is published exactly
+    once and a planner that dies resumes after the last chunk it wrote (`cursor`).
+    """
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="broadcasts")
+    subscriber = models.CharField(max_length=100)
+    channel = models.CharField(max_length=20, choices=Channel.choices)
+    cursor = models.BigIntegerField(default=0)  # the last user id put in a chunk
+    chunks = models.PositiveIntegerField(default=0)
+    recipients = models.PositiveIntegerField(default=0)  # resolved so far
+    planned_at = models.DateTimeField(null=True, blank=True)  # every recipient is in a chunk
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["event", "subscriber"], name="one_broadcast_per_subscriber")]
+
+    def __str__(self) -> str:
+        return f"{self.subscriber} of {self.event_id}"
+
+
+class DeliveryChunk(models.Model):
+    """Up to CARILLON_BROADCAST_CHUNK_SIZE recipients of a broadcast, sent by one task."""
+
+    broadcast = models.ForeignKey(Broadcast, on_delete=models.CASCADE, related_name="chunk_set")
+    index = models.PositiveIntegerField()
+    user_ids = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["broadcast", "index"], name="one_chunk_per_index")]
+
+    def __str__(self) -> str:
+        return f"chunk {self.index} of {self.broadcast}"

@@ -2,8 +2,10 @@
 
 - `carillon.events` (topic): every event's raw envelope, routing key = event type, for
   services in other languages to bind their own queues to. Carillon does not consume it.
-- `carillon.tasks` (topic): Celery task messages. One durable quorum queue per channel,
-  bound by `notify.<channel>`. Each subscriber's work is its own message sent to exactly
+- `carillon.tasks` (topic): Celery task messages. Two durable quorum queues per channel,
+  one per lane: `carillon.<channel>` (transactional, bound by `notify.<channel>`) and
+  `carillon.<channel>.bulk` (broadcasts, `notify.<channel>.bulk`), consumed by separate
+  workers so that bulk work never delays transactional work. Each subscriber's work is its own message sent to exactly
   one queue, never fanned out by a binding: Task.retry() republishes with the original
   exchange and routing key, so a fanned-out message would be retried into every queue.
 - `carillon.dlx` (topic): where channel queues dead-letter (rejected, or past the
@@ -21,7 +23,7 @@ from django.conf import settings
 from kombu import Connection, Exchange, Queue
 
 from config.celery import app as critical_app
-from notifications.channels import Channel
+from notifications.channels import Channel, Lane
 
 EVENTS_EXCHANGE = Exchange("carillon.events", type="topic", durable=True)
 TASKS_EXCHANGE = Exchange("carillon.tasks", type="topic", durable=True)
@@ -34,24 +36,25 @@ def _quorum(**arguments: Any) -> dict[str, Any]:
     return {"x-queue-type": "quorum", **arguments}
 
 
-def channel_queue_name(channel: str) -> str:
-    return f"carillon.{channel}"
+def _lane_suffix(lane: str) -> str:
+    return "" if lane == Lane.TRANSACTIONAL else f".{lane}"
 
 
-def channel_routing_key(channel: str) -> str:
-    return f"notify.{channel}"
+def channel_queue_name(channel: str, lane: str = Lane.TRANSACTIONAL) -> str:
+    return f"carillon.{channel}{_lane_suffix(lane)}"
 
 
-def channel_queue(channel: str) -> Queue:
-    """The work queue of one channel: quorum, dead-lettering, with a delivery limit.
+def channel_queue(channel: str, lane: str = Lane.TRANSACTIONAL) -> Queue:
+    """A work queue of one channel and lane: quorum, dead-lettering, with a delivery limit.
 
     The delivery limit bounds a poison message that kills its worker: with
-    task_reject_on_worker_lost it would otherwise be redelivered forever.
+    task_reject_on_worker_lost it would otherwise be redelivered forever. Both lanes of
+    a channel dead-letter into its one dead-letter queue.
     """
     return Queue(
-        channel_queue_name(channel),
+        channel_queue_name(channel, lane),
         TASKS_EXCHANGE,
-        routing_key=channel_routing_key(channel),
+        routing_key=f"notify.{channel}{_lane_suffix(lane)}",
         durable=True,
         queue_arguments=_quorum(
             **{
@@ -85,6 +88,11 @@ def delivery_task_name(channel: str) -> str:
     return f"notifications.{channel}.deliver"
 
 
+def chunk_task_name(channel: str) -> str:
+    """The Celery task that sends one chunk of a broadcast on a channel."""
+    return f"notifications.{channel}.deliver_chunk"
+
+
 def queue_declare(queue: Queue) -> None:
     """Add a queue to the critical app: workers may consume it and declare it at start-up."""
     if all(known.name != queue.name for known in critical_app.conf.task_queues):
@@ -92,8 +100,9 @@ def queue_declare(queue: Queue) -> None:
 
 
 def notification_queues_declare() -> None:
-    """The notifications app's queues: the default one and one per channel."""
-    for queue in (default_queue(), *(channel_queue(channel) for channel in Channel.values)):
+    """The notifications app's queues: the default one and one per channel and lane."""
+    queues = [channel_queue(channel, lane) for channel in Channel.values for lane in Lane.values]
+    for queue in (default_queue(), *queues):
         queue_declare(queue)
 
 

@@ -307,6 +307,9 @@ CARILLON_OUTBOX_LEASE_SECONDS = env.int("CARILLON_OUTBOX_LEASE_SECONDS", default
 # Analytics deliveries go to Mixpanel in batches of up to this many events per request.
 CARILLON_ANALYTICS_BATCH_SIZE = env.int("CARILLON_ANALYTICS_BATCH_SIZE", default=50)
 # Modules that declare more event types and subscribers (imported at start-up).
+# Recipients per chunk of a broadcast: one task, one bulk insert, one SMTP connection
+# or provider batch each. Larger chunks cost less per delivery; smaller ones retry less.
+CARILLON_BROADCAST_CHUNK_SIZE = env.int("CARILLON_BROADCAST_CHUNK_SIZE", default=500)
 CARILLON_SUBSCRIBER_MODULES = env.list("CARILLON_SUBSCRIBER_MODULES", default=[])
 # How long a new analytics delivery waits for others to share its request (0: no wait;
 # a full batch never waits). Analytics are not user-facing: a second buys many events
