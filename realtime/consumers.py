@@ -26,8 +26,9 @@ from realtime.connections import (
     transport_backlog,
 )
 from realtime.exceptions import InvalidFrame, InvalidToken, RealtimeError
-from realtime.fanout import Hub, Subscription, get_hub
 from realtime.frames import Control, Frame
+from realtime.hub import Hub, get_hub
+from realtime.subscriptions import Subscription
 from realtime.topics import Topic, topic_authorise, topic_parse
 
 logger = logging.getLogger(__name__)

@@ -79,11 +79,13 @@ class Message(TypedDict):
 
 @dataclass(frozen=True, slots=True)
 class HistoryRead:
-    """What a client missed after `last_id`, or `resync` when history cannot tell."""
+    """What the history holds after some id, and where the topic's counter stands.
+
+    Whether that covers everything a client missed, or the client must resync, is the
+    subscription table's decision (realtime/subscriptions.py)."""
 
     messages: list[Message]
     latest_id: int
-    resync: bool
 
 
 def _now_ms() -> int:
@@ -116,24 +118,18 @@ def history_decode(raw: bytes | str) -> Message:
     return message
 
 
-def _judge(last_id: int, latest: int, raw: list[bytes]) -> HistoryRead:
-    oldest = _now_ms() - _max_age_ms()
-    messages = [m for m in map(history_decode, raw) if m["ts"] >= oldest]
-    if last_id > latest:
-        # Ids ahead of the sequence: the history was lost (Redis without its data).
-        return HistoryRead([], latest, resync=True)
-    if latest > last_id and (not messages or messages[0]["id"] != last_id + 1):
-        return HistoryRead([], latest, resync=True)
-    return HistoryRead(messages, latest, resync=False)
-
-
 async def ahistory_since(client: aioredis.Redis, *, topic: Topic, last_id: int) -> HistoryRead:
-    """Messages after `last_id`, in order; `resync` when some of them are gone."""
+    """The messages after `last_id` that the history still holds, in order, and the
+    topic's latest id (read together, so they agree)."""
     async with client.pipeline(transaction=True) as pipe:
         pipe.get(sequence_key(topic))
         pipe.zrangebyscore(history_key(topic), f"({last_id}", "+inf")
         latest, raw = await pipe.execute()
-    return _judge(last_id, int(latest or 0), raw)
+    # Trimming by age happens on append: a topic nobody published to lately still has
+    # messages past the age limit, which count as gone.
+    oldest = _now_ms() - _max_age_ms()
+    messages = [m for m in map(history_decode, raw) if m["ts"] >= oldest]
+    return HistoryRead(messages, int(latest or 0))
 
 
 async def ahistory_latest_id(client: aioredis.Redis, *, topic: Topic) -> int:

@@ -95,7 +95,7 @@ class ProcessPresence:
             now = time.monotonic()
             wake_at = min([next_refresh, *(left + grace for left in self.left_at.values())])
             if not self._joined and wake_at > now:
-                try:  # not wait_for: see Hub._stats_loop
+                try:  # not wait_for: see Housekeeping._stats_loop
                     async with asyncio.timeout(wake_at - now):
                         await self._wake.wait()
                 except TimeoutError:

@@ -32,8 +32,9 @@ from realtime.connections import (
     transport_backlog,
 )
 from realtime.exceptions import InvalidToken, RealtimeError, TopicRefused
-from realtime.fanout import Subscription, get_hub
 from realtime.frames import HEARTBEAT, Control, Delivery, Frame
+from realtime.hub import get_hub
+from realtime.subscriptions import Subscription
 from realtime.topics import Topic, topic_authorise, topic_parse
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from django.contrib.auth.models import AnonymousUser
 
 from realtime.auth import realtime_token_create
 from realtime.consumers import CLOSE_BAD_FRAME, RealtimeConsumer
-from realtime.fanout import Hub, get_hub
+from realtime.hub import Hub, get_hub
 from realtime.topics import Topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -57,7 +57,7 @@ def test_a_connection_cancelled_while_subscribing_leaves_nothing_in_the_hub() ->
         await inbox.put({"type": "websocket.receive", "text": '{"type": "subscribe", "topic": "room:cancel"}'})
         hub = get_hub()
         for _ in range(200):
-            if hub.table.get(Topic("room", "cancel")) and hub.presence.connections.get(user.pk):
+            if hub.table.follows(Topic("room", "cancel")) and hub.housekeeping.presence.connections.get(user.pk):
                 break
             await asyncio.sleep(0.02)
         application.cancel()
@@ -69,6 +69,6 @@ def test_a_connection_cancelled_while_subscribing_leaves_nothing_in_the_hub() ->
     hub, sent = asyncio.run(scenario())
 
     assert sent[0]["type"] == "websocket.accept"
-    assert Topic("room", "cancel") not in hub.table
-    assert user.pk not in hub.presence.connections
-    assert len(hub._sinks) == 0
+    assert not hub.table.follows(Topic("room", "cancel"))
+    assert user.pk not in hub.housekeeping.presence.connections
+    assert len(hub.housekeeping.sinks) == 0

@@ -7,33 +7,13 @@ from collections.abc import Callable
 import pytest
 import redis.asyncio as aioredis
 
-from realtime.fanout import get_hub
-from realtime.frames import Control, Delivery, Frame
+from realtime.hub import get_hub
 from realtime.services import arealtime_publish
 from realtime.topics import Topic
 from tests.processes import free_port
+from tests.unit.realtime.conftest import RecordingSink
 
 pytestmark = pytest.mark.integration
-
-
-class Sink:
-    """A connection reduced to what the hub sees of it."""
-
-    def __init__(self) -> None:
-        self.frames: list[Frame] = []
-
-    def offer(self, frame: Frame) -> None:
-        self.frames.append(frame)
-
-    async def put(self, frame: Frame) -> None:
-        self.frames.append(frame)
-
-    def seen(self) -> list[tuple[str, object]]:
-        return [
-            ("message", f.id) if isinstance(f, Delivery) else (f.type, f.fields.get("id"))
-            for f in self.frames
-            if isinstance(f, Delivery | Control)
-        ]
 
 
 async def until(check: Callable[[], bool]) -> None:
@@ -54,7 +34,7 @@ def test_a_subscriber_from_now_on_a_followed_topic_needs_no_history_read(start: 
 
     async def scenario() -> list[tuple[str, object]]:
         hub = get_hub()
-        early = Sink()
+        early = RecordingSink()
         hub.subscribe(early, topic, None)
         await until(lambda: ("subscribed", 0) in early.seen())
         for number in (1, 2):
@@ -63,7 +43,7 @@ def test_a_subscriber_from_now_on_a_followed_topic_needs_no_history_read(start: 
         # History reads now go to a Redis that is not there: only what the hub already
         # knows of the topic can answer the late subscriber.
         hub._history = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
-        late = Sink()
+        late = RecordingSink()
         hub.subscribe(late, topic, start)
         await arealtime_publish(topic=str(topic), event="e", data={"n": 3})
         await until(lambda: len(late.seen()) == 2)
@@ -79,7 +59,7 @@ def test_first_subscriptions_to_two_topics_at_once_both_hold() -> None:
 
     async def scenario() -> list[list[tuple[str, object]]]:
         hub = get_hub()  # a new event loop: a hub whose pub/sub connection is not open yet
-        sinks = [Sink(), Sink()]
+        sinks = [RecordingSink(), RecordingSink()]
         for sink, topic in zip(sinks, topics, strict=True):
             hub.subscribe(sink, topic, None)
         await until(lambda: all(len(s.seen()) == 1 for s in sinks))
