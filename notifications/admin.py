@@ -8,7 +8,7 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django_celery_beat.admin import (
     PeriodicTaskAdmin,
     PeriodicTaskForm,
@@ -19,6 +19,7 @@ from django_celery_beat.models import PeriodicTask
 
 from config.background import app as background_app
 from config.task_routing import BACKGROUND_TASK_PREFIX
+from notifications.broadcasts import event_cancel
 from notifications.exceptions import FailedJobStateError
 from notifications.models import (
     Delivery,
@@ -34,6 +35,7 @@ from notifications.models import (
     Topic,
     TopicSubscription,
 )
+from notifications.selectors import event_progress
 from notifications.services import failed_job_discard, failed_job_replay
 
 
@@ -53,12 +55,43 @@ class OutboxInline(admin.TabularInline):
 
 @admin.register(Event)
 class EventAdmin(admin.ModelAdmin):
-    list_display = ["id", "type", "version", "publisher", "actor", "occurred_at", "created_at"]
+    list_display = ["id", "type", "version", "publisher", "actor", "occurred_at", "cancelled_at", "created_at"]
     list_filter = ["type"]
     search_fields = ["id", "idempotency_key", "actor"]
-    readonly_fields = ["id", "type", "version", "occurred_at", "publisher", "actor", "data", "idempotency_key",
-                       "created_at"]
-    inlines = [OutboxInline, DeliveryInline]
+    readonly_fields = ["id", "type", "version", "occurred_at", "publisher", "actor", "data", "audience", "progress",
+                       "idempotency_key", "cancelled_at", "created_at"]
+    actions = ["cancel_selected"]
+
+    def get_inlines(self, request: HttpRequest, obj: Event | None = None) -> list[Any]:
+        # A broadcast's deliveries and chunk tasks run to a hundred thousand rows: the
+        # progress counts them, the deliveries page lists them (link in `progress`).
+        if obj is not None and obj.audience:
+            return []
+        return [OutboxInline, DeliveryInline]
+
+    @admin.display(description="progress")
+    def progress(self, event: Event) -> Any:
+        rows = [
+            format_html(
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                channel, entry["recipients"] if entry["resolved"] else f"{entry['recipients']} so far",
+                ", ".join(f"{status} {n}" for status, n in entry.items() if status in Delivery.Status.values and n),
+            )
+            for channel, entry in sorted(event_progress(event=event).items())
+        ]
+        url = reverse("admin:notifications_delivery_changelist") + f"?event__id__exact={event.pk}"
+        return format_html(
+            '<table><tr><th>channel</th><th>recipients</th><th>deliveries</th></tr>{}</table><a href="{}">all deliveries</a>',
+            format_html_join("", "{}", ((row,) for row in rows)), url,
+        )
+
+    @admin.action(description="Cancel what the selected events have not sent", permissions=["cancel"])
+    def cancel_selected(self, request: HttpRequest, queryset: QuerySet[Event]) -> None:
+        total = sum(event_cancel(event_id=str(event.pk))[1] for event in queryset)
+        self.message_user(request, f"Cancelled {queryset.count()} events: {total} pending deliveries will not be sent.")
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("notifications.cancel_event")
 
 
 class CallbackInline(admin.TabularInline):

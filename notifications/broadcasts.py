@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from notifications.audiences import AudienceSpec, recipient_id_pages
 from notifications.events import event_type_get
-from notifications.models import Broadcast, DeliveryChunk, Event, OutboxMessage
+from notifications.models import Broadcast, Delivery, DeliveryChunk, Event, OutboxMessage
 from notifications.queues import channel_queue_name, chunk_task_name
 from notifications.relay import outbox_publish
 from notifications.subscribers import Subscriber
@@ -74,3 +74,18 @@ def _chunk_write(broadcast: Broadcast, page: list[int] | None, *, queue: str) ->
         broadcast.save(update_fields=["cursor", "chunks", "recipients"])
         transaction.on_commit(partial(outbox_publish, ids=[row.pk]), robust=True)
     return broadcast
+
+
+def event_cancel(*, event_id: str) -> tuple[Event, int]:
+    """Stop an event's deliveries that have not been sent: planning stops, chunks not yet
+    sent are not sent, pending deliveries become cancelled. Those under way finish.
+    Cancelling twice changes nothing more; answer the event and how many were cancelled."""
+    now = timezone.now()
+    with transaction.atomic():
+        Event.objects.filter(pk=event_id, cancelled_at__isnull=True).update(cancelled_at=now)
+        cancelled = Delivery.objects.filter(event_id=event_id, status=Delivery.Status.PENDING).update(
+            status=Delivery.Status.CANCELLED, last_error="the event was cancelled"
+        )
+    event = Event.objects.get(pk=event_id)
+    logger.info("event %s cancelled: %d pending deliveries will not be sent", event_id, cancelled)
+    return event, cancelled

@@ -40,7 +40,10 @@ class Event(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        permissions = [("publish_event", "Can publish events through the API")]
+        permissions = [
+            ("publish_event", "Can publish events through the API"),
+            ("cancel_event", "Can cancel any event's deliveries not yet sent"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["idempotency_scope", "idempotency_key"], condition=models.Q(idempotency_key__isnull=False),

@@ -6,7 +6,16 @@ from django.db.models import Count, QuerySet
 
 from notifications.channels import Channel
 from notifications.events import event_types
-from notifications.models import DigestFrequency, Event, Notification, Preference, Recipient, Topic
+from notifications.models import (
+    Broadcast,
+    Delivery,
+    DigestFrequency,
+    Event,
+    Notification,
+    Preference,
+    Recipient,
+    Topic,
+)
 
 
 def idempotency_scope(publisher_id: int | None) -> str:
@@ -22,7 +31,7 @@ def event_for_key(*, publisher_id: int | None, key: str) -> Event | None:
 def events_visible(*, user: Any) -> QuerySet[Event]:
     """The events `user` (a request's user) may read: those it published, or every one
     with notifications.view_event. An event's data may hold secrets (a reset URL)."""
-    events = Event.objects.prefetch_related("deliveries")
+    events = Event.objects.all()
     if not user.is_authenticated:  # its pk is None, which would match the project's events
         return events.none()
     if user.has_perm("notifications.view_event"):
@@ -80,3 +89,28 @@ def topic_get(*, scope: str, key: str) -> Topic | None:
 def topics_of(*, scope: str) -> QuerySet[Topic]:
     """A publisher's topics with their subscriber counts, by key."""
     return Topic.objects.filter(scope=scope).annotate(subscriber_count=Count("subscriptions")).order_by("key")
+
+
+def event_progress(*, event: Event) -> dict[str, dict[str, Any]]:
+    """Per channel: how many deliveries are in each status, and for a broadcast how many
+    recipients are resolved so far and whether all are. Two grouped queries."""
+    progress: dict[str, dict[str, Any]] = {}
+    broadcast_channels = set()
+    for broadcast in Broadcast.objects.filter(event=event):
+        broadcast_channels.add(broadcast.channel)
+        entry = progress.setdefault(broadcast.channel, _progress_entry())
+        entry["recipients"] += broadcast.recipients
+        entry["resolved"] = entry["resolved"] and broadcast.planned_at is not None
+    counts = Delivery.objects.filter(event=event).values_list("channel", "status").annotate(n=Count("id"))
+    for channel, status, n in counts.order_by():
+        entry = progress.setdefault(channel, _progress_entry())
+        entry[status] += n
+    for channel, entry in progress.items():
+        if channel not in broadcast_channels:
+            # Without an audience, an event's recipients are its deliveries.
+            entry["recipients"] = sum(entry[status] for status in Delivery.Status.values)
+    return progress
+
+
+def _progress_entry() -> dict[str, Any]:
+    return {"recipients": 0, "resolved": True, **{status: 0 for status in Delivery.Status.values}}

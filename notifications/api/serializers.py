@@ -1,10 +1,12 @@
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from notifications.events import event_types
 from notifications.models import Delivery, DigestFrequency, Event, FailedJob, Notification
+from notifications.selectors import event_progress
 
 
 class EventTypeField(serializers.CharField):
@@ -48,17 +50,50 @@ class DeliverySerializer(serializers.ModelSerializer[Delivery]):
         ]
 
 
+# An event addressed to an audience may have a hundred thousand deliveries: the event
+# shows the first ones and counts them all in `progress`.
+EVENT_DELIVERIES_SHOWN = 100
+
+
+class ChannelProgressSerializer(serializers.Serializer[Any]):
+    recipients = serializers.IntegerField(help_text="recipients resolved so far")
+    resolved = serializers.BooleanField(help_text="every recipient is resolved (an audience is read in pages)")
+    pending = serializers.IntegerField()
+    sending = serializers.IntegerField()
+    sent = serializers.IntegerField()
+    delivered = serializers.IntegerField()
+    undelivered = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    skipped = serializers.IntegerField(help_text="the recipient switched this channel off")
+    cancelled = serializers.IntegerField(help_text="not sent: the event was cancelled")
+
+
 class EventSerializer(serializers.ModelSerializer[Event]):
-    deliveries = DeliverySerializer(many=True, read_only=True)
+    deliveries = serializers.SerializerMethodField(
+        help_text=f"the first {EVENT_DELIVERIES_SHOWN} deliveries, oldest first; progress counts them all"
+    )
     published = serializers.SerializerMethodField()
+    progress = serializers.SerializerMethodField()
 
     class Meta:
         model = Event
-        fields = ["id", "type", "version", "occurred_at", "actor", "data", "idempotency_key", "published", "deliveries"]
+        fields = [
+            "id", "type", "version", "occurred_at", "actor", "data", "audience", "idempotency_key", "published",
+            "cancelled_at", "progress", "deliveries",
+        ]
 
     def get_published(self, event: Event) -> bool:
         """Whether every outbox row of the event reached RabbitMQ."""
         return not event.outbox.filter(published_at__isnull=True).exists()
+
+    @extend_schema_field(DeliverySerializer(many=True))
+    def get_deliveries(self, event: Event) -> Any:
+        return DeliverySerializer(event.deliveries.order_by("pk")[:EVENT_DELIVERIES_SHOWN], many=True).data
+
+    @extend_schema_field(serializers.DictField(child=ChannelProgressSerializer()))
+    def get_progress(self, event: Event) -> dict[str, Any]:
+        """Per channel, the deliveries in each status."""
+        return event_progress(event=event)
 
 
 class NotificationSerializer(serializers.ModelSerializer[Notification]):

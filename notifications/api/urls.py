@@ -5,6 +5,7 @@ from notifications.api import topics, views, webhooks
 urlpatterns = [
     path("events/", views.EventListView.as_view(), name="event-list"),
     path("events/<uuid:pk>/", views.EventDetailView.as_view(), name="event-detail"),
+    path("events/<uuid:pk>/cancel/", views.EventCancelView.as_view(), name="event-cancel"),
     path("notifications/", views.NotificationListView.as_view(), name="notification-list"),
     path("notifications/<int:notification_id>/read/", views.NotificationReadView.as_view(), name="notification-read"),
     path("notifications/read-all/", views.NotificationReadAllView.as_view(), name="notification-read-all"),

@@ -9,7 +9,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema, inline_serializer
-from rest_framework import generics, permissions
+from rest_framework import exceptions, generics, permissions, serializers
 from rest_framework.fields import IntegerField
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -27,6 +27,7 @@ from notifications.api.serializers import (
     NotificationSerializer,
     PreferenceSerializer,
 )
+from notifications.broadcasts import event_cancel
 from notifications.events import event_types
 from notifications.models import Event, FailedJob, Notification
 from notifications.selectors import (
@@ -128,6 +129,39 @@ class EventDetailView(generics.RetrieveAPIView[Event]):
 
     def get_queryset(self) -> QuerySet[Event]:
         return events_visible(user=self.request.user)
+
+
+class EventCancelledSerializer(serializers.Serializer[Any]):
+    id = serializers.UUIDField()
+    cancelled_at = serializers.DateTimeField()
+    cancelled = serializers.IntegerField(help_text="pending deliveries this request cancelled")
+
+
+class EventCancelView(APIView):
+    """Cancel what an event has not sent yet: a broadcast stops where it is.
+
+    Its publisher may cancel it, and an operator with notifications.cancel_event any
+    event; whoever cannot read the event gets 404.
+    """
+
+    permission_classes = [permissions.IsAuthenticated]
+
+    @extend_schema(
+        request=None,
+        responses={
+            200: EventCancelledSerializer,
+            403: error("another publisher's event, without notifications.cancel_event"),
+            404: error("no such event, or not one you may read"),
+        },
+        summary="Cancel an event's deliveries not yet sent",
+    )
+    def post(self, request: Request, pk: str) -> Response:
+        may_cancel_any = request.user.has_perm("notifications.cancel_event")
+        event = get_object_or_404(Event.objects.all() if may_cancel_any else events_visible(user=request.user), pk=pk)
+        if event.publisher_id != request.user.pk and not may_cancel_any:
+            raise exceptions.PermissionDenied("cancelling another publisher's event needs notifications.cancel_event")
+        event, cancelled = event_cancel(event_id=str(event.pk))
+        return Response({"id": event.pk, "cancelled_at": event.cancelled_at, "cancelled": cancelled})
 
 
 class NotificationListView(generics.ListAPIView[Notification]):

@@ -2,15 +2,19 @@
 outbox exactly once, whatever dies or runs twice."""
 
 from typing import Any
+from unittest.mock import patch
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.test import override_settings
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from notifications import broadcasts
+from notifications.api import serializers
 from notifications.broadcasts import broadcast_plan
 from notifications.channels import Channel
-from notifications.models import Broadcast, DeliveryChunk, Event, OutboxMessage
+from notifications.models import Broadcast, Delivery, DeliveryChunk, Event, OutboxMessage
 from notifications.subscribers import Subscriber
 
 pytestmark = pytest.mark.django_db
@@ -102,3 +106,77 @@ def test_a_cancelled_event_plans_no_more_chunks(event: Event) -> None:
 
     assert broadcast.chunks == 0 and broadcast.planned_at is None
     assert not OutboxMessage.objects.filter(event=event).exists()
+
+
+def _api(user: Any) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+def test_the_event_shows_its_progress_per_channel_and_only_its_first_deliveries(
+    event: Event, users: list[Any], django_user_model: Any
+) -> None:
+    publisher = django_user_model.objects.create_user("backend")
+    Event.objects.filter(pk=event.pk).update(publisher=publisher)
+    Broadcast.objects.create(event=event, subscriber="news_email", channel=Channel.EMAIL, recipients=5, chunks=1)
+    statuses = ["sent", "sent", "failed", "skipped", "pending"]
+    Delivery.objects.bulk_create(
+        Delivery(event=event, subscriber="news_email", channel=Channel.EMAIL, recipient=f"user:{user.pk}",
+                 user=user, status=status)
+        for user, status in zip(users, statuses, strict=True)
+    )
+    Delivery.objects.create(event=event, subscriber="feed", channel=Channel.INAPP, recipient="user:1", status="sent")
+
+    with patch.object(serializers, "EVENT_DELIVERIES_SHOWN", 4):
+        shown = _api(publisher).get(f"/api/events/{event.pk}/").json()
+
+    assert shown["progress"]["email"] == {
+        "recipients": 5, "resolved": False, "pending": 1, "sending": 0, "sent": 2, "delivered": 0,
+        "undelivered": 0, "failed": 1, "skipped": 1, "cancelled": 0,
+    }
+    assert shown["progress"]["inapp"]["recipients"] == 1 and shown["progress"]["inapp"]["resolved"] is True
+    assert len(shown["deliveries"]) == 4 and shown["cancelled_at"] is None
+
+
+def test_cancel_stops_what_was_not_sent_and_only_its_publisher_or_an_operator_may(
+    event: Event, users: list[Any], django_user_model: Any
+) -> None:
+    publisher = django_user_model.objects.create_user("backend")
+    Event.objects.filter(pk=event.pk).update(publisher=publisher)
+    Delivery.objects.create(event=event, subscriber="news_email", channel=Channel.EMAIL, recipient="user:1",
+                            status=Delivery.Status.SENT)
+    Delivery.objects.create(event=event, subscriber="news_email", channel=Channel.EMAIL, recipient="user:2")
+    viewer = django_user_model.objects.create_user("viewer")
+    viewer.user_permissions.add(Permission.objects.get(codename="view_event"))
+    operator = django_user_model.objects.create_user("operator")
+    operator.user_permissions.add(Permission.objects.get(codename="cancel_event"))
+    url = f"/api/events/{event.pk}/cancel/"
+
+    assert _api(users[1]).post(url).status_code == 404
+    assert _api(viewer).post(url).status_code == 403
+    assert not Event.objects.filter(cancelled_at__isnull=False).exists()
+    first = _api(publisher).post(url)
+    again = _api(operator).post(url)
+
+    assert first.status_code == 200 and first.json()["cancelled"] == 1
+    assert again.json() == {**first.json(), "cancelled": 0}
+    assert sorted(Delivery.objects.values_list("status", flat=True)) == ["cancelled", "sent"]
+    assert broadcast_plan(event=Event.objects.get(pk=event.pk), subscriber=SUBSCRIBER).chunks == 0
+
+
+def test_the_admin_shows_a_broadcasts_progress_and_an_operator_cancels_it(
+    event: Event, admin_client: Any
+) -> None:
+    Broadcast.objects.create(event=event, subscriber="news_email", channel=Channel.EMAIL, recipients=5, chunks=1)
+    Delivery.objects.create(event=event, subscriber="news_email", channel=Channel.EMAIL, recipient="user:2")
+
+    page = admin_client.get(f"/admin/notifications/event/{event.pk}/change/").content.decode()
+    answer = admin_client.post(
+        "/admin/notifications/event/", {"action": "cancel_selected", "_selected_action": [str(event.pk)]}
+    )
+
+    assert "5 so far" in page and "pending 1" in page
+    assert answer.status_code == 302
+    assert Event.objects.get(pk=event.pk).cancelled_at is not None
+    assert Delivery.objects.get().status == Delivery.Status.CANCELLED
