@@ -9,11 +9,11 @@ only after the transition commits (`on_commit`), so a rolled-back transition pub
 nothing. docs/ordered-delivery.md explains why each race ends well.
 """
 
+import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
 
 from django.db import IntegrityError, transaction
 from django.db.models import F
@@ -29,7 +29,6 @@ from rooms.selectors import caller_scope, room_message_for_key
 logger = logging.getLogger(__name__)
 
 Status = RoomMessage.Status
-T = TypeVar("T")
 
 # Contention on one room is between a handful of actors (enqueue, ack, timeout, operator);
 # this bound only turns a bug into an error instead of a spin.
@@ -44,9 +43,47 @@ class Dispatch:
     attempt: int
 
 
-def _publish_send(dispatch: Dispatch | None) -> None:
-    if dispatch is None:
-        return
+class Outcome(enum.Enum):
+    """How a transition left the room."""
+
+    # The room no longer held what the input was about (a late ack, a stale timeout, an
+    # operator acting on a finished message): nothing was written.
+    UNCHANGED = "unchanged"
+    # The in-flight message (if any) ended and the FIFO's head (if any) is now in flight.
+    ADVANCED = "advanced"
+    # The in-flight message stays, at its next attempt.
+    RESENT = "resent"
+    # A queued message left the FIFO; the room's state machine did not move.
+    DEQUEUED = "dequeued"
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What a transition decided inside its transaction, for the caller to act on after commit.
+
+    `send` is what to publish once the transaction committed: the next message
+    (ADVANCED, unless the FIFO was empty), the same message again (RESENT), or nothing.
+    """
+
+    outcome: Outcome
+    send: Dispatch | None = None
+
+    def __post_init__(self) -> None:
+        # Only a room that moved has something to send, and a resend always has.
+        moved = self.outcome in (Outcome.ADVANCED, Outcome.RESENT)
+        if (self.send is not None and not moved) or (self.outcome is Outcome.RESENT and self.send is None):
+            raise ValueError(f"a {self.outcome.value} transition cannot send {self.send}")
+
+
+class RoomMovedError(Exception):
+    """Another process committed a transition of the room since this one read it.
+
+    Raised out of the transaction so that it rolls back; `room_transition` then reads the
+    room again and decides again. It never leaves room_transition.
+    """
+
+
+def _send_after_commit(dispatch: Dispatch) -> None:
     transaction.on_commit(lambda: _send(dispatch))
 
 
@@ -61,24 +98,31 @@ def _send(dispatch: Dispatch) -> None:
                        dispatch.message_id, dispatch.attempt, exc)
 
 
-def _cas(room: Room, **changes: object) -> bool:
-    """Commit a transition if nobody moved the room since it was read."""
+def _cas(room: Room, **changes: object) -> None:
+    """Write a transition if nobody moved the room since it was read, else raise RoomMovedError."""
     updated = Room.objects.filter(pk=room.pk, version=room.version).update(
         version=room.version + 1, **changes
     )
-    return updated == 1
+    if updated != 1:
+        raise RoomMovedError(f"room {room.pk} moved past version {room.version}")
 
 
-def _retrying(step: Callable[[], T | None], *, room_id: int) -> T | None:
-    """Run one transition attempt per transaction until it commits or has nothing to do.
+def room_transition(*, room_id: int, decide: Callable[[Room], Transition]) -> Transition:
+    """Run `decide` on the locked room in one transaction, then publish its send after commit.
 
-    `step` returns None when it lost the compare-and-set (try again) and a value otherwise.
+    `decide` checks its guard against the room as read, writes through `_cas` and the
+    message rows, and returns what it did. When its `_cas` finds the room moved, the
+    transaction rolls back and `decide` runs again on a fresh read.
     """
     for _ in range(MAX_CAS_ATTEMPTS):
-        with transaction.atomic():
-            outcome = step()
-            if outcome is not None:
-                return outcome
+        try:
+            with transaction.atomic():
+                transition = decide(_locked_room(room_id))
+        except RoomMovedError:
+            continue
+        if transition.send is not None:
+            _send_after_commit(transition.send)
+        return transition
     raise RuntimeError(f"room {room_id}: no transition committed after {MAX_CAS_ATTEMPTS} tries")
 
 
@@ -110,35 +154,24 @@ def _next_queued(room: Room) -> RoomMessage | None:
     )
 
 
-def _advance(room: Room, **room_changes: object) -> Dispatch | None | bool:
-    """Release the in-flight message and put the next queued one in flight, as one CAS.
-
-    Returns False when the CAS lost, else the Dispatch (or None when the queue is empty).
-    """
+def _advance(room: Room, **room_changes: object) -> Transition:
+    """Release the in-flight message and put the next queued one in flight, as one CAS."""
     head = _next_queued(room)
-    if not _cas(room, in_flight=head, attempt=1 if head else 0, **room_changes):
-        return False
+    _cas(room, in_flight=head, attempt=1 if head else 0, **room_changes)
     if head is None:
-        return None
+        return Transition(Outcome.ADVANCED)
     RoomMessage.objects.filter(pk=head.pk).update(
         status=Status.IN_FLIGHT, attempts=1, dispatched_at=timezone.now()
     )
-    return Dispatch(message_id=head.pk, attempt=1)
+    return Transition(Outcome.ADVANCED, send=Dispatch(message_id=head.pk, attempt=1))
 
 
-# Sentinels for `_retrying`: a committed transition that dispatches nothing.
-_DONE = Dispatch(message_id=0, attempt=0)
-
-
-def _committed(dispatch: Dispatch | None | bool) -> Dispatch | None:
-    """Map `_advance`'s answer to `_retrying`'s protocol (None means retry)."""
-    if dispatch is False:
-        return None
-    return dispatch if isinstance(dispatch, Dispatch) else _DONE
-
-
-def _dispatched(outcome: Dispatch | None) -> Dispatch | None:
-    return None if outcome is None or outcome is _DONE else outcome
+def _resend(room: Room, message_id: int) -> Transition:
+    """Put the in-flight message out again at its next attempt, as one CAS."""
+    attempt = room.attempt + 1
+    _cas(room, attempt=attempt)
+    RoomMessage.objects.filter(pk=message_id).update(attempts=attempt, dispatched_at=timezone.now())
+    return Transition(Outcome.RESENT, send=Dispatch(message_id=message_id, attempt=attempt))
 
 
 def room_create(*, provider_name: str, recipient: str, owner_id: int | None = None) -> Room:
@@ -159,15 +192,12 @@ def room_dispatch(*, room_id: int) -> Dispatch | None:
     if Room.objects.filter(pk=room_id, in_flight__isnull=False).exists():
         return None
 
-    def step() -> Dispatch | None:
-        room = _locked_room(room_id)
+    def decide(room: Room) -> Transition:
         if room.in_flight_id is not None:
-            return _DONE
-        return _committed(_advance(room))
+            return Transition(Outcome.UNCHANGED)
+        return _advance(room)
 
-    dispatch = _dispatched(_retrying(step, room_id=room_id))
-    _publish_send(dispatch)
-    return dispatch
+    return room_transition(room_id=room_id, decide=decide).send
 
 
 def room_message_enqueue(
@@ -281,32 +311,29 @@ def room_message_ack(*, idempotency_key: str, provider_message_id: str = "") -> 
     if not _holds(Room.objects.only("in_flight_id").get(pk=message.room_id), message.pk):
         logger.info("room %s: ack for message %s not in flight ignored", message.room_id, message.pk)
         return AckOutcome(applied=False, message_id=message.pk)
-    applied = False
 
-    def step() -> Dispatch | None:
-        nonlocal applied
-        room = _locked_room(message.room_id)
+    def decide(room: Room) -> Transition:
         if room.in_flight_id != message.pk:
-            return _DONE
+            return Transition(Outcome.UNCHANGED)
         now = timezone.now()
-        outcome = _committed(_advance(room, last_ack_at=now))
-        if outcome is not None:
-            applied = True
-            changes: dict[str, object] = {"status": Status.ACKED, "acked_at": now, "finished_at": now}
-            RoomMessage.objects.filter(pk=message.pk).update(**changes)
-            if provider_message_id:
-                RoomMessage.objects.filter(pk=message.pk, provider_message_id="").update(
-                    provider_message_id=provider_message_id
-                )
-        return outcome
+        transition = _advance(room, last_ack_at=now)
+        RoomMessage.objects.filter(pk=message.pk).update(status=Status.ACKED, acked_at=now, finished_at=now)
+        if provider_message_id:
+            RoomMessage.objects.filter(pk=message.pk, provider_message_id="").update(
+                provider_message_id=provider_message_id
+            )
+        return transition
 
-    dispatch = _dispatched(_retrying(step, room_id=message.room_id))
-    _publish_send(dispatch)
+    applied = room_transition(room_id=message.room_id, decide=decide).outcome is Outcome.ADVANCED
     if applied:
         logger.info("room %s: message %s acked", message.room_id, message.pk)
     else:
         logger.info("room %s: ack for message %s not in flight ignored", message.room_id, message.pk)
     return AckOutcome(applied=applied, message_id=message.pk)
+
+
+# What room_message_ack_timeout reports (its task's result) for each way the room moved.
+_TIMEOUT_RESULTS = {Outcome.UNCHANGED: "stale", Outcome.RESENT: "resent", Outcome.ADVANCED: "proceeded"}
 
 
 def room_message_ack_timeout(*, message_id: int, attempt: int) -> str:
@@ -316,36 +343,24 @@ def room_message_ack_timeout(*, message_id: int, attempt: int) -> str:
     """
     message = RoomMessage.objects.select_related("room__provider").get(pk=message_id)
     provider = message.room.provider
-    result = "stale"
     if not _holds(message.room, message_id, attempt):  # the usual case: the ack came first
         logger.info("room %s: ack timeout of message %s attempt %s: stale", message.room_id, message_id, attempt)
-        return result
+        return _TIMEOUT_RESULTS[Outcome.UNCHANGED]
 
-    def step() -> Dispatch | None:
-        nonlocal result
-        room = _locked_room(message.room_id)
-        if room.in_flight_id != message_id or room.attempt != attempt:
-            result = "stale"
-            return _DONE
+    def decide(room: Room) -> Transition:
+        if not _holds(room, message_id, attempt):
+            return Transition(Outcome.UNCHANGED)
         resend = provider.timeout_policy == ChatProvider.TimeoutPolicy.RESEND
         if resend and attempt <= provider.max_resends:
-            if not _cas(room, attempt=attempt + 1):
-                return None
-            RoomMessage.objects.filter(pk=message_id).update(attempts=attempt + 1, dispatched_at=timezone.now())
-            result = "resent"
-            return Dispatch(message_id=message_id, attempt=attempt + 1)
-        outcome = _committed(_advance(room, timeouts=F("timeouts") + 1))
-        if outcome is not None:
-            now = timezone.now()
-            note = f"no ack after {attempt} attempt(s) of {provider.ack_timeout_ms} ms; counted as sent"
-            RoomMessage.objects.filter(pk=message_id).update(
-                status=Status.TIMED_OUT, finished_at=now, note=note
-            )
-            result = "proceeded"
-        return outcome
+            return _resend(room, message_id)
+        transition = _advance(room, timeouts=F("timeouts") + 1)
+        note = f"no ack after {attempt} attempt(s) of {provider.ack_timeout_ms} ms; counted as sent"
+        RoomMessage.objects.filter(pk=message_id).update(
+            status=Status.TIMED_OUT, finished_at=timezone.now(), note=note
+        )
+        return transition
 
-    dispatch = _dispatched(_retrying(step, room_id=message.room_id))
-    _publish_send(dispatch)
+    result = _TIMEOUT_RESULTS[room_transition(room_id=message.room_id, decide=decide).outcome]
     logger.info("room %s: ack timeout of message %s attempt %s: %s", message.room_id, message_id, attempt, result)
     return result
 
@@ -353,22 +368,17 @@ def room_message_ack_timeout(*, message_id: int, attempt: int) -> str:
 def room_message_give_up(*, message_id: int, attempt: int, reason: str) -> bool:
     """The provider refused the message for good: record it and move on to the next."""
     message = RoomMessage.objects.get(pk=message_id)
-    gave_up = False
 
-    def step() -> Dispatch | None:
-        nonlocal gave_up
-        room = _locked_room(message.room_id)
-        if room.in_flight_id != message_id or room.attempt != attempt:
-            return _DONE
-        outcome = _committed(_advance(room))
-        if outcome is not None:
-            gave_up = True
-            RoomMessage.objects.filter(pk=message_id).update(
-                status=Status.FAILED, finished_at=timezone.now(), note=reason[:255]
-            )
-        return outcome
+    def decide(room: Room) -> Transition:
+        if not _holds(room, message_id, attempt):
+            return Transition(Outcome.UNCHANGED)
+        transition = _advance(room)
+        RoomMessage.objects.filter(pk=message_id).update(
+            status=Status.FAILED, finished_at=timezone.now(), note=reason[:255]
+        )
+        return transition
 
-    _publish_send(_dispatched(_retrying(step, room_id=message.room_id)))
+    gave_up = room_transition(room_id=message.room_id, decide=decide).outcome is Outcome.ADVANCED
     if gave_up:
         logger.warning("room %s: message %s failed: %s", message.room_id, message_id, reason)
     return gave_up
@@ -377,28 +387,22 @@ def room_message_give_up(*, message_id: int, attempt: int, reason: str) -> bool:
 def room_message_skip(*, message_id: int) -> bool:
     """Operator: drop a queued or in-flight message; the next one goes out. False if done."""
     message = RoomMessage.objects.get(pk=message_id)
-    skipped = False
+    note = "skipped by an operator"
 
-    def step() -> Dispatch | None:
-        nonlocal skipped
-        room = _locked_room(message.room_id)
+    def decide(room: Room) -> Transition:
         now = timezone.now()
-        note = "skipped by an operator"
         if room.in_flight_id == message_id:
-            outcome = _committed(_advance(room))
-            if outcome is not None:
-                skipped = True
-                RoomMessage.objects.filter(pk=message_id).update(status=Status.SKIPPED, finished_at=now, note=note)
-            return outcome
-        # A queued message leaves the FIFO by its own conditional update.
-        skipped = bool(
-            RoomMessage.objects.filter(pk=message_id, status=Status.QUEUED).update(
-                status=Status.SKIPPED, finished_at=now, note=note
-            )
+            transition = _advance(room)
+            RoomMessage.objects.filter(pk=message_id).update(status=Status.SKIPPED, finished_at=now, note=note)
+            return transition
+        # A queued message leaves the FIFO by its own conditional update: the room row
+        # does not name it, so there is no CAS to take.
+        dequeued = RoomMessage.objects.filter(pk=message_id, status=Status.QUEUED).update(
+            status=Status.SKIPPED, finished_at=now, note=note
         )
-        return _DONE
+        return Transition(Outcome.DEQUEUED if dequeued else Outcome.UNCHANGED)
 
-    _publish_send(_dispatched(_retrying(step, room_id=message.room_id)))
+    skipped = room_transition(room_id=message.room_id, decide=decide).outcome is not Outcome.UNCHANGED
     logger.info("room %s: operator skip of message %s: %s", message.room_id, message_id, skipped)
     return skipped
 
@@ -407,17 +411,12 @@ def room_message_retry(*, message_id: int) -> bool:
     """Operator: send the in-flight message again (same idempotency key, next attempt)."""
     message = RoomMessage.objects.get(pk=message_id)
 
-    def step() -> Dispatch | None:
-        room = _locked_room(message.room_id)
-        if room.in_flight_id != message_id:
-            return _DONE
-        if not _cas(room, attempt=room.attempt + 1):
-            return None
-        RoomMessage.objects.filter(pk=message_id).update(attempts=room.attempt + 1, dispatched_at=timezone.now())
-        return Dispatch(message_id=message_id, attempt=room.attempt + 1)
+    def decide(room: Room) -> Transition:
+        if not _holds(room, message_id):
+            return Transition(Outcome.UNCHANGED)
+        return _resend(room, message_id)
 
-    dispatch = _dispatched(_retrying(step, room_id=message.room_id))
-    _publish_send(dispatch)
+    dispatch = room_transition(room_id=message.room_id, decide=decide).send
     if dispatch is None:
         # Not in flight: an idle room whose dispatch was lost gets its head sent.
         dispatch = room_dispatch(room_id=message.room_id)
@@ -457,7 +456,7 @@ def room_recover(*, stalled_after_s: float) -> RecoverReport:
             continue
         logger.warning("room %s: message %s attempt %s stalled since %s; sending it again",
                        room.pk, message.pk, room.attempt, last.isoformat())
-        _publish_send(Dispatch(message_id=message.pk, attempt=room.attempt))
+        _send_after_commit(Dispatch(message_id=message.pk, attempt=room.attempt))
         resent.append(message.pk)
     dispatched: list[int] = []
     idle = (
