@@ -231,6 +231,79 @@ def test_provider_refusal_records_the_failure_and_moves_on(room: Room, sent: Sen
     assert fresh(room).in_flight_id == second.pk
 
 
+def test_a_refusal_of_an_attempt_an_operator_already_retried_changes_nothing(room: Room, sent: SentTasks) -> None:
+    first, _second = enqueue(room, "a", "b")
+    # Attempt 1 is still retrying transient errors when an operator sends attempt 2.
+    assert room_message_retry(message_id=first.pk)
+
+    assert not room_message_give_up(message_id=first.pk, attempt=1, reason="503 after every retry")
+
+    assert status(first) == Status.IN_FLIGHT
+    assert (fresh(room).in_flight_id, fresh(room).attempt) == (first.pk, 2)
+    assert sent.calls == [(first.pk, 1), (first.pk, 2)]
+
+
+def test_an_ack_whose_message_times_out_between_its_read_and_its_lock_changes_nothing(
+    room: Room, sent: SentTasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = enqueue(room, "a", "b")
+    real_locked_room = transitions.locked_room
+    interfered: list[bool] = []
+
+    def timeout_fires_first(room_id: int) -> Room:
+        # The ack saw `first` in flight on its plain read; the timeout moves the room on
+        # before the ack takes the room's lock.
+        if not interfered:
+            interfered.append(True)
+            assert room_message_ack_timeout(message_id=first.pk, attempt=1) == "proceeded"
+        return real_locked_room(room_id)
+
+    monkeypatch.setattr(transitions, "locked_room", timeout_fires_first)
+
+    assert not room_message_ack(idempotency_key=key(first)).applied
+    assert interfered
+    assert status(first) == Status.TIMED_OUT
+    assert (fresh(room).in_flight_id, fresh(room).timeouts) == (second.pk, 1)
+    assert sent.calls == [(first.pk, 1), (second.pk, 1)]
+
+
+def test_operator_skip_of_a_queued_message_leaves_the_in_flight_one_alone(room: Room, sent: SentTasks) -> None:
+    first, second, _third = enqueue(room, "a", "b", "c")
+    before = fresh(room)
+
+    assert room_message_skip(message_id=second.pk)
+
+    after = fresh(room)
+    assert (after.version, after.in_flight_id, after.attempt) == (before.version, first.pk, 1)
+    assert sent.calls == [(first.pk, 1)]
+
+
+def test_operator_skip_or_retry_of_a_finished_message_changes_nothing(room: Room, sent: SentTasks) -> None:
+    first, second = enqueue(room, "a", "b")
+    room_message_ack(idempotency_key=key(first))
+    before = fresh(room)
+
+    assert not room_message_skip(message_id=first.pk)
+    assert not room_message_retry(message_id=first.pk)
+
+    assert status(first) == Status.ACKED
+    assert (fresh(room).version, fresh(room).in_flight_id) == (before.version, second.pk)
+    assert sent.calls == [(first.pk, 1), (second.pk, 1)]
+
+
+def test_operator_retry_in_a_room_whose_dispatch_was_lost_sends_its_head(room: Room, sent: SentTasks) -> None:
+    (first,) = enqueue(room, "a")
+    # As if the enqueue committed and its process died before dispatching.
+    Room.objects.filter(pk=room.pk).update(in_flight=None, attempt=0)
+    RoomMessage.objects.filter(pk=first.pk).update(status=Status.QUEUED)
+    sent.calls.clear()
+
+    assert room_message_retry(message_id=first.pk)
+
+    assert sent.calls == [(first.pk, 1)]
+    assert (fresh(room).in_flight_id, status(first)) == (first.pk, Status.IN_FLIGHT)
+
+
 def _age(message: RoomMessage, seconds: float) -> None:
     then = timezone.now() - timedelta(seconds=seconds)
     RoomMessage.objects.filter(pk=message.pk).update(enqueued_at=then, dispatched_at=then)
