@@ -1,6 +1,8 @@
 """Transitions of the per-room state machine, including every race it is known to face."""
 
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.db.models import F
@@ -38,6 +40,22 @@ def fresh(room: Room) -> Room:
 
 def status(message: RoomMessage) -> str:
     return RoomMessage.objects.get(pk=message.pk).status
+
+
+def before_first_call(monkeypatch: pytest.MonkeyPatch, name: str, interfere: Callable[[], object]) -> list[bool]:
+    """Run `interfere` (another process's commit) once, just before the first call of a
+    state-machine step; the returned list is non-empty once it ran."""
+    real = getattr(transitions, name)
+    interfered: list[bool] = []
+
+    def step(*args: Any) -> Any:
+        if not interfered:
+            interfered.append(True)
+            interfere()
+        return real(*args)
+
+    monkeypatch.setattr(transitions, name, step)
+    return interfered
 
 
 def test_first_message_goes_in_flight_and_the_rest_wait(room: Room, sent: SentTasks) -> None:
@@ -162,16 +180,10 @@ def test_a_lost_compare_and_set_is_retried_and_applied_once(
     room: Room, sent: SentTasks, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first, second = enqueue(room, "a", "b")
-    real_next_queued = transitions.next_queued
-    interfered: list[bool] = []
-
-    def concurrent_writer(current: Room) -> RoomMessage | None:
-        if not interfered:  # another process commits a transition between read and update
-            interfered.append(True)
-            Room.objects.filter(pk=current.pk).update(version=F("version") + 1)
-        return real_next_queued(current)
-
-    monkeypatch.setattr(transitions, "next_queued", concurrent_writer)
+    # Another process commits a transition between this one's read and its update.
+    interfered = before_first_call(
+        monkeypatch, "next_queued", lambda: Room.objects.filter(pk=room.pk).update(version=F("version") + 1)
+    )
 
     assert room_message_ack(idempotency_key=key(first)).applied
     assert interfered
@@ -247,18 +259,11 @@ def test_an_ack_whose_message_times_out_between_its_read_and_its_lock_changes_no
     room: Room, sent: SentTasks, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first, second = enqueue(room, "a", "b")
-    real_locked_room = transitions.locked_room
-    interfered: list[bool] = []
-
-    def timeout_fires_first(room_id: int) -> Room:
-        # The ack saw `first` in flight on its plain read; the timeout moves the room on
-        # before the ack takes the room's lock.
-        if not interfered:
-            interfered.append(True)
-            assert room_message_ack_timeout(message_id=first.pk, attempt=1) == "proceeded"
-        return real_locked_room(room_id)
-
-    monkeypatch.setattr(transitions, "locked_room", timeout_fires_first)
+    # The ack saw `first` in flight on its plain read; the timeout moves the room on
+    # before the ack takes the room's lock.
+    interfered = before_first_call(
+        monkeypatch, "locked_room", lambda: room_message_ack_timeout(message_id=first.pk, attempt=1)
+    )
 
     assert not room_message_ack(idempotency_key=key(first)).applied
     assert interfered
