@@ -4,8 +4,9 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from rooms import services
 from rooms.models import ChatProvider, Room, RoomMessage
+from rooms.services.enqueue import room_dispatch
+from rooms.services.operator import room_message_retry, room_message_skip
 
 
 @admin.register(ChatProvider)
@@ -41,7 +42,7 @@ class RoomAdmin(admin.ModelAdmin):
     @admin.action(description="Skip the in-flight message (the next one goes out)", permissions=["operate"])
     def skip_in_flight(self, request: HttpRequest, queryset: QuerySet[Room]) -> None:
         done = sum(
-            services.room_message_skip(message_id=room.in_flight_id) for room in queryset if room.in_flight_id
+            room_message_skip(message_id=room.in_flight_id) for room in queryset if room.in_flight_id
         )
         self.message_user(request, f"skipped {done} message(s)", messages.SUCCESS)
 
@@ -52,9 +53,9 @@ class RoomAdmin(admin.ModelAdmin):
         done = 0
         for room in queryset:
             if room.in_flight_id:
-                done += services.room_message_retry(message_id=room.in_flight_id)
+                done += room_message_retry(message_id=room.in_flight_id)
             else:
-                done += services.room_dispatch(room_id=room.pk) is not None
+                done += room_dispatch(room_id=room.pk) is not None
         self.message_user(request, f"retried {done} room(s)", messages.SUCCESS)
 
 
@@ -70,10 +71,10 @@ class RoomMessageAdmin(admin.ModelAdmin):
 
     @admin.action(description="Skip these messages", permissions=["operate"])
     def skip(self, request: HttpRequest, queryset: QuerySet[RoomMessage]) -> None:
-        done = sum(services.room_message_skip(message_id=m.pk) for m in queryset)
+        done = sum(room_message_skip(message_id=m.pk) for m in queryset)
         self.message_user(request, f"skipped {done} message(s)", messages.SUCCESS)
 
     @admin.action(description="Retry these messages if in flight", permissions=["operate"])
     def retry(self, request: HttpRequest, queryset: QuerySet[RoomMessage]) -> None:
-        done = sum(services.room_message_retry(message_id=m.pk) for m in queryset)
+        done = sum(room_message_retry(message_id=m.pk) for m in queryset)
         self.message_user(request, f"retried {done} message(s)", messages.SUCCESS)

@@ -11,11 +11,16 @@ from celery import Task
 from django.conf import settings
 
 from config.celery import app
-from rooms import services
 from rooms.exceptions import ProviderPermanentError, ProviderTransientError
 from rooms.models import RoomMessage
 from rooms.providers import chat_send
 from rooms.queues import ROOM_SEND_TASK
+from rooms.services.acks import room_message_ack_timeout
+from rooms.services.sending import (
+    room_message_give_up,
+    room_message_record_send,
+    room_message_send_permit,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +37,7 @@ logger = logging.getLogger(__name__)
 def room_message_send_task(self: Task, message_id: int, attempt: int) -> None:
     """Call the provider for one attempt, then arm its ack timeout."""
     try:
-        permit = services.room_message_send_permit(message_id=message_id, attempt=attempt)
+        permit = room_message_send_permit(message_id=message_id, attempt=attempt)
     except RoomMessage.DoesNotExist:
         logger.warning("message %s no longer exists; not sent", message_id)
         return
@@ -49,14 +54,14 @@ def room_message_send_task(self: Task, message_id: int, attempt: int) -> None:
             callback_url=settings.CARILLON_PUBLIC_URL.rstrip("/") + "/api/webhooks/chat/",
         )
     except ProviderPermanentError as exc:
-        services.room_message_give_up(message_id=message_id, attempt=attempt, reason=exc.message)
+        room_message_give_up(message_id=message_id, attempt=attempt, reason=exc.message)
         return
     except ProviderTransientError as exc:
         if self.request.retries >= (self.max_retries or 0):
-            services.room_message_give_up(message_id=message_id, attempt=attempt, reason=exc.message)
+            room_message_give_up(message_id=message_id, attempt=attempt, reason=exc.message)
             return
         raise
-    timeout_ms = services.room_message_record_send(
+    timeout_ms = room_message_record_send(
         message_id=message_id, attempt=attempt, provider_message_id=result.provider_message_id
     )
     if timeout_ms is not None:
@@ -80,7 +85,7 @@ MIN_ACK_TIMEOUT_MS = 1000
 def room_message_ack_timeout_task(message_id: int, attempt: int) -> str:
     """Resend or move on if this attempt is still unacknowledged."""
     try:
-        return services.room_message_ack_timeout(message_id=message_id, attempt=attempt)
+        return room_message_ack_timeout(message_id=message_id, attempt=attempt)
     except RoomMessage.DoesNotExist:
         logger.warning("message %s no longer exists; timeout check dropped", message_id)
         return "missing"

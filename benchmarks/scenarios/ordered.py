@@ -143,8 +143,8 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
                   rate: float | None = None) -> dict[str, Any]:
     """Ordered delivery through the room state machine, acks by webhook; all at once, or
     at a fixed `rate` of messages/s (the body carries each message's intended time)."""
-    from rooms import services
     from rooms.models import ChatProvider, Room, RoomMessage
+    from rooms.services.enqueue import room_message_enqueue
 
     chat.reset(**_knobs())
     provider = ChatProvider.objects.create(
@@ -164,7 +164,7 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
             intended = started + index / rate if rate else time.time()
             if rate and intended > time.time():
                 time.sleep(intended - time.time())
-            services.room_message_enqueue(room_id=room_id, body=str(intended))
+            room_message_enqueue(room_id=room_id, body=str(intended))
             index += 1
     enqueued = time.time()
     done = (RoomMessage.Status.ACKED, RoomMessage.Status.TIMED_OUT, RoomMessage.Status.SKIPPED,

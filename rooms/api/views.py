@@ -16,9 +16,11 @@ from rest_framework.views import APIView
 
 from core.parsers import json_loads
 from core.schema import error
-from rooms import selectors, services
+from rooms import selectors
 from rooms.exceptions import InvalidRequestError, RoomError
 from rooms.providers import SIGNATURE_HEADER, TIMESTAMP_HEADER, chat_webhook_verify
+from rooms.services.acks import room_message_ack
+from rooms.services.enqueue import room_message_enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ class RoomMessagesView(APIView):
             raise InvalidRequestError('send {"body": "<text of the message>"}', detail=payload.errors)
         key = payload.validated_data["idempotency_key"]
         first = selectors.room_message_for_key(scope=selectors.caller_scope(request.user.pk), key=key) if key else None
-        message = services.room_message_enqueue(
+        message = room_message_enqueue(
             room_id=room.pk, body=payload.validated_data["body"], caller_id=request.user.pk, idempotency_key=key
         )
         duplicate = first is not None and first.pk == message.pk
@@ -188,7 +190,7 @@ class ChatWebhookView(APIView):
         ack = chat_webhook_parse(event)
         if ack is None:
             return Response({"status": "ignored", "reason": "not a delivery event"})
-        outcome = services.room_message_ack(
+        outcome = room_message_ack(
             idempotency_key=str(ack["idempotency_key"]), provider_message_id=ack.get("id") or ""
         )
         return Response({"status": "applied" if outcome.applied else "ignored", "message": outcome.message_id})

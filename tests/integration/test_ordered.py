@@ -17,8 +17,10 @@ import requests
 from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
-from rooms import services
 from rooms.models import ChatProvider, Room, RoomMessage
+from rooms.services.enqueue import room_create, room_message_enqueue
+from rooms.services.operator import room_message_skip
+from rooms.services.recovery import room_recover
 from sandbox.chat import chat_signed_headers
 from sandbox.client import SandboxClient
 from tests.integration.conftest import _celery_worker, start_daphne
@@ -87,7 +89,7 @@ def make_rooms(count: int, *, ack_timeout_ms: int = 20_000, policy: str = "proce
         name=f"chat-{uuid.uuid4().hex[:8]}", ack_timeout_ms=ack_timeout_ms, timeout_policy=policy, max_resends=resends
     )
     tag = uuid.uuid4().hex[:6]
-    return [services.room_create(provider_name=provider.name, recipient=f"{tag}-{n}") for n in range(count)]
+    return [room_create(provider_name=provider.name, recipient=f"{tag}-{n}") for n in range(count)]
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
@@ -124,7 +126,7 @@ def test_order_is_kept_in_every_room_under_concurrency(
     per_room = 8
     for _ in range(per_room):  # interleaved, as a shared queue would deliver them
         for room in rooms:
-            services.room_message_enqueue(room_id=room.pk, body=f"hello {room.recipient}")
+            room_message_enqueue(room_id=room.pk, body=f"hello {room.recipient}")
 
     wait_until(lambda: all_done(rooms), "every message acked")
 
@@ -143,7 +145,7 @@ def test_lost_ack_times_out_then_the_next_message_goes(chat: SandboxClient) -> N
     (resend_room,) = make_rooms(1, ack_timeout_ms=1000, policy="resend", resends=1)
     for room in (proceed_room, resend_room):
         for n in range(3):
-            services.room_message_enqueue(room_id=room.pk, body=f"message {n}")
+            room_message_enqueue(room_id=room.pk, body=f"message {n}")
 
     wait_until(lambda: all_done([proceed_room, resend_room]), "every message timed out")
 
@@ -161,12 +163,12 @@ def test_duplicate_and_late_acks_change_nothing(
     chat: SandboxClient, web_processes: list[WebProcess]
 ) -> None:
     (room,) = make_rooms(1, ack_timeout_ms=1000)
-    first = services.room_message_enqueue(room_id=room.pk, body="acked")
+    first = room_message_enqueue(room_id=room.pk, body="acked")
     wait_until(lambda: all_done([room]), "first message acked")
     chat.set_knobs("chat", callback_loss_rate=1.0)
-    late = services.room_message_enqueue(room_id=room.pk, body="times out")
+    late = room_message_enqueue(room_id=room.pk, body="times out")
     wait_until(lambda: all_done([room]), "second message timed out")
-    waiting = services.room_message_enqueue(room_id=room.pk, body="waits for its ack")
+    waiting = room_message_enqueue(room_id=room.pk, body="waits for its ack")
     wait_until(lambda: bool(RoomMessage.objects.get(pk=waiting.pk).sent_at), "third message sent")
     before = Room.objects.get(pk=room.pk)
 
@@ -183,7 +185,7 @@ def test_forged_webhooks_get_403_and_change_nothing(
 ) -> None:
     chat.set_knobs("chat", callback_loss_rate=1.0)
     (room,) = make_rooms(1)
-    message = services.room_message_enqueue(room_id=room.pk, body="waits")
+    message = room_message_enqueue(room_id=room.pk, body="waits")
     wait_until(lambda: bool(RoomMessage.objects.get(pk=message.pk).sent_at), "message sent")
     before = Room.objects.get(pk=room.pk)
 
@@ -208,7 +210,7 @@ def test_a_slow_room_does_not_hold_back_the_others(chat: SandboxClient, room_wor
         chat.set_chat_room(room.recipient, callback_delay_ms=300_000)
     for _ in range(4):
         for room in (*slow, *fast):
-            services.room_message_enqueue(room_id=room.pk, body="hi")
+            room_message_enqueue(room_id=room.pk, body="hi")
 
     wait_until(lambda: all_done(fast), "every fast room done")
 
@@ -221,7 +223,7 @@ def test_a_slow_room_does_not_hold_back_the_others(chat: SandboxClient, room_wor
         assert statuses(room) == [Status.IN_FLIGHT, Status.QUEUED, Status.QUEUED, Status.QUEUED]
         assert seen["rooms"][room.recipient]["arrivals"] == [1]
     for message in RoomMessage.objects.filter(room__in=slow).order_by("-sequence"):
-        services.room_message_skip(message_id=message.pk)  # leave nothing running behind
+        room_message_skip(message_id=message.pk)  # leave nothing running behind
 
 
 def test_a_worker_killed_mid_send_loses_nothing_and_reorders_nothing(
@@ -231,7 +233,7 @@ def test_a_worker_killed_mid_send_loses_nothing_and_reorders_nothing(
     # the worker is killed after the provider has the message, before it records the send.
     chat.set_knobs("chat", latency_ms=2000, callback_delay_ms=3000, callback_jitter_ms=0)
     (room,) = make_rooms(1)
-    first, *rest = [services.room_message_enqueue(room_id=room.pk, body=f"m{n}") for n in range(3)]
+    first, *rest = [room_message_enqueue(room_id=room.pk, body=f"m{n}") for n in range(3)]
     wait_until(lambda: room.recipient in chat.chat_rooms()["rooms"], "first message at the platform")
     sending = [p for p in room_workers.processes
                if p.process.poll() is None and f"sending message {first.pk} attempt 1" in p.log()]
@@ -278,7 +280,7 @@ def test_a_message_enqueued_while_rabbitmq_is_down_is_sent_once_by_the_recovery_
     assert statuses(room) == [Status.IN_FLIGHT]  # committed, its send lost with the broker
 
     def swept_and_acked() -> bool:
-        services.room_recover(stalled_after_s=0)  # what beat runs every minute
+        room_recover(stalled_after_s=0)  # what beat runs every minute
         return all_done([room])
 
     wait_until(swept_and_acked, "the recovery sweep sends the message and it is acked")

@@ -12,7 +12,7 @@ from rest_framework.authtoken.models import Token
 
 from notifications.models import FailedJob
 from rooms.models import ChatProvider, Room
-from rooms.services import room_create
+from rooms.services.enqueue import room_create
 
 pytestmark = pytest.mark.django_db
 

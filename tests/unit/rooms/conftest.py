@@ -4,8 +4,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from rooms import services
 from rooms.models import ChatProvider, Room
+from rooms.services.enqueue import room_create
 
 
 @dataclass
@@ -38,4 +38,4 @@ def resend_provider(db: None) -> ChatProvider:
 
 @pytest.fixture
 def room(provider: ChatProvider) -> Room:
-    return services.room_create(provider_name=provider.name, recipient="+15550001")
+    return room_create(provider_name=provider.name, recipient="+15550001")

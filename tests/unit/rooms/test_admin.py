@@ -6,8 +6,8 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.test import Client
 
-from rooms import services
 from rooms.models import Room, RoomMessage
+from rooms.services.enqueue import room_message_enqueue
 from tests.unit.rooms.conftest import SentTasks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -28,7 +28,7 @@ def staff_client(django_user_model: Any, *, can_operate: bool) -> Client:
 def test_staff_without_the_permission_can_watch_but_not_skip(
     room: Room, sent: SentTasks, django_user_model: Any
 ) -> None:
-    first, _second = (services.room_message_enqueue(room_id=room.pk, body=b) for b in ("a", "b"))
+    first, _second = (room_message_enqueue(room_id=room.pk, body=b) for b in ("a", "b"))
     viewer = staff_client(django_user_model, can_operate=False)
 
     page = viewer.get("/admin/rooms/room/")
@@ -42,7 +42,7 @@ def test_staff_without_the_permission_can_watch_but_not_skip(
 def test_an_operator_skips_the_stuck_message_and_the_next_goes_out(
     room: Room, sent: SentTasks, django_user_model: Any
 ) -> None:
-    first, second = (services.room_message_enqueue(room_id=room.pk, body=b) for b in ("a", "b"))
+    first, second = (room_message_enqueue(room_id=room.pk, body=b) for b in ("a", "b"))
     operator = staff_client(django_user_model, can_operate=True)
 
     page = operator.get("/admin/rooms/room/")
@@ -58,7 +58,7 @@ def test_an_operator_skips_the_stuck_message_and_the_next_goes_out(
 def test_an_operator_retries_the_in_flight_message_at_the_next_attempt(
     room: Room, sent: SentTasks, django_user_model: Any
 ) -> None:
-    first = services.room_message_enqueue(room_id=room.pk, body="a")
+    first = room_message_enqueue(room_id=room.pk, body="a")
     operator = staff_client(django_user_model, can_operate=True)
 
     operator.post("/admin/rooms/room/", {"action": "retry_in_flight", "_selected_action": [room.pk]})

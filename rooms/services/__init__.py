@@ -1,0 +1,1 @@
+"""Writes of the rooms app, one module per concern, all moving rooms through `transitions`."""

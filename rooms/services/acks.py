@@ -1,0 +1,87 @@
+"""How a room's in-flight message ends without an operator: its ack arrives, or its timeout fires."""
+
+import logging
+from dataclasses import dataclass
+
+from django.db.models import F
+from django.utils import timezone
+
+from rooms.models import ChatProvider, Room, RoomMessage
+from rooms.services.transitions import Outcome, Transition, advance, holds, resend, room_transition
+
+logger = logging.getLogger(__name__)
+
+Status = RoomMessage.Status
+
+
+@dataclass(frozen=True)
+class AckOutcome:
+    applied: bool  # False: duplicate, late or unknown; nothing changed
+    message_id: int | None
+
+
+def room_message_ack(*, idempotency_key: str, provider_message_id: str = "") -> AckOutcome:
+    """Apply a provider's delivery ack: release the message and send the next one.
+
+    Idempotent: an ack for a message that is not in flight (a repeat, or one arriving
+    after its timeout fired or an operator skipped it) changes nothing.
+    """
+    message = RoomMessage.objects.filter(idempotency_key=idempotency_key).only("pk", "room_id").first()
+    if message is None:
+        logger.warning("ack for unknown idempotency key %s ignored", idempotency_key)
+        return AckOutcome(applied=False, message_id=None)
+    if not holds(Room.objects.only("in_flight_id").get(pk=message.room_id), message.pk):
+        logger.info("room %s: ack for message %s not in flight ignored", message.room_id, message.pk)
+        return AckOutcome(applied=False, message_id=message.pk)
+
+    def decide(room: Room) -> Transition:
+        if room.in_flight_id != message.pk:
+            return Transition(Outcome.UNCHANGED)
+        now = timezone.now()
+        transition = advance(room, last_ack_at=now)
+        RoomMessage.objects.filter(pk=message.pk).update(status=Status.ACKED, acked_at=now, finished_at=now)
+        if provider_message_id:
+            RoomMessage.objects.filter(pk=message.pk, provider_message_id="").update(
+                provider_message_id=provider_message_id
+            )
+        return transition
+
+    applied = room_transition(room_id=message.room_id, decide=decide).outcome is Outcome.ADVANCED
+    if applied:
+        logger.info("room %s: message %s acked", message.room_id, message.pk)
+    else:
+        logger.info("room %s: ack for message %s not in flight ignored", message.room_id, message.pk)
+    return AckOutcome(applied=applied, message_id=message.pk)
+
+
+# What room_message_ack_timeout reports (its task's result) for each way the room moved.
+_TIMEOUT_RESULTS = {Outcome.UNCHANGED: "stale", Outcome.RESENT: "resent", Outcome.ADVANCED: "proceeded"}
+
+
+def room_message_ack_timeout(*, message_id: int, attempt: int) -> str:
+    """Enforce the ack timeout of one attempt: resend, or count it as sent and move on.
+
+    Returns what happened: "stale" (acked, skipped or a later attempt), "resent", "proceeded".
+    """
+    message = RoomMessage.objects.select_related("room__provider").get(pk=message_id)
+    provider = message.room.provider
+    if not holds(message.room, message_id, attempt):  # the usual case: the ack came first
+        logger.info("room %s: ack timeout of message %s attempt %s: stale", message.room_id, message_id, attempt)
+        return _TIMEOUT_RESULTS[Outcome.UNCHANGED]
+
+    def decide(room: Room) -> Transition:
+        if not holds(room, message_id, attempt):
+            return Transition(Outcome.UNCHANGED)
+        resends = provider.timeout_policy == ChatProvider.TimeoutPolicy.RESEND
+        if resends and attempt <= provider.max_resends:
+            return resend(room, message_id)
+        transition = advance(room, timeouts=F("timeouts") + 1)
+        note = f"no ack after {attempt} attempt(s) of {provider.ack_timeout_ms} ms; counted as sent"
+        RoomMessage.objects.filter(pk=message_id).update(
+            status=Status.TIMED_OUT, finished_at=timezone.now(), note=note
+        )
+        return transition
+
+    result = _TIMEOUT_RESULTS[room_transition(room_id=message.room_id, decide=decide).outcome]
+    logger.info("room %s: ack timeout of message %s attempt %s: %s", message.room_id, message_id, attempt, result)
+    return result

@@ -1,0 +1,89 @@
+"""Filling a room's FIFO: create the room, append a message, put the head in flight."""
+
+import logging
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+
+from core.errors import IdempotencyKeyReusedError
+from rooms.exceptions import RoomNotFoundError
+from rooms.models import ChatProvider, Room, RoomMessage
+from rooms.selectors import caller_scope, room_message_for_key
+from rooms.services.transitions import Dispatch, Outcome, Transition, advance, room_transition
+
+logger = logging.getLogger(__name__)
+
+
+def room_create(*, provider_name: str, recipient: str, owner_id: int | None = None) -> Room:
+    """Create (or return) the room of one recipient on one provider, owned by an API user
+    (None: the project's own code; operators reach it by permission)."""
+    provider = ChatProvider.objects.get(name=provider_name)
+    room, _ = Room.objects.get_or_create(provider=provider, recipient=recipient, defaults={"owner_id": owner_id})
+    return room
+
+
+def room_dispatch(*, room_id: int) -> Dispatch | None:
+    """Put the room's oldest queued message in flight if the room is idle."""
+    # A room seen busy needs nothing: the transition that ends its in-flight message puts
+    # the next queued one in flight. That transition cannot miss a message enqueued
+    # meanwhile: the enqueue updates the room row (last_sequence), so the two serialise
+    # on it, and whichever commits second sees the other. This spares every message
+    # enqueued behind another a write transaction.
+    if Room.objects.filter(pk=room_id, in_flight__isnull=False).exists():
+        return None
+
+    def decide(room: Room) -> Transition:
+        if room.in_flight_id is not None:
+            return Transition(Outcome.UNCHANGED)
+        return advance(room)
+
+    return room_transition(room_id=room_id, decide=decide).send
+
+
+def room_message_enqueue(
+    *, room_id: int, body: str, caller_id: int | None = None, idempotency_key: str | None = None
+) -> RoomMessage:
+    """Append a message to the room's FIFO; it is sent once every earlier one is done.
+
+    With an `idempotency_key`, a repeat by the same caller returns the first message and
+    enqueues nothing; the same key for another room or body raises
+    IdempotencyKeyReusedError. Once this returns, the message is committed: if RabbitMQ
+    cannot take its send now, the recovery sweep sends it later.
+    """
+    scope = caller_scope(caller_id)
+    if idempotency_key:
+        first = room_message_for_key(scope=scope, key=idempotency_key)
+        if first is not None:
+            return _same_request(first, room_id=room_id, body=body)
+    try:
+        with transaction.atomic():
+            # The increment is atomic in the database; it does not touch the state
+            # machine's columns, so it never conflicts with a transition.
+            if not Room.objects.filter(pk=room_id).update(last_sequence=F("last_sequence") + 1):
+                raise RoomNotFoundError(f"room {room_id} does not exist", detail={"room_id": room_id})
+            sequence = Room.objects.values_list("last_sequence", flat=True).get(pk=room_id)
+            message = RoomMessage.objects.create(
+                room_id=room_id, sequence=sequence, body=body, request_scope=scope, request_key=idempotency_key or ""
+            )
+            # Robust: the message is committed whatever the dispatch meets; what it could
+            # not do, the recovery sweep does.
+            transaction.on_commit(lambda: room_dispatch(room_id=room_id), robust=True)
+    except IntegrityError:
+        # The same key enqueued concurrently: the other transaction won.
+        first = room_message_for_key(scope=scope, key=idempotency_key) if idempotency_key else None
+        if first is None:
+            raise
+        return _same_request(first, room_id=room_id, body=body)
+    logger.info("room %s: enqueued message %s (#%s)", room_id, message.pk, sequence)
+    return message
+
+
+def _same_request(first: RoomMessage, *, room_id: int, body: str) -> RoomMessage:
+    """The first message of a repeated key, if the repeat asks for the same thing."""
+    if first.room_id != room_id or first.body != body:
+        raise IdempotencyKeyReusedError(
+            f"idempotency key {first.request_key!r} was used for another message (id {first.pk}): "
+            "use a new key for a new message",
+            detail={"idempotency_key": first.request_key, "message": first.pk},
+        )
+    return first
