@@ -101,16 +101,21 @@ def _append_args(topic: Topic, body: str) -> tuple[list[str], list[Any]]:
     return keys, [_now_ms(), settings.REALTIME_HISTORY_MAX_LENGTH, _max_age_ms(), body]
 
 
-def history_append(client: redis.Redis, *, topic: Topic, body: str) -> int:
-    """Append a message (`body`: the JSON object of its topic, event and data) to the
-    topic's history, publish it, and return its id."""
-    keys, args = _append_args(topic, body)
-    return int(client.eval(APPEND_SCRIPT, len(keys), *keys, *args))  # type: ignore[arg-type]
+def history_append_many(client: redis.Redis, messages: list[tuple[Topic, str]]) -> list[int]:
+    """Append messages (each `body` the JSON object of its topic, event and data) to their
+    topics' histories and publish them, in one round trip (a pipeline of the script by its
+    SHA, each append still atomic); return their ids in order."""
+    script = client.register_script(APPEND_SCRIPT)
+    with client.pipeline(transaction=False) as pipe:
+        for topic, body in messages:
+            keys, args = _append_args(topic, body)
+            script(keys=keys, args=args, client=pipe)
+        return [int(message_id) for message_id in pipe.execute()]
 
 
 async def ahistory_append(client: aioredis.Redis, *, topic: Topic, body: str) -> int:
     keys, args = _append_args(topic, body)
-    return int(await client.eval(APPEND_SCRIPT, len(keys), *keys, *args))  # type: ignore[misc]
+    return int(await client.register_script(APPEND_SCRIPT)(keys=keys, args=args))
 
 
 def history_decode(raw: bytes | str) -> Message:

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from django.conf import settings
 
 from realtime.exceptions import InvalidMessage, MessageTooLarge
-from realtime.history import ahistory_append, history_append
+from realtime.history import ahistory_append, history_append_many
 from realtime.topics import Topic, topic_parse
 
 logger = logging.getLogger(__name__)
@@ -84,11 +84,20 @@ def message_encode(*, topic: Topic, event: str, data: Any) -> str:
 
 def realtime_publish(*, topic: str, event: str, data: Any) -> int:
     """Publish `event` with `data` (a JSON object) to `topic`; return the message id."""
-    parsed = topic_parse(topic)
-    body = message_encode(topic=parsed, event=event, data=data)
-    message_id = history_append(sync_client(), topic=parsed, body=body)
-    logger.debug("published %s #%s on %s", event, message_id, topic)
-    return message_id
+    return realtime_publish_many([(topic, event, data)])[0]
+
+
+def realtime_publish_many(messages: list[tuple[str, str, Any]]) -> list[int]:
+    """Publish (topic, event, data) messages in one round trip to Redis; return their ids.
+
+    Each is checked as `realtime_publish` checks one, all before any is published."""
+    encoded = []
+    for topic, event, data in messages:
+        parsed = topic_parse(topic)
+        encoded.append((parsed, message_encode(topic=parsed, event=event, data=data)))
+    message_ids = history_append_many(sync_client(), encoded)
+    logger.debug("published %d messages, last #%s", len(message_ids), message_ids[-1] if message_ids else None)
+    return message_ids
 
 
 async def arealtime_publish(*, topic: str, event: str, data: Any) -> int:

@@ -7,7 +7,12 @@ import pytest
 from django.test import override_settings
 
 from realtime.exceptions import InvalidMessage, MessageTooLarge
-from realtime.services import POOL_CONNECTIONS, arealtime_publish, realtime_publish
+from realtime.services import (
+    POOL_CONNECTIONS,
+    arealtime_publish,
+    realtime_publish,
+    realtime_publish_many,
+)
 from tests.integration.realtime.clients import latest_id
 
 pytestmark = pytest.mark.integration
@@ -39,5 +44,23 @@ def test_every_publisher_is_held_to_the_size_limit_and_an_object_of_data() -> No
     for data in ("str", [1], 3, None, {"nan": float("nan")}, {"when": object()}):
         with pytest.raises(InvalidMessage):
             realtime_publish(topic=topic, event="e", data=data)
+
+    assert latest_id(topic) == 0
+
+
+def test_many_messages_go_in_one_round_trip_each_with_its_topics_next_id() -> None:
+    first, second = (f"user:{n}{uuid.uuid4().int % 10**9}" for n in (1, 2))
+    messages = [(first, "notification.created", {"n": 1}), (second, "notification.created", {"n": 2}),
+                (first, "notification.created", {"n": 3})]
+
+    assert realtime_publish_many(messages) == [1, 1, 2]
+    assert (latest_id(first), latest_id(second)) == (2, 1)
+
+
+def test_one_bad_message_publishes_none_of_its_batch() -> None:
+    topic = f"user:{uuid.uuid4().int % 10**9}"
+
+    with pytest.raises(InvalidMessage):
+        realtime_publish_many([(topic, "notification.created", {"n": 1}), (topic, "bad", "not an object")])
 
     assert latest_id(topic) == 0

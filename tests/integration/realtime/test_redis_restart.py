@@ -14,7 +14,7 @@ import redis
 from django.contrib.auth import get_user_model
 
 from realtime.auth import realtime_token_create
-from realtime.history import history_append
+from realtime.history import history_append_many
 from realtime.services import message_encode
 from realtime.topics import topic_parse
 from tests.integration.conftest import start_daphne
@@ -78,7 +78,7 @@ def test_clients_resume_after_redis_restarts_under_them(own_redis: OwnRedis) -> 
 
     def publish(n: int) -> None:
         body = message_encode(topic=topic_parse(topic), event="e", data={"n": n})
-        history_append(redis.Redis.from_url(own_redis.url), topic=topic_parse(topic), body=body)
+        history_append_many(redis.Redis.from_url(own_redis.url), [(topic_parse(topic), body)])
 
     async def scenario() -> list:
         client = await WsClient.connect(url, realtime_token_create(user_id=user.pk))
