@@ -1,4 +1,5 @@
-"""The one error contract of every HTTP answer Carillon gives to a program.
+"""Errors every app shares: the one error contract of every HTTP answer Carillon gives to
+a program, and the errors a third-party provider's client raises.
 
 Every error body is `{"error": code, "message": human text, "detail": object}`: `error` is a
 stable snake_case code clients switch on, `message` says what was wrong and how to fix it,
@@ -44,6 +45,37 @@ class IdempotencyKeyReusedError(ApplicationError):
 
     code = "idempotency_key_reused"
     status = 409
+
+
+# Provider errors are defined here, once, because every app that hands messages to a third
+# party (notifications' channels, rooms' chat platform) retries on the same two kinds.
+# They are not ApplicationErrors: the caller did nothing wrong, and a task, not an HTTP
+# answer, decides what happens next.
+
+
+class ProviderError(Exception):
+    """A provider did not take a message; `response` keeps what it answered, for the trail."""
+
+    def __init__(self, message: str, *, response: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.response = response or {}
+
+
+class ProviderTransientError(ProviderError):
+    """Worth retrying: the provider was down, slow, rate limiting, or answered 5xx.
+
+    `in_doubt` says the provider may have taken the message anyway (a timeout after the
+    request was sent); the next attempt must then check before sending again.
+    """
+
+    def __init__(self, message: str, *, in_doubt: bool = False, response: dict[str, Any] | None = None) -> None:
+        super().__init__(message, response=response)
+        self.in_doubt = in_doubt
+
+
+class ProviderPermanentError(ProviderError):
+    """Not worth retrying: the provider refused the message itself (4xx, bad number, ...)."""
+
 
 def error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
     """The error body; `detail` is an object, never null."""

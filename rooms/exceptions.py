@@ -1,4 +1,5 @@
-"""The rooms app's errors, rendered as the API's error body (core.errors)."""
+"""The rooms app's errors, rendered as the API's error body (core.errors). The chat
+platform's errors are core.errors' provider errors, shared with the notifications app."""
 
 from core.errors import ApplicationError
 
@@ -37,17 +38,3 @@ class WebhookTimestampError(RoomError):
 
     code = "invalid_timestamp"
     status = 403
-
-
-class ProviderTransientError(RoomError):
-    """The provider could not take the message now; try again."""
-
-    code = "provider_unavailable"
-    status = 503
-
-
-class ProviderPermanentError(RoomError):
-    """The provider refused the message; resending will not help."""
-
-    code = "provider_rejected"
-    status = 502

@@ -9,12 +9,8 @@ from dataclasses import dataclass
 import requests
 from django.conf import settings
 
-from rooms.exceptions import (
-    InvalidWebhookError,
-    ProviderPermanentError,
-    ProviderTransientError,
-    WebhookTimestampError,
-)
+from core.errors import ProviderPermanentError, ProviderTransientError
+from rooms.exceptions import InvalidWebhookError, WebhookTimestampError
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +48,16 @@ def chat_send(
     except requests.RequestException as exc:
         raise ProviderTransientError(f"chat platform unreachable at {url}: {exc}") from exc
     if response.status_code >= 500 or response.status_code == 429:
-        raise ProviderTransientError(f"chat platform answered {response.status_code}", detail=response.text[:500])
+        raise ProviderTransientError(f"chat platform answered {response.status_code}", response=_reply(response))
     if response.status_code >= 400:
         raise ProviderPermanentError(f"chat platform refused the message ({response.status_code})",
-                                     detail=response.text[:500])
+                                     response=_reply(response))
     answer = response.json()
     return ChatSendResult(provider_message_id=str(answer["id"]), duplicate=bool(answer.get("duplicate")))
+
+
+def _reply(response: requests.Response) -> dict[str, int | str]:
+    return {"status": response.status_code, "body": response.text[:500]}
 
 
 def chat_webhook_verify(*, body: bytes, signature: str, timestamp: str, now: float | None = None) -> None:

@@ -11,7 +11,7 @@ from celery import Task
 from django.conf import settings
 
 from config.celery import app
-from rooms.exceptions import ProviderPermanentError, ProviderTransientError
+from core.errors import ProviderPermanentError, ProviderTransientError
 from rooms.models import RoomMessage
 from rooms.providers import chat_send
 from rooms.queues import ROOM_SEND_TASK
@@ -54,11 +54,11 @@ def room_message_send_task(self: Task, message_id: int, attempt: int) -> None:
             callback_url=settings.CARILLON_PUBLIC_URL.rstrip("/") + "/api/webhooks/chat/",
         )
     except ProviderPermanentError as exc:
-        room_message_give_up(message_id=message_id, attempt=attempt, reason=exc.message)
+        room_message_give_up(message_id=message_id, attempt=attempt, reason=str(exc))
         return
     except ProviderTransientError as exc:
         if self.request.retries >= (self.max_retries or 0):
-            room_message_give_up(message_id=message_id, attempt=attempt, reason=exc.message)
+            room_message_give_up(message_id=message_id, attempt=attempt, reason=str(exc))
             return
         raise
     timeout_ms = room_message_record_send(
