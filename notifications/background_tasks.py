@@ -14,6 +14,7 @@ from django.db import InterfaceError, OperationalError
 
 from config.background import app
 from config.task_routing import BACKGROUND_QUEUE
+from core.errors import ProviderTransientError
 from notifications.cleanup import cleanup_run
 from notifications.dead_letters import dead_letter_drain
 from notifications.digests import (
@@ -22,7 +23,6 @@ from notifications.digests import (
     digest_send,
     digest_unsent_ids,
 )
-from notifications.exceptions import ProviderTransientError
 from notifications.services import failed_job_record
 
 logger = logging.getLogger(__name__)

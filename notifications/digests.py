@@ -21,7 +21,7 @@ from django.db.models import Q
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from notifications.exceptions import ProviderPermanentError, ProviderTransientError
+from core.errors import ProviderPermanentError, ProviderTransientError
 from notifications.models import Digest, DigestFrequency, Notification, Recipient
 
 logger = logging.getLogger(__name__)

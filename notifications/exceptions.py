@@ -1,6 +1,8 @@
-"""The notifications app's exceptions: one hierarchy, caught by type at each boundary."""
+"""The notifications app's exceptions: one hierarchy, caught by type at each boundary.
 
-from typing import Any
+A provider's errors (ProviderTransientError, ProviderPermanentError) are core.errors',
+shared with the rooms app; these are the notifications app's own.
+"""
 
 from core.errors import ApplicationError, IdempotencyKeyReusedError
 
@@ -20,30 +22,6 @@ class InvalidEvent(NotificationError, ApplicationError):  # noqa: N818 - the nam
 
 class IdempotencyKeyReused(NotificationError, IdempotencyKeyReusedError):  # noqa: N818 - named for its cause
     """An idempotency key this publisher already used for a different request."""
-
-
-class ProviderError(NotificationError):
-    """A provider did not take a message."""
-
-    def __init__(self, message: str, *, response: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.response = response or {}
-
-
-class ProviderTransientError(ProviderError):
-    """Worth retrying: the provider was down, slow, rate limiting, or answered 5xx.
-
-    `in_doubt` says the provider may have taken the message anyway (a timeout after the
-    request was sent); the next attempt must then check before sending again.
-    """
-
-    def __init__(self, message: str, *, in_doubt: bool = False, response: dict[str, Any] | None = None) -> None:
-        super().__init__(message, response=response)
-        self.in_doubt = in_doubt
-
-
-class ProviderPermanentError(ProviderError):
-    """Not worth retrying: the provider refused the message itself (4xx, bad number, ...)."""
 
 
 class DeadLettered(NotificationError):  # noqa: N818 - names what happened to the message

@@ -14,15 +14,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
+from core.errors import ProviderPermanentError, ProviderTransientError
 from notifications.channels import Channel
 from notifications.events import Envelope, event_data_validate, event_type_get
-from notifications.exceptions import (
-    BatchPending,
-    FailedJobStateError,
-    IdempotencyKeyReused,
-    ProviderPermanentError,
-    ProviderTransientError,
-)
+from notifications.exceptions import BatchPending, FailedJobStateError, IdempotencyKeyReused
 from notifications.models import (
     Delivery,
     Event,

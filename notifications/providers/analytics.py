@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings
 from mixpanel import Consumer, MixpanelException
 
-from notifications.exceptions import ProviderTransientError
+from core.errors import ProviderTransientError
 from notifications.models import Delivery
 from notifications.providers.mixpanel import mixpanel_consumer
 

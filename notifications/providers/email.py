@@ -8,7 +8,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.mail import EmailMultiAlternatives
 
-from notifications.exceptions import ProviderPermanentError, ProviderTransientError
+from core.errors import ProviderPermanentError, ProviderTransientError
 from notifications.models import Delivery, Event
 from notifications.providers.base import SendResult, render
 

@@ -7,8 +7,8 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from redis.exceptions import RedisError
 
+from core.errors import ProviderTransientError
 from notifications.api.serializers import NotificationSerializer
-from notifications.exceptions import ProviderTransientError
 from notifications.models import Delivery, Event, Notification
 from notifications.providers.base import SendResult, render
 from notifications.selectors import notification_unread_count

@@ -8,7 +8,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.urls import reverse
 from twilio.base.exceptions import TwilioException, TwilioRestException
 
-from notifications.exceptions import ProviderPermanentError, ProviderTransientError
+from core.errors import ProviderPermanentError, ProviderTransientError
 from notifications.models import Delivery, Event, Recipient
 from notifications.providers.base import SendResult, render
 from notifications.providers.twilio import twilio_client

@@ -10,7 +10,8 @@ from celery.exceptions import Reject
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from notifications.exceptions import BatchPending, ProviderTransientError
+from core.errors import ProviderTransientError
+from notifications.exceptions import BatchPending
 from notifications.services import delivery_send, failed_job_record
 
 logger = logging.getLogger(__name__)
