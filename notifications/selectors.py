@@ -1,8 +1,10 @@
 """Reads of the notifications app."""
 
-from typing import Any
+from datetime import datetime
+from typing import Any, TypedDict
 
 from django.db.models import Count, QuerySet
+from django.utils import timezone
 
 from notifications.channels import Channel
 from notifications.events import event_types
@@ -45,6 +47,52 @@ def notification_list(*, user_id: int) -> QuerySet[Notification]:
 
 def notification_unread_count(*, user_id: int) -> int:
     return Notification.objects.filter(user_id=user_id, read_at__isnull=True).count()
+
+
+class NotificationItem(TypedDict):
+    id: int
+    kind: str
+    title: str
+    body: str
+    data: Any
+    read: bool
+    read_at: str | None
+    created_at: str
+
+
+class NotificationPayload(TypedDict):
+    notification: NotificationItem
+    unread_count: int
+
+
+def notification_item(notification: Notification) -> NotificationItem:
+    """A notification as clients see it: an item of GET /api/notifications/ and the live
+    push of a new one both are this, so an inbox and a live client never disagree."""
+    return {
+        "id": notification.pk,
+        "kind": notification.kind,
+        "title": notification.title,
+        "body": notification.body,
+        "data": notification.data,
+        "read": notification.read_at is not None,
+        "read_at": _api_datetime(notification.read_at) if notification.read_at else None,
+        "created_at": _api_datetime(notification.created_at),
+    }
+
+
+def notification_payload(notification: Notification) -> NotificationPayload:
+    """What a live client gets for a new notification: the item, and the unread count."""
+    return {
+        "notification": notification_item(notification),
+        "unread_count": notification_unread_count(user_id=notification.user_id),
+    }
+
+
+def _api_datetime(value: datetime) -> str:
+    """A datetime as the rest of the API writes it (DRF's ISO 8601): in the current time
+    zone, UTC as "Z"."""
+    text = timezone.localtime(value).isoformat()
+    return text.removesuffix("+00:00") + "Z" if text.endswith("+00:00") else text
 
 
 def preference_enabled(*, user_id: int, category: str, channel: str) -> bool:

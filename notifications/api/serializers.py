@@ -6,7 +6,7 @@ from rest_framework import serializers
 
 from notifications.events import event_types
 from notifications.models import Delivery, DigestFrequency, Event, FailedJob, Notification
-from notifications.selectors import event_progress
+from notifications.selectors import event_progress, notification_item
 
 
 class EventTypeField(serializers.CharField):
@@ -97,14 +97,17 @@ class EventSerializer(serializers.ModelSerializer[Event]):
 
 
 class NotificationSerializer(serializers.ModelSerializer[Notification]):
-    read = serializers.SerializerMethodField()
+    """The fields document the schema; the representation is notification_item's, the one
+    the live push sends too."""
+
+    read = serializers.BooleanField(read_only=True)
 
     class Meta:
         model = Notification
         fields = ["id", "kind", "title", "body", "data", "read", "read_at", "created_at"]
 
-    def get_read(self, notification: Notification) -> bool:
-        return notification.read_at is not None
+    def to_representation(self, instance: Notification) -> dict[str, Any]:
+        return dict(notification_item(instance))
 
 
 class PreferenceSerializer(serializers.Serializer[Any]):

@@ -2,16 +2,14 @@
 pushed live to the user's `user:<id>` topic."""
 
 from datetime import datetime
-from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from redis.exceptions import RedisError
 
 from core.errors import ProviderTransientError
-from notifications.api.serializers import NotificationSerializer
 from notifications.models import Delivery, Event, Notification
 from notifications.providers.base import SendResult, render
-from notifications.selectors import notification_unread_count
+from notifications.selectors import notification_payload
 from realtime.services import realtime_publish
 from realtime.topics import user_topic
 
@@ -47,11 +45,3 @@ def inapp_send(
         response={"created": created, "realtime_id": message_id},
     )
 
-
-def notification_payload(notification: Notification) -> dict[str, Any]:
-    """What a live client gets: the notification as the inbox API shows it, and the count."""
-    return {
-        # The same shape as GET /api/notifications/ items: one representation.
-        "notification": NotificationSerializer(notification).data,
-        "unread_count": notification_unread_count(user_id=notification.user_id),
-    }

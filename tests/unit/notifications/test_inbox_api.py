@@ -1,11 +1,14 @@
 """In-app notifications and channel preferences, through the API."""
 
+import json
 from typing import Any
 
 import pytest
+from rest_framework import serializers
 from rest_framework.test import APIClient
 
 from notifications.models import Delivery, Notification, Preference
+from notifications.providers import inapp
 from notifications.services import delivery_send, event_publish
 
 pytestmark = pytest.mark.django_db
@@ -84,3 +87,27 @@ def test_inapp_delivery_run_twice_creates_one_notification(ada: Any) -> None:
     [notification] = Notification.objects.filter(user=ada)
     assert notification.title == "Bo liked your video"
     assert Delivery.objects.get(event=event).attempts == 1
+
+
+def test_live_push_shows_the_notification_as_the_inbox_lists_it(ada: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    pushed: list[dict[str, Any]] = []
+
+    def publish(**message: Any) -> int:  # Redis is another process: the push is caught here
+        pushed.append(message)
+        return len(pushed)
+
+    monkeypatch.setattr(inapp, "realtime_publish", publish)
+    event = event_publish(type="video.liked", data={"user_id": ada.pk, "video_id": "v1", "liked_by": "Bo"})
+    delivery_send(event_id=str(event.pk), subscriber_name="activity_feed")
+    api = client_for(ada)
+
+    listed = api.get("/api/notifications/").json()
+    api.post("/api/notifications/read-all/")
+    [read] = api.get("/api/notifications/").json()["results"]
+
+    [push] = pushed
+    assert json.loads(json.dumps(push["data"])) == {"notification": listed["results"][0], "unread_count": 1}
+    notification = Notification.objects.get(user=ada)
+    as_drf_writes = serializers.DateTimeField().to_representation  # as every other API datetime
+    assert read["read"] is True and read["read_at"] == as_drf_writes(notification.read_at)
+    assert read["created_at"] == as_drf_writes(notification.created_at)
