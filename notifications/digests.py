@@ -8,21 +8,19 @@ gap once, and a second run finds the digest already recorded and sends nothing.
 """
 
 import logging
-import smtplib
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.mail import EmailMultiAlternatives
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from core.errors import ProviderPermanentError, ProviderTransientError
 from notifications.models import Digest, DigestFrequency, Notification, Recipient
+from notifications.providers.email import email_message_send
 
 logger = logging.getLogger(__name__)
 
@@ -185,19 +183,10 @@ def _email_send(digest: Digest, notifications: list[Notification]) -> None:
         "period_end": digest.period_end.astimezone(tz),
         "items": [DigestItem(n.title, n.body, n.created_at.astimezone(tz)) for n in notifications],
     }
-    email = EmailMultiAlternatives(
+    email_message_send(
+        to=digest.user.email,
         subject=render_to_string("notifications/digest/subject.txt", context).strip(),
-        body=render_to_string("notifications/digest/body.txt", context).strip(),
-        from_email=settings.DEFAULT_FROM_EMAIL,
-        to=[digest.user.email],
-        headers={"Message-ID": message_id(digest)},
+        text=render_to_string("notifications/digest/body.txt", context).strip(),
+        html=render_to_string("notifications/digest/body.html", context),
+        message_id=message_id(digest),
     )
-    email.attach_alternative(render_to_string("notifications/digest/body.html", context), "text/html")
-    try:
-        email.send(fail_silently=False)
-    except smtplib.SMTPResponseException as exc:
-        if 400 <= exc.smtp_code < 500:
-            raise ProviderTransientError(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}") from exc
-        raise ProviderPermanentError(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}") from exc
-    except (TimeoutError, smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, OSError) as exc:
-        raise ProviderTransientError(f"SMTP connection: {exc}", in_doubt=True) from exc

@@ -1,4 +1,6 @@
-"""Email through Django's email framework: SMTP locally, an ESP via django-anymail in production."""
+"""Email through Django's email framework: SMTP locally, an ESP via django-anymail in
+production. Deliveries and digests both send through `email_message_send`, so an SMTP
+failure is classified the same way wherever it happens."""
 
 import logging
 import smtplib
@@ -21,20 +23,21 @@ def message_id(delivery: Delivery) -> str:
     return f"<delivery-{delivery.pk}.{delivery.event_id}@carillon>"
 
 
-def email_send(
-    *, delivery: Delivery, event: Event, user: AbstractBaseUser, in_doubt_since: datetime | None
-) -> SendResult:
-    address = getattr(user, "email", "")
-    if not address:
-        raise ProviderPermanentError(f"user {user.pk} has no email address")
+def email_message_send(*, to: str, subject: str, text: str, html: str, message_id: str) -> str:
+    """Send one email (text with an HTML alternative); return the provider's id for it.
+
+    Raises ProviderTransientError for an SMTP 4xx or a connection lost (in doubt: the
+    server may have taken the message), ProviderPermanentError for an SMTP 5xx. Give a
+    Message-ID fixed per message, so that a resend is the same message to the mailbox.
+    """
     email = EmailMultiAlternatives(
-        subject=render("email", event, "subject.txt", user),
-        body=render("email", event, "txt", user),
+        subject=subject,
+        body=text,
         from_email=settings.DEFAULT_FROM_EMAIL,
-        to=[address],
-        headers={"Message-ID": message_id(delivery)},
+        to=[to],
+        headers={"Message-ID": message_id},
     )
-    email.attach_alternative(render("email", event, "html", user), "text/html")
+    email.attach_alternative(html, "text/html")
     try:
         email.send(fail_silently=False)
     except smtplib.SMTPResponseException as exc:
@@ -48,5 +51,20 @@ def email_send(
         raise ProviderTransientError(f"SMTP connection: {exc}", in_doubt=True) from exc
     # anymail fills anymail_status with the ESP's id; plain SMTP has the Message-ID.
     status = getattr(email, "anymail_status", None)
-    provider_id = getattr(status, "message_id", None) or message_id(delivery)
-    return SendResult(provider_message_id=str(provider_id), response={"to": address})
+    return str(getattr(status, "message_id", None) or message_id)
+
+
+def email_send(
+    *, delivery: Delivery, event: Event, user: AbstractBaseUser, in_doubt_since: datetime | None
+) -> SendResult:
+    address = getattr(user, "email", "")
+    if not address:
+        raise ProviderPermanentError(f"user {user.pk} has no email address")
+    provider_id = email_message_send(
+        to=address,
+        subject=render("email", event, "subject.txt", user),
+        text=render("email", event, "txt", user),
+        html=render("email", event, "html", user),
+        message_id=message_id(delivery),
+    )
+    return SendResult(provider_message_id=provider_id, response={"to": address})
