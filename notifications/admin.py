@@ -36,7 +36,7 @@ from notifications.models import (
     TopicSubscription,
 )
 from notifications.selectors import event_progress
-from notifications.services import failed_job_discard, failed_job_replay
+from notifications.services.failed_jobs import failed_job_discard, failed_job_replay
 
 
 class DeliveryInline(admin.TabularInline):

@@ -23,7 +23,7 @@ from notifications.digests import (
     digest_send,
     digest_unsent_ids,
 )
-from notifications.services import failed_job_record
+from notifications.services.failed_jobs import failed_job_record
 
 logger = logging.getLogger(__name__)
 

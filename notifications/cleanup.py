@@ -16,7 +16,7 @@ from django.db.models import Model, QuerySet
 from django.utils import timezone
 
 from notifications.models import Delivery, FailedJob, Notification, OutboxMessage
-from notifications.services import FINAL_STATUSES
+from notifications.services.delivery_status import FINAL_STATUSES
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from kombu import Message
 from config.celery import app as critical_app
 from notifications.exceptions import DeadLettered
 from notifications.queues import dead_letter_queues, topology_declare
-from notifications.services import failed_job_record
+from notifications.services.failed_jobs import failed_job_record
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from notifications.models import Delivery, FailedJob, OutboxMessage
-from notifications.services import FINAL_STATUSES
+from notifications.services.delivery_status import FINAL_STATUSES
 
 logger = logging.getLogger(__name__)
 

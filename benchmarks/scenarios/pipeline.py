@@ -118,7 +118,7 @@ def _celery_publish(config: dict[str, Any], link: Link) -> None:
 def _carillon_publish(config: dict[str, Any], link: Link) -> None:
     from django.db import transaction
 
-    from notifications.services import event_publish
+    from notifications.services.events import event_publish
 
     users = config["users"]
     link.ready()

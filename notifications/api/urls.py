@@ -1,6 +1,7 @@
 from django.urls import path
 
-from notifications.api import topics, views, webhooks
+from notifications.api import topics, views
+from notifications.providers.twilio import views as twilio_views
 
 urlpatterns = [
     path("events/", views.EventListView.as_view(), name="event-list"),
@@ -23,5 +24,5 @@ urlpatterns = [
     ),
     path("preferences/", views.PreferenceView.as_view(), name="preferences"),
     path("preferences/digest/", views.DigestPreferenceView.as_view(), name="preferences-digest"),
-    path("webhooks/twilio/<int:delivery_id>/", webhooks.twilio_status_callback, name="twilio-status-callback"),
+    path("webhooks/twilio/<int:delivery_id>/", twilio_views.twilio_status_callback, name="twilio-status-callback"),
 ]

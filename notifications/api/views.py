@@ -38,14 +38,10 @@ from notifications.selectors import (
     notification_unread_count,
     preference_list,
 )
-from notifications.services import (
-    digest_frequency_set,
-    event_publish,
-    failed_job_discard,
-    failed_job_replay,
-    notification_mark_read,
-    preference_set,
-)
+from notifications.services.events import event_publish
+from notifications.services.failed_jobs import failed_job_discard, failed_job_replay
+from notifications.services.inbox import notification_mark_read
+from notifications.services.preferences import digest_frequency_set, preference_set
 
 logger = logging.getLogger(__name__)
 

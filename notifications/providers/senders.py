@@ -1,11 +1,11 @@
 """Which sender serves which channel, one delivery at a time (analytics go in batches:
-notifications.services.analytics_flush)."""
+notifications.providers.mixpanel.batches)."""
 
 from notifications.channels import Channel
 from notifications.providers.base import Sender
 from notifications.providers.email import email_send
 from notifications.providers.inapp import inapp_send
-from notifications.providers.sms import sms_send
+from notifications.providers.twilio.sender import sms_send
 
 SENDERS: dict[str, Sender] = {
     Channel.EMAIL: email_send,

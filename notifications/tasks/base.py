@@ -12,7 +12,8 @@ from django.db import InterfaceError, OperationalError
 
 from core.errors import ProviderTransientError
 from notifications.exceptions import BatchPending
-from notifications.services import delivery_send, failed_job_record
+from notifications.services.deliveries import delivery_send
+from notifications.services.failed_jobs import failed_job_record
 
 logger = logging.getLogger(__name__)
 

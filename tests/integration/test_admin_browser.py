@@ -10,7 +10,7 @@ from django.contrib.auth.models import Permission
 from playwright.sync_api import Page, expect, sync_playwright
 
 from notifications.models import FailedJob, FailedJobAction
-from notifications.services import event_publish
+from notifications.services.events import event_publish
 from sandbox.client import SandboxClient
 from tests.integration.browser import WAIT_MS, chromium_launch, csp_violations
 from tests.integration.test_pipeline import RESET_URL, make_user, statuses

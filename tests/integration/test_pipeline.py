@@ -11,7 +11,8 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from notifications.models import Delivery, Event, FailedJob, Notification, OutboxMessage, Recipient
-from notifications.services import event_publish, failed_job_replay
+from notifications.services.events import event_publish
+from notifications.services.failed_jobs import failed_job_replay
 from realtime.history import HistoryRead, ahistory_since
 from realtime.services import async_client
 from realtime.topics import topic_parse, user_topic

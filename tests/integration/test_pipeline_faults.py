@@ -11,7 +11,7 @@ from django.db import transaction
 import tests.integration.poison_subscribers  # noqa: F401 - declares test.poison here too
 from notifications.dead_letters import dead_letter_drain
 from notifications.models import Delivery, FailedJob, OutboxMessage
-from notifications.services import event_publish
+from notifications.services.events import event_publish
 from sandbox.client import SandboxClient
 from tests.integration.test_pipeline import RESET_URL, make_user, statuses
 from tests.processes import ManagedProcess, python, rabbitmqctl, wait_for

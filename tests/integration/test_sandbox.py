@@ -17,8 +17,8 @@ from mixpanel import Mixpanel, MixpanelException
 from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
 
-from notifications.providers.mixpanel import mixpanel_client, mixpanel_consumer
-from notifications.providers.twilio import twilio_client
+from notifications.providers.mixpanel.client import mixpanel_client, mixpanel_consumer
+from notifications.providers.twilio.client import twilio_client
 from sandbox.client import SandboxClient
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ from django.db.models import QuerySet
 
 from notifications.exceptions import FailedJobStateError
 from notifications.models import FailedJob
-from notifications.services import failed_job_discard, failed_job_replay
+from notifications.services.failed_jobs import failed_job_discard, failed_job_replay
 
 
 class Command(BaseCommand):

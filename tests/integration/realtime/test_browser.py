@@ -9,7 +9,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from playwright.sync_api import Page, expect, sync_playwright
 
-from notifications.services import event_publish
+from notifications.services.events import event_publish
 from tests.integration.browser import WAIT_MS, chromium_launch, csp_violations
 from tests.integration.conftest import start_daphne
 from tests.processes import ManagedProcess, free_port

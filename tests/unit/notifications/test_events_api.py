@@ -10,7 +10,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from notifications.models import Delivery, Event, OutboxMessage
-from notifications.services import event_publish
+from notifications.services.events import event_publish
 
 pytestmark = pytest.mark.django_db
 

@@ -9,7 +9,7 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from notifications.models import Delivery, FailedJob, OutboxMessage
-from notifications.services import event_publish
+from notifications.services.events import event_publish
 
 pytestmark = pytest.mark.django_db
 

@@ -9,7 +9,8 @@ from rest_framework.test import APIClient
 
 from notifications.models import Delivery, Notification, Preference
 from notifications.providers import inapp
-from notifications.services import delivery_send, event_publish
+from notifications.services.deliveries import delivery_send
+from notifications.services.events import event_publish
 
 pytestmark = pytest.mark.django_db
 

@@ -8,7 +8,7 @@ from django.test import Client
 from twilio.request_validator import RequestValidator
 
 from notifications.models import Delivery, Event, ProviderCallback
-from notifications.services import event_publish
+from notifications.services.events import event_publish
 
 pytestmark = pytest.mark.django_db
 

@@ -1,4 +1,5 @@
-"""SMS through Twilio's Messages API (the sandbox locally), with signed status callbacks."""
+"""One SMS delivery through Twilio's Messages API (the sandbox locally), asking for signed
+status callbacks (`views`)."""
 
 import logging
 from datetime import datetime, timedelta
@@ -11,7 +12,7 @@ from twilio.base.exceptions import TwilioException, TwilioRestException
 from core.errors import ProviderPermanentError, ProviderTransientError
 from notifications.models import Delivery, Event, Recipient
 from notifications.providers.base import SendResult, render
-from notifications.providers.twilio import twilio_client
+from notifications.providers.twilio.client import twilio_client
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Provider callbacks. Each is verified before it changes anything."""
+"""Twilio's status callback: verified before it changes anything."""
 
 import logging
 
@@ -10,7 +10,8 @@ from twilio.request_validator import RequestValidator
 
 from core.errors import error_response
 from core.schema import ERROR_CONTENT, plain_view_operation
-from notifications.services import delivery_apply_provider_status
+from notifications.providers.twilio.statuses import twilio_delivery_status
+from notifications.services.delivery_status import delivery_apply_provider_status
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,12 @@ def twilio_status_callback(request: HttpRequest, delivery_id: int) -> HttpRespon
     if not status:
         return error_response("invalid_callback", "MessageStatus is missing")
     delivery = delivery_apply_provider_status(
-        delivery_id=delivery_id, provider="twilio", status=status, payload=request.POST.dict()
+        delivery_id=delivery_id,
+        provider="twilio",
+        status=status,
+        delivery_status=twilio_delivery_status(status),
+        provider_message_id=request.POST.get("MessageSid", ""),
+        payload=request.POST.dict(),
     )
     if delivery is None:
         return error_response("unknown_delivery", f"no delivery {delivery_id}", status=404)

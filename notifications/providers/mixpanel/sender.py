@@ -1,4 +1,4 @@
-"""Analytics to Mixpanel, many events per request, each with a deterministic $insert_id
+"""Analytics deliveries to Mixpanel, many events per request, each with a deterministic $insert_id
 so a resent batch is deduplicated by Mixpanel instead of counted twice."""
 
 import functools
@@ -11,7 +11,7 @@ from mixpanel import Consumer, MixpanelException
 
 from core.errors import ProviderTransientError
 from notifications.models import Delivery
-from notifications.providers.mixpanel import mixpanel_consumer
+from notifications.providers.mixpanel.client import mixpanel_consumer
 
 INSERT_ID_NAMESPACE = uuid.UUID("6f9a3c1e-2b1d-4c55-9a57-3c0f0b6a8d21")
 

@@ -1,0 +1,76 @@
+"""Which analytics deliveries go to Mixpanel together: a first run waits a short window
+for others to join its batch; a flush claims the oldest pending ones, of any event, and
+sends them in one request."""
+
+import logging
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import F, Q
+from django.utils import timezone
+
+from core.errors import ProviderTransientError
+from notifications.channels import Channel
+from notifications.exceptions import BatchPending
+from notifications.models import Delivery
+from notifications.providers.mixpanel.sender import analytics_send_batch
+from notifications.services.delivery_status import FINAL_STATUSES, delivery_mark_sent
+
+logger = logging.getLogger(__name__)
+
+
+def analytics_deliver(own: list[Delivery], *, waited: bool) -> None:
+    """Send one run's analytics deliveries (`own`) to Mixpanel in a batch.
+
+    A first run leaves its deliveries pending for a short window (unless a full batch is
+    waiting), so that one flush sends many; a flush claims the oldest pending analytics
+    deliveries of any event. Whoever flushes, a task ends only when its own deliveries are
+    sent: if another flush holds them, it runs again after that flush's lease (BatchPending).
+    """
+    if not own:
+        return
+    window = settings.CARILLON_ANALYTICS_BATCH_WINDOW_SECONDS
+    batch_size = settings.CARILLON_ANALYTICS_BATCH_SIZE
+    pending = Delivery.objects.filter(channel=Channel.ANALYTICS, status=Delivery.Status.PENDING)
+    if not waited and window > 0 and pending.count() < batch_size:
+        raise BatchPending(retry_after=window)
+    analytics_flush(limit=batch_size)
+    unfinished = Delivery.objects.filter(pk__in=[d.pk for d in own]).exclude(status__in=FINAL_STATUSES)
+    if unfinished.exists():
+        raise BatchPending(retry_after=settings.CARILLON_OUTBOX_LEASE_SECONDS)
+
+
+def analytics_flush(*, limit: int) -> int:
+    """Send up to `limit` pending analytics deliveries in one request; return how many.
+
+    Rows are leased with a claim token (as outbox rows are), so concurrent flushes never
+    send the same row, and a flush that dies leaves its rows to the next one after the
+    lease; a resend carries the same $insert_id, which Mixpanel deduplicates.
+    """
+    now = timezone.now()
+    claimable = Q(channel=Channel.ANALYTICS) & (
+        Q(status=Delivery.Status.PENDING) | Q(status=Delivery.Status.SENDING, claimed_until__lt=now)
+    )
+    chosen = list(Delivery.objects.filter(claimable).order_by("pk").values_list("pk", flat=True)[:limit])
+    if not chosen:
+        return 0
+    token = uuid.uuid4()
+    Delivery.objects.filter(claimable, pk__in=chosen).update(
+        status=Delivery.Status.SENDING,
+        claim_token=token,
+        claimed_until=now + timedelta(seconds=settings.CARILLON_OUTBOX_LEASE_SECONDS),
+        attempts=F("attempts") + 1,
+        attempt_started_at=now,
+    )
+    batch = list(Delivery.objects.filter(claim_token=token).select_related("event"))
+    try:
+        analytics_send_batch(batch)
+    except ProviderTransientError as exc:
+        Delivery.objects.filter(claim_token=token).update(
+            status=Delivery.Status.PENDING, claim_token=None, claimed_until=None, last_error=str(exc)
+        )
+        raise
+    delivery_mark_sent(Q(claim_token=token), provider_message_id=None, response={"batch": len(batch)})
+    logger.info("analytics: %d deliveries sent in one request", len(batch))
+    return len(batch)

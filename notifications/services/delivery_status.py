@@ -1,0 +1,75 @@
+"""How a delivery's status moves: which statuses are final, a send recorded, a
+provider's later report applied, and always forward."""
+
+from typing import Any
+
+from django.db.models import Case, F, Q, Value, When
+from django.utils import timezone
+
+from notifications.models import Delivery, ProviderCallback
+
+FINAL_STATUSES = frozenset(
+    {
+        Delivery.Status.SENT,
+        Delivery.Status.DELIVERED,
+        Delivery.Status.UNDELIVERED,
+        Delivery.Status.FAILED,
+        Delivery.Status.SKIPPED,
+    }
+)
+# Provider callbacks only move a delivery forward: a late "sent" never undoes "delivered".
+STATUS_RANK = {
+    Delivery.Status.PENDING: 0,
+    Delivery.Status.SENDING: 1,
+    Delivery.Status.SENT: 2,
+    Delivery.Status.DELIVERED: 3,
+    Delivery.Status.UNDELIVERED: 3,
+    Delivery.Status.FAILED: 3,
+}
+
+
+def delivery_mark_sent(which: Q, *, provider_message_id: str | None, response: dict[str, Any]) -> int:
+    """Record a send. A status callback may already have moved a delivery past "sent":
+    only "sending" becomes "sent". `provider_message_id=None` keeps each row's own."""
+    sending = Q(status=Delivery.Status.SENDING)
+    fields: dict[str, Any] = {
+        "status": Case(When(sending, then=Value(Delivery.Status.SENT)), default=F("status")),
+        "sent_at": Case(When(sending, then=Value(timezone.now())), default=F("sent_at")),
+        "provider_response": response,
+        "last_error": "",
+        "claim_token": None,
+        "claimed_until": None,
+    }
+    if provider_message_id is not None:
+        fields["provider_message_id"] = provider_message_id
+    return Delivery.objects.filter(which).update(**fields)
+
+
+def delivery_apply_provider_status(
+    *,
+    delivery_id: int,
+    provider: str,
+    status: str,
+    delivery_status: Delivery.Status | None,
+    provider_message_id: str,
+    payload: dict[str, Any],
+) -> Delivery | None:
+    """Record a provider's status callback; move the delivery forward, never back.
+
+    `status` is the provider's own word, kept with the callback; `delivery_status` is what
+    it means for the delivery (None: nothing to move), as the provider's package reads it.
+    Idempotent: the same callback twice records it twice but changes the status once.
+    """
+    delivery = Delivery.objects.filter(pk=delivery_id).first()
+    if delivery is None:
+        return None
+    ProviderCallback.objects.create(delivery=delivery, provider=provider, status=status, payload=payload)
+    if delivery_status is not None:
+        lower = [s for s, rank in STATUS_RANK.items() if rank < STATUS_RANK[delivery_status]]
+        Delivery.objects.filter(pk=delivery_id, status__in=lower).update(status=delivery_status)
+    if provider_message_id:
+        Delivery.objects.filter(pk=delivery_id, provider_message_id="").update(
+            provider_message_id=provider_message_id
+        )
+    delivery.refresh_from_db()
+    return delivery
