@@ -26,6 +26,13 @@ class Sender(Protocol):
         ...
 
 
+class BatchSender(Protocol):
+    def __call__(self, own: list[Delivery], *, waited: bool) -> None:
+        """Hand one run's deliveries (`own`) to the provider together with others; raise
+        BatchPending to run again later (`waited`: this run was put off once already)."""
+        ...
+
+
 def render(channel: str, event: Event, part: str, user: AbstractBaseUser) -> str:
     """Render notifications/<channel>/<event type>.<part> with the event and its user."""
     context = {"event": event, "data": event.data, "user": user}

@@ -9,11 +9,9 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from core.errors import ProviderPermanentError, ProviderTransientError
-from notifications.channels import Channel
 from notifications.events import event_type_get
 from notifications.models import Delivery, Event
-from notifications.providers.mixpanel.batches import analytics_deliver
-from notifications.providers.senders import SENDERS
+from notifications.providers.senders import BATCH_SENDERS, SENDERS
 from notifications.selectors import preference_enabled
 from notifications.services.delivery_status import FINAL_STATUSES, delivery_mark_sent
 from notifications.subscribers import subscriber_get
@@ -27,8 +25,9 @@ def delivery_send(*, event_id: str, subscriber_name: str, waited: bool = False) 
     Safe to run again for the same event and subscriber (a redelivered or retried
     message): finished deliveries are left alone, and one whose earlier attempt died
     mid-send is checked with the provider, or resent with the same idempotency key.
-    Raises ProviderTransientError (retry), ProviderPermanentError (give up), or, for
-    analytics, BatchPending (run again later: the deliveries wait for their batch).
+    Raises ProviderTransientError (retry), ProviderPermanentError (give up), or, for a
+    channel sent in batches, BatchPending (run again later: the deliveries wait for their
+    batch).
     `waited` says this run was already put off once for a batch.
     """
     event = Event.objects.get(pk=event_id)
@@ -53,8 +52,8 @@ def delivery_send(*, event_id: str, subscriber_name: str, waited: bool = False) 
             )
             continue
         to_send.append((delivery, user))
-    if subscriber.channel == Channel.ANALYTICS:
-        analytics_deliver([delivery for delivery, _ in to_send], waited=waited)
+    if subscriber.channel in BATCH_SENDERS:
+        BATCH_SENDERS[subscriber.channel]([delivery for delivery, _ in to_send], waited=waited)
     else:
         for delivery, user in to_send:
             _delivery_attempt(delivery=delivery, event=event, user=user, channel=subscriber.channel)
