@@ -66,11 +66,16 @@ class ProviderTransientError(ProviderError):
 
     `in_doubt` says the provider may have taken the message anyway (a timeout after the
     request was sent); the next attempt must then check before sending again.
+    `retry_after` (seconds) says the provider asked every sender to slow down (HTTP 429).
     """
 
-    def __init__(self, message: str, *, in_doubt: bool = False, response: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, message: str, *, in_doubt: bool = False, response: dict[str, Any] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message, response=response)
         self.in_doubt = in_doubt
+        self.retry_after = retry_after
 
 
 class ProviderPermanentError(ProviderError):

@@ -19,7 +19,6 @@ from django_celery_beat.models import PeriodicTask
 
 from config.background import app as background_app
 from config.task_routing import BACKGROUND_TASK_PREFIX
-from notifications.broadcasts import event_cancel
 from notifications.exceptions import FailedJobStateError
 from notifications.models import (
     Delivery,
@@ -36,6 +35,7 @@ from notifications.models import (
     TopicSubscription,
 )
 from notifications.selectors import event_progress
+from notifications.services.broadcasts import event_cancel
 from notifications.services.failed_jobs import failed_job_discard, failed_job_replay
 
 

@@ -146,6 +146,18 @@ PASSWORD_RESET_REQUESTED = event_type_register(
         description="A user asked to reset their password.",
     )
 )
+class ProductAnnouncement(serializers.Serializer[Any]):
+    title = serializers.CharField(max_length=200)
+    body = serializers.CharField(max_length=5000)
+    url = serializers.URLField(max_length=500, required=False)
+
+
+PRODUCT_ANNOUNCEMENT = event_type_register(
+    EventType(
+        "product.announcement", 1, ProductAnnouncement, category="product", lane=Lane.BULK,
+        description="News for many users at once: publish it with an audience (a list, a declared audience, a topic).",
+    )
+)
 VIDEO_LIKED = event_type_register(
     EventType("video.liked", 1, VideoLiked, category="social", description="Someone liked a user's video.")
 )

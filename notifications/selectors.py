@@ -80,12 +80,17 @@ def notification_item(notification: Notification) -> NotificationItem:
     }
 
 
-def notification_payload(notification: Notification) -> NotificationPayload:
-    """What a live client gets for a new notification: the item, and the unread count."""
-    return {
-        "notification": notification_item(notification),
-        "unread_count": notification_unread_count(user_id=notification.user_id),
-    }
+def notification_payloads(notifications: list[Notification]) -> list[NotificationPayload]:
+    """What a live client gets for each new notification: the item, and its user's unread
+    count (counted for all the users in one query)."""
+    users = {n.user_id for n in notifications}
+    unread = dict(
+        Notification.objects.filter(user_id__in=users, read_at__isnull=True)
+        .values_list("user_id")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    return [{"notification": notification_item(n), "unread_count": unread.get(n.user_id, 0)} for n in notifications]
 
 
 def _api_datetime(value: datetime) -> str:
@@ -95,14 +100,10 @@ def _api_datetime(value: datetime) -> str:
     return text.removesuffix("+00:00") + "Z" if text.endswith("+00:00") else text
 
 
-def preference_enabled(*, user_id: int, category: str, channel: str) -> bool:
-    """Whether a user takes a channel for a category (no row means yes)."""
-    enabled = (
-        Preference.objects.filter(user_id=user_id, category=category, channel=channel)
-        .values_list("enabled", flat=True)
-        .first()
-    )
-    return enabled is None or enabled
+def preferences_disabled(*, user_ids: list[int], category: str, channel: str) -> set[int]:
+    """Which of these users switched the channel off for the category (one query)."""
+    off = Preference.objects.filter(user_id__in=user_ids, category=category, channel=channel, enabled=False)
+    return set(off.values_list("user_id", flat=True))
 
 
 def preference_list(*, user_id: int) -> list[dict[str, object]]:

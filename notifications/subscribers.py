@@ -26,6 +26,8 @@ class Subscriber:
     name: str
     channel: Channel
     event_types: tuple[str, ...]  # exact names or shell patterns: "account.*"
+    # Whom it tells of an event addressed to no audience (an audience, when the event has
+    # one, decides instead: notifications/audiences.py).
     recipients: Callable[[Event], Sequence[AbstractBaseUser]] = event_user
 
     def takes(self, event_type: str) -> bool:
@@ -61,6 +63,7 @@ def subscribers() -> list[Subscriber]:
 # account.created          → welcome email + analytics + in-app
 # password.reset_requested → email + SMS
 # video.liked              → in-app + analytics
+# product.announcement     → email + in-app, to the event's audience
 
 subscriber_register(
     Subscriber("transactional_email", Channel.EMAIL, ("account.created", "password.reset_requested"))
@@ -68,3 +71,5 @@ subscriber_register(
 subscriber_register(Subscriber("security_sms", Channel.SMS, ("password.reset_requested",)))
 subscriber_register(Subscriber("product_analytics", Channel.ANALYTICS, ("account.created", "video.liked")))
 subscriber_register(Subscriber("activity_feed", Channel.INAPP, ("account.created", "video.liked")))
+subscriber_register(Subscriber("announcement_email", Channel.EMAIL, ("product.announcement",)))
+subscriber_register(Subscriber("announcement_feed", Channel.INAPP, ("product.announcement",)))

@@ -310,6 +310,14 @@ CARILLON_ANALYTICS_BATCH_SIZE = env.int("CARILLON_ANALYTICS_BATCH_SIZE", default
 # Recipients per chunk of a broadcast: one task, one bulk insert, one SMTP connection
 # or provider batch each. Larger chunks cost less per delivery; smaller ones retry less.
 CARILLON_BROADCAST_CHUNK_SIZE = env.int("CARILLON_BROADCAST_CHUNK_SIZE", default=500)
+# SMS requests in flight at once per chunk (Twilio has no batch endpoint).
+CARILLON_SMS_CONCURRENCY = env.int("CARILLON_SMS_CONCURRENCY", default=8)
+# Sends per second per channel, shared by every worker (a token bucket in Redis), to stay
+# under the provider account's limit: e.g. CARILLON_SEND_RATES=sms=10,email=100. A channel
+# not named is not paced; a provider's 429 pauses every sender anyway.
+CARILLON_SEND_RATES = {
+    channel: float(per_second) for channel, per_second in env.dict("CARILLON_SEND_RATES", default={}).items()
+}
 CARILLON_SUBSCRIBER_MODULES = env.list("CARILLON_SUBSCRIBER_MODULES", default=[])
 # How long a new analytics delivery waits for others to share its request (0: no wait;
 # a full batch never waits). Analytics are not user-facing: a second buys many events

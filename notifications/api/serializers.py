@@ -33,6 +33,14 @@ class EventPublishSerializer(serializers.Serializer[Any]):
     actor = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     idempotency_key = serializers.CharField(max_length=200, required=False, allow_null=True, default=None)
     occurred_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    audience = serializers.JSONField(
+        required=False, allow_null=True, default=None,
+        help_text=(
+            "whom the event is for, beyond its data's user_id: exactly one of "
+            '{"users": [ids, at most 1000]}, {"audience": name, "params": {...}} (a declared audience), '
+            '{"topic": key} (one of your topics). Required by bulk event types.'
+        ),
+    )
 
 
 class EventAcceptedSerializer(serializers.Serializer[Any]):

@@ -27,7 +27,6 @@ from notifications.api.serializers import (
     NotificationSerializer,
     PreferenceSerializer,
 )
-from notifications.broadcasts import event_cancel
 from notifications.events import event_types
 from notifications.models import Event, FailedJob, Notification
 from notifications.selectors import (
@@ -38,6 +37,7 @@ from notifications.selectors import (
     notification_unread_count,
     preference_list,
 )
+from notifications.services.broadcasts import event_cancel
 from notifications.services.events import event_publish
 from notifications.services.failed_jobs import failed_job_discard, failed_job_replay
 from notifications.services.inbox import notification_mark_read
@@ -107,6 +107,7 @@ class EventListView(APIView):
             idempotency_key=key,
             occurred_at=fields["occurred_at"],
             publisher_id=request.user.pk,
+            audience=fields["audience"],
         )
         duplicate = first is not None and first.pk == event.pk
         answer = {"id": event.pk, "status_url": f"/api/events/{event.pk}/", "duplicate": duplicate}

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 from django.contrib.auth.models import AbstractBaseUser
 from django.template.loader import render_to_string
 
+from core.errors import ProviderError
 from notifications.models import Delivery, Event
 
 
@@ -16,13 +17,23 @@ class SendResult:
     response: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SendItem:
+    """One delivery to hand to the provider. `in_doubt_since` is set when an earlier
+    attempt started at that time and may have reached the provider before dying: check
+    before sending again, or send with the same idempotency key."""
+
+    delivery: Delivery
+    user: AbstractBaseUser
+    in_doubt_since: datetime | None
+
+
 class Sender(Protocol):
-    def __call__(
-        self, *, delivery: Delivery, event: Event, user: AbstractBaseUser, in_doubt_since: datetime | None
-    ) -> SendResult:
-        """Hand one delivery to the provider. `in_doubt_since` is set when an earlier
-        attempt started at that time and may have reached the provider before dying:
-        check before sending again, or send with the same idempotency key."""
+    def __call__(self, *, event: Event, items: list[SendItem]) -> list[SendResult | ProviderError]:
+        """Hand deliveries of one event to the provider, together where the provider
+        allows (one SMTP connection, one bulk insert, a few requests at once); answer each
+        one's result or the error it met, in order. One item is the transactional case and
+        must cost no more than a single send."""
         ...
 
 

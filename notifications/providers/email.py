@@ -4,15 +4,14 @@ failure is classified the same way wherever it happens."""
 
 import logging
 import smtplib
-from datetime import datetime
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
-from django.core.mail import EmailMultiAlternatives
+from django.core.mail import EmailMultiAlternatives, get_connection
+from django.core.mail.backends.base import BaseEmailBackend
 
-from core.errors import ProviderPermanentError, ProviderTransientError
+from core.errors import ProviderError, ProviderPermanentError, ProviderTransientError
 from notifications.models import Delivery, Event
-from notifications.providers.base import SendResult, render
+from notifications.providers.base import SendItem, SendResult, render
 
 logger = logging.getLogger(__name__)
 
@@ -23,12 +22,15 @@ def message_id(delivery: Delivery) -> str:
     return f"<delivery-{delivery.pk}.{delivery.event_id}@carillon>"
 
 
-def email_message_send(*, to: str, subject: str, text: str, html: str, message_id: str) -> str:
+def email_message_send(
+    *, to: str, subject: str, text: str, html: str, message_id: str, connection: BaseEmailBackend | None = None
+) -> str:
     """Send one email (text with an HTML alternative); return the provider's id for it.
 
     Raises ProviderTransientError for an SMTP 4xx or a connection lost (in doubt: the
     server may have taken the message), ProviderPermanentError for an SMTP 5xx. Give a
     Message-ID fixed per message, so that a resend is the same message to the mailbox.
+    `connection`: an open one to reuse (several emails, one SMTP session).
     """
     email = EmailMultiAlternatives(
         subject=subject,
@@ -36,6 +38,7 @@ def email_message_send(*, to: str, subject: str, text: str, html: str, message_i
         from_email=settings.DEFAULT_FROM_EMAIL,
         to=[to],
         headers={"Message-ID": message_id},
+        connection=connection,
     )
     email.attach_alternative(html, "text/html")
     try:
@@ -54,17 +57,43 @@ def email_message_send(*, to: str, subject: str, text: str, html: str, message_i
     return str(getattr(status, "message_id", None) or message_id)
 
 
-def email_send(
-    *, delivery: Delivery, event: Event, user: AbstractBaseUser, in_doubt_since: datetime | None
-) -> SendResult:
-    address = getattr(user, "email", "")
+def email_send(*, event: Event, items: list[SendItem]) -> list[SendResult | ProviderError]:
+    """Send each delivery's email over one SMTP (or ESP) connection.
+
+    A connection lost midway leaves the rest unsent, each answered as a transient error:
+    the retry sends only those. A resend of one in doubt is the same message (its
+    Message-ID), which the mailbox shows once.
+    """
+    results: list[SendResult | ProviderError] = []
+    connection = get_connection()
+    try:
+        connection.open()
+    except OSError as exc:
+        return [ProviderTransientError(f"SMTP connection: {exc}") for _ in items]
+    try:
+        for item in items:
+            try:
+                results.append(_email_one(event, item, connection))
+            except ProviderError as exc:
+                results.append(exc)
+                if isinstance(exc, ProviderTransientError) and exc.in_doubt:
+                    break  # the connection is gone: the rest wait for the retry
+    finally:
+        connection.close()
+    unsent = ProviderTransientError("SMTP connection lost before this message was sent")
+    return results + [unsent] * (len(items) - len(results))
+
+
+def _email_one(event: Event, item: SendItem, connection: BaseEmailBackend) -> SendResult:
+    address = getattr(item.user, "email", "")
     if not address:
-        raise ProviderPermanentError(f"user {user.pk} has no email address")
+        raise ProviderPermanentError(f"user {item.user.pk} has no email address")
     provider_id = email_message_send(
         to=address,
-        subject=render("email", event, "subject.txt", user),
-        text=render("email", event, "txt", user),
-        html=render("email", event, "html", user),
-        message_id=message_id(delivery),
+        subject=render("email", event, "subject.txt", item.user),
+        text=render("email", event, "txt", item.user),
+        html=render("email", event, "html", item.user),
+        message_id=message_id(item.delivery),
+        connection=connection,
     )
     return SendResult(provider_message_id=provider_id, response={"to": address})

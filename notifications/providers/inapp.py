@@ -1,47 +1,48 @@
 """In-app notifications: a Notification row per delivery (one, whatever the retries),
 pushed live to the user's `user:<id>` topic."""
 
-from datetime import datetime
-
-from django.contrib.auth.models import AbstractBaseUser
 from redis.exceptions import RedisError
 
-from core.errors import ProviderTransientError
-from notifications.models import Delivery, Event, Notification
-from notifications.providers.base import SendResult, render
-from notifications.selectors import notification_payload
-from realtime.services import realtime_publish
+from core.errors import ProviderError, ProviderTransientError
+from notifications.models import Event, Notification
+from notifications.providers.base import SendItem, SendResult, render
+from notifications.selectors import notification_payloads
+from realtime.services import realtime_publish_many
 from realtime.topics import user_topic
 
 
-def inapp_send(
-    *, delivery: Delivery, event: Event, user: AbstractBaseUser, in_doubt_since: datetime | None
-) -> SendResult:
-    notification, created = Notification.objects.get_or_create(
-        delivery=delivery,
-        defaults={
-            "user_id": user.pk,
-            "event": event,
-            "kind": event.type,
-            "title": render("inapp", event, "title.txt", user),
-            "body": render("inapp", event, "txt", user),
-            "data": event.data,
-        },
+def inapp_send(*, event: Event, items: list[SendItem]) -> list[SendResult | ProviderError]:
+    """Insert the deliveries' notifications in bulk (a retry keeps the rows it made) and
+    push them to their users in one round trip to Redis."""
+    Notification.objects.bulk_create(
+        [
+            Notification(
+                delivery=item.delivery,
+                user_id=item.user.pk,
+                event=event,
+                kind=event.type,
+                title=render("inapp", event, "title.txt", item.user),
+                body=render("inapp", event, "txt", item.user),
+                data=event.data,
+            )
+            for item in items
+        ],
+        ignore_conflicts=True,
     )
+    by_delivery = {n.delivery_id: n for n in Notification.objects.filter(delivery__in=[i.delivery for i in items])}
+    notifications = [by_delivery[item.delivery.pk] for item in items]
     # Pushed on every attempt that has not yet recorded the delivery as sent: an attempt
     # that died between the push and that record pushes again, and clients drop the
-    # repeat by notification id (docs/realtime.md). Redis away: retry the delivery, the
-    # Notification row is already there for the inbox API.
+    # repeat by notification id (docs/realtime.md). Redis away: retry the deliveries, the
+    # Notification rows are already there for the inbox API.
+    payloads = notification_payloads(notifications)
     try:
-        message_id = realtime_publish(
-            topic=user_topic(user.pk),
-            event="notification.created",
-            data=notification_payload(notification),
+        message_ids = realtime_publish_many(
+            [(user_topic(n.user_id), "notification.created", payload) for n, payload in zip(notifications, payloads, strict=True)]
         )
     except RedisError as exc:
-        raise ProviderTransientError(f"realtime push: {exc}") from exc
-    return SendResult(
-        provider_message_id=f"notification:{notification.pk}",
-        response={"created": created, "realtime_id": message_id},
-    )
-
+        return [ProviderTransientError(f"realtime push: {exc}") for _ in items]
+    return [
+        SendResult(provider_message_id=f"notification:{n.pk}", response={"realtime_id": message_id})
+        for n, message_id in zip(notifications, message_ids, strict=True)
+    ]

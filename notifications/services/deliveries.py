@@ -1,92 +1,187 @@
-"""Sending deliveries: one subscriber's work for one event, a Delivery row per recipient,
-each handed to its channel's provider once."""
+"""Sending deliveries: one subscriber's work for one event (or one chunk of a broadcast),
+a Delivery row per recipient, each handed to its channel's provider once."""
 
 import logging
-from datetime import datetime
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from core.errors import ProviderPermanentError, ProviderTransientError
-from notifications.events import event_type_get
-from notifications.models import Delivery, Event
+from core.errors import ProviderError, ProviderPermanentError, ProviderTransientError
+from core.send_rate import SendRate, SendRateExceeded, send_rate_pause, send_rate_take
+from notifications.events import EventType, event_type_get
+from notifications.models import Delivery, DeliveryChunk, Event
+from notifications.providers.base import SendItem, SendResult
 from notifications.providers.senders import BATCH_SENDERS, SENDERS
-from notifications.selectors import preference_enabled
-from notifications.services.delivery_status import FINAL_STATUSES, delivery_mark_sent
-from notifications.subscribers import subscriber_get
+from notifications.selectors import preferences_disabled
+from notifications.services.broadcasts import broadcast_plan
+from notifications.services.delivery_status import (
+    FINAL_STATUSES,
+    deliveries_mark_sent,
+    delivery_mark_sent,
+)
+from notifications.subscribers import Subscriber, subscriber_get
 
 logger = logging.getLogger(__name__)
 
+# The longest a worker sleeps for its channel's send rate before putting the work off.
+SEND_RATE_MAX_WAIT_SECONDS = 5.0
 
-def delivery_send(*, event_id: str, subscriber_name: str, waited: bool = False) -> list[Delivery]:
+
+def delivery_send(
+    *, event_id: str, subscriber_name: str, chunk: int | None = None, waited: bool = False
+) -> list[Delivery]:
     """Do one subscriber's work for one event: one Delivery per recipient, each sent once.
 
-    Safe to run again for the same event and subscriber (a redelivered or retried
-    message): finished deliveries are left alone, and one whose earlier attempt died
-    mid-send is checked with the provider, or resent with the same idempotency key.
-    Raises ProviderTransientError (retry), ProviderPermanentError (give up), or, for a
-    channel sent in batches, BatchPending (run again later: the deliveries wait for their
-    batch).
-    `waited` says this run was already put off once for a batch.
+    An event addressed to an audience is planned into chunks here (each its own task,
+    `chunk` its index), and each chunk sends its recipients together.
+    Safe to run again (a redelivered or retried message): finished deliveries are left
+    alone, and one whose earlier attempt died mid-send is checked with the provider, or
+    resent with the same idempotency key. Raises ProviderTransientError (retry: only what
+    is unfinished is sent again), ProviderPermanentError (recipients the provider refused:
+    a failed job), BatchPending or SendRateExceeded (run again later, not a failure).
+    `waited` says this run was already put off once for an analytics batch.
     """
     event = Event.objects.get(pk=event_id)
     subscriber = subscriber_get(subscriber_name)
-    event_type = event_type_get(name=event.type, version=event.version)
-    deliveries, to_send = [], []
-    for user in subscriber.recipients(event):
-        delivery, _ = Delivery.objects.get_or_create(
-            event=event,
-            subscriber=subscriber.name,
-            recipient=f"user:{user.pk}",
-            defaults={"channel": subscriber.channel, "user_id": user.pk},
-        )
-        deliveries.append(delivery)
-        if delivery.status in FINAL_STATUSES:
-            continue
-        if not event_type.mandatory and not preference_enabled(
-            user_id=user.pk, category=event_type.category, channel=subscriber.channel
-        ):
-            Delivery.objects.filter(pk=delivery.pk).update(
-                status=Delivery.Status.SKIPPED, last_error=f"{subscriber.channel} is off for {event_type.category}"
-            )
-            continue
-        to_send.append((delivery, user))
-    if subscriber.channel in BATCH_SENDERS:
-        BATCH_SENDERS[subscriber.channel]([delivery for delivery, _ in to_send], waited=waited)
+    if event.audience is not None and chunk is None:
+        broadcast_plan(event=event, subscriber=subscriber)
+        return []
+    if chunk is None:
+        users = list(subscriber.recipients(event))
     else:
-        for delivery, user in to_send:
-            _delivery_attempt(delivery=delivery, event=event, user=user, channel=subscriber.channel)
+        ids = DeliveryChunk.objects.get(broadcast__event=event, broadcast__subscriber=subscriber.name, index=chunk).user_ids
+        users = list(get_user_model().objects.filter(pk__in=ids).order_by("pk"))
+    deliveries = _deliveries_open(event, subscriber, users)
+    if event.cancelled_at is not None:
+        Delivery.objects.filter(pk__in=[d.pk for d in deliveries], status=Delivery.Status.PENDING).update(
+            status=Delivery.Status.CANCELLED, last_error="the event was cancelled"
+        )
+        return deliveries
+    event_type = event_type_get(name=event.type, version=event.version)
+    to_send = _preferences_apply(event_type, subscriber, [d for d in deliveries if d.status not in FINAL_STATUSES])
+    if subscriber.channel in BATCH_SENDERS:
+        BATCH_SENDERS[subscriber.channel](to_send, waited=waited)
+        return deliveries
+    by_pk = {user.pk: user for user in users}
+    refused = _deliveries_attempt(event, subscriber.channel, [(d, by_pk[d.user_id]) for d in to_send])
+    # Refused for good, now or by an earlier run of this task: a failed job keeps them,
+    # and its replay sends only these.
+    refused += [(d.pk, d.last_error) for d in deliveries if d.status == Delivery.Status.FAILED]
+    if refused:
+        lines = "; ".join(f"delivery {pk}: {error}" for pk, error in refused[:10])
+        raise ProviderPermanentError(f"{len(refused)} of {len(deliveries)} deliveries refused: {lines}")
     return deliveries
 
 
-def _delivery_attempt(*, delivery: Delivery, event: Event, user: Any, channel: str) -> None:
-    in_doubt_since = _delivery_begin_attempt(delivery)
-    try:
-        result = SENDERS[channel](delivery=delivery, event=event, user=user, in_doubt_since=in_doubt_since)
-    except ProviderTransientError as exc:
-        # Certainly not taken: back to pending. Perhaps taken: stay "sending", so the
-        # next attempt checks with the provider first.
-        status = Delivery.Status.SENDING if exc.in_doubt else Delivery.Status.PENDING
-        Delivery.objects.filter(pk=delivery.pk).update(
-            status=status, last_error=str(exc), provider_response=exc.response
-        )
-        raise
-    except ProviderPermanentError as exc:
-        Delivery.objects.filter(pk=delivery.pk).update(
-            status=Delivery.Status.FAILED, last_error=str(exc), provider_response=exc.response
-        )
-        raise
-    delivery_mark_sent(Q(pk=delivery.pk), provider_message_id=result.provider_message_id, response=result.response)
-    logger.info("delivery %s of event %s: %s sent", delivery.pk, event.id, channel)
+def _deliveries_open(event: Event, subscriber: Subscriber, users: list[Any]) -> list[Delivery]:
+    """The Delivery of each user, created if new (one insert that skips those that
+    exist, one read), in the users' order."""
+    recipients = [f"user:{user.pk}" for user in users]
+    Delivery.objects.bulk_create(
+        [
+            Delivery(event=event, subscriber=subscriber.name, recipient=recipient, channel=subscriber.channel,
+                     user_id=user.pk)
+            for user, recipient in zip(users, recipients, strict=True)
+        ],
+        ignore_conflicts=True,
+    )
+    rows = Delivery.objects.filter(event=event, subscriber=subscriber.name, recipient__in=recipients)
+    by_recipient = {delivery.recipient: delivery for delivery in rows}
+    return [by_recipient[recipient] for recipient in recipients]
 
 
-def _delivery_begin_attempt(delivery: Delivery) -> datetime | None:
-    """Mark an attempt under way; return when the previous one began if it may have
-    reached the provider (it died, or timed out, while "sending"). `delivery` is fresh
-    from the database."""
-    in_doubt_since = delivery.attempt_started_at if delivery.status == Delivery.Status.SENDING else None
-    Delivery.objects.filter(pk=delivery.pk).update(
+def _preferences_apply(event_type: EventType, subscriber: Subscriber, deliveries: list[Delivery]) -> list[Delivery]:
+    """Skip the deliveries whose users switched this channel off for the category (one
+    read, one update); answer the rest. Mandatory categories skip nobody."""
+    if event_type.mandatory or not deliveries:
+        return deliveries
+    off = preferences_disabled(
+        user_ids=[d.user_id for d in deliveries if d.user_id is not None],
+        category=event_type.category, channel=subscriber.channel,
+    )
+    if off:
+        Delivery.objects.filter(pk__in=[d.pk for d in deliveries if d.user_id in off]).update(
+            status=Delivery.Status.SKIPPED, last_error=f"{subscriber.channel} is off for {event_type.category}"
+        )
+    return [d for d in deliveries if d.user_id not in off]
+
+
+def _deliveries_attempt(event: Event, channel: str, to_send: list[tuple[Delivery, Any]]) -> list[tuple[int, str]]:
+    """Send the deliveries, at most a second's worth of the channel's rate at a time,
+    recording each outcome; answer those refused for good (now failed). Raises
+    ProviderTransientError if some must be tried again (the others are recorded first),
+    SendRateExceeded if the provider or the rate asks to wait."""
+    per_second = settings.CARILLON_SEND_RATES.get(channel)
+    rate = SendRate(per_second=per_second, burst=max(1.0, per_second)) if per_second else None
+    step = int(rate.burst) if rate else len(to_send)
+    transient: list[ProviderTransientError] = []
+    refused: list[tuple[int, str]] = []
+    for start in range(0, len(to_send), max(step, 1)):
+        piece = to_send[start : start + step]
+        if rate is not None:
+            send_rate_take(name=channel, rate=rate, count=len(piece), max_wait_seconds=SEND_RATE_MAX_WAIT_SECONDS)
+        items = _attempts_begin(piece)
+        results = SENDERS[channel](event=event, items=items)
+        with transaction.atomic():  # one commit for the piece's outcomes
+            transient += _outcomes_record(event, channel, items, results, refused)
+        paused = max((exc.retry_after or 0 for exc in transient), default=0)
+        if paused:
+            # The provider asked to slow down: every worker pauses, this work resumes later.
+            send_rate_pause(name=channel, seconds=paused)
+            raise SendRateExceeded(channel, paused)
+    if transient:
+        raise ProviderTransientError(
+            f"{len(transient)} of {len(to_send)} deliveries to retry: {transient[0]}", in_doubt=transient[0].in_doubt
+        )
+    return refused
+
+
+def _attempts_begin(piece: list[tuple[Delivery, Any]]) -> list[SendItem]:
+    """Mark attempts under way (one update); each item carries when its previous attempt
+    began if that one may have reached the provider (it died, or timed out, "sending")."""
+    Delivery.objects.filter(pk__in=[delivery.pk for delivery, _ in piece]).update(
         status=Delivery.Status.SENDING, attempts=F("attempts") + 1, attempt_started_at=timezone.now()
     )
-    return in_doubt_since
+    return [
+        SendItem(delivery=delivery, user=user,
+                 in_doubt_since=delivery.attempt_started_at if delivery.status == Delivery.Status.SENDING else None)
+        for delivery, user in piece
+    ]
+
+
+def _outcomes_record(
+    event: Event, channel: str, items: list[SendItem], results: list[SendResult | ProviderError],
+    refused: list[tuple[int, str]],
+) -> list[ProviderTransientError]:
+    """Record each delivery's outcome (the sent ones together); add those refused for
+    good to `refused`; answer the transient errors met."""
+    transient: list[ProviderTransientError] = []
+    sent = {item.delivery.pk: result for item, result in zip(items, results, strict=True) if isinstance(result, SendResult)}
+    if len(sent) == 1:
+        [(only, done)] = sent.items()
+        delivery_mark_sent(Q(pk=only), provider_message_id=done.provider_message_id, response=done.response)
+    elif sent:
+        deliveries_mark_sent(sent)
+    if sent:
+        logger.info("event %s: %s sent to %d recipients", event.id, channel, len(sent))
+    for item, result in zip(items, results, strict=True):
+        pk = item.delivery.pk
+        if isinstance(result, SendResult):
+            continue
+        if isinstance(result, ProviderTransientError):
+            # Certainly not taken: back to pending. Perhaps taken: stay "sending", so the
+            # next attempt checks with the provider first.
+            status = Delivery.Status.SENDING if result.in_doubt else Delivery.Status.PENDING
+            Delivery.objects.filter(pk=pk).update(status=status, last_error=str(result), provider_response=result.response)
+            transient.append(result)
+        else:
+            Delivery.objects.filter(pk=pk).update(
+                status=Delivery.Status.FAILED, last_error=str(result), provider_response=result.response
+            )
+            refused.append((pk, str(result)))
+            logger.warning("delivery %s of event %s: %s refused: %s", pk, event.id, channel, result)
+    return transient

@@ -7,6 +7,7 @@ from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from notifications.models import Delivery, ProviderCallback
+from notifications.providers.base import SendResult
 
 FINAL_STATUSES = frozenset(
     {
@@ -15,6 +16,7 @@ FINAL_STATUSES = frozenset(
         Delivery.Status.UNDELIVERED,
         Delivery.Status.FAILED,
         Delivery.Status.SKIPPED,
+        Delivery.Status.CANCELLED,
     }
 )
 # Provider callbacks only move a delivery forward: a late "sent" never undoes "delivered".
@@ -43,6 +45,20 @@ def delivery_mark_sent(which: Q, *, provider_message_id: str | None, response: d
     if provider_message_id is not None:
         fields["provider_message_id"] = provider_message_id
     return Delivery.objects.filter(which).update(**fields)
+
+
+def deliveries_mark_sent(sent: dict[int, SendResult]) -> None:
+    """Record many sends (delivery pk → result) in two statements: the status of those
+    still "sending", then each one's provider id and answer."""
+    now = timezone.now()
+    Delivery.objects.filter(pk__in=list(sent), status=Delivery.Status.SENDING).update(
+        status=Delivery.Status.SENT, sent_at=now, last_error="", claim_token=None, claimed_until=None
+    )
+    Delivery.objects.bulk_update(
+        [Delivery(pk=pk, provider_message_id=result.provider_message_id, provider_response=result.response)
+         for pk, result in sent.items()],
+        ["provider_message_id", "provider_response"],
+    )
 
 
 def delivery_apply_provider_status(

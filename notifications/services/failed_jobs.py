@@ -9,7 +9,14 @@ from typing import Any
 from django.db import transaction
 
 from notifications.exceptions import FailedJobStateError
-from notifications.models import Delivery, Event, FailedJob, FailedJobAction, OutboxMessage
+from notifications.models import (
+    Delivery,
+    DeliveryChunk,
+    Event,
+    FailedJob,
+    FailedJobAction,
+    OutboxMessage,
+)
 from notifications.relay import outbox_publish
 
 logger = logging.getLogger(__name__)
@@ -67,18 +74,23 @@ def _is_uuid(value: object) -> bool:
 
 def failed_job_replay(*, failed_job_id: int, user_id: int | None) -> FailedJob:
     """Send a failed job again through the normal path: an outbox row, published after
-    commit. Its deliveries that failed are re-opened; those that in fact succeeded stay
-    done, so a job that had gone through sends nothing new."""
+    commit. Its deliveries that failed are re-opened (for a broadcast's chunk, only that
+    chunk's); those that in fact succeeded stay done, so a job that had gone through
+    sends nothing new."""
     with transaction.atomic():
         failed_job = FailedJob.objects.select_for_update().get(pk=failed_job_id)
         if failed_job.state != FailedJob.State.FAILED:
             raise FailedJobStateError(f"failed job {failed_job_id} is already {failed_job.state}")
-        if failed_job.event is None or len(failed_job.args) != 2:
+        if failed_job.event is None or len(failed_job.args) not in (2, 3):
             raise FailedJobStateError(f"failed job {failed_job_id} names no event to deliver: {failed_job.args!r}")
-        event_id, subscriber_name = failed_job.args
-        reopened = Delivery.objects.filter(
-            event_id=event_id, subscriber=subscriber_name, status=Delivery.Status.FAILED
-        ).update(status=Delivery.Status.PENDING, last_error="")
+        event_id, subscriber_name = failed_job.args[:2]
+        failed = Delivery.objects.filter(event_id=event_id, subscriber=subscriber_name, status=Delivery.Status.FAILED)
+        if len(failed_job.args) == 3:  # one chunk of a broadcast: its recipients alone
+            chunk = DeliveryChunk.objects.get(
+                broadcast__event_id=event_id, broadcast__subscriber=subscriber_name, index=failed_job.args[2]
+            )
+            failed = failed.filter(recipient__in=[f"user:{member}" for member in chunk.user_ids])
+        reopened = failed.update(status=Delivery.Status.PENDING, last_error="")
         row = OutboxMessage.objects.create(
             event_id=event_id,
             kind=OutboxMessage.Kind.TASK,

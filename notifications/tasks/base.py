@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from core.errors import ProviderTransientError
+from core.send_rate import SendRateExceeded
 from notifications.exceptions import BatchPending
 from notifications.services.deliveries import delivery_send
 from notifications.services.failed_jobs import failed_job_record
@@ -39,15 +40,17 @@ class DeliveryTask(Task):  # type: ignore[misc]
     def max_retries(self) -> int:  # type: ignore[override]
         return int(settings.CARILLON_DELIVERY_MAX_RETRIES)
 
-    def deliver(self, event_id: str, subscriber: str, waited: bool) -> None:
+    def deliver(self, event_id: str, subscriber: str, *, chunk: int | None = None, waited: bool = False) -> None:
         try:
-            delivery_send(event_id=event_id, subscriber_name=subscriber, waited=waited)
-        except BatchPending as pending:
-            # Put off, not failed: publish this job again for later, then finish (ack).
-            # Killed in between, both copies run, and the Delivery rows keep it once.
+            delivery_send(event_id=event_id, subscriber_name=subscriber, chunk=chunk, waited=waited)
+        except (BatchPending, SendRateExceeded) as later:
+            # Put off, not failed (an analytics batch to join, a send rate to respect):
+            # publish this job again for later, then finish (ack). Killed in between, both
+            # copies run, and the Delivery rows keep it once. A put-off is no retry: a
+            # broadcast held back by a rate limit for minutes never runs out of retries.
             self.apply_async(
-                args=[event_id, subscriber], kwargs={"waited": True}, countdown=pending.retry_after,
-                task_id=self.request.id,
+                args=self.request.args, kwargs={**(self.request.kwargs or {}), "waited": True},
+                countdown=max(1, round(later.retry_after)), task_id=self.request.id,
             )
         except TRANSIENT_ERRORS as exc:
             if self.request.retries >= self.max_retries:

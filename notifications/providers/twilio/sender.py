@@ -2,22 +2,23 @@
 status callbacks (`views`)."""
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
 from django.urls import reverse
 from twilio.base.exceptions import TwilioException, TwilioRestException
 
-from core.errors import ProviderPermanentError, ProviderTransientError
+from core.errors import ProviderError, ProviderPermanentError, ProviderTransientError
 from notifications.models import Delivery, Event, Recipient
-from notifications.providers.base import SendResult, render
+from notifications.providers.base import SendItem, SendResult, render
 from notifications.providers.twilio.client import twilio_client
 
 logger = logging.getLogger(__name__)
 
 # Clocks of Twilio and ours differ a little; look a bit before the earlier attempt began.
 IN_DOUBT_CLOCK_SKEW = timedelta(seconds=30)
+RATE_LIMITED_PAUSE_SECONDS = 1.0
 
 
 def status_callback_url(delivery: Delivery) -> str:
@@ -25,13 +26,6 @@ def status_callback_url(delivery: Delivery) -> str:
     arrives before the worker recorded the send still finds its delivery."""
     path = reverse("twilio-status-callback", kwargs={"delivery_id": delivery.pk})
     return settings.CARILLON_PUBLIC_URL.rstrip("/") + path
-
-
-def _phone_number(user: AbstractBaseUser) -> str:
-    number = Recipient.objects.filter(user_id=user.pk).values_list("phone_number", flat=True).first()
-    if not number:
-        raise ProviderPermanentError(f"user {user.pk} has no phone number (notifications.Recipient)")
-    return number
 
 
 def _already_sent(to: str, body: str, since: datetime) -> str | None:
@@ -42,31 +36,46 @@ def _already_sent(to: str, body: str, since: datetime) -> str | None:
     return None
 
 
-def sms_send(
-    *, delivery: Delivery, event: Event, user: AbstractBaseUser, in_doubt_since: datetime | None
-) -> SendResult:
-    to = _phone_number(user)
-    body = render("sms", event, "txt", user)
+def sms_send(*, event: Event, items: list[SendItem]) -> list[SendResult | ProviderError]:
+    """Send each delivery's SMS. Twilio has no batch endpoint: a few requests go at once
+    (CARILLON_SMS_CONCURRENCY), each on its own; what the database knows is read first,
+    in bulk, so the threads only talk to Twilio."""
+    numbers = dict(
+        Recipient.objects.filter(user_id__in=[item.user.pk for item in items]).values_list("user_id", "phone_number")
+    )
+    requests = [
+        (item, numbers.get(item.user.pk, ""), render("sms", event, "txt", item.user), status_callback_url(item.delivery))
+        for item in items
+    ]
+    if len(requests) == 1:  # the transactional case: no thread to start
+        return [_sms_one(*requests[0])]
+    with ThreadPoolExecutor(max_workers=settings.CARILLON_SMS_CONCURRENCY) as pool:
+        return list(pool.map(lambda request: _sms_one(*request), requests))
+
+
+def _sms_one(item: SendItem, to: str, body: str, callback_url: str) -> SendResult | ProviderError:
+    if not to:
+        return ProviderPermanentError(f"user {item.user.pk} has no phone number (notifications.Recipient)")
     try:
         # Twilio takes no idempotency key on Messages: after an interrupted attempt, ask
         # Twilio whether the message went out before sending it again.
-        if in_doubt_since is not None:
-            sid = _already_sent(to, body, in_doubt_since)
+        if item.in_doubt_since is not None:
+            sid = _already_sent(to, body, item.in_doubt_since)
             if sid:
-                logger.info("delivery %s: sms %s was sent by an interrupted attempt", delivery.pk, sid)
+                logger.info("delivery %s: sms %s was sent by an interrupted attempt", item.delivery.pk, sid)
                 return SendResult(provider_message_id=sid, response={"recovered": True})
         message = twilio_client().messages.create(
-            to=to,
-            from_=settings.TWILIO_FROM_NUMBER,
-            body=body,
-            status_callback=status_callback_url(delivery),
+            to=to, from_=settings.TWILIO_FROM_NUMBER, body=body, status_callback=callback_url
         )
     except TwilioRestException as exc:
         reply = {"status": exc.status, "code": exc.code, "message": exc.msg}
-        if exc.status >= 500 or exc.status == 429:
-            raise ProviderTransientError(f"Twilio {exc.status}: {exc.msg}", response=reply) from exc
-        raise ProviderPermanentError(f"Twilio {exc.status} ({exc.code}): {exc.msg}", response=reply) from exc
+        if exc.status == 429:
+            # Twilio's client does not hand over Retry-After: pause every sender briefly.
+            return ProviderTransientError(f"Twilio 429: {exc.msg}", response=reply, retry_after=RATE_LIMITED_PAUSE_SECONDS)
+        if exc.status >= 500:
+            return ProviderTransientError(f"Twilio {exc.status}: {exc.msg}", response=reply)
+        return ProviderPermanentError(f"Twilio {exc.status} ({exc.code}): {exc.msg}", response=reply)
     except (TwilioException, OSError) as exc:
         # requests' errors are OSErrors; a timeout may hide an accepted message.
-        raise ProviderTransientError(f"Twilio unreachable: {exc}", in_doubt=True) from exc
+        return ProviderTransientError(f"Twilio unreachable: {exc}", in_doubt=True)
     return SendResult(provider_message_id=str(message.sid), response={"status": message.status, "to": to})

@@ -10,11 +10,11 @@ from django.test import override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from notifications import broadcasts
 from notifications.api import serializers
-from notifications.broadcasts import broadcast_plan
 from notifications.channels import Channel
 from notifications.models import Broadcast, Delivery, DeliveryChunk, Event, OutboxMessage
+from notifications.services import broadcasts
+from notifications.services.broadcasts import broadcast_plan
 from notifications.subscribers import Subscriber
 
 pytestmark = pytest.mark.django_db

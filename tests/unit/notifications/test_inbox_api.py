@@ -93,11 +93,11 @@ def test_inapp_delivery_run_twice_creates_one_notification(ada: Any) -> None:
 def test_live_push_shows_the_notification_as_the_inbox_lists_it(ada: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     pushed: list[dict[str, Any]] = []
 
-    def publish(**message: Any) -> int:  # Redis is another process: the push is caught here
-        pushed.append(message)
-        return len(pushed)
+    def publish(messages: list[tuple[str, str, Any]]) -> list[int]:  # Redis is another process: caught here
+        pushed.extend({"topic": topic, "event": event, "data": data} for topic, event, data in messages)
+        return list(range(1, len(pushed) + 1))
 
-    monkeypatch.setattr(inapp, "realtime_publish", publish)
+    monkeypatch.setattr(inapp, "realtime_publish_many", publish)
     event = event_publish(type="video.liked", data={"user_id": ada.pk, "video_id": "v1", "liked_by": "Bo"})
     delivery_send(event_id=str(event.pk), subscriber_name="activity_feed")
     api = client_for(ada)
