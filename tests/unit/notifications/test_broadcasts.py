@@ -6,15 +6,31 @@ from unittest.mock import patch
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.core import mail
 from django.test import override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from core.errors import ProviderPermanentError, ProviderTransientError
 from notifications.api import serializers
 from notifications.channels import Channel
-from notifications.models import Broadcast, Delivery, DeliveryChunk, Event, OutboxMessage
+from notifications.exceptions import InvalidEvent
+from notifications.models import (
+    Broadcast,
+    Delivery,
+    DeliveryChunk,
+    Event,
+    Notification,
+    OutboxMessage,
+    Preference,
+)
+from notifications.providers import inapp, senders
+from notifications.selectors import event_progress
 from notifications.services import broadcasts
-from notifications.services.broadcasts import broadcast_plan
+from notifications.services.broadcasts import broadcast_plan, event_cancel
+from notifications.services.deliveries import delivery_send
+from notifications.services.events import event_publish
+from notifications.services.failed_jobs import failed_job_record, failed_job_replay
 from notifications.subscribers import Subscriber
 
 pytestmark = pytest.mark.django_db
@@ -24,7 +40,7 @@ SUBSCRIBER = Subscriber("news_email", Channel.EMAIL, ("account.created",))
 
 @pytest.fixture
 def users(django_user_model: Any) -> list[Any]:
-    return [django_user_model.objects.create_user(f"reader{i}") for i in range(5)]
+    return [django_user_model.objects.create_user(f"reader{i}", email=f"reader{i}@example.com") for i in range(5)]
 
 
 @pytest.fixture
@@ -180,3 +196,110 @@ def test_the_admin_shows_a_broadcasts_progress_and_an_operator_cancels_it(
     assert answer.status_code == 302
     assert Event.objects.get(pk=event.pk).cancelled_at is not None
     assert Delivery.objects.get().status == Delivery.Status.CANCELLED
+
+
+# --- Sending chunks (the provider is Django's in-memory mailbox; pushes are caught) -------
+
+
+@pytest.fixture
+def pushes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, Any]]:
+    caught: list[tuple[str, str, Any]] = []
+
+    def publish(messages: list[tuple[str, str, Any]]) -> list[int]:  # Redis is another process
+        caught.extend(messages)
+        return list(range(len(caught) - len(messages) + 1, len(caught) + 1))
+
+    monkeypatch.setattr(inapp, "realtime_publish_many", publish)
+    return caught
+
+
+def _announce(users: list[Any]) -> Event:
+    return event_publish(
+        type="product.announcement", data={"title": "New", "body": "Something new"},
+        audience={"users": [user.pk for user in users]},
+    )
+
+
+def _send_all(event: Event, subscriber: str) -> None:
+    delivery_send(event_id=str(event.pk), subscriber_name=subscriber)  # plans the chunks
+    for chunk in DeliveryChunk.objects.filter(broadcast__event=event, broadcast__subscriber=subscriber):
+        delivery_send(event_id=str(event.pk), subscriber_name=subscriber, chunk=chunk.index)
+
+
+@override_settings(CARILLON_BROADCAST_CHUNK_SIZE=2)
+def test_an_announcement_reaches_each_recipient_once_on_each_channel_and_respects_preferences(
+    users: list[Any], pushes: list[tuple[str, str, Any]]
+) -> None:
+    Preference.objects.create(user=users[1], category="product", channel=Channel.EMAIL, enabled=False)
+    event = _announce(users)
+    assert set(OutboxMessage.objects.filter(event=event, kind="task").values_list("queue", flat=True)) == {
+        "carillon.email.bulk", "carillon.inapp.bulk"
+    }
+
+    _send_all(event, "announcement_email")
+    _send_all(event, "announcement_feed")
+    _send_all(event, "announcement_email")  # every task run again: a redelivery
+    _send_all(event, "announcement_feed")
+
+    assert sorted(message.to[0] for message in mail.outbox) == sorted(u.email for u in users if u != users[1])
+    assert sorted(topic for topic, _, _ in pushes) == sorted(f"user:{u.pk}" for u in users)
+    assert Notification.objects.count() == 5
+    progress = event_progress(event=Event.objects.get(pk=event.pk))
+    assert (progress["email"]["sent"], progress["email"]["skipped"], progress["inapp"]["sent"]) == (4, 1, 5)
+
+
+@override_settings(CARILLON_BROADCAST_CHUNK_SIZE=5)
+def test_a_partial_failure_retries_only_the_unsent_and_a_refusal_replays_only_its_chunk(
+    users: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event = _announce(users)
+    delivery_send(event_id=str(event.pk), subscriber_name="announcement_email")
+    real = senders.SENDERS[Channel.EMAIL]
+    refused, unlucky = users[1].email, users[3].email
+
+    def flaky(*, event: Event, items: list[Any]) -> list[Any]:
+        sent = real(event=event, items=[i for i in items if i.user.email not in (refused, unlucky)])
+        outcomes = iter(sent)
+        return [
+            ProviderPermanentError("550 no such mailbox") if i.user.email == refused
+            else ProviderTransientError("451 try later") if i.user.email == unlucky
+            else next(outcomes)
+            for i in items
+        ]
+
+    monkeypatch.setitem(senders.SENDERS, Channel.EMAIL, flaky)
+    with pytest.raises(ProviderTransientError, match="1 of 5 deliveries to retry"):
+        delivery_send(event_id=str(event.pk), subscriber_name="announcement_email", chunk=0)
+    monkeypatch.setitem(senders.SENDERS, Channel.EMAIL, real)
+    with pytest.raises(ProviderPermanentError, match="1 of 5 deliveries refused"):
+        delivery_send(event_id=str(event.pk), subscriber_name="announcement_email", chunk=0)  # the retry
+    assert sorted(message.to[0] for message in mail.outbox) == sorted(u.email for u in users if u.email != refused)
+
+    failed_job, _ = failed_job_record(
+        task_name="notifications.email.deliver_chunk", task_id="t", queue="carillon.email.bulk",
+        args=[str(event.pk), "announcement_email", 0], error=ProviderPermanentError("refused"), traceback="",
+        attempts=2,
+    )
+    failed_job_replay(failed_job_id=failed_job.pk, user_id=None)
+    delivery_send(event_id=str(event.pk), subscriber_name="announcement_email", chunk=0)  # the replay's run
+
+    assert sorted(message.to[0] for message in mail.outbox) == sorted(u.email for u in users)
+    assert Delivery.objects.filter(status=Delivery.Status.SENT).count() == 5
+
+
+@override_settings(CARILLON_BROADCAST_CHUNK_SIZE=2)
+def test_a_chunk_of_a_cancelled_event_sends_nothing(users: list[Any]) -> None:
+    event = _announce(users)
+    delivery_send(event_id=str(event.pk), subscriber_name="announcement_email")
+    event_cancel(event_id=str(event.pk))
+
+    delivery_send(event_id=str(event.pk), subscriber_name="announcement_email", chunk=1)
+
+    assert mail.outbox == []
+    assert list(Delivery.objects.values_list("status", flat=True)) == ["cancelled", "cancelled"]
+
+
+def test_a_bulk_event_without_an_audience_is_refused(users: list[Any]) -> None:
+    with pytest.raises(InvalidEvent, match="give audience"):
+        event_publish(type="product.announcement", data={"title": "New", "body": "b"})
+    assert not Event.objects.exists()
