@@ -144,7 +144,7 @@ def digest_send(*, digest_id: int, now: datetime | None = None) -> bool:
     Message-ID. Notifications read since the digest was recorded are left out.
     """
     now = now or timezone.now()
-    lease = timedelta(seconds=settings.CARILLON_OUTBOX_LEASE_SECONDS)
+    lease = timedelta(seconds=settings.CARILLON_CLAIM_LEASE_SECONDS)
     claimed = (
         Digest.objects.filter(pk=digest_id, status=Digest.Status.PENDING)
         .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))

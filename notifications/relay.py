@@ -45,7 +45,7 @@ def outbox_claim(*, ids: list[int] | None = None, limit: int = 100) -> list[Outb
     if not chosen:
         return []
     token = uuid.uuid4()
-    lease = now + timedelta(seconds=settings.CARILLON_OUTBOX_LEASE_SECONDS)
+    lease = now + timedelta(seconds=settings.CARILLON_CLAIM_LEASE_SECONDS)
     OutboxMessage.objects.filter(free, pk__in=chosen).update(claim_token=token, claimed_until=lease)
     return list(OutboxMessage.objects.filter(claim_token=token, published_at__isnull=True).order_by("pk"))
 

@@ -302,8 +302,9 @@ CARILLON_RETRY_BACKOFF_SECONDS = env.int("CARILLON_RETRY_BACKOFF_SECONDS", defau
 CARILLON_RETRY_BACKOFF_MAX_SECONDS = env.int("CARILLON_RETRY_BACKOFF_MAX_SECONDS", default=600)
 # The largest event the API takes (request body); larger ones get 413.
 CARILLON_MAX_EVENT_BYTES = env.int("CARILLON_MAX_EVENT_BYTES", default=64 * 1024)
-# How long a publisher (fast path or relay) holds an outbox row before another may retry it.
-CARILLON_OUTBOX_LEASE_SECONDS = env.int("CARILLON_OUTBOX_LEASE_SECONDS", default=30)
+# How long whoever claimed a row holds it before another may take it: an outbox row (its
+# publisher), an analytics delivery (its batch flush), a digest (its sender).
+CARILLON_CLAIM_LEASE_SECONDS = env.int("CARILLON_CLAIM_LEASE_SECONDS", default=30)
 # Analytics deliveries go to Mixpanel in batches of up to this many events per request.
 CARILLON_ANALYTICS_BATCH_SIZE = env.int("CARILLON_ANALYTICS_BATCH_SIZE", default=50)
 # Modules that declare more event types and subscribers (imported at start-up).

@@ -35,10 +35,13 @@ def analytics_deliver(own: list[Delivery], *, waited: bool) -> None:
     pending = Delivery.objects.filter(channel=Channel.ANALYTICS, status=Delivery.Status.PENDING)
     if not waited and window > 0 and pending.count() < batch_size:
         raise BatchPending(retry_after=window)
-    analytics_flush(limit=batch_size)
     unfinished = Delivery.objects.filter(pk__in=[d.pk for d in own]).exclude(status__in=FINAL_STATUSES)
+    # A broadcast's chunk holds many batches' worth: flush until its own are sent, or
+    # until flushes find nothing left to claim (another flush holds the rest).
+    while analytics_flush(limit=batch_size) and unfinished.exists():
+        pass
     if unfinished.exists():
-        raise BatchPending(retry_after=settings.CARILLON_OUTBOX_LEASE_SECONDS)
+        raise BatchPending(retry_after=settings.CARILLON_CLAIM_LEASE_SECONDS)
 
 
 def analytics_flush(*, limit: int) -> int:
@@ -59,7 +62,7 @@ def analytics_flush(*, limit: int) -> int:
     Delivery.objects.filter(claimable, pk__in=chosen).update(
         status=Delivery.Status.SENDING,
         claim_token=token,
-        claimed_until=now + timedelta(seconds=settings.CARILLON_OUTBOX_LEASE_SECONDS),
+        claimed_until=now + timedelta(seconds=settings.CARILLON_CLAIM_LEASE_SECONDS),
         attempts=F("attempts") + 1,
         attempt_started_at=now,
     )
