@@ -282,9 +282,8 @@ class FailedJobActionView(APIView):
         incoming = FailedJobActionSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         reason = incoming.validated_data["reason"].strip()
-        if action == "discard" and not reason:
-            return error_response("reason_required", "say why the job is discarded: send {\"reason\": ...}")
-        # A job in another state raises FailedJobStateError, an application error (409).
+        # FailedJobStateError is an application error the handler renders: 409 invalid_state
+        # for a job already replayed or discarded, 400 reason_required for a discard without why.
         if action == "replay":
             job = failed_job_replay(failed_job_id=failed_job_id, user_id=request.user.pk)
         else:

@@ -112,7 +112,9 @@ def failed_job_replay(*, failed_job_id: int, user_id: int | None) -> FailedJob:
 def failed_job_discard(*, failed_job_id: int, user_id: int | None, reason: str) -> FailedJob:
     """Close a failed job without sending it, keeping why."""
     if not reason.strip():
-        raise FailedJobStateError("say why the job is discarded")
+        raise FailedJobStateError(
+            'say why the job is discarded: send {"reason": ...}', code="reason_required", status=400
+        )
     with transaction.atomic():
         failed_job = FailedJob.objects.select_for_update().get(pk=failed_job_id)
         if failed_job.state != FailedJob.State.FAILED:
