@@ -124,6 +124,12 @@ def _deliveries_attempt(event: Event, channel: str, to_send: list[tuple[Delivery
         piece = to_send[start : start + step]
         if rate is not None:
             send_rate_take(name=channel, rate=rate, count=len(piece), max_wait_seconds=SEND_RATE_MAX_WAIT_SECONDS)
+        if start and Event.objects.filter(pk=event.pk, cancelled_at__isnull=False).exists():
+            # Cancelled while this chunk was being sent at the channel's pace: the rest is not.
+            Delivery.objects.filter(pk__in=[d.pk for d, _ in to_send[start:]]).update(
+                status=Delivery.Status.CANCELLED, last_error="the event was cancelled"
+            )
+            break
         items = _attempts_begin(piece)
         results = SENDERS[channel](event=event, items=items)
         with transaction.atomic():  # one commit for the piece's outcomes

@@ -26,7 +26,7 @@ from notifications.models import (
 )
 from notifications.providers import inapp, senders
 from notifications.selectors import event_progress
-from notifications.services import broadcasts
+from notifications.services import broadcasts, deliveries
 from notifications.services.broadcasts import broadcast_plan, event_cancel
 from notifications.services.deliveries import delivery_send
 from notifications.services.events import event_publish
@@ -303,3 +303,24 @@ def test_a_bulk_event_without_an_audience_is_refused(users: list[Any]) -> None:
     with pytest.raises(InvalidEvent, match="give audience"):
         event_publish(type="product.announcement", data={"title": "New", "body": "b"})
     assert not Event.objects.exists()
+
+
+@override_settings(CARILLON_BROADCAST_CHUNK_SIZE=5, CARILLON_SEND_RATES={"email": 2.0})
+def test_a_chunk_sent_at_the_channels_pace_stops_where_the_event_is_cancelled(
+    users: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event = _announce(users)
+    delivery_send(event_id=str(event.pk), subscriber_name="announcement_email")
+    taken = 0
+
+    def take(**kwargs: Any) -> None:  # Redis's bucket stands aside: the second second is cancelled
+        nonlocal taken
+        taken += 1
+        if taken == 2:
+            event_cancel(event_id=str(event.pk))
+
+    monkeypatch.setattr(deliveries, "send_rate_take", take)
+    delivery_send(event_id=str(event.pk), subscriber_name="announcement_email", chunk=0)
+
+    assert len(mail.outbox) == 2  # the first second's worth
+    assert sorted(Delivery.objects.values_list("status", flat=True)) == ["cancelled"] * 3 + ["sent"] * 2
