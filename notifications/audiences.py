@@ -16,6 +16,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
 from rest_framework import serializers
 
+from core.registry import Registry
 from notifications.exceptions import InvalidEvent
 from notifications.models import TopicSubscription
 from notifications.selectors import topic_get
@@ -42,18 +43,15 @@ class Audience:
     description: str = ""
 
 
-_AUDIENCES: dict[str, Audience] = {}
+_AUDIENCES: Registry[Audience] = Registry("audience")
 
 
 def audience_register(audience: Audience) -> Audience:
-    if audience.name in _AUDIENCES:
-        raise ValueError(f"audience {audience.name!r} is declared twice")
-    _AUDIENCES[audience.name] = audience
-    return audience
+    return _AUDIENCES.register(audience.name, audience)
 
 
 def audiences() -> list[Audience]:
-    return list(_AUDIENCES.values())
+    return _AUDIENCES.values()
 
 
 def _refuse(field: str, message: str) -> InvalidEvent:
@@ -76,7 +74,7 @@ def audience_validate(spec: Any, *, scope: str) -> AudienceSpec:
         return {"topic": key}
     audience = _AUDIENCES.get(spec["audience"]) if isinstance(spec["audience"], str) else None
     if audience is None:
-        raise _refuse("audience", f"unknown audience {spec['audience']!r}; declared: {', '.join(sorted(_AUDIENCES))}")
+        raise _refuse("audience", f"unknown audience {spec['audience']!r}; declared: {', '.join(_AUDIENCES.names())}")
     params = spec.get("params")
     params = {} if params is None else params
     if audience.params is None:
@@ -129,7 +127,9 @@ def recipient_id_pages(spec: AudienceSpec, *, scope: str, size: int, after: int 
         rows = TopicSubscription.objects.filter(topic=topic, user__is_active=True).values_list("user_id", flat=True)
         yield from _pages(rows, "user_id", size=size, after=after)
     else:
-        audience = _AUDIENCES[spec["audience"]]
+        audience = _AUDIENCES.get(spec["audience"])
+        if audience is None:  # no longer declared since the event was published: nobody to tell
+            return
         users = audience.users(**spec.get("params", {})).filter(is_active=True).values_list("pk", flat=True)
         yield from _pages(users, "pk", size=size, after=after)
 

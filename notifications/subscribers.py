@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 
+from core.registry import Registry
 from notifications.channels import Channel
 from notifications.exceptions import InvalidEvent
 from notifications.models import Event
@@ -34,21 +35,18 @@ class Subscriber:
         return any(fnmatch.fnmatchcase(event_type, pattern) for pattern in self.event_types)
 
 
-_SUBSCRIBERS: dict[str, Subscriber] = {}
+_SUBSCRIBERS: Registry[Subscriber] = Registry("subscriber")
 
 
 def subscriber_register(subscriber: Subscriber) -> Subscriber:
-    if subscriber.name in _SUBSCRIBERS:
-        raise ValueError(f"subscriber {subscriber.name!r} is declared twice")
-    _SUBSCRIBERS[subscriber.name] = subscriber
-    return subscriber
+    return _SUBSCRIBERS.register(subscriber.name, subscriber)
 
 
 def subscriber_get(name: str) -> Subscriber:
-    try:
-        return _SUBSCRIBERS[name]
-    except KeyError:
-        raise InvalidEvent(f"no subscriber named {name!r}; declared: {', '.join(_SUBSCRIBERS)}") from None
+    subscriber = _SUBSCRIBERS.get(name)
+    if subscriber is None:
+        raise InvalidEvent(f"no subscriber named {name!r}; declared: {', '.join(_SUBSCRIBERS.names())}")
+    return subscriber
 
 
 def subscribers_for(event_type: str) -> list[Subscriber]:
@@ -56,7 +54,7 @@ def subscribers_for(event_type: str) -> list[Subscriber]:
 
 
 def subscribers() -> list[Subscriber]:
-    return list(_SUBSCRIBERS.values())
+    return _SUBSCRIBERS.values()
 
 
 # --- Carillon's demo wiring ---------------------------------------------------------------

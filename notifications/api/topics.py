@@ -17,7 +17,7 @@ from core.schema import error
 from notifications.api.views import CanPublishEvents
 from notifications.models import Topic
 from notifications.selectors import idempotency_scope, topic_get, topics_of
-from notifications.topics import (
+from notifications.services.topics import (
     MAX_SUBSCRIBERS_PER_CHANGE,
     topic_create,
     topic_delete,
