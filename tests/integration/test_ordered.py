@@ -7,9 +7,8 @@ import json
 import os
 import signal
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -21,14 +20,16 @@ from rooms import services
 from rooms.models import ChatProvider, Room, RoomMessage
 from sandbox.chat import chat_signed_headers
 from sandbox.client import SandboxClient
-from tests.integration.conftest import _celery_worker, start_daphne
-from tests.processes import ManagedProcess, rabbitmqctl
+from tests.integration.conftest import CeleryWorker, _celery_worker, daphne_wait, start_daphne
+from tests.processes import ManagedProcess, rabbitmqctl, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 Status = RoomMessage.Status
 DONE = (Status.ACKED, Status.TIMED_OUT, Status.SKIPPED, Status.FAILED)
 SECRET = "sandbox-chat-secret"
+# Every wait has this deadline: it only turns a hang into a failure.
+ROOMS_TIMEOUT = 90.0
 
 
 @dataclass
@@ -40,7 +41,9 @@ class WebProcess:
 @pytest.fixture(scope="module")
 def web_processes(django_db_setup: None) -> Iterator[list[WebProcess]]:
     """Two daphne processes: the acks of one room land on either."""
-    processes = [WebProcess(*start_daphne(f"daphne-rooms-{index}")) for index in range(2)]
+    processes = [WebProcess(*start_daphne(f"daphne-rooms-{index}", wait=False)) for index in range(2)]
+    for web in processes:  # both started at once: their startups overlap
+        daphne_wait(web.process, web.url)
     yield processes
     for web in processes:
         web.process.stop()
@@ -55,11 +58,11 @@ class RoomWorkers:
     processes: list[ManagedProcess]
     started: int = 0
 
-    def start(self) -> ManagedProcess:
+    def start(self, *, wait: bool = True) -> CeleryWorker:
         web_url = self.web_urls[self.started % len(self.web_urls)]
         process = _celery_worker(
             "config.celery", f"test-rooms-{self.started}", "carillon.rooms",
-            env={"CARILLON_PUBLIC_URL": web_url, "ROOMS_CHAT_API_URL": self.sandbox_url},
+            env={"CARILLON_PUBLIC_URL": web_url, "ROOMS_CHAT_API_URL": self.sandbox_url}, wait=wait,
         )
         self.started += 1
         self.processes.append(process)
@@ -69,8 +72,8 @@ class RoomWorkers:
 @pytest.fixture(scope="module")
 def room_workers(sandbox_process: SandboxClient, web_processes: list[WebProcess]) -> Iterator[RoomWorkers]:
     workers = RoomWorkers(sandbox_process.url, [web.url for web in web_processes], [])
-    for _ in range(3):
-        workers.start()
+    for starting in [workers.start(wait=False) for _ in range(3)]:  # their startups overlap
+        starting.wait_ready()
     yield workers
     for process in workers.processes:
         process.stop()
@@ -88,14 +91,6 @@ def make_rooms(count: int, *, ack_timeout_ms: int = 20_000, policy: str = "proce
     )
     tag = uuid.uuid4().hex[:6]
     return [services.room_create(provider_name=provider.name, recipient=f"{tag}-{n}") for n in range(count)]
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout}s: {what}")
-        time.sleep(0.1)
 
 
 def all_done(rooms: list[Room]) -> bool:
@@ -126,7 +121,7 @@ def test_order_is_kept_in_every_room_under_concurrency(
         for room in rooms:
             services.room_message_enqueue(room_id=room.pk, body=f"hello {room.recipient}")
 
-    wait_until(lambda: all_done(rooms), "every message acked")
+    wait_for(lambda: all_done(rooms), "every message acked", ROOMS_TIMEOUT)
 
     seen = chat.chat_rooms()
     assert seen["order_violations"] == 0
@@ -145,7 +140,7 @@ def test_lost_ack_times_out_then_the_next_message_goes(chat: SandboxClient) -> N
         for n in range(3):
             services.room_message_enqueue(room_id=room.pk, body=f"message {n}")
 
-    wait_until(lambda: all_done([proceed_room, resend_room]), "every message timed out")
+    wait_for(lambda: all_done([proceed_room, resend_room]), "every message timed out", ROOMS_TIMEOUT)
 
     seen = chat.chat_rooms()["rooms"]
     for room in (proceed_room, resend_room):
@@ -162,12 +157,12 @@ def test_duplicate_and_late_acks_change_nothing(
 ) -> None:
     (room,) = make_rooms(1, ack_timeout_ms=1000)
     first = services.room_message_enqueue(room_id=room.pk, body="acked")
-    wait_until(lambda: all_done([room]), "first message acked")
+    wait_for(lambda: all_done([room]), "first message acked", ROOMS_TIMEOUT)
     chat.set_knobs("chat", callback_loss_rate=1.0)
     late = services.room_message_enqueue(room_id=room.pk, body="times out")
-    wait_until(lambda: all_done([room]), "second message timed out")
+    wait_for(lambda: all_done([room]), "second message timed out", ROOMS_TIMEOUT)
     waiting = services.room_message_enqueue(room_id=room.pk, body="waits for its ack")
-    wait_until(lambda: bool(RoomMessage.objects.get(pk=waiting.pk).sent_at), "third message sent")
+    wait_for(lambda: bool(RoomMessage.objects.get(pk=waiting.pk).sent_at), "third message sent", ROOMS_TIMEOUT)
     before = Room.objects.get(pk=room.pk)
 
     answers = [post_ack(web.url, message).json()["status"] for web in web_processes for message in (first, late)]
@@ -184,7 +179,7 @@ def test_forged_webhooks_get_403_and_change_nothing(
     chat.set_knobs("chat", callback_loss_rate=1.0)
     (room,) = make_rooms(1)
     message = services.room_message_enqueue(room_id=room.pk, body="waits")
-    wait_until(lambda: bool(RoomMessage.objects.get(pk=message.pk).sent_at), "message sent")
+    wait_for(lambda: bool(RoomMessage.objects.get(pk=message.pk).sent_at), "message sent", ROOMS_TIMEOUT)
     before = Room.objects.get(pk=room.pk)
 
     forged = [post_ack(web.url, message, secret="guessed") for web in web_processes]
@@ -210,7 +205,7 @@ def test_a_slow_room_does_not_hold_back_the_others(chat: SandboxClient, room_wor
         for room in (*slow, *fast):
             services.room_message_enqueue(room_id=room.pk, body="hi")
 
-    wait_until(lambda: all_done(fast), "every fast room done")
+    wait_for(lambda: all_done(fast), "every fast room done", ROOMS_TIMEOUT)
 
     seen = chat.chat_rooms()
     assert seen["order_violations"] == 0
@@ -232,7 +227,7 @@ def test_a_worker_killed_mid_send_loses_nothing_and_reorders_nothing(
     chat.set_knobs("chat", latency_ms=2000, callback_delay_ms=3000, callback_jitter_ms=0)
     (room,) = make_rooms(1)
     first, *rest = [services.room_message_enqueue(room_id=room.pk, body=f"m{n}") for n in range(3)]
-    wait_until(lambda: room.recipient in chat.chat_rooms()["rooms"], "first message at the platform")
+    wait_for(lambda: room.recipient in chat.chat_rooms()["rooms"], "first message at the platform", ROOMS_TIMEOUT)
     sending = [p for p in room_workers.processes
                if p.process.poll() is None and f"sending message {first.pk} attempt 1" in p.log()]
     assert len(sending) == 1
@@ -246,7 +241,7 @@ def test_a_worker_killed_mid_send_loses_nothing_and_reorders_nothing(
     chat.set_knobs("chat", latency_ms=0, callback_delay_ms=30)
     room_workers.start()  # keep the pool at strength for whatever runs next
 
-    wait_until(lambda: all_done([room]), "every message acked")
+    wait_for(lambda: all_done([room]), "every message acked", ROOMS_TIMEOUT)
 
     seen = chat.chat_rooms()["rooms"][room.recipient]
     assert seen["arrivals"] == [1, 2, 3]
@@ -281,7 +276,7 @@ def test_a_message_enqueued_while_rabbitmq_is_down_is_sent_once_by_the_recovery_
         services.room_recover(stalled_after_s=0)  # what beat runs every minute
         return all_done([room])
 
-    wait_until(swept_and_acked, "the recovery sweep sends the message and it is acked")
+    wait_for(swept_and_acked, "the recovery sweep sends the message and it is acked", ROOMS_TIMEOUT)
 
     assert statuses(room) == [Status.ACKED]
     assert chat.chat_rooms()["rooms"][room.recipient]["arrivals"] == [1]
