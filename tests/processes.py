@@ -17,7 +17,8 @@ __all__ = ["ManagedProcess", "free_port", "python", "rabbitmqctl", "subprocess_d
 T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
-LOG_DIR = ROOT / ".run" / "test-logs"
+# Two passes at once (platform/test) keep their processes' logs apart.
+LOG_DIR = Path(os.environ.get("CARILLON_TEST_LOG_DIR") or ROOT / ".run" / "test-logs")
 
 
 def subprocess_database_url() -> str:
@@ -30,7 +31,7 @@ def subprocess_database_url() -> str:
 
 
 class ManagedProcess(BaseManagedProcess):
-    """A Carillon process of the tests: it opens the test database, logs to .run/test-logs."""
+    """A Carillon process of the tests: it opens the test database, logs to LOG_DIR."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         env = {"DATABASE_URL": subprocess_database_url(), **(env or {})}

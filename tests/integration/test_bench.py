@@ -10,7 +10,7 @@ import pytest
 
 from core.processes import ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.bench]
 
 
 def _bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
