@@ -98,19 +98,31 @@ CHANNEL_QUEUES = "carillon.email,carillon.sms,carillon.analytics,carillon.inapp"
 
 
 @pytest.fixture(scope="session")
-def critical_worker(django_db_setup: None) -> Iterator[ManagedProcess]:
-    """A worker of the critical app, consuming RabbitMQ."""
-    process = _celery_worker("config.celery", "test-critical", "carillon.default")
-    yield process
-    process.stop()
+def _app_workers(django_db_setup: None) -> Iterator[tuple[CeleryWorker, CeleryWorker]]:
+    """A worker of each app, started at once (their startups overlap)."""
+    workers = (
+        _celery_worker("config.celery", "test-critical", "carillon.default", wait=False),
+        _celery_worker("config.background", "test-background", "background", wait=False),
+    )
+    try:
+        for worker in workers:
+            worker.wait_ready()
+        yield workers
+    finally:
+        for worker in workers:
+            worker.stop()
 
 
 @pytest.fixture(scope="session")
-def background_worker(django_db_setup: None) -> Iterator[ManagedProcess]:
+def critical_worker(_app_workers: tuple[CeleryWorker, CeleryWorker]) -> ManagedProcess:
+    """A worker of the critical app, consuming RabbitMQ."""
+    return _app_workers[0]
+
+
+@pytest.fixture(scope="session")
+def background_worker(_app_workers: tuple[CeleryWorker, CeleryWorker]) -> ManagedProcess:
     """A worker of the background app, consuming Redis."""
-    process = _celery_worker("config.background", "test-background", "background")
-    yield process
-    process.stop()
+    return _app_workers[1]
 
 
 @pytest.fixture(scope="session")

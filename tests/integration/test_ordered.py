@@ -3,6 +3,7 @@ two daphne web processes receiving the chat platform's acks, and the sandbox's c
 platform counting arrival order per room. No timing assertion: every wait has a
 deadline that only turns a hang into a failure."""
 
+import contextlib
 import json
 import os
 import signal
@@ -16,11 +17,18 @@ import requests
 from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
+from config.celery import app as critical_app
 from rooms import services
 from rooms.models import ChatProvider, Room, RoomMessage
 from sandbox.chat import chat_signed_headers
 from sandbox.client import SandboxClient
-from tests.integration.conftest import CeleryWorker, _celery_worker, daphne_wait, start_daphne
+from tests.integration.conftest import (
+    CeleryWorker,
+    _celery_worker,
+    _worker_busy,
+    daphne_wait,
+    start_daphne,
+)
 from tests.processes import ManagedProcess, rabbitmqctl, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -38,24 +46,13 @@ class WebProcess:
     url: str
 
 
-@pytest.fixture(scope="module")
-def web_processes(django_db_setup: None) -> Iterator[list[WebProcess]]:
-    """Two daphne processes: the acks of one room land on either."""
-    processes = [WebProcess(*start_daphne(f"daphne-rooms-{index}", wait=False)) for index in range(2)]
-    for web in processes:  # both started at once: their startups overlap
-        daphne_wait(web.process, web.url)
-    yield processes
-    for web in processes:
-        web.process.stop()
-
-
 @dataclass
 class RoomWorkers:
     """Room workers; each calls the platform with the callback URL of one web process."""
 
     sandbox_url: str
     web_urls: list[str]
-    processes: list[ManagedProcess]
+    processes: list[CeleryWorker]
     started: int = 0
 
     def start(self, *, wait: bool = True) -> CeleryWorker:
@@ -70,19 +67,53 @@ class RoomWorkers:
 
 
 @pytest.fixture(scope="module")
-def room_workers(sandbox_process: SandboxClient, web_processes: list[WebProcess]) -> Iterator[RoomWorkers]:
-    workers = RoomWorkers(sandbox_process.url, [web.url for web in web_processes], [])
-    for starting in [workers.start(wait=False) for _ in range(3)]:  # their startups overlap
-        starting.wait_ready()
-    yield workers
-    for process in workers.processes:
-        process.stop()
+def rooms_processes(
+    django_db_setup: None, sandbox_process: SandboxClient
+) -> Iterator[tuple[list[WebProcess], RoomWorkers]]:
+    """Two daphne processes and three room workers, all started at once (their startups
+    overlap; a worker needs only its daphne's URL until the tests send)."""
+    webs = [WebProcess(*start_daphne(f"daphne-rooms-{index}", wait=False)) for index in range(2)]
+    workers = RoomWorkers(sandbox_process.url, [web.url for web in webs], [])
+    starting = [workers.start(wait=False) for _ in range(3)]
+    try:
+        for web in webs:
+            daphne_wait(web.process, web.url)
+        for worker in starting:
+            worker.wait_ready()
+        yield webs, workers
+    finally:
+        for process in [*workers.processes, *(web.process for web in webs)]:
+            process.stop()
+
+
+@pytest.fixture(scope="module")
+def web_processes(rooms_processes: tuple[list[WebProcess], RoomWorkers]) -> list[WebProcess]:
+    """Two daphne processes: the acks of one room land on either."""
+    return rooms_processes[0]
+
+
+@pytest.fixture(scope="module")
+def room_workers(rooms_processes: tuple[list[WebProcess], RoomWorkers]) -> RoomWorkers:
+    return rooms_processes[1]
+
+
+def rooms_idle(workers: RoomWorkers) -> bool:
+    """No room task waits in the rooms queue or runs in a live room worker."""
+    with critical_app.connection_for_write() as connection:
+        waiting = connection.default_channel.queue_declare(queue="carillon.rooms", passive=True).message_count
+    live = [worker for worker in workers.processes if worker.process.poll() is None]
+    return not waiting and not any(_worker_busy(worker.hostname) for worker in live)
 
 
 @pytest.fixture
-def chat(sandbox: SandboxClient, room_workers: RoomWorkers) -> SandboxClient:
+def chat(sandbox: SandboxClient, room_workers: RoomWorkers, transactional_db: None) -> Iterator[SandboxClient]:
     sandbox.set_knobs("chat", callback_delay_ms=30, callback_jitter_ms=20)
-    return sandbox
+    yield sandbox
+    # Let the room workers finish what the test set going before the database is
+    # flushed: on PostgreSQL a worker's transaction and the flush's TRUNCATE can
+    # deadlock. Best effort: a timeout scheduled far ahead may still come later.
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: rooms_idle(room_workers), "the room workers idle", 30)
 
 
 def make_rooms(count: int, *, ack_timeout_ms: int = 20_000, policy: str = "proceed", resends: int = 0) -> list[Room]:
