@@ -118,9 +118,11 @@ rabbitmq() { # rabbitmq COMMAND ARGS: run a RabbitMQ CLI with our node's cookie
     as_service_user rabbitmq env HOME="${RABBITMQ_HOME:-$HOME}" "$RABBITMQ_BIN/$1" "${@:2}"
 }
 
-# start_rabbitmq NODE AMQP_PORT DIST_PORT MANAGEMENT_PORT
+# start_rabbitmq NODE AMQP_PORT DIST_PORT MANAGEMENT_PORT [nowait]
+# With "nowait", return once the node is launched; await_rabbitmq then waits for it
+# (several nodes boot side by side).
 start_rabbitmq() {
-    local node=$1 port=$2 dist_port=$3 management_port=$4 dir
+    local node=$1 port=$2 dist_port=$3 management_port=$4 nowait=${5:-} dir
     rabbitmq rabbitmqctl -n "$node" -q stop >/dev/null 2>&1 || true  # a leftover of a killed run
     require_free_port "$port" "RabbitMQ AMQP"
     require_free_port "$management_port" "RabbitMQ management"
@@ -142,10 +144,16 @@ CONF
         RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
         ERL_EPMD_ADDRESS=127.0.0.1 \
         "$RABBITMQ_BIN/rabbitmq-server" > "$dir/console.log" 2>&1 &
-    local server=$! deadline=$((SECONDS + 90))
+    [ "$nowait" = nowait ] && return 0
+    await_rabbitmq "$node" "$management_port" $!
+}
+
+await_rabbitmq() { # NODE MANAGEMENT_PORT [SERVER_PID]
+    local node=$1 management_port=$2 server=${3:-} dir deadline=$((SECONDS + 90))
+    dir=$(service_dir "rabbitmq-$node" rabbitmq)
     # await_startup fails at once while the node is not yet registered with epmd: retry.
     until rabbitmq rabbitmqctl -n "$node" -q await_startup --timeout 10 >/dev/null 2>&1; do
-        if ! kill -0 "$server" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
+        if { [ -n "$server" ] && ! kill -0 "$server" 2>/dev/null; } || [ $SECONDS -ge $deadline ]; then
             tail -n 30 "$dir/console.log" >&2
             die "RabbitMQ $node did not start; its logs are in $dir"
         fi

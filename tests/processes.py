@@ -1,5 +1,6 @@
 """Start Carillon's real processes (sandbox, Celery workers, daphne) for integration tests."""
 
+import asyncio
 import os
 import subprocess
 import time
@@ -12,12 +13,13 @@ from django.conf import settings
 from core.processes import ManagedProcess as BaseManagedProcess
 from core.processes import free_port, python
 
-__all__ = ["ManagedProcess", "free_port", "python", "rabbitmqctl", "subprocess_database_url", "wait_for"]
+__all__ = ["ManagedProcess", "free_port", "python", "rabbitmqctl", "subprocess_database_url", "wait_for", "await_for"]
 
 T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
-LOG_DIR = ROOT / ".run" / "test-logs"
+# Two passes at once (platform/test) keep their processes' logs apart.
+LOG_DIR = Path(os.environ.get("CARILLON_TEST_LOG_DIR") or ROOT / ".run" / "test-logs")
 
 
 def subprocess_database_url() -> str:
@@ -30,7 +32,7 @@ def subprocess_database_url() -> str:
 
 
 class ManagedProcess(BaseManagedProcess):
-    """A Carillon process of the tests: it opens the test database, logs to .run/test-logs."""
+    """A Carillon process of the tests: it opens the test database, logs to LOG_DIR."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         env = {"DATABASE_URL": subprocess_database_url(), **(env or {})}
@@ -47,6 +49,18 @@ def wait_for(condition: Callable[[], T | None], what: str, timeout: float = 30.0
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout}s")
         time.sleep(0.1)
+
+
+async def await_for(condition: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
+    """`wait_for` inside an event loop: poll without blocking the loop's other tasks."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        await asyncio.sleep(0.05)
 
 
 def rabbitmqctl(*args: str) -> str:

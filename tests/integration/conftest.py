@@ -2,6 +2,7 @@
 and Carillon's own processes started here."""
 
 import os
+import socket
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -9,7 +10,7 @@ import requests
 from django.test import override_settings
 
 from sandbox.client import SandboxClient
-from tests.processes import ManagedProcess, free_port, python
+from tests.processes import ManagedProcess, free_port, python, wait_for
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,10 +51,23 @@ def sandbox(sandbox_process: SandboxClient) -> SandboxClient:
     return sandbox_process
 
 
+class CeleryWorker(ManagedProcess):
+    """A Celery worker process, with the node name it answers remote control under."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None, hostname: str) -> None:
+        super().__init__(name, argv, env=env)
+        self.hostname = hostname
+
+    def wait_ready(self) -> None:
+        self.wait_for_log(" ready.", timeout=90)
+
+
 def _celery_worker(
-    app: str, name: str, queues: str, env: dict[str, str] | None = None, concurrency: int = 1
-) -> ManagedProcess:
-    process = ManagedProcess(
+    app: str, name: str, queues: str, env: dict[str, str] | None = None, concurrency: int = 1, *, wait: bool = True
+) -> CeleryWorker:
+    """A Celery worker consuming `queues`, ready (unless `wait` is false: then call its
+    `wait_ready`, after starting others beside it: startups overlap)."""
+    process = CeleryWorker(
         name,
         python(
             "-m",
@@ -72,29 +86,46 @@ def _celery_worker(
             "--without-mingle",
             "--without-gossip",
         ),
-        env=env,
+        env,
+        f"{name}@{socket.gethostname()}",  # what celery makes of "%h"
     )
-    process.wait_for_log(" ready.", timeout=90)
+    if wait:
+        process.wait_ready()
     return process
 
 
 CHANNEL_QUEUES = "carillon.email,carillon.sms,carillon.analytics,carillon.inapp"
+# Broadcasts ride these: a test starts a worker on them when it needs one.
+BULK_QUEUES = "carillon.email.bulk,carillon.sms.bulk,carillon.analytics.bulk,carillon.inapp.bulk"
+EVERY_CHANNEL_QUEUE = f"{CHANNEL_QUEUES},{BULK_QUEUES}"
 
 
 @pytest.fixture(scope="session")
-def critical_worker(django_db_setup: None) -> Iterator[ManagedProcess]:
+def _app_workers(django_db_setup: None) -> Iterator[tuple[CeleryWorker, CeleryWorker]]:
+    """A worker of each app, started at once (their startups overlap)."""
+    workers = (
+        _celery_worker("config.celery", "test-critical", "carillon.default", wait=False),
+        _celery_worker("config.background", "test-background", "background", wait=False),
+    )
+    try:
+        for worker in workers:
+            worker.wait_ready()
+        yield workers
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+@pytest.fixture(scope="session")
+def critical_worker(_app_workers: tuple[CeleryWorker, CeleryWorker]) -> ManagedProcess:
     """A worker of the critical app, consuming RabbitMQ."""
-    process = _celery_worker("config.celery", "test-critical", "carillon.default")
-    yield process
-    process.stop()
+    return _app_workers[0]
 
 
 @pytest.fixture(scope="session")
-def background_worker(django_db_setup: None) -> Iterator[ManagedProcess]:
+def background_worker(_app_workers: tuple[CeleryWorker, CeleryWorker]) -> ManagedProcess:
     """A worker of the background app, consuming Redis."""
-    process = _celery_worker("config.background", "test-background", "background")
-    yield process
-    process.stop()
+    return _app_workers[1]
 
 
 @pytest.fixture(scope="session")
@@ -109,28 +140,147 @@ def daphne_url(django_db_setup: None) -> Iterator[str]:
     process.stop()
 
 
-@pytest.fixture
-def pipeline_env(sandbox: SandboxClient, daphne_url: str) -> dict[str, str]:
-    """Environment of Carillon processes wired to the sandbox and the test daphne."""
+@pytest.fixture(scope="session")
+def session_pipeline_env(sandbox_process: SandboxClient, daphne_url: str) -> dict[str, str]:
+    """Environment of Carillon processes wired to the sandbox and the test daphne: both
+    live for the whole session, so this is known once."""
     return {
         "CARILLON_PUBLIC_URL": daphne_url,
-        "EMAIL_URL": f"smtp://127.0.0.1:{sandbox.smtp_port}",
-        "TWILIO_API_BASE_URL": sandbox.url,
-        "MIXPANEL_API_BASE_URL": sandbox.url,
+        "EMAIL_URL": f"smtp://127.0.0.1:{sandbox_process.smtp_port}",
+        "TWILIO_API_BASE_URL": sandbox_process.url,
+        "MIXPANEL_API_BASE_URL": sandbox_process.url,
         "CARILLON_RETRY_BACKOFF_SECONDS": "1",
     }
 
 
 @pytest.fixture
-def start_pipeline_worker(pipeline_env: dict[str, str]) -> Iterator[Callable[..., ManagedProcess]]:
-    """Start critical workers on every channel queue; each is stopped after the test."""
+def pipeline_env(sandbox: SandboxClient, session_pipeline_env: dict[str, str]) -> dict[str, str]:
+    """The same environment, with the sandbox emptied for this test."""
+    return dict(session_pipeline_env)
+
+
+def _channel_queue_depths() -> dict[str, int]:
+    """Messages ready in each channel queue now (a passive declare counts them live,
+    where the management API's numbers are up to seconds old)."""
+    from config.celery import app as critical_app
+    from notifications.queues import topology_declare
+
+    with critical_app.connection_for_write() as connection:
+        topology_declare(connection)  # a fresh broker has none until a worker starts
+        channel = connection.default_channel
+        return {name: channel.queue_declare(queue=name, passive=True).message_count
+                for name in EVERY_CHANNEL_QUEUE.split(",")}
+
+
+def _channel_queues_purge() -> None:
+    from config.celery import app as critical_app
+    from notifications.queues import topology_declare
+
+    with critical_app.connection_for_write() as connection:
+        topology_declare(connection)
+        for name in EVERY_CHANNEL_QUEUE.split(","):
+            connection.default_channel.queue_purge(name)
+
+
+def _worker_busy(hostname: str) -> bool:
+    """Whether the worker holds a task: running, prefetched (unacknowledged) or waiting
+    for its ETA. No answer counts as busy."""
+    from config.celery import app as critical_app
+
+    inspect = critical_app.control.inspect(destination=[hostname], timeout=5.0, limit=1)
+    for held in (inspect.active(), inspect.reserved(), inspect.scheduled()):
+        if not held or held.get(hostname):
+            return True
+    return False
+
+
+def pipeline_settled(worker: CeleryWorker) -> bool:
+    """Nothing of the pipeline is left to happen: the channel queues are empty, `worker`
+    holds no task, and every delivery is final (a retry waiting in RabbitMQ's delayed
+    queues keeps its delivery pending or sending)."""
+    from notifications.models import Delivery
+
+    unfinished = Delivery.objects.filter(status__in=[Delivery.Status.PENDING, Delivery.Status.SENDING])
+    return (
+        not any(_channel_queue_depths().values())
+        and not _worker_busy(worker.hostname)
+        and not unfinished.exists()
+    )
+
+
+def wait_until_settled(worker: CeleryWorker, timeout: float = 30.0) -> None:
+    """Wait until nothing more can reach a provider (`pipeline_settled`), twice in a row:
+    a message on its way from RabbitMQ to the worker is in neither count for a moment."""
+    wait_for(lambda: pipeline_settled(worker) and pipeline_settled(worker), "the pipeline settled", timeout)
+
+
+class SharedPipelineWorker:
+    """The session's critical worker on every channel queue, started on first use. A test
+    that starts workers of its own (faults: SIGKILL, special environment) stops it first,
+    so that no message of that test goes to it."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.process: CeleryWorker | None = None
+        self.starts = 0
+
+    def running(self) -> CeleryWorker:
+        if self.process is None or self.process.process.poll() is not None:
+            self.stop()
+            self.process = _celery_worker(
+                "config.celery", f"pipeline-shared-{self.starts}", CHANNEL_QUEUES, env=self.env, concurrency=2
+            )
+            self.starts += 1
+        return self.process
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def shared_pipeline_worker(session_pipeline_env: dict[str, str]) -> Iterator[SharedPipelineWorker]:
+    shared = SharedPipelineWorker(session_pipeline_env)
+    yield shared
+    shared.stop()
+
+
+@pytest.fixture
+def pipeline_worker(
+    shared_pipeline_worker: SharedPipelineWorker, transactional_db: None, sandbox: SandboxClient,
+    pipeline_settings: None,
+) -> Iterator[CeleryWorker]:
+    """The session's pipeline worker, for a test that only needs one running. What an
+    earlier test left in the channel queues is purged first; afterwards the test waits
+    until the pipeline settled, so nothing of it runs into the next test (while its
+    database rows still exist). A worker that does not settle is replaced."""
+    _channel_queues_purge()
+    worker = shared_pipeline_worker.running()
+    yield worker
+    try:
+        wait_until_settled(worker)
+    except AssertionError:
+        shared_pipeline_worker.stop()
+        _channel_queues_purge()
+
+
+@pytest.fixture
+def start_pipeline_worker(
+    pipeline_env: dict[str, str], shared_pipeline_worker: SharedPipelineWorker
+) -> Iterator[Callable[..., ManagedProcess]]:
+    """Start critical workers on the transactional channel queues (or on `queues`); each
+    is stopped after the test. The shared worker is stopped first, and what an earlier
+    test left in the channel queues purged: the test's messages go to its own workers."""
+    shared_pipeline_worker.stop()
+    _channel_queues_purge()
     started: list[ManagedProcess] = []
 
-    def start(name: str = "pipeline-worker", **env: str) -> ManagedProcess:
+    def start(name: str = "pipeline-worker", queues: str = CHANNEL_QUEUES, **env: str) -> ManagedProcess:
         process = _celery_worker(
             "config.celery",
             f"{name}-{len(started)}",
-            CHANNEL_QUEUES,
+            queues,
             env={**pipeline_env, **env},
             concurrency=2,
         )
@@ -140,6 +290,15 @@ def start_pipeline_worker(pipeline_env: dict[str, str]) -> Iterator[Callable[...
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def relay_process(pipeline_env: dict[str, str]) -> Iterator[ManagedProcess]:
+    """The outbox relay, publishing what the fast path could not (RabbitMQ away)."""
+    process = ManagedProcess("relay", python("manage.py", "relay_outbox", "--poll", "0.2"), env=pipeline_env)
+    process.wait_for_log("relay: started")
+    yield process
+    process.stop()
 
 
 @pytest.fixture
@@ -156,9 +315,10 @@ def pipeline_settings(sandbox: SandboxClient, daphne_url: str) -> Iterator[None]
 
 
 def start_daphne(
-    name: str, env: dict[str, str] | None = None, port: int | None = None
+    name: str, env: dict[str, str] | None = None, port: int | None = None, *, wait: bool = True
 ) -> tuple[ManagedProcess, str]:
-    """A real daphne serving config.asgi (on a free port unless given), answering /healthz."""
+    """A real daphne serving config.asgi (on a free port unless given), answering /healthz
+    (unless `wait` is false: then `daphne_wait` it, after starting others beside it)."""
     port = port or free_port()
     process = ManagedProcess(
         name,
@@ -166,8 +326,13 @@ def start_daphne(
         env=env,
     )
     url = f"http://127.0.0.1:{port}"
-    process.wait_until(lambda: _answers(f"{url}/healthz"), f"{name} /healthz")
+    if wait:
+        daphne_wait(process, url)
     return process, url
+
+
+def daphne_wait(process: ManagedProcess, url: str) -> None:
+    process.wait_until(lambda: _answers(f"{url}/healthz"), f"{process.name} /healthz")
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """The operator's replay flow in the Django admin, in headless Chromium, against the real
 pipeline: a failed SMS is found by filter, replayed after a confirmation page, and sent once."""
 
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -25,12 +24,10 @@ def make_staff(username: str, *permissions: str) -> None:
 
 
 def test_an_operator_replays_a_failed_sms_from_the_admin_and_it_is_sent_once(
-    start_pipeline_worker: Callable[..., ManagedProcess],
-    pipeline_settings: None,
+    pipeline_worker: ManagedProcess,
     sandbox: SandboxClient,
     daphne_url: str,
 ) -> None:
-    start_pipeline_worker()
     make_staff("operator", "view_failedjob", "change_failedjob", "replay_failedjob")
     make_staff("viewer", "view_failedjob", "change_failedjob")
     sandbox.set_knobs("sms", fail_next=1, error_status=400)  # Twilio refuses it once: permanent

@@ -19,7 +19,6 @@ from typing import Any, cast
 import pytest
 import redis
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, IntervalSchedule, PeriodicTask, PeriodicTasks
@@ -35,10 +34,10 @@ from notifications.models import (
     FailedJob,
     Notification,
     OutboxMessage,
-    Recipient,
 )
 from realtime.history import history_trim_expired
 from sandbox.client import SandboxClient
+from tests.factories import recipient_user
 from tests.processes import ManagedProcess, python, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -262,9 +261,7 @@ def test_a_beat_stopped_cleanly_hands_over_at_once(start_beat: Callable[..., Man
 
 
 def make_user(username: str, frequency: str = "daily") -> Any:
-    user = get_user_model().objects.create_user(username, f"{username}@example.com", "pw")
-    Recipient.objects.create(user=user, digest_frequency=frequency)
-    return user
+    return recipient_user(username, digest_frequency=frequency)
 
 
 def notify(user: Any, title: str, created_at: datetime, *, read: bool = False) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from core.processes import ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.bench]
 
 
 def _bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -19,11 +19,13 @@ def _bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     )
 
 
-# Five scenarios with their processes take ~3 minutes on a quiet machine: the bench's own
-# 600 s limit, not the suite's 300 s default, decides when it is hung.
-@pytest.mark.timeout(600)
+# Five scenarios with their processes take ~3 minutes on a quiet machine, and platform/test
+# runs them beside both test passes (9-12 minutes on a shared 2-core machine, once more
+# than 600 s): the bench's own 1200 s limit, not the suite's 300 s default, decides when
+# it is hung.
+@pytest.mark.timeout(1200)
 def test_bench_quick_runs_every_scenario_beside_its_baseline_and_writes_its_files(tmp_path: Path) -> None:
-    result = _bench("--quick", "--out", str(tmp_path), timeout=600)
+    result = _bench("--quick", "--out", str(tmp_path), timeout=1200)
 
     assert result.returncode == 0, result.stdout + result.stderr
     summaries = {}

@@ -3,7 +3,6 @@
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +13,7 @@ from config.celery import app as critical_app
 from core.processes import ROOT
 from notifications.models import Event, FailedJob, OutboxMessage
 from notifications.queues import dead_letter_queues, topology_declare
-from tests.processes import ManagedProcess, free_port, python
+from tests.processes import ManagedProcess, free_port, python, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -60,10 +59,7 @@ def test_metrics_report_what_the_test_created() -> None:
         return [line for line in expected if line not in page]
 
     # The management API refreshes queue depths every few seconds, each queue on its own.
-    deadline = time.monotonic() + 60
-    while missing() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert missing() == []
+    wait_for(lambda: not missing(), "every expected line in the scrape", 60)
 
 
 def test_alert_rules_are_valid_and_use_only_metrics_carillon_exports() -> None:

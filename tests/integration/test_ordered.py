@@ -3,13 +3,13 @@ two daphne web processes receiving the chat platform's acks, and the sandbox's c
 platform counting arrival order per room. No timing assertion: every wait has a
 deadline that only turns a hang into a failure."""
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -17,20 +17,29 @@ import requests
 from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
+from config.celery import app as critical_app
 from rooms.models import ChatProvider, Room, RoomMessage
 from rooms.services.enqueue import room_create, room_message_enqueue
 from rooms.services.operator import room_message_skip
 from rooms.services.recovery import room_recover
 from sandbox.chat import chat_signed_headers
 from sandbox.client import SandboxClient
-from tests.integration.conftest import _celery_worker, start_daphne
-from tests.processes import ManagedProcess, rabbitmqctl
+from tests.integration.conftest import (
+    CeleryWorker,
+    _celery_worker,
+    _worker_busy,
+    daphne_wait,
+    start_daphne,
+)
+from tests.processes import ManagedProcess, rabbitmqctl, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 Status = RoomMessage.Status
 DONE = (Status.ACKED, Status.TIMED_OUT, Status.SKIPPED, Status.FAILED)
 SECRET = "sandbox-chat-secret"
+# Every wait has this deadline: it only turns a hang into a failure.
+ROOMS_TIMEOUT = 90.0
 
 
 @dataclass
@@ -39,29 +48,20 @@ class WebProcess:
     url: str
 
 
-@pytest.fixture(scope="module")
-def web_processes(django_db_setup: None) -> Iterator[list[WebProcess]]:
-    """Two daphne processes: the acks of one room land on either."""
-    processes = [WebProcess(*start_daphne(f"daphne-rooms-{index}")) for index in range(2)]
-    yield processes
-    for web in processes:
-        web.process.stop()
-
-
 @dataclass
 class RoomWorkers:
     """Room workers; each calls the platform with the callback URL of one web process."""
 
     sandbox_url: str
     web_urls: list[str]
-    processes: list[ManagedProcess]
+    processes: list[CeleryWorker]
     started: int = 0
 
-    def start(self) -> ManagedProcess:
+    def start(self, *, wait: bool = True) -> CeleryWorker:
         web_url = self.web_urls[self.started % len(self.web_urls)]
         process = _celery_worker(
             "config.celery", f"test-rooms-{self.started}", "carillon.rooms",
-            env={"CARILLON_PUBLIC_URL": web_url, "ROOMS_CHAT_API_URL": self.sandbox_url},
+            env={"CARILLON_PUBLIC_URL": web_url, "ROOMS_CHAT_API_URL": self.sandbox_url}, wait=wait,
         )
         self.started += 1
         self.processes.append(process)
@@ -69,19 +69,53 @@ class RoomWorkers:
 
 
 @pytest.fixture(scope="module")
-def room_workers(sandbox_process: SandboxClient, web_processes: list[WebProcess]) -> Iterator[RoomWorkers]:
-    workers = RoomWorkers(sandbox_process.url, [web.url for web in web_processes], [])
-    for _ in range(3):
-        workers.start()
-    yield workers
-    for process in workers.processes:
-        process.stop()
+def rooms_processes(
+    django_db_setup: None, sandbox_process: SandboxClient
+) -> Iterator[tuple[list[WebProcess], RoomWorkers]]:
+    """Two daphne processes and three room workers, all started at once (their startups
+    overlap; a worker needs only its daphne's URL until the tests send)."""
+    webs = [WebProcess(*start_daphne(f"daphne-rooms-{index}", wait=False)) for index in range(2)]
+    workers = RoomWorkers(sandbox_process.url, [web.url for web in webs], [])
+    starting = [workers.start(wait=False) for _ in range(3)]
+    try:
+        for web in webs:
+            daphne_wait(web.process, web.url)
+        for worker in starting:
+            worker.wait_ready()
+        yield webs, workers
+    finally:
+        for process in [*workers.processes, *(web.process for web in webs)]:
+            process.stop()
+
+
+@pytest.fixture(scope="module")
+def web_processes(rooms_processes: tuple[list[WebProcess], RoomWorkers]) -> list[WebProcess]:
+    """Two daphne processes: the acks of one room land on either."""
+    return rooms_processes[0]
+
+
+@pytest.fixture(scope="module")
+def room_workers(rooms_processes: tuple[list[WebProcess], RoomWorkers]) -> RoomWorkers:
+    return rooms_processes[1]
+
+
+def rooms_idle(workers: RoomWorkers) -> bool:
+    """No room task waits in the rooms queue or runs in a live room worker."""
+    with critical_app.connection_for_write() as connection:
+        waiting = connection.default_channel.queue_declare(queue="carillon.rooms", passive=True).message_count
+    live = [worker for worker in workers.processes if worker.process.poll() is None]
+    return not waiting and not any(_worker_busy(worker.hostname) for worker in live)
 
 
 @pytest.fixture
-def chat(sandbox: SandboxClient, room_workers: RoomWorkers) -> SandboxClient:
+def chat(sandbox: SandboxClient, room_workers: RoomWorkers, transactional_db: None) -> Iterator[SandboxClient]:
     sandbox.set_knobs("chat", callback_delay_ms=30, callback_jitter_ms=20)
-    return sandbox
+    yield sandbox
+    # Let the room workers finish what the test set going before the database is
+    # flushed: on PostgreSQL a worker's transaction and the flush's TRUNCATE can
+    # deadlock. Best effort: a timeout scheduled far ahead may still come later.
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: rooms_idle(room_workers), "the room workers idle", 30)
 
 
 def make_rooms(count: int, *, ack_timeout_ms: int = 20_000, policy: str = "proceed", resends: int = 0) -> list[Room]:
@@ -90,14 +124,6 @@ def make_rooms(count: int, *, ack_timeout_ms: int = 20_000, policy: str = "proce
     )
     tag = uuid.uuid4().hex[:6]
     return [room_create(provider_name=provider.name, recipient=f"{tag}-{n}") for n in range(count)]
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout}s: {what}")
-        time.sleep(0.1)
 
 
 def all_done(rooms: list[Room]) -> bool:
@@ -128,7 +154,7 @@ def test_order_is_kept_in_every_room_under_concurrency(
         for room in rooms:
             room_message_enqueue(room_id=room.pk, body=f"hello {room.recipient}")
 
-    wait_until(lambda: all_done(rooms), "every message acked")
+    wait_for(lambda: all_done(rooms), "every message acked", ROOMS_TIMEOUT)
 
     seen = chat.chat_rooms()
     assert seen["order_violations"] == 0
@@ -147,7 +173,7 @@ def test_lost_ack_times_out_then_the_next_message_goes(chat: SandboxClient) -> N
         for n in range(3):
             room_message_enqueue(room_id=room.pk, body=f"message {n}")
 
-    wait_until(lambda: all_done([proceed_room, resend_room]), "every message timed out")
+    wait_for(lambda: all_done([proceed_room, resend_room]), "every message timed out", ROOMS_TIMEOUT)
 
     seen = chat.chat_rooms()["rooms"]
     for room in (proceed_room, resend_room):
@@ -164,12 +190,12 @@ def test_duplicate_and_late_acks_change_nothing(
 ) -> None:
     (room,) = make_rooms(1, ack_timeout_ms=1000)
     first = room_message_enqueue(room_id=room.pk, body="acked")
-    wait_until(lambda: all_done([room]), "first message acked")
+    wait_for(lambda: all_done([room]), "first message acked", ROOMS_TIMEOUT)
     chat.set_knobs("chat", callback_loss_rate=1.0)
     late = room_message_enqueue(room_id=room.pk, body="times out")
-    wait_until(lambda: all_done([room]), "second message timed out")
+    wait_for(lambda: all_done([room]), "second message timed out", ROOMS_TIMEOUT)
     waiting = room_message_enqueue(room_id=room.pk, body="waits for its ack")
-    wait_until(lambda: bool(RoomMessage.objects.get(pk=waiting.pk).sent_at), "third message sent")
+    wait_for(lambda: bool(RoomMessage.objects.get(pk=waiting.pk).sent_at), "third message sent", ROOMS_TIMEOUT)
     before = Room.objects.get(pk=room.pk)
 
     answers = [post_ack(web.url, message).json()["status"] for web in web_processes for message in (first, late)]
@@ -186,7 +212,7 @@ def test_forged_webhooks_get_403_and_change_nothing(
     chat.set_knobs("chat", callback_loss_rate=1.0)
     (room,) = make_rooms(1)
     message = room_message_enqueue(room_id=room.pk, body="waits")
-    wait_until(lambda: bool(RoomMessage.objects.get(pk=message.pk).sent_at), "message sent")
+    wait_for(lambda: bool(RoomMessage.objects.get(pk=message.pk).sent_at), "message sent", ROOMS_TIMEOUT)
     before = Room.objects.get(pk=room.pk)
 
     forged = [post_ack(web.url, message, secret="guessed") for web in web_processes]
@@ -212,7 +238,7 @@ def test_a_slow_room_does_not_hold_back_the_others(chat: SandboxClient, room_wor
         for room in (*slow, *fast):
             room_message_enqueue(room_id=room.pk, body="hi")
 
-    wait_until(lambda: all_done(fast), "every fast room done")
+    wait_for(lambda: all_done(fast), "every fast room done", ROOMS_TIMEOUT)
 
     seen = chat.chat_rooms()
     assert seen["order_violations"] == 0
@@ -234,7 +260,7 @@ def test_a_worker_killed_mid_send_loses_nothing_and_reorders_nothing(
     chat.set_knobs("chat", latency_ms=2000, callback_delay_ms=3000, callback_jitter_ms=0)
     (room,) = make_rooms(1)
     first, *rest = [room_message_enqueue(room_id=room.pk, body=f"m{n}") for n in range(3)]
-    wait_until(lambda: room.recipient in chat.chat_rooms()["rooms"], "first message at the platform")
+    wait_for(lambda: room.recipient in chat.chat_rooms()["rooms"], "first message at the platform", ROOMS_TIMEOUT)
     sending = [p for p in room_workers.processes
                if p.process.poll() is None and f"sending message {first.pk} attempt 1" in p.log()]
     assert len(sending) == 1
@@ -248,7 +274,7 @@ def test_a_worker_killed_mid_send_loses_nothing_and_reorders_nothing(
     chat.set_knobs("chat", latency_ms=0, callback_delay_ms=30)
     room_workers.start()  # keep the pool at strength for whatever runs next
 
-    wait_until(lambda: all_done([room]), "every message acked")
+    wait_for(lambda: all_done([room]), "every message acked", ROOMS_TIMEOUT)
 
     seen = chat.chat_rooms()["rooms"][room.recipient]
     assert seen["arrivals"] == [1, 2, 3]
@@ -283,7 +309,7 @@ def test_a_message_enqueued_while_rabbitmq_is_down_is_sent_once_by_the_recovery_
         room_recover(stalled_after_s=0)  # what beat runs every minute
         return all_done([room])
 
-    wait_until(swept_and_acked, "the recovery sweep sends the message and it is acked")
+    wait_for(swept_and_acked, "the recovery sweep sends the message and it is acked", ROOMS_TIMEOUT)
 
     assert statuses(room) == [Status.ACKED]
     assert chat.chat_rooms()["rooms"][room.recipient]["arrivals"] == [1]

@@ -2,22 +2,21 @@
 
 import asyncio
 import re
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from notifications.models import Delivery, Event, FailedJob, Notification, OutboxMessage, Recipient
+from notifications.models import Delivery, Event, FailedJob, Notification, OutboxMessage
 from notifications.services.events import event_publish
 from notifications.services.failed_jobs import failed_job_replay
 from realtime.history import HistoryRead, ahistory_since
 from realtime.services import async_client
 from realtime.topics import topic_parse, user_topic
 from sandbox.client import SandboxClient
-from tests.processes import ManagedProcess, wait_for
+from tests.factories import recipient_user
+from tests.integration.conftest import CeleryWorker, wait_until_settled
+from tests.processes import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -25,9 +24,7 @@ RESET_URL = "https://carillon.example.com/reset/abc"
 
 
 def make_user(username: str = "ada", phone: str = "+15551230001") -> Any:
-    user = get_user_model().objects.create_user(username, f"{username}@example.com", "pw")
-    Recipient.objects.create(user=user, phone_number=phone)
-    return user
+    return recipient_user(username, phone_number=phone)
 
 
 def statuses(event: Event) -> dict[str, str]:
@@ -44,14 +41,12 @@ def user_topic_history(user_id: int, *, last_id: int) -> HistoryRead:
 
 
 @pytest.fixture
-def worker(
-    start_pipeline_worker: Callable[..., ManagedProcess], pipeline_settings: None
-) -> ManagedProcess:
-    return start_pipeline_worker()
+def worker(pipeline_worker: CeleryWorker) -> CeleryWorker:
+    return pipeline_worker
 
 
 def test_event_published_in_a_transaction_reaches_every_subscriber_once(
-    worker: ManagedProcess, sandbox: SandboxClient
+    worker: CeleryWorker, sandbox: SandboxClient
 ) -> None:
     user = make_user()
     pushed_before = user_topic_history(user.pk, last_id=0).latest_id
@@ -71,12 +66,12 @@ def test_event_published_in_a_transaction_reaches_every_subscriber_once(
     assert pushed["event"] == "notification.created"
     assert pushed["data"]["notification"]["id"] == notification.pk and pushed["data"]["unread_count"] == 1
     assert not OutboxMessage.objects.filter(event=event, published_at__isnull=True).exists()
-    time.sleep(1)  # nothing more arrives later: once means once
+    wait_until_settled(worker)  # nothing more can arrive later: once means once
     assert len(sandbox.received("email")) == len(sandbox.received("mixpanel")) == 1
 
 
 def test_password_reset_sms_is_confirmed_delivered_by_the_signed_callback(
-    worker: ManagedProcess, sandbox: SandboxClient
+    worker: CeleryWorker, sandbox: SandboxClient
 ) -> None:
     user = make_user()
     sandbox.set_knobs("sms", callback_delay_ms=20)
@@ -93,7 +88,7 @@ def test_password_reset_sms_is_confirmed_delivered_by_the_signed_callback(
     assert all(call["http_status"] == 204 for call in sms["callbacks"])
 
 
-def test_rolled_back_transaction_sends_nothing(worker: ManagedProcess, sandbox: SandboxClient) -> None:
+def test_rolled_back_transaction_sends_nothing(worker: CeleryWorker, sandbox: SandboxClient) -> None:
     user = make_user()
 
     with pytest.raises(RuntimeError), transaction.atomic():
@@ -101,12 +96,12 @@ def test_rolled_back_transaction_sends_nothing(worker: ManagedProcess, sandbox: 
         raise RuntimeError("the caller's business logic failed")
 
     assert not Event.objects.exists() and not OutboxMessage.objects.exists()
-    time.sleep(1)
+    wait_until_settled(worker)  # nothing queued, nothing held by the worker
     assert sandbox.received("email") == [] and sandbox.received("mixpanel") == []
 
 
 def test_provider_5xx_is_retried_with_backoff_and_then_succeeds(
-    worker: ManagedProcess, sandbox: SandboxClient
+    worker: CeleryWorker, sandbox: SandboxClient
 ) -> None:
     user = make_user()
     sandbox.set_knobs("sms", fail_next=2, error_status=503)
@@ -130,7 +125,7 @@ def reset_whose_sms_fails(sandbox: SandboxClient, *, times: int) -> tuple[Event,
 
 
 def test_provider_4xx_fails_at_once_into_a_failed_job_and_dead_letter(
-    worker: ManagedProcess, sandbox: SandboxClient
+    worker: CeleryWorker, sandbox: SandboxClient
 ) -> None:
     event, failed = reset_whose_sms_fails(sandbox, times=1)
 
@@ -144,7 +139,7 @@ def test_provider_4xx_fails_at_once_into_a_failed_job_and_dead_letter(
 
 
 def test_a_replay_that_fails_again_is_a_new_failed_job_that_can_be_replayed(
-    worker: ManagedProcess, sandbox: SandboxClient
+    worker: CeleryWorker, sandbox: SandboxClient
 ) -> None:
     event, first = reset_whose_sms_fails(sandbox, times=2)
 
@@ -162,7 +157,7 @@ def test_a_replay_that_fails_again_is_a_new_failed_job_that_can_be_replayed(
     assert len(sandbox.received("sms")) == 1  # each replay sent at most once: two refused, one taken
 
 
-def test_replay_of_a_job_that_had_succeeded_sends_nothing_new(worker: ManagedProcess, sandbox: SandboxClient) -> None:
+def test_replay_of_a_job_that_had_succeeded_sends_nothing_new(worker: CeleryWorker, sandbox: SandboxClient) -> None:
     user = make_user()
     event = event_publish(type="account.created", data={"user_id": user.pk})
     wait_for(lambda: statuses(event).get("transactional_email") == "sent", "email sent")
@@ -182,7 +177,7 @@ def test_replay_of_a_job_that_had_succeeded_sends_nothing_new(worker: ManagedPro
 
 
 def test_analytics_of_many_events_go_to_mixpanel_in_few_requests(
-    worker: ManagedProcess, sandbox: SandboxClient
+    worker: CeleryWorker, sandbox: SandboxClient
 ) -> None:
     owners = [make_user(f"owner{n}", f"+1555000000{n}") for n in range(8)]
 

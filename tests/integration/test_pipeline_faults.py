@@ -2,7 +2,7 @@
 while events are published, a message that kills every worker that takes it."""
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -43,14 +43,6 @@ def test_worker_killed_in_the_middle_of_a_send_loses_nothing_and_sends_no_duplic
     assert delivery.provider_response == {"recovered": True}
     assert len(sandbox.received("sms")) == 1
     assert len(sandbox.received("email")) == 1
-
-
-@pytest.fixture
-def relay_process(pipeline_env: dict[str, str]) -> Iterator[ManagedProcess]:
-    process = ManagedProcess("relay", python("manage.py", "relay_outbox", "--poll", "0.2"), env=pipeline_env)
-    process.wait_for_log("relay: started")
-    yield process
-    process.stop()
 
 
 def test_rabbitmq_stopped_while_events_are_published_loses_nothing(

@@ -3,7 +3,6 @@
 import http.server
 import smtplib
 import threading
-import time
 import urllib.parse
 from collections.abc import Iterator
 from email.utils import make_msgid
@@ -20,6 +19,7 @@ from twilio.request_validator import RequestValidator
 from notifications.providers.mixpanel.client import mixpanel_client, mixpanel_consumer
 from notifications.providers.twilio.client import twilio_client
 from sandbox.client import SandboxClient
+from tests.processes import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -38,10 +38,7 @@ class CallbackReceiver(http.server.ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}/api/webhooks/twilio/"
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while len(self.calls) < count and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return self.calls
+        return wait_for(lambda: self.calls if len(self.calls) >= count else None, f"{count} callbacks", timeout)
 
 
 class _RecordingHandler(http.server.BaseHTTPRequestHandler):
@@ -163,9 +160,11 @@ def test_twilio_lost_callbacks_never_arrive(
         to="+15551230001", from_="+15005550006", body="hi", status_callback=callback_receiver.url
     )
 
-    time.sleep(0.3)
+    # The sandbox takes each status, then posts its callback and waits for the answer
+    # before the next: by the time the message is delivered, the "queued" and "sent"
+    # callbacks would have arrived had they not been lost.
+    wait_for(lambda: twilio_client().messages(message.sid).fetch().status == "delivered", "the message delivered")
     assert callback_receiver.calls == []
-    assert twilio_client().messages(message.sid).fetch().status == "delivered"
 
 
 def test_mixpanel_track_deduplicates_on_insert_id(sandbox_settings: SandboxClient) -> None:

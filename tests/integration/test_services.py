@@ -1,14 +1,10 @@
-"""The real services are reachable through Django, both Celery apps and Channels."""
+"""The real services are reachable through Django, both Celery apps and daphne."""
 
 import platform
-import uuid
 from typing import Any
 
 import pytest
 import requests
-from asgiref.sync import async_to_sync
-from channels_redis.pubsub import RedisPubSubChannelLayer
-from django.conf import settings
 from django.test import Client, override_settings
 
 from config.background import app as background_app
@@ -71,25 +67,6 @@ def test_background_app_round_trip_through_redis(background_worker: object) -> N
 
     assert answer["app"] == "background"
     assert answer["python"] == platform.python_version()
-
-
-def test_channel_layer_carries_a_group_message_between_two_processes_worth_of_layers() -> None:
-    # Two layer instances stand for two frontend processes sharing Redis pub/sub.
-    hosts = [settings.REDIS_URL]
-    sender, receiver = RedisPubSubChannelLayer(hosts=hosts), RedisPubSubChannelLayer(hosts=hosts)
-    group = f"test-{uuid.uuid4().hex}"
-
-    async def exchange() -> dict[str, str]:
-        channel = await receiver.new_channel()
-        await receiver.group_add(group, channel)
-        await sender.group_send(group, {"type": "notify", "text": "hello"})
-        try:
-            return await receiver.receive(channel)
-        finally:
-            await sender.flush()
-            await receiver.flush()
-
-    assert async_to_sync(exchange)() == {"type": "notify", "text": "hello"}
 
 
 def test_daphne_serves_django_and_reports_ready(daphne_url: str) -> None:

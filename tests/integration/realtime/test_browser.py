@@ -19,9 +19,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 def test_a_logged_in_user_sees_notifications_live_and_what_was_missed_after_a_restart(
-    start_pipeline_worker: Callable[..., ManagedProcess], pipeline_settings: None
+    pipeline_worker: ManagedProcess,  # the in-app channel creates Notifications and pushes them
 ) -> None:
-    start_pipeline_worker()  # the in-app channel creates Notifications and pushes them
     user = get_user_model().objects.create_user("grace", "grace@example.com", "pw-grace-123")
     # Playwright's sync API runs an event loop in its thread, where Django refuses the ORM:
     # the browser gets a thread of its own and the ORM stays here, reached through `orm`.

@@ -2,7 +2,6 @@
 
 import asyncio
 import uuid
-from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -10,17 +9,12 @@ import redis.asyncio as aioredis
 from realtime.hub import get_hub
 from realtime.services import arealtime_publish
 from realtime.topics import Topic
-from tests.processes import free_port
+from tests.processes import await_for, free_port
 from tests.unit.realtime.conftest import RecordingSink
 
 pytestmark = pytest.mark.integration
 
 
-async def until(check: Callable[[], bool]) -> None:
-    for _ in range(100):
-        if check():
-            return
-        await asyncio.sleep(0.05)
 
 
 def fresh_topic() -> Topic:
@@ -36,17 +30,17 @@ def test_a_subscriber_from_now_on_a_followed_topic_needs_no_history_read(start: 
         hub = get_hub()
         early = RecordingSink()
         hub.subscribe(early, topic, None)
-        await until(lambda: ("subscribed", 0) in early.seen())
+        await await_for(lambda: ("subscribed", 0) in early.seen(), "the early subscriber subscribed", 5)
         for number in (1, 2):
             await arealtime_publish(topic=str(topic), event="e", data={"n": number})
-        await until(lambda: len(early.seen()) == 3)
+        await await_for(lambda: len(early.seen()) == 3, "three frames to the early subscriber", 5)
         # History reads now go to a Redis that is not there: only what the hub already
         # knows of the topic can answer the late subscriber.
         hub._history = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
         late = RecordingSink()
         hub.subscribe(late, topic, start)
         await arealtime_publish(topic=str(topic), event="e", data={"n": 3})
-        await until(lambda: len(late.seen()) == 2)
+        await await_for(lambda: len(late.seen()) == 2, "two frames to the late subscriber", 5)
         return late.seen()
 
     assert asyncio.run(scenario()) == [("subscribed", 2), ("message", 3)]
@@ -62,10 +56,10 @@ def test_first_subscriptions_to_two_topics_at_once_both_hold() -> None:
         sinks = [RecordingSink(), RecordingSink()]
         for sink, topic in zip(sinks, topics, strict=True):
             hub.subscribe(sink, topic, None)
-        await until(lambda: all(len(s.seen()) == 1 for s in sinks))
+        await await_for(lambda: all(len(s.seen()) == 1 for s in sinks), "one frame to every sink", 5)
         for topic in topics:
             await arealtime_publish(topic=str(topic), event="e", data={"n": 1})
-        await until(lambda: all(len(s.seen()) == 2 for s in sinks))
+        await await_for(lambda: all(len(s.seen()) == 2 for s in sinks), "two frames to every sink", 5)
         return [s.seen() for s in sinks]
 
     assert asyncio.run(scenario()) == [[("subscribed", 0), ("message", 1)]] * 2

@@ -1,7 +1,6 @@
 """Presence across processes, debounced, readable over the API and as events."""
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 import redis
@@ -16,6 +15,7 @@ from realtime.presence import ProcessPresence
 from realtime.topics import presence_key, presence_state_key
 from tests.integration.conftest import start_daphne
 from tests.integration.realtime.clients import WsClient
+from tests.processes import await_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -90,25 +90,18 @@ def test_one_process_is_one_member_per_user_and_rewrites_what_redis_lost() -> No
     sync = redis.Redis.from_url(settings.REALTIME_REDIS_URL)
     sync.delete(*keys)
 
-    async def until(check: Callable[[], bool]) -> None:
-        for _ in range(100):
-            if check():
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError("presence never reached the expected state in Redis")
-
     async def scenario() -> None:
         presence = ProcessPresence()
         for _ in range(300):  # one user's connections on one process: one member
             presence.join(user_id)
-        await until(lambda: sync.zcard(keys[0]) == 1 and sync.get(keys[1]) == b"online")
+        await await_for(lambda: sync.zcard(keys[0]) == 1 and sync.get(keys[1]) == b"online", "one member, online", 5)
         sync.delete(*keys)  # Redis restarted without its data
-        await until(lambda: sync.zcard(keys[0]) == 1 and sync.get(keys[1]) == b"online")
+        await await_for(lambda: sync.zcard(keys[0]) == 1 and sync.get(keys[1]) == b"online", "one member, online", 5)
         for _ in range(299):
             presence.leave(user_id)
         await asyncio.sleep(0.6)  # past the grace period: one connection is left
         assert sync.zcard(keys[0]) == 1
         presence.leave(user_id)
-        await until(lambda: sync.zcard(keys[0]) == 0 and sync.get(keys[1]) is None)
+        await await_for(lambda: sync.zcard(keys[0]) == 0 and sync.get(keys[1]) is None, "no member, offline", 5)
 
     asyncio.run(scenario())

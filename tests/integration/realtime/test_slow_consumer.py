@@ -21,7 +21,7 @@ from tests.integration.realtime.clients import (
     ws_request,
     ws_server_frames,
 )
-from tests.integration.test_ordered import wait_until
+from tests.processes import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -46,7 +46,7 @@ def flood_until_gone(topic: str, reader: RawClient) -> int:
             reader.read_until(f'"n":{n},'.encode())
             if connection_gone(topic):
                 break
-    wait_until(lambda: connection_gone(topic), "the server lets the stalled client go", 30)
+    wait_for(lambda: connection_gone(topic), "the server lets the stalled client go", 30)
     return total
 
 

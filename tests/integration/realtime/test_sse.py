@@ -8,12 +8,12 @@ import aiohttp
 import pytest
 import redis
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 
 from realtime.auth import realtime_token_create
 from realtime.services import realtime_publish
 from realtime.topics import pubsub_channel, topic_parse
+from tests.factories import UserFactory
 from tests.integration.realtime.clients import TIMEOUT, EventSource, latest_id, sse_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 @pytest.fixture
 def alice() -> AbstractBaseUser:
-    return get_user_model().objects.create_user("alice", password="pw-alice-123")
+    return UserFactory.create(username="alice", password="pw-alice-123")
 
 
 def test_each_event_is_streamed_at_once_and_the_id_resumes_every_topic(

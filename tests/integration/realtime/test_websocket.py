@@ -9,13 +9,13 @@ import aiohttp
 import pytest
 import redis
 from django.conf import settings as django_settings
-from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 
 from realtime.auth import realtime_token_create
 from realtime.consumers import CLOSE_BAD_FRAME, CLOSE_BAD_TOKEN, CLOSE_NOT_FOUND
 from realtime.services import realtime_publish
 from realtime.topics import pubsub_channel, topic_parse
+from tests.factories import UserFactory
 from tests.integration.conftest import start_daphne
 from tests.integration.realtime.clients import TIMEOUT, WsClient, latest_id, messages
 from tests.integration.test_operations import TOKEN, scrape
@@ -29,12 +29,12 @@ def room() -> str:
 
 @pytest.fixture
 def alice() -> AbstractBaseUser:
-    return get_user_model().objects.create_user("alice", password="pw-alice-123")
+    return UserFactory.create(username="alice", password="pw-alice-123")
 
 
 @pytest.fixture
 def bob() -> AbstractBaseUser:
-    return get_user_model().objects.create_user("bob", password="pw-bob-123")
+    return UserFactory.create(username="bob", password="pw-bob-123")
 
 
 def token(user: AbstractBaseUser) -> str:

@@ -12,6 +12,7 @@ from rest_framework.test import APIClient
 
 from notifications.digests import digest_due_user_ids, digest_prepare, digest_send
 from notifications.models import Digest, Notification, Recipient
+from tests.factories import recipient_user
 
 pytestmark = pytest.mark.django_db
 
@@ -19,10 +20,8 @@ PARIS = ZoneInfo("Europe/Paris")
 
 
 @pytest.fixture
-def ada(django_user_model: Any) -> Any:
-    user = django_user_model.objects.create_user("ada", "ada@example.com")
-    Recipient.objects.create(user=user, digest_frequency="daily")
-    return user
+def ada() -> Any:
+    return recipient_user("ada", digest_frequency="daily")
 
 
 def notify(user: Any, title: str, at: datetime, *, read: bool = False) -> Notification:
@@ -82,8 +81,7 @@ def test_a_second_run_sends_nothing_and_a_late_run_covers_the_gap_once(ada: Any)
 
 
 def test_digest_sends_nothing_for_users_who_chose_off_or_nothing_unread(ada: Any, django_user_model: Any) -> None:
-    quiet = django_user_model.objects.create_user("quiet", "quiet@example.com")
-    Recipient.objects.create(user=quiet, digest_frequency="off")
+    quiet = recipient_user("quiet", digest_frequency="off")
     notify(quiet, "never digested", at(22, 10))
 
     assert run_digests(at(23, 7)) == []
