@@ -45,6 +45,22 @@ def test_worker_killed_in_the_middle_of_a_send_loses_nothing_and_sends_no_duplic
     assert len(sandbox.received("email")) == 1
 
 
+def test_after_a_rabbitmq_restart_the_next_event_is_published_at_once(
+    pipeline_settings: None,
+) -> None:
+    user = make_user("restart", "+15551230009")
+    with transaction.atomic():
+        event_publish(type="account.created", data={"user_id": user.pk})  # the pool's connection is up
+    rabbitmqctl("stop_app")
+    rabbitmqctl("start_app")
+
+    with transaction.atomic():
+        after = event_publish(type="account.created", data={"user_id": user.pk})
+
+    # No relay runs here: only the fast path can have published it.
+    assert not OutboxMessage.objects.filter(event=after, published_at__isnull=True).exists()
+
+
 def test_rabbitmq_stopped_while_events_are_published_loses_nothing(
     start_pipeline_worker: Callable[..., ManagedProcess],
     pipeline_settings: None,
