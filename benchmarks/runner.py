@@ -33,6 +33,9 @@ class Options:
     loadgens: int | None = None
     servers: int | None = None
     uvicorn: bool = False  # fanout, connections: also serve Carillon with uvicorn, beside daphne
+    recipients: int | None = None  # broadcast: users in the audience
+    channels: tuple[str, ...] | None = None  # broadcast: the channels sent and measured
+    chunk_size: int | None = None  # broadcast: CARILLON_BROADCAST_CHUNK_SIZE of its worker
 
 
 @dataclass
@@ -105,9 +108,10 @@ def machine() -> dict[str, Any]:
 
 
 def report_write(*, out: Path, scenario: str, label: str, series: list[Series], config: dict[str, Any],
-                 ratios: dict[str, Any] | None = None) -> dict[str, Any]:
+                 ratios: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write one run's files: an .hgrm per series (latency, and service time when recorded),
-    the JSON summary and the PNG overlaying Carillon and its baseline. Return the summary."""
+    the JSON summary (with `extra`'s keys: a scenario's own results) and the PNG overlaying
+    Carillon and its baseline. Return the summary."""
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{scenario}-{_slug(label)}-{time.strftime('%Y%m%d-%H%M%S')}"
     files = []
@@ -131,6 +135,7 @@ def report_write(*, out: Path, scenario: str, label: str, series: list[Series], 
         "series": [item.summary() for item in series],
         "ratios": ratios or {},
         "files": files,
+        **(extra or {}),
     }
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

@@ -30,4 +30,5 @@ SCENARIOS: dict[str, Scenario] = {
     "fanout": Scenario("benchmarks.scenarios.fanout:fanout_scenario"),
     "connections": Scenario("benchmarks.scenarios.connections:connections_scenario"),
     "ordered": Scenario("benchmarks.scenarios.ordered:ordered_scenario", needs_rabbitmq=True),
+    "broadcast": Scenario("benchmarks.scenarios.broadcast:broadcast_scenario", needs_rabbitmq=True),
 }

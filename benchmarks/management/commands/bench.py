@@ -53,6 +53,13 @@ def _not_negative(text: str) -> float:
     return value
 
 
+def _channels(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r} names no channel (e.g. inapp,email)")
+    return names
+
+
 class Command(BaseCommand):
     help = "Benchmark a scenario beside its raw baseline, open loop (see docs/benchmarks.md)."
 
@@ -70,6 +77,13 @@ class Command(BaseCommand):
         parser.add_argument("--servers", type=_positive(int), help="server processes (fanout, connections)")
         parser.add_argument("--uvicorn", action="store_true",
                             help="fanout, connections: also serve Carillon with uvicorn beside daphne (is daphne the limit?)")
+        parser.add_argument("--recipients", type=_positive(int), help="broadcast: users in the audience (10,000)")
+        parser.add_argument("--channels", type=_channels, help="broadcast: channels, comma-separated (inapp,email)")
+        parser.add_argument("--chunk-size", type=_positive(int),
+                            help="broadcast: recipients per chunk (CARILLON_BROADCAST_CHUNK_SIZE, 500)")
+        parser.add_argument("--database", metavar="URL",
+                            help="a PostgreSQL server (postgres://user@host:port/db) to run on instead of SQLite: "
+                                 "the run creates a database of its own there and drops it at the end")
 
     def handle(self, *args: Any, **options: Any) -> None:
         scenario: str | None = options["scenario"]
@@ -79,7 +93,7 @@ class Command(BaseCommand):
         if os.environ.get(INNER):
             self._run(names, options)
         else:
-            self._run_isolated(names)
+            self._run_isolated(names, database=options["database"])
 
     def _run(self, names: list[str], options: dict[str, Any]) -> None:
         quick = options["quick"]
@@ -87,7 +101,8 @@ class Command(BaseCommand):
             rate=options["rate"], size=options["size"], connections=options["connections"],
             duration=2.0 if quick else options["duration"], warmup=0.5 if quick else options["warmup"],
             out=options["out"], quick=quick, loadgens=options["loadgens"], servers=options["servers"],
-            uvicorn=options["uvicorn"],
+            uvicorn=options["uvicorn"], recipients=options["recipients"], channels=options["channels"],
+            chunk_size=options["chunk_size"],
         )
         call_command("migrate", verbosity=0)
         for name in names:
@@ -109,13 +124,24 @@ class Command(BaseCommand):
             )
         if summary["ratios"]:
             self.stdout.write(f"   ratios {summary['ratios']}")
+        for goal, outcome in summary.get("goals", {}).items():
+            figures = ", ".join(f"{key} {value}" for key, value in outcome.items() if key != "met")
+            self.stdout.write(f"   goal {goal}: {figures} -> {'met' if outcome['met'] else 'NOT met'}")
+        if "checks" in summary:
+            checks = {key: value for key, value in summary["checks"].items() if key != "progress"}
+            self.stdout.write(f"   checks {checks}")
 
-    def _run_isolated(self, names: list[str]) -> None:
+    def _run_isolated(self, names: list[str], *, database: str | None) -> None:
         work = BASE_DIR / ".run" / f"bench-{os.getpid()}"
         work.mkdir(parents=True, exist_ok=True)
+        database_url = f"sqlite:///{work / 'bench.sqlite3'}"
+        postgres = None
+        if database:
+            postgres = f"carillon_bench_{os.getpid()}"
+            database_url = self._postgres_create(database, postgres)
         redis, redis_url = redis_start(work=work, log_dir=LOG_DIR)
         env = {
-            "DATABASE_URL": f"sqlite:///{work / 'bench.sqlite3'}",
+            "DATABASE_URL": database_url,
             "REDIS_URL": redis_url,
             "REALTIME_REDIS_URL": redis_url,
             "CARILLON_BENCH_REDIS_PID": str(redis.process.pid),
@@ -143,7 +169,30 @@ class Command(BaseCommand):
             redis.stop()
             if vhost:
                 self._vhost_delete(vhost)
+            if database and postgres:
+                self._postgres_drop(database, postgres)
             shutil.rmtree(work, ignore_errors=True)
+
+    def _postgres_admin(self, server: str) -> Any:
+        import psycopg
+
+        parts = urlsplit(server)
+        try:
+            return psycopg.connect(urlunsplit(("postgresql", parts.netloc, "/postgres", "", "")), autocommit=True)
+        except psycopg.Error as exc:
+            raise CommandError(f"--database: cannot reach PostgreSQL at {parts.hostname}:{parts.port} ({exc}); "
+                               "start one (platform/test starts the suite's) or fix the URL") from exc
+
+    def _postgres_create(self, server: str, name: str) -> str:
+        """A database of the run's own on that server; answer its URL."""
+        with self._postgres_admin(server) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        parts = urlsplit(server)
+        return urlunsplit(("postgres", parts.netloc, f"/{name}", "", ""))
+
+    def _postgres_drop(self, server: str, name: str) -> None:
+        with self._postgres_admin(server) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def _vhost_create(self, vhost: str) -> str:
         base = settings.RABBITMQ_MANAGEMENT_URL.rstrip("/")  # requests takes its user:password

@@ -1,0 +1,249 @@
+"""`broadcast`: one `product.announcement` to N users, planned into chunks and sent on the
+bulk lane, beside N raw Celery no-op tasks on the same broker and the same kind of worker.
+
+Not open loop: a broadcast is a burst by nature (one publish, N × channels deliveries), so
+each series is timed from one start: the publish (Carillon) or the first of N no-ops
+published as fast as one process can (raw Celery). Latency is receipt − start: the moment
+each delivery was accepted by its provider (`sent_at`), or each no-op's body ran.
+
+- raw Celery: `bench_noop` × N (acks_late, quorum queue), consumed by the worker below;
+- Carillon: `event_publish` in a transaction with `audience=group_members` of a fresh group
+  of N users; the worker plans it into chunks of CARILLON_BROADCAST_CHUNK_SIZE and sends
+  each chunk (email over one SMTP session to the sandbox, in-app rows in bulk + Redis).
+
+The worker (concurrency 2) consumes the bulk queues of the channels asked and
+`carillon.default` (the no-ops). Its CPU per delivery is compared with its CPU per no-op
+(the broadcast issue's goal: ≤ 0.5x). The sandbox must have N distinct Message-IDs and no
+duplicate, and the database N in-app notifications: the run says so, it does not assert.
+"""
+
+import logging
+import os
+import time
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Max
+
+from benchmarks.hdr import histogram_encode, histogram_new, histogram_record
+from benchmarks.runner import LOG_DIR, Options, Series, ratio, report_write
+from benchmarks.servers import cpu_seconds
+from core.processes import ManagedProcess, free_port, python
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RECIPIENTS = 10_000
+QUICK_RECIPIENTS = 200
+CHANNELS = ("inapp", "email")  # product.announcement's subscribers (notifications/subscribers.py)
+CONCURRENCY = 2
+USER_BATCH = 5_000
+# The issue's goals: 100,000 recipients in ≤ 30 s in-app, ≤ 120 s email; worker CPU per
+# broadcast delivery ≤ 0.5x a no-op task's.
+GOAL_SECONDS_PER_100K = {"inapp": 30.0, "email": 120.0}
+GOAL_CPU_RATIO = 0.5
+FINAL = ("sent", "delivered", "undelivered", "failed", "skipped", "cancelled")
+
+
+def _audience_create(recipients: int) -> tuple[str, list[int]]:
+    """N fresh users with emails in one fresh auth group; answer the group's name and ids."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    User = get_user_model()  # noqa: N806
+    stamp = time.time_ns()
+    group = Group.objects.create(name=f"bench-broadcast-{stamp}")
+    ids: list[int] = []
+    for start in range(0, recipients, USER_BATCH):
+        users = User.objects.bulk_create(
+            [User(username=f"bcast-{stamp}-{n}", email=f"bcast{n}.{stamp}@example.com")
+             for n in range(start, min(start + USER_BATCH, recipients))]
+        )
+        ids += [user.pk for user in users]
+        User.groups.through.objects.bulk_create(
+            [User.groups.through(user_id=user.pk, group_id=group.pk) for user in users]
+        )
+    return group.name, ids
+
+
+def _noop_series(recipients: int, worker: list[int]) -> tuple[Series, float]:
+    """N no-op tasks published at once; each one's receipt − the burst's start."""
+    from benchmarks.baseline_tasks import RECEIPTS_KEY, _redis, bench_noop
+    from notifications.queues import DEFAULT_QUEUE_NAME
+
+    _redis().delete(RECEIPTS_KEY)
+    cpu = cpu_seconds(worker)
+    start = time.time()
+    for _ in range(recipients):
+        bench_noop.apply_async(args=(start, time.time()), queue=DEFAULT_QUEUE_NAME)
+    published = time.time() - start
+    deadline = time.monotonic() + 60 + recipients / 100
+    while _redis().llen(RECEIPTS_KEY) < recipients and time.monotonic() < deadline:
+        time.sleep(0.2)
+    used = cpu_seconds(worker) - cpu
+    rows = [tuple(map(float, raw.split())) for raw in _redis().lrange(RECEIPTS_KEY, 0, -1)]
+    _redis().delete(RECEIPTS_KEY)
+    latency = histogram_new()
+    for received, _, _ in rows:
+        histogram_record(latency, received - start)
+    last = max((row[0] for row in rows), default=start) - start
+    series = Series.merged(
+        "raw Celery no-op task", [{"latency": histogram_encode(latency), "sent": recipients, "received": len(rows)}],
+        asked_rate=0.0, seconds=last, server={"cpu_seconds": round(used, 3), "processes": len(worker)},
+        worker_cpu_ms_per_item=round(used / max(len(rows), 1) * 1000, 3), seconds_to_last=round(last, 2),
+        publish_seconds=round(published, 2), missing=recipients - len(rows),
+    )
+    return series, used / max(len(rows), 1)
+
+
+def _progress_poll(event: Any, *, channels: list[str], recipients: int, start: float,
+                   timeout: float) -> list[dict[str, Any]]:
+    """event_progress every second until every channel's N deliveries are final (or the timeout)."""
+    from notifications.selectors import event_progress
+
+    points: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        progress = event_progress(event=event)
+        points.append({"t": round(time.time() - start, 2),
+                       **{channel: {k: v for k, v in progress.get(channel, {}).items() if v} for channel in channels}})
+        done = all(
+            sum(progress.get(channel, {}).get(status, 0) for status in FINAL) >= recipients for channel in channels
+        )
+        if done or time.monotonic() > deadline:
+            return points
+        time.sleep(1.0)
+
+
+def _carillon_series(*, group: str, recipients: int, channels: list[str], worker: list[int],
+                     timeout: float) -> tuple[list[Series], float, dict[str, Any]]:
+    from notifications.models import Delivery, Event, Notification
+    from notifications.services.events import event_publish
+
+    cpu = cpu_seconds(worker)
+    start = time.time()
+    with transaction.atomic():
+        event: Event = event_publish(
+            type="product.announcement",
+            data={"title": "Carillon bench", "body": "One announcement to the whole group."},
+            audience={"audience": "group_members", "params": {"group": group}},
+        )
+    points = _progress_poll(event, channels=channels, recipients=recipients, start=start, timeout=timeout)
+    used = cpu_seconds(worker) - cpu
+    series: list[Series] = []
+    total_sent = 0
+    for channel in channels:
+        rows = Delivery.objects.filter(event=event, channel=channel, status=Delivery.Status.SENT)
+        latency = histogram_new()
+        for sent_at in rows.values_list("sent_at", flat=True).iterator(chunk_size=5000):
+            if sent_at is not None:  # SENT rows have one
+                histogram_record(latency, sent_at.timestamp() - start)
+        sent = rows.count()
+        total_sent += sent
+        last = rows.aggregate(last=Max("sent_at"))["last"]
+        seconds = (last.timestamp() - start) if last else 0.0
+        statuses = dict(Delivery.objects.filter(event=event, channel=channel).values_list("status").annotate(
+            n=Count("id")).order_by())
+        series.append(Series.merged(
+            f"Carillon broadcast {channel}",
+            [{"latency": histogram_encode(latency), "sent": recipients, "received": sent,
+              "errors": recipients - sent}],
+            asked_rate=0.0, seconds=seconds, server={"cpu_seconds": round(used, 3), "processes": len(worker)},
+            seconds_to_last=round(seconds, 2), statuses=statuses,
+            goal_seconds=round(GOAL_SECONDS_PER_100K[channel] * recipients / 100_000, 2),
+        ))
+    checks: dict[str, Any] = {"event": str(event.pk), "progress": points, "worker_cpu_seconds": round(used, 3),
+                              "deliveries_sent": total_sent}
+    if "inapp" in channels:
+        notifications = Notification.objects.filter(event=event)
+        checks["inapp_notifications"] = notifications.count()
+        checks["inapp_distinct_users"] = notifications.values("user_id").distinct().count()
+    return series, used / (recipients * len(channels)), checks
+
+
+def broadcast_scenario(options: Options) -> list[dict[str, Any]]:
+    from config.celery import ping
+    from notifications.queues import DEFAULT_QUEUE_NAME, channel_queue_name
+    from sandbox.client import SandboxClient
+
+    recipients = options.recipients or (QUICK_RECIPIENTS if options.quick else DEFAULT_RECIPIENTS)
+    channels = list(options.channels or CHANNELS)
+    unknown = sorted(set(channels) - set(CHANNELS))
+    if unknown:
+        raise ValueError(f"--channels: product.announcement has no subscriber on {', '.join(unknown)}; "
+                         f"choose among {', '.join(CHANNELS)}")
+    chunk_size = options.chunk_size or settings.CARILLON_BROADCAST_CHUNK_SIZE
+    database = str(settings.DATABASES["default"]["ENGINE"]).rsplit(".", 1)[-1]
+    http_port, smtp_port = free_port(), free_port()
+    env = {"EMAIL_URL": f"smtp://127.0.0.1:{smtp_port}", "TWILIO_API_BASE_URL": f"http://127.0.0.1:{http_port}",
+           "MIXPANEL_API_BASE_URL": f"http://127.0.0.1:{http_port}",
+           "CARILLON_BROADCAST_CHUNK_SIZE": str(chunk_size)}
+    os.environ.update(env)
+    started = time.monotonic()
+    group, _ = _audience_create(recipients)
+    setup_seconds = time.monotonic() - started
+    queues = ",".join([DEFAULT_QUEUE_NAME, *(channel_queue_name(channel, "bulk") for channel in channels)])
+    processes = [
+        ManagedProcess("sandbox", python("-m", "sandbox", "--http-port", str(http_port), "--smtp-port",
+                                         str(smtp_port), "--log-level", "WARNING"), env=env, log_dir=LOG_DIR),
+        ManagedProcess("bulk-worker", python("-m", "celery", "-A", "config.celery", "worker", "--loglevel", "WARNING",
+                                             "--queues", queues, "--concurrency", str(CONCURRENCY),
+                                             "--include", "benchmarks.baseline_tasks", "--without-mingle",
+                                             "--without-gossip"),
+                       env=env, log_dir=LOG_DIR),
+    ]
+    try:
+        ping.apply_async(queue=DEFAULT_QUEUE_NAME).get(timeout=120)  # a worker answers: measure from here
+        worker = [processes[1].process.pid]
+        sandbox = SandboxClient(f"http://127.0.0.1:{http_port}", smtp_port=smtp_port)
+        load_before = os.getloadavg()
+        noop, noop_cpu = _noop_series(recipients, worker)
+        timeout = max(120.0, recipients * len(channels) / 50)
+        carillon, carillon_cpu, checks = _carillon_series(group=group, recipients=recipients, channels=channels,
+                                                          worker=worker, timeout=timeout)
+        load_after = os.getloadavg()
+        if "email" in channels:
+            inbox = sandbox.http.get(f"{sandbox.url}/api/received/email", params={"limit": 0}, timeout=30).json()
+            checks["email_accepted_distinct_message_ids"] = inbox["email"]["accepted"]
+            checks["email_duplicates"] = inbox["email"]["duplicates"]
+    finally:
+        for process in reversed(processes):
+            process.stop()
+    checks["exact"] = (checks.get("email_accepted_distinct_message_ids", recipients) == recipients
+                       and checks.get("email_duplicates", 0) == 0
+                       and checks.get("inapp_notifications", recipients) == recipients
+                       and checks.get("inapp_distinct_users", recipients) == recipients)
+    last = max(item.extra["seconds_to_last"] for item in carillon)
+    cpu_ratio = ratio(carillon_cpu, noop_cpu)
+    goals = {
+        f"{channel}: {recipients:,} recipients in <= {item.extra['goal_seconds']:g} s (100k in "
+        f"{GOAL_SECONDS_PER_100K[channel]:g} s)": {
+            "measured_seconds": item.extra["seconds_to_last"],
+            "met": item.received == recipients and item.extra["seconds_to_last"] <= item.extra["goal_seconds"],
+        }
+        for channel, item in zip(channels, carillon, strict=True)
+    }
+    goals[f"worker CPU per delivery <= {GOAL_CPU_RATIO}x a no-op task"] = {
+        "measured_ratio": cpu_ratio, "met": cpu_ratio is not None and cpu_ratio <= GOAL_CPU_RATIO,
+    }
+    summary = report_write(
+        out=options.out, scenario="broadcast",
+        label=f"{recipients} recipients, {'+'.join(channels)}, chunks of {chunk_size}, {database}",
+        series=[*carillon, noop],
+        config={"recipients": recipients, "channels": channels, "chunk_size": chunk_size, "database": database,
+                "worker_concurrency": CONCURRENCY, "setup_seconds": round(setup_seconds, 1),
+                "load_average_before": [round(x, 2) for x in load_before],
+                "load_average_after": [round(x, 2) for x in load_after]},
+        ratios={
+            "carillon_worker_cpu_per_delivery_vs_celery_noop": cpu_ratio,
+            "carillon_worker_cpu_ms_per_delivery": round(carillon_cpu * 1000, 3),
+            "celery_noop_worker_cpu_ms_per_task": round(noop_cpu * 1000, 3),
+            "carillon_deliveries_per_second": round(checks["deliveries_sent"] / last, 1) if last else None,
+            "carillon_seconds_to_last_delivery": last,
+            "celery_noop_seconds_to_last_task": noop.extra["seconds_to_last"],
+            "carillon_seconds_to_last_vs_celery_noop": ratio(last, noop.extra["seconds_to_last"]),
+        },
+        extra={"checks": checks, "goals": goals},
+    )
+    logger.info("broadcast %d x %s: %s", recipients, channels, summary["ratios"])
+    return [summary]
