@@ -3,6 +3,7 @@ provider's later report applied, and always forward."""
 
 from typing import Any
 
+from django.db import connection
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
@@ -49,16 +50,29 @@ def delivery_mark_sent(which: Q, *, provider_message_id: str | None, response: d
 
 def deliveries_mark_sent(sent: dict[int, SendResult]) -> None:
     """Record many sends (delivery pk → result) in two statements: the status of those
-    still "sending", then each one's provider id and answer."""
-    now = timezone.now()
+    still "sending", then each one's provider id and answer.
+
+    The second is one parameterised UPDATE run for every row (executemany): Django's
+    bulk_update builds a CASE branch per row and field instead, which cost a broadcast
+    worker a quarter to two fifths of its time.
+    """
     Delivery.objects.filter(pk__in=list(sent), status=Delivery.Status.SENDING).update(
-        status=Delivery.Status.SENT, sent_at=now, last_error="", claim_token=None, claimed_until=None
+        status=Delivery.Status.SENT, sent_at=timezone.now(), last_error="", claim_token=None, claimed_until=None
     )
-    Delivery.objects.bulk_update(
-        [Delivery(pk=pk, provider_message_id=result.provider_message_id, provider_response=result.response)
-         for pk, result in sent.items()],
-        ["provider_message_id", "provider_response"],
+    meta = Delivery._meta
+    response_field = meta.get_field("provider_response")
+    quote = connection.ops.quote_name
+    # Only the model's own table and column names go into the text; values are parameters.
+    statement = (
+        f"UPDATE {quote(meta.db_table)} SET {quote('provider_message_id')} = %s, "  # noqa: S608
+        f"{quote(str(response_field.column))} = %s WHERE {quote(str(meta.pk.column))} = %s"
     )
+    rows = [
+        (result.provider_message_id, response_field.get_db_prep_save(result.response, connection), pk)
+        for pk, result in sent.items()
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(statement, rows)
 
 
 def delivery_apply_provider_status(
