@@ -7,6 +7,7 @@ sequence key never expires, so a topic never hands out an id twice while Redis k
 its data (append-only file, platform/redis/redis.conf).
 """
 
+import hashlib
 import json
 import logging
 import time
@@ -16,6 +17,7 @@ from typing import Any, TypedDict
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis.exceptions import NoScriptError
 
 from realtime.topics import (
     STATS_PUBLISHED_KEY,
@@ -51,6 +53,9 @@ redis.call('PUBLISH', KEYS[3], message)
 redis.call('INCR', KEYS[4])
 return id
 """
+
+
+APPEND_SHA = hashlib.sha1(APPEND_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
 
 
 # KEYS: history. ARGV: now (ms), max age (ms). The append script's trim, for topics
@@ -104,13 +109,29 @@ def _append_args(topic: Topic, body: str) -> tuple[list[str], list[Any]]:
 def history_append_many(client: redis.Redis, messages: list[tuple[Topic, str]]) -> list[int]:
     """Append messages (each `body` the JSON object of its topic, event and data) to their
     topics' histories and publish them, in one round trip (a pipeline of the script by its
-    SHA, each append still atomic); return their ids in order."""
-    script = client.register_script(APPEND_SCRIPT)
-    with client.pipeline(transaction=False) as pipe:
-        for topic, body in messages:
-            keys, args = _append_args(topic, body)
-            script(keys=keys, args=args, client=pipe)
-        return [int(message_id) for message_id in pipe.execute()]
+    SHA, each append still atomic); return their ids in order.
+
+    A Redis that restarted has forgotten the script: the appends it refused are sent
+    again after loading it, and only those (any it ran went through once).
+    """
+    results: list[Any] = [None] * len(messages)
+    todo = list(range(len(messages)))
+    for _ in range(2):
+        with client.pipeline(transaction=False) as pipe:
+            for index in todo:
+                keys, args = _append_args(*messages[index])
+                pipe.evalsha(APPEND_SHA, len(keys), *keys, *args)
+            answers = pipe.execute(raise_on_error=False)
+        for index, answer in zip(todo, answers, strict=True):
+            results[index] = answer
+        todo = [index for index in todo if isinstance(results[index], NoScriptError)]
+        if not todo:
+            break
+        client.script_load(APPEND_SCRIPT)
+    for answer in results:
+        if isinstance(answer, Exception):
+            raise answer
+    return [int(answer) for answer in results]
 
 
 async def ahistory_append(client: aioredis.Redis, *, topic: Topic, body: str) -> int:

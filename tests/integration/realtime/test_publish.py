@@ -4,6 +4,8 @@ import asyncio
 import uuid
 
 import pytest
+import redis
+from django.conf import settings
 from django.test import override_settings
 
 from realtime.exceptions import InvalidMessage, MessageTooLarge
@@ -64,3 +66,11 @@ def test_one_bad_message_publishes_none_of_its_batch() -> None:
         realtime_publish_many([(topic, "notification.created", {"n": 1}), (topic, "bad", "not an object")])
 
     assert latest_id(topic) == 0
+
+
+def test_a_redis_that_forgot_the_script_gets_it_again_and_each_message_once() -> None:
+    topic = f"user:{uuid.uuid4().int % 10**9}"
+    redis.Redis.from_url(settings.REALTIME_REDIS_URL).script_flush()  # as after a restart
+
+    assert realtime_publish_many([(topic, "e", {"n": 1}), (topic, "e", {"n": 2})]) == [1, 2]
+    assert latest_id(topic) == 2
