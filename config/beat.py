@@ -6,8 +6,10 @@ database scheduler (schedules in Redis, not editable in the admin). So this subc
 takes a lease in Redis with redis-py's Lock (a random token, released and extended by Lua
 scripts that check it): the holder renews it at every tick, a second beat finds it taken
 and waits, and takes over when the holder stops renewing (it died, or hung longer than
-CARILLON_BEAT_LOCK_TIMEOUT_SECONDS). Each tick sends at most one task and checks the
-lease just before, so a beat that lost its lease sends nothing more.
+CARILLON_BEAT_LOCK_TIMEOUT_SECONDS). Each tick checks the lease when it starts and again
+just before it sends (between the two it reads the schedule from the database, long
+enough for a pause to lose the lease), so a beat that lost its lease sends nothing more;
+what is left is a pause inside the send itself, one Redis round trip wide.
 
 On taking over, the schedule is read again from the database, with the last run times
 the previous holder saved after each send (beat_sync_every = 1): a run the old holder
@@ -47,6 +49,12 @@ class LockedDatabaseScheduler(DatabaseScheduler):  # type: ignore[misc]
             # Another beat holds it: try again at the next tick (a few times per lease).
             return float(self.max_interval)
         return float(super().tick(*args, **kwargs))
+
+    def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
+        if not (self._holding and self._hold_lock()):
+            logger.warning("beat: not sending %s, the lock is no longer ours", entry.name)
+            return None
+        return super().apply_async(entry, producer, advance, **kwargs)
 
     def _hold_lock(self) -> bool:
         try:

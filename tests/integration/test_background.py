@@ -18,12 +18,14 @@ from typing import Any, cast
 
 import pytest
 import redis
+from celery import Celery
 from django.conf import settings
 from django.test import Client
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, IntervalSchedule, PeriodicTask, PeriodicTasks
 
 from config.background import app as background_app
+from config.beat import LockedDatabaseScheduler
 from config.task_routing import BACKGROUND_QUEUE
 from notifications.background_tasks import cleanup, digest_send_one
 from notifications.digests import digest_due_user_ids, digest_prepare
@@ -240,6 +242,28 @@ def test_a_beat_that_hung_past_its_lease_sends_nothing_when_it_wakes(
 
     senders = [sender_pid(m) for m in queued(redis_db, "probe")]
     assert [pid for pid, _ in groupby(senders)] == [first.process.pid, second.process.pid]
+
+
+def test_a_beat_that_loses_its_lease_between_its_check_and_the_send_sends_nothing(
+    redis_db: int, no_schedules: None, settings: Any
+) -> None:
+    # A tick reads the schedule from the database after it checks the lease: a beat frozen
+    # in between (a GC pause, a stopped VM) wakes with a due entry and a lease another
+    # beat now holds. Driven in process, so the pause lands exactly there.
+    settings.BACKGROUND_CELERY_BROKER_URL = redis_url(redis_db)
+    app = Celery("beat-under-test", broker=redis_url(redis_db))
+    app.conf.task_default_queue = BACKGROUND_QUEUE
+    every_second("probe")
+    scheduler = LockedDatabaseScheduler(app=app)
+    wait_for(lambda: scheduler.tick() is not None and queued(redis_db, "probe"), "the first send")
+    sent = len(queued(redis_db, "probe"))
+
+    # The lease lapsed while it was frozen and another beat took it.
+    redis.Redis.from_url(redis_url(redis_db)).set(settings.CARILLON_BEAT_LOCK_KEY, "another-beat", px=3000)
+    scheduler.apply_entry(scheduler.schedule["probe"], producer=scheduler.producer)
+
+    assert len(queued(redis_db, "probe")) == sent
+    assert not scheduler.holding_lock
 
 
 def test_a_beat_stopped_cleanly_hands_over_at_once(start_beat: Callable[..., ManagedProcess], redis_db: int) -> None:
