@@ -4,6 +4,7 @@ pushed live to the user's `user:<id>` topic."""
 from redis.exceptions import RedisError
 
 from core.errors import ProviderError, ProviderTransientError
+from core.rows import rows_create
 from notifications.models import Event, Notification
 from notifications.providers.base import SendItem, SendResult, render
 from notifications.selectors import notification_payloads
@@ -12,9 +13,9 @@ from realtime.topics import user_topic
 
 
 def inapp_send(*, event: Event, items: list[SendItem]) -> list[SendResult | ProviderError]:
-    """Insert the deliveries' notifications in bulk (a retry keeps the rows it made) and
+    """Insert the deliveries' notifications together (a retry keeps the rows it made) and
     push them to their users in one round trip to Redis."""
-    Notification.objects.bulk_create(
+    notifications = rows_create(
         [
             Notification(
                 delivery=item.delivery,
@@ -27,10 +28,9 @@ def inapp_send(*, event: Event, items: list[SendItem]) -> list[SendResult | Prov
             )
             for item in items
         ],
-        ignore_conflicts=True,
+        key=lambda notification: notification.delivery_id,
+        stored=lambda: Notification.objects.filter(delivery__in=[item.delivery for item in items]),
     )
-    by_delivery = {n.delivery_id: n for n in Notification.objects.filter(delivery__in=[i.delivery for i in items])}
-    notifications = [by_delivery[item.delivery.pk] for item in items]
     # Pushed on every attempt that has not yet recorded the delivery as sent: an attempt
     # that died between the push and that record pushes again, and clients drop the
     # repeat by notification id (docs/realtime.md). Redis away: retry the deliveries, the

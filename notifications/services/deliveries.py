@@ -2,15 +2,17 @@
 a Delivery row per recipient, each handed to its channel's provider once."""
 
 import logging
+from contextlib import nullcontext
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from core.errors import ProviderError, ProviderPermanentError, ProviderTransientError
+from core.rows import rows_create
 from core.send_rate import SendRate, SendRateExceeded, send_rate_pause, send_rate_take
 from notifications.events import EventType, event_type_get
 from notifications.models import Delivery, DeliveryChunk, Event
@@ -21,7 +23,6 @@ from notifications.services.broadcasts import broadcast_plan
 from notifications.services.delivery_status import (
     FINAL_STATUSES,
     deliveries_mark_sent,
-    delivery_mark_sent,
 )
 from notifications.subscribers import Subscriber, subscriber_get
 
@@ -78,20 +79,19 @@ def delivery_send(
 
 
 def _deliveries_open(event: Event, subscriber: Subscriber, users: list[Any]) -> list[Delivery]:
-    """The Delivery of each user, created if new (one insert that skips those that
-    exist, one read), in the users' order."""
-    recipients = [f"user:{user.pk}" for user in users]
-    Delivery.objects.bulk_create(
+    """The Delivery of each user, in the users' order: created, or the one an earlier run
+    of this work created."""
+    return rows_create(
         [
-            Delivery(event=event, subscriber=subscriber.name, recipient=recipient, channel=subscriber.channel,
+            Delivery(event=event, subscriber=subscriber.name, recipient=f"user:{user.pk}", channel=subscriber.channel,
                      user_id=user.pk)
-            for user, recipient in zip(users, recipients, strict=True)
+            for user in users
         ],
-        ignore_conflicts=True,
+        key=lambda delivery: delivery.recipient,
+        stored=lambda: Delivery.objects.filter(
+            event=event, subscriber=subscriber.name, recipient__in=[f"user:{user.pk}" for user in users]
+        ),
     )
-    rows = Delivery.objects.filter(event=event, subscriber=subscriber.name, recipient__in=recipients)
-    by_recipient = {delivery.recipient: delivery for delivery in rows}
-    return [by_recipient[recipient] for recipient in recipients]
 
 
 def _preferences_apply(event_type: EventType, subscriber: Subscriber, deliveries: list[Delivery]) -> list[Delivery]:
@@ -132,7 +132,8 @@ def _deliveries_attempt(event: Event, channel: str, to_send: list[tuple[Delivery
             break
         items = _attempts_begin(piece)
         results = SENDERS[channel](event=event, items=items)
-        with transaction.atomic():  # one commit for the piece's outcomes
+        # One commit for the piece's outcomes; one item's is a single statement already.
+        with transaction.atomic() if len(items) > 1 else nullcontext():
             transient += _outcomes_record(event, channel, items, results, refused)
         paused = max((exc.retry_after or 0 for exc in transient), default=0)
         if paused:
@@ -167,12 +168,8 @@ def _outcomes_record(
     good to `refused`; answer the transient errors met."""
     transient: list[ProviderTransientError] = []
     sent = {item.delivery.pk: result for item, result in zip(items, results, strict=True) if isinstance(result, SendResult)}
-    if len(sent) == 1:
-        [(only, done)] = sent.items()
-        delivery_mark_sent(Q(pk=only), provider_message_id=done.provider_message_id, response=done.response)
-    elif sent:
-        deliveries_mark_sent(sent)
     if sent:
+        deliveries_mark_sent(sent)
         logger.info("event %s: %s sent to %d recipients", event.id, channel, len(sent))
     for item, result in zip(items, results, strict=True):
         pk = item.delivery.pk

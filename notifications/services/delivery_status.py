@@ -1,10 +1,11 @@
 """How a delivery's status moves: which statuses are final, a send recorded, a
 provider's later report applied, and always forward."""
 
+from functools import cache
 from typing import Any
 
 from django.db import connection
-from django.db.models import Case, F, Q, Value, When
+from django.db.models import Case, F, Field, Q, Value, When
 from django.utils import timezone
 
 from notifications.models import Delivery, ProviderCallback
@@ -49,30 +50,46 @@ def delivery_mark_sent(which: Q, *, provider_message_id: str | None, response: d
 
 
 def deliveries_mark_sent(sent: dict[int, SendResult]) -> None:
-    """Record many sends (delivery pk → result) in two statements: the status of those
-    still "sending", then each one's provider id and answer.
+    """Record sends (delivery pk → result), one for a transactional delivery or a whole
+    piece of a broadcast: one parameterised UPDATE run for every row (executemany).
 
-    The second is one parameterised UPDATE run for every row (executemany): Django's
-    bulk_update builds a CASE branch per row and field instead, which cost a broadcast
-    worker a quarter to two fifths of its time.
+    A status callback may already have moved a delivery past "sent": only "sending"
+    becomes "sent" (the right-hand sides of an UPDATE read the row as it was). Written in
+    SQL because this runs once per delivery: the ORM compiled the same CASE expressions
+    for every send (a quarter of a transactional email's CPU), and Django's bulk_update
+    builds a CASE branch per row and field (up to two fifths of a broadcast worker's).
     """
-    Delivery.objects.filter(pk__in=list(sent), status=Delivery.Status.SENDING).update(
-        status=Delivery.Status.SENT, sent_at=timezone.now(), last_error="", claim_token=None, claimed_until=None
-    )
-    meta = Delivery._meta
-    response_field = meta.get_field("provider_response")
-    quote = connection.ops.quote_name
-    # Only the model's own table and column names go into the text; values are parameters.
-    statement = (
-        f"UPDATE {quote(meta.db_table)} SET {quote('provider_message_id')} = %s, "  # noqa: S608
-        f"{quote(str(response_field.column))} = %s WHERE {quote(str(meta.pk.column))} = %s"
-    )
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    response_field = Delivery._meta.get_field("provider_response")
     rows = [
-        (result.provider_message_id, response_field.get_db_prep_save(result.response, connection), pk)
+        (Delivery.Status.SENDING, Delivery.Status.SENT, Delivery.Status.SENDING, now, result.provider_message_id,
+         response_field.get_db_prep_save(result.response, connection), pk)
         for pk, result in sent.items()
     ]
     with connection.cursor() as cursor:
-        cursor.executemany(statement, rows)
+        cursor.executemany(_mark_sent_statement(), rows)
+
+
+@cache
+def _mark_sent_statement() -> str:
+    meta = Delivery._meta
+    quote = connection.ops.quote_name
+
+    def column(name: str) -> str:
+        field = meta.get_field(name)
+        assert isinstance(field, Field)  # noqa: S101 - a concrete column, for the type checker
+        return quote(str(field.column))
+
+    status = column("status")
+    # Only the model's own table and column names go into the text; values are parameters.
+    return (
+        f"UPDATE {quote(meta.db_table)} SET "  # noqa: S608
+        f"{status} = CASE WHEN {status} = %s THEN %s ELSE {status} END, "
+        f"{column('sent_at')} = CASE WHEN {status} = %s THEN %s ELSE {column('sent_at')} END, "
+        f"{column('provider_message_id')} = %s, {column('provider_response')} = %s, {column('last_error')} = '', "
+        f"{column('claim_token')} = NULL, {column('claimed_until')} = NULL "
+        f"WHERE {quote(str(meta.pk.column))} = %s"
+    )
 
 
 def delivery_apply_provider_status(

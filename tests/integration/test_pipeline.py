@@ -8,13 +8,14 @@ import pytest
 from django.db import transaction
 
 from notifications.models import Delivery, Event, FailedJob, Notification, OutboxMessage
+from notifications.services.deliveries import delivery_send
 from notifications.services.events import event_publish
 from notifications.services.failed_jobs import failed_job_replay
 from realtime.history import HistoryRead, ahistory_since
 from realtime.services import async_client
 from realtime.topics import topic_parse, user_topic
 from sandbox.client import SandboxClient
-from tests.factories import recipient_user
+from tests.factories import EventFactory, recipient_user
 from tests.integration.conftest import CeleryWorker, wait_until_settled
 from tests.processes import wait_for
 
@@ -191,3 +192,20 @@ def test_analytics_of_many_events_go_to_mixpanel_in_few_requests(
     assert inbox["accepted"] == 8 and inbox["duplicates"] == 0
     assert inbox["requests"] < 8  # batched: several events shared a request
     assert sorted(item["properties"]["video_id"] for item in inbox["received"]) == [f"v{n}" for n in range(8)]
+
+
+@pytest.mark.parametrize(("subscriber", "statements"), [("transactional_email", 6), ("activity_feed", 8)])
+def test_one_recipient_does_not_pay_for_batching(
+    subscriber: str, statements: int, pipeline_settings: None, sandbox: SandboxClient,
+    django_assert_max_num_queries: Any,
+) -> None:
+    # A transactional delivery runs the broadcast's code with one item; per delivery it
+    # reads the event, the user and their preferences, inserts the delivery (and, in-app,
+    # the notification, then counts what is unread), marks the attempt and records it.
+    user = make_user()
+    event = EventFactory.create(type="account.created", data={"user_id": user.pk})
+
+    with django_assert_max_num_queries(statements):
+        delivery_send(event_id=str(event.id), subscriber_name=subscriber)
+
+    assert statuses(event) == {subscriber: "sent"}
