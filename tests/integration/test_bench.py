@@ -88,25 +88,3 @@ def broadcast_results_hold(summary: dict[str, Any]) -> None:
                 "carillon_seconds_to_last_delivery", "celery_noop_seconds_to_last_task"):
         assert summary["ratios"][key] is not None, key
     assert len(summary["goals"]) == 3
-
-
-def test_bench_refuses_an_unknown_scenario_naming_it() -> None:
-    result = _bench("fireworks")
-
-    assert result.returncode != 0
-    assert "fireworks" in result.stderr and "pipeline" in result.stderr
-
-
-@pytest.mark.parametrize(("argument", "value"), [("--rate", "-5"), ("--duration", "0"), ("--connections", "many")])
-def test_bench_refuses_a_bad_argument_naming_it(argument: str, value: str) -> None:
-    result = _bench("realtime", argument, value)
-
-    assert result.returncode != 0
-    assert f"argument {argument}" in result.stderr
-
-
-def test_bench_without_a_scenario_asks_for_one() -> None:
-    result = _bench()
-
-    assert result.returncode != 0
-    assert "scenario" in result.stderr
