@@ -65,7 +65,10 @@ EVENT_DELIVERIES_SHOWN = 100
 
 class ChannelProgressSerializer(serializers.Serializer[Any]):
     recipients = serializers.IntegerField(help_text="recipients resolved so far")
-    resolved = serializers.BooleanField(help_text="every recipient is resolved (an audience is read in pages)")
+    resolved = serializers.BooleanField(
+        help_text="every recipient is resolved (an audience is read in pages); stays false for a broadcast "
+        "cancelled before all were (see cancelled_at)"
+    )
     pending = serializers.IntegerField()
     sending = serializers.IntegerField()
     sent = serializers.IntegerField()

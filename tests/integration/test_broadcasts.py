@@ -150,6 +150,10 @@ def test_paced_to_the_providers_rate_a_broadcast_meets_no_refusal(
 
     assert sorted(received_once(sandbox)) == sorted(user.email for user in users)
     assert sandbox.inbox("email")["rate_limited"] == 0
+    # Paced, not merely lucky: after a burst of one second's worth, 12 a second at most
+    # (9 s for the rest; a second of slack for when the first and last reached the sandbox).
+    times = sorted(mail["received_at"] for mail in sandbox.received("email"))
+    assert times[-1] - times[0] >= (120 - 12) / 12 - 1
 
 
 def test_cancel_stops_what_was_not_sent(

@@ -23,6 +23,8 @@ from notifications.models import (
     Notification,
     OutboxMessage,
     Preference,
+    Topic,
+    TopicSubscription,
 )
 from notifications.providers import inapp, senders
 from notifications.selectors import event_progress
@@ -122,6 +124,29 @@ def test_a_cancelled_event_plans_no_more_chunks(event: Event) -> None:
 
     assert broadcast.chunks == 0 and broadcast.planned_at is None
     assert not OutboxMessage.objects.filter(event=event).exists()
+    # Its recipients will never all be resolved: progress says so, and cancelled_at why.
+    assert [entry["resolved"] for entry in event_progress(event=event).values()] == [False]
+
+
+@pytest.mark.parametrize("subscribed", [False, True])
+def test_a_topic_with_nobody_left_to_tell_plans_nothing_and_is_resolved(
+    users: list[Any], subscribed: bool
+) -> None:
+    # Nobody subscribed, or the topic deleted after the event was published.
+    topic = Topic.objects.create(scope="", key="launch")
+    if subscribed:
+        TopicSubscription.objects.create(topic=topic, user=users[0])
+    event = Event.objects.create(
+        type="account.created", version=1, data={}, occurred_at=timezone.now(), audience={"topic": "launch"}
+    )
+    if subscribed:
+        topic.delete()
+
+    broadcast = broadcast_plan(event=event, subscriber=SUBSCRIBER)
+
+    assert broadcast.chunks == 0 and broadcast.planned_at is not None
+    assert not OutboxMessage.objects.filter(event=event).exists()
+    assert [(entry["recipients"], entry["resolved"]) for entry in event_progress(event=event).values()] == [(0, True)]
 
 
 def _api(user: Any) -> APIClient:
