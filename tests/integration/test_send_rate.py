@@ -1,4 +1,5 @@
-"""Provider send rates: one token bucket in the suite's Redis, shared by every caller."""
+"""Provider send rates: one token bucket in the suite's Redis, shared by every caller, and
+the pause a provider asks for."""
 
 import time
 import uuid
@@ -6,7 +7,13 @@ import uuid
 import pytest
 from django.test import override_settings
 
+from core.errors import ProviderTransientError
 from core.send_rate import SendRate, SendRateExceeded, send_rate_pause, send_rate_take
+from notifications.models import Delivery
+from notifications.providers.base import SendItem
+from notifications.providers.twilio.sender import sms_send
+from sandbox.client import SandboxClient
+from tests.factories import EventFactory, recipient_user
 
 pytestmark = pytest.mark.integration
 
@@ -53,3 +60,20 @@ def test_without_redis_sends_go_ahead_unpaced() -> None:
     with override_settings(REDIS_URL="redis://127.0.0.1:9/0"):  # the discard port: nothing listens
         send_rate_pause(name="unreachable", seconds=30)
         send_rate_take(name="unreachable", rate=SendRate(per_second=0.01, burst=1), count=3, max_wait_seconds=0)
+
+
+@pytest.mark.django_db
+def test_twilios_429_pauses_for_as_long_as_its_retry_after_says(
+    sandbox: SandboxClient, pipeline_settings: None
+) -> None:
+    # At one message per 5 s the sandbox answers the first request 429, Retry-After: 4.
+    sandbox.set_knobs("sms", rate_limit_per_second=0.2)
+    user = recipient_user("ada", phone_number="+15551230001")
+    event = EventFactory.create(type="password.reset_requested", data={"user_id": user.pk, "reset_url": "https://x.example/r"})
+    delivery = Delivery.objects.create(
+        event=event, subscriber="security_sms", recipient=f"user:{user.pk}", channel="sms", user_id=user.pk
+    )
+
+    [result] = sms_send(event=event, items=[SendItem(delivery=delivery, user=user, in_doubt_since=None)])
+
+    assert isinstance(result, ProviderTransientError) and result.retry_after == 4

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.urls import reverse
 from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.rest import Client
 
 from core.errors import ProviderError, ProviderPermanentError, ProviderTransientError
 from notifications.models import Delivery, Event, Recipient
@@ -28,9 +29,9 @@ def status_callback_url(delivery: Delivery) -> str:
     return settings.CARILLON_PUBLIC_URL.rstrip("/") + path
 
 
-def _already_sent(to: str, body: str, since: datetime) -> str | None:
+def _already_sent(client: Client, to: str, body: str, since: datetime) -> str | None:
     """The sid of a message an earlier, interrupted attempt handed to Twilio, if any."""
-    for message in twilio_client().messages.list(to=to, limit=50):
+    for message in client.messages.list(to=to, limit=50):
         if message.body == body and message.date_created and message.date_created >= since - IN_DOUBT_CLOCK_SKEW:
             return str(message.sid)
     return None
@@ -56,22 +57,26 @@ def sms_send(*, event: Event, items: list[SendItem]) -> list[SendResult | Provid
 def _sms_one(item: SendItem, to: str, body: str, callback_url: str) -> SendResult | ProviderError:
     if not to:
         return ProviderPermanentError(f"user {item.user.pk} has no phone number (notifications.Recipient)")
+    client = twilio_client()
     try:
         # Twilio takes no idempotency key on Messages: after an interrupted attempt, ask
         # Twilio whether the message went out before sending it again.
         if item.in_doubt_since is not None:
-            sid = _already_sent(to, body, item.in_doubt_since)
+            sid = _already_sent(client, to, body, item.in_doubt_since)
             if sid:
                 logger.info("delivery %s: sms %s was sent by an interrupted attempt", item.delivery.pk, sid)
                 return SendResult(provider_message_id=sid, response={"recovered": True})
-        message = twilio_client().messages.create(
+        message = client.messages.create(
             to=to, from_=settings.TWILIO_FROM_NUMBER, body=body, status_callback=callback_url
         )
     except TwilioRestException as exc:
         reply = {"status": exc.status, "code": exc.code, "message": exc.msg}
         if exc.status == 429:
-            # Twilio's client does not hand over Retry-After: pause every sender briefly.
-            return ProviderTransientError(f"Twilio 429: {exc.msg}", response=reply, retry_after=RATE_LIMITED_PAUSE_SECONDS)
+            # Every sender pauses as long as Twilio asks (a second if it does not say).
+            asked = client.http_client.retry_after
+            return ProviderTransientError(
+                f"Twilio 429: {exc.msg}", response=reply, retry_after=asked or RATE_LIMITED_PAUSE_SECONDS
+            )
         if exc.status >= 500:
             return ProviderTransientError(f"Twilio {exc.status}: {exc.msg}", response=reply)
         return ProviderPermanentError(f"Twilio {exc.status} ({exc.code}): {exc.msg}", response=reply)
