@@ -95,6 +95,6 @@ def broker_urls(value: str) -> list[str]:
     """The nodes of a broker URL that may name several, separated by ";" (kombu's form).
 
     kombu takes "amqp://a//;amqp://b//" as one URL with failover alternates; code that
-    needs one node at a time (a health check trying each, a vhost's name) splits it here.
+    needs one node's URL (the virtual host every node shares, the bench's) splits it here.
     """
     return [url.strip() for url in value.split(";") if url.strip()]

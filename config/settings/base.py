@@ -122,8 +122,8 @@ REDIS_SENTINEL_MASTER = env("REDIS_SENTINEL_MASTER", default="carillon")
 # The critical Celery app (config/celery.py) reads CELERY_* settings.
 CELERY_BROKER_URL = RABBITMQ_URL
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# With several nodes in RABBITMQ_URL, try them in the order given (kombu's default, said
-# here because older Celery releases passed None and never moved past a dead first node).
+# With several nodes in RABBITMQ_URL, try them in the order given, moving to the next on
+# a connection error (kombu's default, said here so that no release's default decides).
 CELERY_BROKER_FAILOVER_STRATEGY = "round-robin"
 # Without confirms a publish during a RabbitMQ memory or disk alarm can vanish silently.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
