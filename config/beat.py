@@ -20,11 +20,12 @@ background job is idempotent for that reason.
 import logging
 from typing import Any
 
-import redis
 from django.conf import settings
 from django_celery_beat.schedulers import DatabaseScheduler
 from redis.exceptions import LockError, RedisError
 from redis.lock import Lock
+
+from core.redis import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ class LockedDatabaseScheduler(DatabaseScheduler):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.lock_timeout = float(settings.CARILLON_BEAT_LOCK_TIMEOUT_SECONDS)
-        self._client = redis.Redis.from_url(settings.BACKGROUND_CELERY_BROKER_URL)
+        # The Redis of the background broker (REDIS_URL), directly or through Sentinel.
+        self._client = redis_client(settings.REDIS_URL)
         self._lock: Lock = self._client.lock(
             settings.CARILLON_BEAT_LOCK_KEY, timeout=self.lock_timeout, thread_local=False
         )

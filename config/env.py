@@ -1,6 +1,7 @@
 """The one place environment variables are read from (django-environ)."""
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -52,3 +53,48 @@ def database_config(url: str) -> dict[str, object]:
             "timeout": 20,
         }
     return config
+
+
+def redis_sentinels(value: list[str]) -> list[tuple[str, int]]:
+    """REDIS_SENTINELS ("host:port" items) as redis-py's Sentinel takes them."""
+    sentinels = []
+    for item in filter(None, (item.strip() for item in value)):  # "REDIS_SENTINELS=" names none
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ImproperlyConfigured(
+                f"REDIS_SENTINELS: {item!r} is not host:port (e.g. 10.0.0.5:26379,10.0.0.6:26379)"
+            )
+        sentinels.append((host, int(port)))
+    return sentinels
+
+
+def celery_redis_url(url: str, sentinels: list[tuple[str, int]]) -> str:
+    """The broker URL kombu's Redis transport takes for `url`: itself with one Redis, or
+    one sentinel:// URL per Sentinel, ";"-separated (the master's name is a transport
+    option), keeping the database number and password of `url`."""
+    if not sentinels:
+        return url
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    auth = f"{credentials}@" if credentials else ""
+    return ";".join(f"sentinel://{auth}{host}:{port}{parts.path}" for host, port in sentinels)
+
+
+def channel_layer_host(url: str, sentinels: list[tuple[str, int]], master: str) -> str | dict[str, object]:
+    """The Channels layer's Redis (channels_redis "hosts" entry): `url`, or its Sentinels."""
+    if not sentinels:
+        return url
+    parts = urlsplit(url)
+    host: dict[str, object] = {"master_name": master, "sentinels": sentinels, "db": int(parts.path.strip("/") or 0)}
+    if parts.password:
+        host["password"] = parts.password
+    return host
+
+
+def broker_urls(value: str) -> list[str]:
+    """The nodes of a broker URL that may name several, separated by ";" (kombu's form).
+
+    kombu takes "amqp://a//;amqp://b//" as one URL with failover alternates; code that
+    needs one node's URL (the virtual host every node shares, the bench's) splits it here.
+    """
+    return [url.strip() for url in value.split(";") if url.strip()]

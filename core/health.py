@@ -4,7 +4,6 @@ import logging
 import time
 from collections.abc import Callable
 
-import redis
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
@@ -12,6 +11,7 @@ from django.views.decorators.http import require_GET
 from kombu import Connection
 
 from core.metrics import operator_authorized
+from core.redis import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +26,15 @@ def _check_database() -> None:
 
 def _check_rabbitmq() -> None:
     with Connection(settings.RABBITMQ_URL, connect_timeout=CHECK_TIMEOUT_SECONDS) as broker:
-        broker.connect()
+        # Ready while any node of a cluster answers: each failed try moves kombu on to
+        # the next node of RABBITMQ_URL, and the publishers and workers do the same.
+        broker.ensure_connection(
+            max_retries=max(1, len(broker.alt) - 1), interval_start=0, timeout=CHECK_TIMEOUT_SECONDS
+        )
 
 
 def _check_redis() -> None:
-    client = redis.Redis.from_url(
+    client = redis_client(
         settings.REDIS_URL,
         socket_connect_timeout=CHECK_TIMEOUT_SECONDS,
         socket_timeout=CHECK_TIMEOUT_SECONDS,

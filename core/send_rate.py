@@ -20,6 +20,8 @@ from typing import Any
 import redis
 from django.conf import settings
 
+from core.redis import redis_client
+
 logger = logging.getLogger(__name__)
 
 # A limiter that cannot answer must not hold a send up for long.
@@ -69,7 +71,7 @@ class SendRateExceeded(Exception):  # noqa: N818 - a state the caller acts on, l
 
 @cache
 def _redis(url: str) -> Any:
-    return redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
+    return redis_client(url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
 
 
 def _keys(name: str) -> list[str]:

@@ -36,6 +36,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, resolve
 
 from core.errors import error_response
+from core.redis import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def _rate(scope: str) -> Rate:
 
 @cache
 def _script(url: str) -> Any:
-    client = redis.Redis.from_url(
+    client = redis_client(
         url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
     )
     return client.register_script(_COUNT)  # EVALSHA: the script is sent once per server

@@ -15,6 +15,7 @@ from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from config.env import broker_urls
 from notifications.models import Delivery, FailedJob, OutboxMessage
 from notifications.services.delivery_status import FINAL_STATUSES
 
@@ -25,7 +26,8 @@ RECENT = timedelta(minutes=5)
 
 
 def _rabbitmq_queues() -> list[dict[str, Any]]:
-    vhost = urlsplit(settings.RABBITMQ_URL).path[1:] or "/"
+    # Every node of a cluster serves the same virtual host: the first URL names it.
+    vhost = urlsplit(broker_urls(settings.RABBITMQ_URL)[0]).path[1:] or "/"
     url = f"{settings.RABBITMQ_MANAGEMENT_URL.rstrip('/')}/queues/{quote(vhost, safe='')}"
     response = requests.get(
         url, params={"columns": "name,messages_ready,messages_unacknowledged,consumers"}, timeout=5

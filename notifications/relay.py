@@ -91,7 +91,12 @@ def outbox_publish_claimed(messages: list[OutboxMessage]) -> int:
         with critical_app.producer_or_acquire() as producer:
             # Fail at once when the broker is away, instead of Celery's connection retries:
             # the fast path runs inside a caller's request, and the relay has its own backoff.
-            producer.connection.ensure_connection(max_retries=1, interval_start=0, timeout=CONNECT_TIMEOUT_SECONDS)
+            # Each failed try moves kombu on to the next node of a cluster (RABBITMQ_URL
+            # naming several): one try per node, so a dead node is passed over at once.
+            nodes = len(producer.connection.alt)
+            producer.connection.ensure_connection(
+                max_retries=max(1, nodes - 1), interval_start=0, timeout=CONNECT_TIMEOUT_SECONDS
+            )
             if not _topology_declared:
                 topology_declare(producer.connection)
                 _topology_declared = True

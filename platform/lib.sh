@@ -133,6 +133,8 @@ management.tcp.ip = 127.0.0.1
 management.tcp.port = $management_port
 CONF
     cat "$CARILLON_ROOT/platform/rabbitmq/rabbitmq.conf" >> "$dir/rabbitmq.conf"
+    # The cluster layout's nodes have settings of their own (start_rabbitmq_cluster).
+    [ -z "${RABBITMQ_EXTRA_CONF:-}" ] || cat "$RABBITMQ_EXTRA_CONF" >> "$dir/rabbitmq.conf"
     cp "$CARILLON_ROOT/platform/rabbitmq/enabled_plugins" "$dir/enabled_plugins"
     [ "$(id -u)" = 0 ] && chown rabbitmq: "$dir/rabbitmq.conf" "$dir/enabled_plugins"
     say "starting RabbitMQ $node on 127.0.0.1:$port (management :$management_port)"
@@ -170,17 +172,121 @@ stop_rabbitmq() { # NODE
     fi
 }
 
+# --- RabbitMQ cluster (the cluster layout) -------------------------------------------
+# COUNT nodes NAME-1@localhost … on one machine, each with its own ports: node i listens
+# on AMQP_PORT + (i-1)*STEP, management MANAGEMENT_PORT + (i-1)*STEP, distribution
+# its AMQP port + 20000. They share one Erlang cookie because start_rabbitmq runs every
+# node (and every CLI call) with the same HOME, the rabbitmq user's; nodes with different
+# cookies refuse to talk to each other.
+
+rabbitmq_cluster_node() { echo "$1-$2@localhost"; }  # NAME INDEX
+
+# rabbitmq_cluster_urls PREFIX SUFFIX AMQP_PORT STEP COUNT: PREFIX<port>SUFFIX per node, joined by ';'
+rabbitmq_cluster_urls() {
+    local prefix=$1 suffix=$2 port=$3 step=$4 count=$5 i urls=()
+    for ((i = 0; i < count; i++)); do urls+=("$prefix$((port + i * step))$suffix"); done
+    (IFS=';'; echo "${urls[*]}")
+}
+
+# start_rabbitmq_cluster NAME AMQP_PORT MANAGEMENT_PORT STEP COUNT
+start_rabbitmq_cluster() {
+    local name=$1 port=$2 management_port=$3 step=$4 count=$5 i node offset
+    # Boot side by side: a node that kept cluster data from an earlier run waits at start
+    # for its peers, so starting them one after another could wait on each other.
+    for ((i = 1; i <= count; i++)); do
+        offset=$(((i - 1) * step))
+        RABBITMQ_EXTRA_CONF="$CARILLON_ROOT/platform/rabbitmq/cluster.conf" \
+            start_rabbitmq "$(rabbitmq_cluster_node "$name" "$i")" $((port + offset)) \
+            $((port + offset + 20000)) $((management_port + offset)) nowait
+    done
+    for ((i = 1; i <= count; i++)); do
+        await_rabbitmq "$(rabbitmq_cluster_node "$name" "$i")" $((management_port + (i - 1) * step))
+    done
+    for ((i = 2; i <= count; i++)); do
+        rabbitmq_join "$(rabbitmq_cluster_node "$name" "$i")" "$(rabbitmq_cluster_node "$name" 1)"
+    done
+}
+
+rabbitmq_join() { # NODE SEED: make NODE a member of SEED's cluster (a member already: nothing)
+    local node=$1 seed=$2 log
+    if rabbitmq rabbitmqctl -n "$node" -q cluster_status --formatter json 2>/dev/null | grep -q "\"$seed\""; then
+        return 0
+    fi
+    say "joining RabbitMQ $node to $seed's cluster"
+    log="$(service_dir "rabbitmq-$node" rabbitmq)/join.log"
+    # join_cluster wants a node with its app stopped and no data of its own. The CLI
+    # prints the node's start-up warnings: they go to a log, shown only on failure.
+    if ! { rabbitmq rabbitmqctl -n "$node" -q stop_app \
+        && rabbitmq rabbitmqctl -n "$node" -q reset \
+        && rabbitmq rabbitmqctl -n "$node" -q join_cluster "$seed" \
+        && rabbitmq rabbitmqctl -n "$node" -q start_app \
+        && rabbitmq rabbitmqctl -n "$node" -q await_startup --timeout 60; } > "$log" 2>&1; then
+        tail -n 20 "$log" >&2
+        die "RabbitMQ $node could not join $seed (are both running, with one Erlang cookie?); see $log"
+    fi
+}
+
+stop_rabbitmq_cluster() { # NAME COUNT
+    local i
+    # The last to stop is the one that boots without waiting for the others next time:
+    # stop the joiners first and the seed last.
+    for ((i = $2; i >= 1; i--)); do stop_rabbitmq "$(rabbitmq_cluster_node "$1" "$i")"; done
+}
+
 # --- Redis ---------------------------------------------------------------------------
 
-start_redis() { # PORT NAME
+start_redis() { # PORT NAME [REDIS-SERVER OPTIONS…]
     local port=$1 dir
     redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
     require_free_port "$port" "Redis"
     dir=$(service_dir "redis-$2" "$(id -un)")
-    say "starting Redis on 127.0.0.1:$port"
-    redis-server "$CARILLON_ROOT/platform/redis/redis.conf" --port "$port" --dir "$dir" \
-        --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --daemonize yes
+    say "starting Redis on 127.0.0.1:$port${3:+ (${*:3})}"
+    # From a copy: Sentinel rewrites the configuration file of a Redis it reconfigures
+    # (CONFIG REWRITE), and must not rewrite the one in the repository.
+    cp "$CARILLON_ROOT/platform/redis/redis.conf" "$dir/redis.conf"
+    redis-server "$dir/redis.conf" --port "$port" --dir "$dir" \
+        --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --daemonize yes "${@:3}"
     wait_for_port "$port" "Redis" 20
+}
+
+# --- Redis with Sentinel (the cluster layout) -----------------------------------------
+# A primary, a replica of it and three Sentinels watching them; Carillon asks the
+# Sentinels where the primary is (core/redis.py). Each start begins afresh with the first
+# Redis as primary: a failover of an earlier run is forgotten, and so is what only the
+# replica it promoted had.
+
+# start_redis_sentinel PORT NAME MASTER_NAME PRIMARY_PORT
+start_redis_sentinel() {
+    local port=$1 master=$3 primary_port=$4 dir
+    redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+    require_free_port "$port" "Redis Sentinel"
+    dir=$(service_dir "redis-$2" "$(id -un)")
+    # Sentinel rewrites its configuration file (the state it learns): one per Sentinel.
+    sed -e "s/@PORT@/$port/; s/@MASTER@/$master/; s/@PRIMARY_PORT@/$primary_port/" \
+        "$CARILLON_ROOT/platform/redis/sentinel.conf" > "$dir/sentinel.conf"
+    say "starting Redis Sentinel on 127.0.0.1:$port (watching $master at :$primary_port)"
+    redis-server "$dir/sentinel.conf" --sentinel --dir "$dir" --pidfile "$dir/sentinel.pid" \
+        --logfile "$dir/sentinel.log" --daemonize yes
+    wait_for_port "$port" "Redis Sentinel" 20
+}
+
+# start_redis_failover NAME MASTER_NAME PRIMARY_PORT REPLICA_PORT SENTINEL_PORT…
+start_redis_failover() {
+    local name=$1 master=$2 primary=$3 replica=$4 i=0 sentinel
+    rm -rf "$(service_dir "redis-$name-primary" "$(id -un)")" "$(service_dir "redis-$name-replica" "$(id -un)")"
+    start_redis "$primary" "$name-primary"
+    start_redis "$replica" "$name-replica" --replicaof 127.0.0.1 "$primary"
+    for sentinel in "${@:5}"; do
+        i=$((i + 1))
+        start_redis_sentinel "$sentinel" "$name-sentinel-$i" "$master" "$primary"
+    done
+}
+
+stop_redis_failover() { # PRIMARY_PORT REPLICA_PORT SENTINEL_PORT…: Sentinels first (no failover on the way down)
+    local port
+    for port in "${@:3}"; do stop_redis "$port"; done
+    stop_redis "$1"
+    stop_redis "$2"
 }
 
 stop_redis() { # PORT

@@ -10,9 +10,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from core.redis import redis_async_client
 from realtime.topics import Topic, pubsub_channel, topic_from_pubsub_channel
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class PubSubLink:
         self._wanted = wanted
         self._on_message = on_message
         self._on_confirmed = on_confirmed
-        self._redis = aioredis.Redis.from_url(redis_url)
+        self._redis = redis_async_client(redis_url)
         self._pubsub = self._redis.pubsub()
         # redis-py's PubSub is not safe for concurrent (un)subscribes: two first SUBSCRIBEs
         # at once each open a connection and one of them is lost with its channel.

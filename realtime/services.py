@@ -11,6 +11,7 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from core.redis import redis_async_client, redis_client
 from realtime.exceptions import InvalidMessage, MessageTooLarge
 from realtime.history import ahistory_append, history_append_many
 from realtime.topics import Topic, topic_parse
@@ -27,10 +28,7 @@ POOL_WAIT_SECONDS = 10
 
 @cache
 def sync_client() -> redis.Redis:
-    pool = redis.BlockingConnectionPool.from_url(
-        settings.REALTIME_REDIS_URL, max_connections=POOL_CONNECTIONS, timeout=POOL_WAIT_SECONDS
-    )
-    return redis.Redis(connection_pool=pool)
+    return redis_client(settings.REALTIME_REDIS_URL, max_connections=POOL_CONNECTIONS, pool_timeout=POOL_WAIT_SECONDS)
 
 
 # redis.asyncio clients are bound to the loop that first used them; tests run several loops.
@@ -44,10 +42,9 @@ def async_client() -> aioredis.Redis:
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.REALTIME_REDIS_URL, max_connections=POOL_CONNECTIONS, timeout=POOL_WAIT_SECONDS
+        client = _async_clients[loop] = redis_async_client(
+            settings.REALTIME_REDIS_URL, max_connections=POOL_CONNECTIONS, pool_timeout=POOL_WAIT_SECONDS
         )
-        client = _async_clients[loop] = aioredis.Redis(connection_pool=pool)
     return client
 
 

@@ -2,7 +2,14 @@
 
 from typing import Any
 
-from config.env import BASE_DIR, database_config, env
+from config.env import (
+    BASE_DIR,
+    celery_redis_url,
+    channel_layer_host,
+    database_config,
+    env,
+    redis_sentinels,
+)
 
 SECRET_KEY = env("DJANGO_SECRET_KEY")
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
@@ -98,15 +105,26 @@ STORAGES = {
 # --- Brokers -----------------------------------------------------------------------
 # Critical notification work runs on RabbitMQ; non-critical scheduled work on Redis
 # (../shared/BRIEF.md, decision 3). Redis also carries the Channels layer.
+# One node, or every node of a cluster separated by ";" ("amqp://…@mq1//;amqp://…@mq2//"):
+# kombu connects to the first that answers and, when that one is lost, goes on to the
+# next (docs/operations.md, "The cluster layout").
 RABBITMQ_URL = env("RABBITMQ_URL", default="amqp://guest:guest@127.0.0.1:5672//")
 RABBITMQ_MANAGEMENT_URL = env(
     "RABBITMQ_MANAGEMENT_URL", default="http://guest:guest@127.0.0.1:15672/api/"
 )
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# Redis with failover: the Sentinels ("host:port,host:port,…") that watch the primary
+# named REDIS_SENTINEL_MASTER. When set, every Redis client asks them where the primary
+# is (core/redis.py) and REDIS_URL gives only the database number and password.
+REDIS_SENTINELS = redis_sentinels(env.list("REDIS_SENTINELS", default=[]))
+REDIS_SENTINEL_MASTER = env("REDIS_SENTINEL_MASTER", default="carillon")
 
 # The critical Celery app (config/celery.py) reads CELERY_* settings.
 CELERY_BROKER_URL = RABBITMQ_URL
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# With several nodes in RABBITMQ_URL, try them in the order given, moving to the next on
+# a connection error (kombu's default, said here so that no release's default decides).
+CELERY_BROKER_FAILOVER_STRATEGY = "round-robin"
 # Without confirms a publish during a RabbitMQ memory or disk alarm can vanish silently.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 # Results go back over RabbitMQ; notification tasks record their outcome in the database
@@ -136,9 +154,12 @@ CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_TASK_ROUTES = {"rooms.*": {"queue": "carillon.rooms", "routing_key": "carillon.rooms"}}
 
 # The background Celery app (config/background.py) reads BACKGROUND_CELERY_* settings.
-BACKGROUND_CELERY_BROKER_URL = REDIS_URL
+BACKGROUND_CELERY_BROKER_URL = celery_redis_url(REDIS_URL, REDIS_SENTINELS)
 BACKGROUND_CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-BACKGROUND_CELERY_RESULT_BACKEND = REDIS_URL
+BACKGROUND_CELERY_RESULT_BACKEND = BACKGROUND_CELERY_BROKER_URL
+# Through Sentinel, kombu and Celery's result backend need the name of the primary.
+BACKGROUND_CELERY_BROKER_TRANSPORT_OPTIONS = {"master_name": REDIS_SENTINEL_MASTER} if REDIS_SENTINELS else {}
+BACKGROUND_CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = BACKGROUND_CELERY_BROKER_TRANSPORT_OPTIONS
 BACKGROUND_CELERY_TASK_IGNORE_RESULT = True  # scheduled jobs: nobody waits for a result
 BACKGROUND_CELERY_TASK_DEFAULT_QUEUE = "background"
 BACKGROUND_CELERY_TASK_CREATE_MISSING_QUEUES = False
@@ -162,7 +183,7 @@ CARILLON_BEAT_LOCK_KEY = env("CARILLON_BEAT_LOCK_KEY", default="carillon:beat:lo
 CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
     "default": {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+        "CONFIG": {"hosts": [channel_layer_host(REDIS_URL, REDIS_SENTINELS, REDIS_SENTINEL_MASTER)]},
     }
 }
 

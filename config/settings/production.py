@@ -4,7 +4,7 @@ A missing variable stops start-up with django-environ's ImproperlyConfigured
 ("Set the X environment variable"), naming the variable to set.
 """
 
-from config.env import database_config, env, required_secret
+from config.env import celery_redis_url, channel_layer_host, database_config, env, required_secret
 from config.settings.base import *  # noqa: F403
 
 DEBUG = False
@@ -15,9 +15,12 @@ RABBITMQ_URL = env("RABBITMQ_URL")
 RABBITMQ_MANAGEMENT_URL = env("RABBITMQ_MANAGEMENT_URL")
 REDIS_URL = env("REDIS_URL")
 CELERY_BROKER_URL = RABBITMQ_URL
-BACKGROUND_CELERY_BROKER_URL = REDIS_URL
-BACKGROUND_CELERY_RESULT_BACKEND = REDIS_URL
-CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [REDIS_URL]  # noqa: F405
+# REDIS_SENTINELS and REDIS_SENTINEL_MASTER as in base (optional: one Redis without them).
+BACKGROUND_CELERY_BROKER_URL = celery_redis_url(REDIS_URL, REDIS_SENTINELS)  # noqa: F405
+BACKGROUND_CELERY_RESULT_BACKEND = BACKGROUND_CELERY_BROKER_URL
+CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [  # noqa: F405
+    channel_layer_host(REDIS_URL, REDIS_SENTINELS, REDIS_SENTINEL_MASTER)  # noqa: F405
+]
 
 # Email goes through an ESP by django-anymail (e.g. "anymail.backends.mailgun.EmailBackend"),
 # configured by ANYMAIL_* variables as anymail documents.

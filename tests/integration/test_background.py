@@ -250,7 +250,7 @@ def test_a_beat_that_loses_its_lease_between_its_check_and_the_send_sends_nothin
     # A tick reads the schedule from the database after it checks the lease: a beat frozen
     # in between (a GC pause, a stopped VM) wakes with a due entry and a lease another
     # beat now holds. Driven in process, so the pause lands exactly there.
-    settings.BACKGROUND_CELERY_BROKER_URL = redis_url(redis_db)
+    settings.REDIS_URL = redis_url(redis_db)  # where the beat lock lives
     app = Celery("beat-under-test", broker=redis_url(redis_db))
     app.conf.task_default_queue = BACKGROUND_QUEUE
     every_second("probe")

@@ -55,6 +55,28 @@ def test_production_settings_name_the_missing_variable(missing: str) -> None:
     assert f"Set the {missing} environment variable" in result.stderr
 
 
+def test_production_settings_take_a_rabbitmq_cluster_and_redis_sentinels() -> None:
+    environment = {
+        **PRODUCTION_ENVIRONMENT,
+        "RABBITMQ_URL": "amqps://carillon:secret@mq1.example.com//;amqps://carillon:secret@mq2.example.com//",
+        "REDIS_SENTINELS": "10.0.0.5:26379,10.0.0.6:26379",
+    }
+    clean = {key: value for key, value in os.environ.items() if key not in environment}
+    result = subprocess.run(
+        [sys.executable, "-c", "import json; from django.conf import settings as s; print(json.dumps(["
+         "s.CELERY_BROKER_URL, s.BACKGROUND_CELERY_BROKER_URL, s.BACKGROUND_CELERY_BROKER_TRANSPORT_OPTIONS]))"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**clean, **environment, "DJANGO_SETTINGS_MODULE": "config.settings.production"},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [
+        environment["RABBITMQ_URL"],
+        "sentinel://10.0.0.5:26379/0;sentinel://10.0.0.6:26379/0",
+        {"master_name": "carillon"},
+    ]
+
+
 PRODUCTION_SECURITY = """
 import json
 import django

@@ -24,7 +24,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from benchmarks.runner import LOG_DIR, Options
 from benchmarks.scenarios import SCENARIOS
 from benchmarks.servers import redis_start
-from config.env import BASE_DIR
+from config.env import BASE_DIR, broker_urls
 
 INNER = "CARILLON_BENCH_INNER"
 
@@ -196,7 +196,8 @@ class Command(BaseCommand):
 
     def _vhost_create(self, vhost: str) -> str:
         base = settings.RABBITMQ_MANAGEMENT_URL.rstrip("/")  # requests takes its user:password
-        parts = urlsplit(settings.RABBITMQ_URL)
+        # A cluster's nodes share virtual hosts: the bench's runs on the first node.
+        parts = urlsplit(broker_urls(settings.RABBITMQ_URL)[0])
         try:
             requests.put(f"{base}/vhosts/{quote(vhost, safe='')}", timeout=10).raise_for_status()
         except requests.RequestException as exc:
