@@ -39,9 +39,9 @@ def required_secret(name: str) -> str:
 def database_config(url: str) -> dict[str, object]:
     """Turn DATABASE_URL into Django's DATABASES entry, tuned per engine."""
     config: dict[str, object] = env.db_url_config(url)
-    # Keep connections between requests and tasks: Celery's Django fixup closes them
-    # after every task otherwise, and reconnecting (with SQLite's pragmas) costs more
-    # than many a task.
+    # Keep connections between requests and tasks: reconnecting (with SQLite's pragmas,
+    # or a PostgreSQL backend's start) costs more than many a task. Celery's Django fixup
+    # would close them after every task whatever this says: config/celery.py stops it.
     config["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
     config["CONN_HEALTH_CHECKS"] = True
     if config["ENGINE"] == "django.db.backends.sqlite3":

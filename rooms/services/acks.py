@@ -3,7 +3,7 @@
 import logging
 from dataclasses import dataclass
 
-from django.db.models import F
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from rooms.models import ChatProvider, Room, RoomMessage
@@ -26,32 +26,39 @@ def room_message_ack(*, idempotency_key: str, provider_message_id: str = "") -> 
     Idempotent: an ack for a message that is not in flight (a repeat, or one arriving
     after its timeout fired or an operator skipped it) changes nothing.
     """
-    message = RoomMessage.objects.filter(idempotency_key=idempotency_key).only("pk", "room_id").first()
-    if message is None:
+    # One read for the guard: the message and whether its room holds it now.
+    found = (
+        RoomMessage.objects.filter(idempotency_key=idempotency_key)
+        .values_list("pk", "room_id", "room__in_flight_id")
+        .first()
+    )
+    if found is None:
         logger.warning("ack for unknown idempotency key %s ignored", idempotency_key)
         return AckOutcome(applied=False, message_id=None)
-    if not holds(Room.objects.only("in_flight_id").get(pk=message.room_id), message.pk):
-        logger.info("room %s: ack for message %s not in flight ignored", message.room_id, message.pk)
-        return AckOutcome(applied=False, message_id=message.pk)
+    message_id, room_id, in_flight_id = found
+    if in_flight_id != message_id:  # read without a lock, a "no" is final (transitions.holds)
+        logger.info("room %s: ack for message %s not in flight ignored", room_id, message_id)
+        return AckOutcome(applied=False, message_id=message_id)
 
     def decide(room: Room) -> Transition:
-        if room.in_flight_id != message.pk:
+        if room.in_flight_id != message_id:
             return Transition(Outcome.UNCHANGED)
         now = timezone.now()
         transition = advance(room, last_ack_at=now)
-        RoomMessage.objects.filter(pk=message.pk).update(status=Status.ACKED, acked_at=now, finished_at=now)
-        if provider_message_id:
-            RoomMessage.objects.filter(pk=message.pk, provider_message_id="").update(
-                provider_message_id=provider_message_id
-            )
+        # The id the worker recorded wins; the ack's fills it in when the ack came first.
+        platform_id = Case(When(provider_message_id="", then=Value(provider_message_id)),
+                           default=F("provider_message_id"))
+        RoomMessage.objects.filter(pk=message_id).update(
+            status=Status.ACKED, acked_at=now, finished_at=now, provider_message_id=platform_id
+        )
         return transition
 
-    applied = room_transition(room_id=message.room_id, decide=decide).outcome is Outcome.ADVANCED
+    applied = room_transition(room_id=room_id, decide=decide).outcome is Outcome.ADVANCED
     if applied:
-        logger.info("room %s: message %s acked", message.room_id, message.pk)
+        logger.info("room %s: message %s acked", room_id, message_id)
     else:
-        logger.info("room %s: ack for message %s not in flight ignored", message.room_id, message.pk)
-    return AckOutcome(applied=applied, message_id=message.pk)
+        logger.info("room %s: ack for message %s not in flight ignored", room_id, message_id)
+    return AckOutcome(applied=applied, message_id=message_id)
 
 
 # What room_message_ack_timeout reports (its task's result) for each way the room moved.

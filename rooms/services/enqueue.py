@@ -9,7 +9,14 @@ from core.errors import IdempotencyKeyReusedError
 from rooms.exceptions import RoomNotFoundError
 from rooms.models import ChatProvider, Room, RoomMessage
 from rooms.selectors import caller_scope, room_message_for_key
-from rooms.services.transitions import Dispatch, Outcome, Transition, advance, room_transition
+from rooms.services.transitions import (
+    Dispatch,
+    Outcome,
+    Transition,
+    advance,
+    room_transition,
+    send_after_commit,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -25,10 +32,8 @@ def room_create(*, provider_name: str, recipient: str, owner_id: int | None = No
 def room_dispatch(*, room_id: int) -> Dispatch | None:
     """Put the room's oldest queued message in flight if the room is idle."""
     # A room seen busy needs nothing: the transition that ends its in-flight message puts
-    # the next queued one in flight. That transition cannot miss a message enqueued
-    # meanwhile: the enqueue updates the room row (last_sequence), so the two serialise
-    # on it, and whichever commits second sees the other. This spares every message
-    # enqueued behind another a write transaction.
+    # the next queued one in flight. (An enqueue dispatches in its own transaction, so
+    # this is for a room whose dispatch was lost: the recovery sweep, an operator.)
     if Room.objects.filter(pk=room_id, in_flight__isnull=False).exists():
         return None
 
@@ -57,24 +62,31 @@ def room_message_enqueue(
             return _same_request(first, room_id=room_id, body=body)
     try:
         with transaction.atomic():
-            # The increment is atomic in the database; it does not touch the state
-            # machine's columns, so it never conflicts with a transition.
+            # The increment takes the room's row lock (PostgreSQL; SQLite's write lock is
+            # taken at BEGIN) before anything else, as every transition does, and holds it
+            # to the commit: the room read next cannot move under this transaction.
             if not Room.objects.filter(pk=room_id).update(last_sequence=F("last_sequence") + 1):
                 raise RoomNotFoundError(f"room {room_id} does not exist", detail={"room_id": room_id})
-            sequence = Room.objects.values_list("last_sequence", flat=True).get(pk=room_id)
+            room = Room.objects.get(pk=room_id)
             message = RoomMessage.objects.create(
-                room_id=room_id, sequence=sequence, body=body, request_scope=scope, request_key=idempotency_key or ""
+                room_id=room_id, sequence=room.last_sequence, body=body, request_scope=scope,
+                request_key=idempotency_key or "",
             )
-            # Robust: the message is committed whatever the dispatch meets; what it could
-            # not do, the recovery sweep does.
-            transaction.on_commit(lambda: room_dispatch(room_id=room_id), robust=True)
+            # An idle room puts its head in flight in this same transaction: one write
+            # transaction per message instead of an enqueue and then a dispatch. A busy
+            # room needs nothing: the transition that ends its in-flight message takes
+            # the room's lock after this commit, and sees this message queued.
+            if room.in_flight_id is None:
+                dispatch = advance(room).send
+                if dispatch is not None:
+                    send_after_commit(dispatch)
     except IntegrityError:
         # The same key enqueued concurrently: the other transaction won.
         first = room_message_for_key(scope=scope, key=idempotency_key) if idempotency_key else None
         if first is None:
             raise
         return _same_request(first, room_id=room_id, body=body)
-    logger.info("room %s: enqueued message %s (#%s)", room_id, message.pk, sequence)
+    logger.info("room %s: enqueued message %s (#%s)", room_id, message.pk, message.sequence)
     return message
 
 

@@ -3,16 +3,15 @@
 import logging
 from dataclasses import dataclass
 
-from django.db import transaction
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
-from rooms.models import Room, RoomMessage
+from rooms.models import ChatProvider, Room, RoomMessage
 from rooms.services.transitions import (
     Outcome,
     Transition,
     advance,
     holds,
-    locked_room,
     room_transition,
 )
 
@@ -53,15 +52,24 @@ def room_message_record_send(*, message_id: int, attempt: int, provider_message_
     None when the message is no longer in flight at this attempt: its ack (or an operator)
     got there first, and there is nothing to time out.
     """
-    with transaction.atomic():
-        message = RoomMessage.objects.select_related("room__provider").get(pk=message_id)
-        room = locked_room(message.room_id)
-        if not message.provider_message_id:
-            RoomMessage.objects.filter(pk=message_id).update(provider_message_id=provider_message_id)
-        if not holds(room, message_id, attempt):
-            return None
-        RoomMessage.objects.filter(pk=message_id).update(sent_at=timezone.now())
-        return message.room.provider.ack_timeout_ms
+    # One conditional UPDATE of the message row, with no transaction around it and no
+    # room lock: every transition writes the room and its messages in one transaction,
+    # so the message is `in_flight` with `attempts` = a exactly while the room holds
+    # (M, a), and the database checks that guard at the write. A transition committing
+    # first makes this update match nothing; one committing after it finds the send
+    # recorded, and its timeout check is then stale. The provider's id is kept either way
+    # (the first one: a resend is answered with the same id).
+    first_id = Case(When(provider_message_id="", then=Value(provider_message_id)), default=F("provider_message_id"))
+    recorded = RoomMessage.objects.filter(pk=message_id, status=Status.IN_FLIGHT, attempts=attempt).update(
+        sent_at=timezone.now(), provider_message_id=first_id
+    )
+    if not recorded:
+        RoomMessage.objects.filter(pk=message_id, provider_message_id="").update(
+            provider_message_id=provider_message_id
+        )
+        return None
+    timeout_ms: int = ChatProvider.objects.values_list("ack_timeout_ms", flat=True).get(rooms__messages=message_id)
+    return timeout_ms
 
 
 def room_message_give_up(*, message_id: int, attempt: int, reason: str) -> bool:

@@ -94,6 +94,34 @@ def test_webhook_before_the_worker_records_its_send(room: Room, sent: SentTasks)
     assert RoomMessage.objects.get(pk=first.pk).provider_message_id == "chm_1"
 
 
+def test_a_send_recorded_for_an_attempt_already_superseded_arms_no_timeout(room: Room, sent: SentTasks) -> None:
+    (first,) = enqueue(room, "a")
+    # The worker of attempt 1 is still calling the provider when an operator sends
+    # attempt 2: the send is recorded on the message row alone, guarded by its attempt.
+    assert room_message_retry(message_id=first.pk)
+
+    assert room_message_record_send(message_id=first.pk, attempt=1, provider_message_id="chm_1") is None
+    assert RoomMessage.objects.get(pk=first.pk).sent_at is None
+    assert room_message_record_send(message_id=first.pk, attempt=2, provider_message_id="chm_1") == 500
+    recorded = RoomMessage.objects.get(pk=first.pk)
+    assert (recorded.sent_at is not None, recorded.provider_message_id) == (True, "chm_1")
+
+
+def test_an_enqueue_into_an_idle_room_whose_dispatch_was_lost_sends_the_oldest_message_first(
+    room: Room, sent: SentTasks
+) -> None:
+    (first,) = enqueue(room, "a")
+    # As if an earlier enqueue committed and its send was lost with the room left idle.
+    Room.objects.filter(pk=room.pk).update(in_flight=None, attempt=0)
+    RoomMessage.objects.filter(pk=first.pk).update(status=Status.QUEUED)
+    sent.calls.clear()
+
+    (second,) = enqueue(room, "b")
+
+    assert (fresh(room).in_flight_id, status(first), status(second)) == (first.pk, Status.IN_FLIGHT, Status.QUEUED)
+    assert sent.calls == [(first.pk, 1)]
+
+
 def test_same_webhook_twice_changes_nothing_the_second_time(room: Room, sent: SentTasks) -> None:
     first, second, _ = enqueue(room, "a", "b", "c")
     assert room_message_ack(idempotency_key=key(first)).applied
