@@ -1,8 +1,10 @@
 """Every answer under /api/ (and of the SSE stream) is JSON, whatever part of Django gives it."""
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.urls import is_valid_path
@@ -11,6 +13,12 @@ from core.errors import error_response, http_error_response
 
 # The paths the OpenAPI schema documents: /events/ is the SSE stream, JSON when it refuses.
 API_PREFIXES = ("/api/", "/events/")
+# The database's errors of the moment (unreachable, restarting, out of connections, a lock
+# held too long): the same request a few seconds later may succeed.
+DATABASE_UNREACHABLE = (OperationalError, InterfaceError)
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+logger = logging.getLogger(__name__)
 
 GetResponse = Callable[[HttpRequest], HttpResponseBase | Awaitable[HttpResponseBase]]
 
@@ -59,6 +67,17 @@ class ApiErrorMiddleware:
             return self.get_response(request)  # type: ignore[return-value]
         response = _missing_slash(request) or self.get_response(request)
         return http_error_response(request, response)  # type: ignore[arg-type]
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponseBase | None:
+        """A database out of reach (down, restarting, or out of connections) is a moment's
+        unavailability the client may retry, not an unexpected error: 503 with Retry-After."""
+        if not request.path_info.startswith(API_PREFIXES) or not isinstance(exception, DATABASE_UNREACHABLE):
+            return None
+        logger.warning("%s %s: database unreachable: %s", request.method, request.path_info, exception)
+        return error_response(
+            "unavailable", "the service cannot reach its database just now; retry in a few seconds",
+            status=503, headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         if not request.path_info.startswith(API_PREFIXES):

@@ -302,6 +302,9 @@ postgres_bin() {
 }
 
 start_postgres() { # PORT NAME: a throwaway cluster, user and database "carillon", trust on loopback
+    # max_connections: every worker process and web thread keeps its connection between
+    # tasks and requests (CONN_MAX_AGE), and the suite runs many of each at once: the
+    # default 100 ran out ("too many clients"). Production sizing: docs/operations.md.
     local port=$1 dir bin
     bin=$(postgres_bin)
     require_free_port "$port" "PostgreSQL"
@@ -311,7 +314,7 @@ start_postgres() { # PORT NAME: a throwaway cluster, user and database "carillon
     fi
     say "starting PostgreSQL on 127.0.0.1:$port"
     as_service_user postgres "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 \
-        -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories='' -c fsync=off" \
+        -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories='' -c fsync=off -c max_connections=400" \
         start >/dev/null || die "PostgreSQL did not start; see $dir/server.log"
     "$bin/psql" -h 127.0.0.1 -p "$port" -U carillon -d postgres -tAc \
         "SELECT 1 FROM pg_database WHERE datname = 'carillon'" | grep -q 1 \

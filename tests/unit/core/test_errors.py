@@ -5,6 +5,7 @@ import json
 from typing import Any
 
 import pytest
+from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.test import Client
 from django.urls import include, path
@@ -166,7 +167,15 @@ def _explode(request: HttpRequest) -> HttpResponse:
     raise RuntimeError("secret internals: password=hunter2")
 
 
-urlpatterns = [path("api/explode/", _explode), path("", include("config.urls"))]
+def _database_gone(request: HttpRequest) -> HttpResponse:
+    raise OperationalError('connection failed: FATAL:  sorry, too many clients already')
+
+
+urlpatterns = [
+    path("api/explode/", _explode),
+    path("api/database-gone/", _database_gone),
+    path("", include("config.urls")),
+]
 
 
 @pytest.mark.urls(__name__)
@@ -177,6 +186,15 @@ def test_an_unexpected_failure_answers_internal_error_without_its_text(staff: Cl
 
     body = assert_error(response, 500, "internal_error")
     assert "hunter2" not in response.content.decode() and "RuntimeError" not in body["message"]
+
+
+@pytest.mark.urls(__name__)
+def test_a_database_out_of_reach_answers_unavailable_to_retry(staff: Client) -> None:
+    # Down, restarting or out of connections: the request may succeed a moment later.
+    response = Client(raise_request_exception=False).post("/api/database-gone/")
+
+    body = assert_error(response, 503, "unavailable")
+    assert response["Retry-After"] == "5" and "clients" not in body["message"]
 
 
 def test_the_event_stream_answers_other_methods_with_json_405(staff: Client) -> None:
