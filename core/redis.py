@@ -12,6 +12,7 @@ settings alone. The background Celery app reaches Redis through kombu, whose bro
 the settings translate (config/env.py, celery_redis_url).
 """
 
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -51,6 +52,23 @@ def _pool_options(max_connections: int | None, pool_timeout: float | None) -> di
     return {"max_connections": max_connections, "timeout": pool_timeout}
 
 
+@dataclass(frozen=True)
+class _Flavour:
+    """redis-py's classes for one side: blocking or asyncio (two parallel class trees)."""
+
+    client: Any
+    blocking_pool: Any
+    sentinel: Any
+    sentinel_pool: Any
+    blocking_sentinel_pool: Any
+
+
+_SYNC = _Flavour(redis.Redis, redis.BlockingConnectionPool, Sentinel, SentinelConnectionPool,
+                 _SentinelBlockingConnectionPool)
+_ASYNC = _Flavour(aioredis.Redis, aioredis.BlockingConnectionPool, AsyncSentinel, AsyncSentinelConnectionPool,
+                  _AsyncSentinelBlockingConnectionPool)
+
+
 def redis_client(url: str, *, max_connections: int | None = None, pool_timeout: float | None = None,
                  **options: Any) -> redis.Redis:
     """A client of the Redis at `url`, or of the primary the Sentinels name.
@@ -59,40 +77,29 @@ def redis_client(url: str, *, max_connections: int | None = None, pool_timeout: 
     `pool_timeout` seconds for one to be free (BlockingConnectionPool) instead of failing.
     Other options (socket_timeout, …) go to every connection.
     """
-    sentinels = settings.REDIS_SENTINELS
-    if not sentinels:
-        if max_connections is None:
-            return redis.Redis.from_url(url, **options)
-        pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=pool_timeout, **options
-        )
-        return redis.Redis(connection_pool=pool)
-    primary, sentinel_options = _sentinel_options(url, options)
-    manager = Sentinel(sentinels, sentinel_kwargs=sentinel_options, **primary)
-    pool_class = SentinelConnectionPool if max_connections is None else _SentinelBlockingConnectionPool
-    client: redis.Redis = manager.master_for(
-        settings.REDIS_SENTINEL_MASTER, connection_pool_class=pool_class,
-        **_pool_options(max_connections, pool_timeout),
-    )
+    client: redis.Redis = _client(_SYNC, url, max_connections, pool_timeout, options)
     return client
 
 
 def redis_async_client(url: str, *, max_connections: int | None = None, pool_timeout: float | None = None,
                        **options: Any) -> aioredis.Redis:
     """redis_client for asyncio; bound to the event loop that first uses it."""
+    client: aioredis.Redis = _client(_ASYNC, url, max_connections, pool_timeout, options)
+    return client
+
+
+def _client(flavour: _Flavour, url: str, max_connections: int | None, pool_timeout: float | None,
+            options: dict[str, Any]) -> Any:
     sentinels = settings.REDIS_SENTINELS
     if not sentinels:
         if max_connections is None:
-            return aioredis.Redis.from_url(url, **options)
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=pool_timeout, **options
-        )
-        return aioredis.Redis(connection_pool=pool)
+            return flavour.client.from_url(url, **options)
+        pool = flavour.blocking_pool.from_url(url, max_connections=max_connections, timeout=pool_timeout, **options)
+        return flavour.client(connection_pool=pool)
     primary, sentinel_options = _sentinel_options(url, options)
-    manager = AsyncSentinel(sentinels, sentinel_kwargs=sentinel_options, **primary)
-    pool_class = AsyncSentinelConnectionPool if max_connections is None else _AsyncSentinelBlockingConnectionPool
-    client: aioredis.Redis = manager.master_for(
+    manager = flavour.sentinel(sentinels, sentinel_kwargs=sentinel_options, **primary)
+    pool_class = flavour.sentinel_pool if max_connections is None else flavour.blocking_sentinel_pool
+    return manager.master_for(
         settings.REDIS_SENTINEL_MASTER, connection_pool_class=pool_class,
         **_pool_options(max_connections, pool_timeout),
     )
-    return client

@@ -292,11 +292,17 @@ def start_pipeline_worker(
         process.stop()
 
 
+def relay_start(name: str, env: dict[str, str]) -> ManagedProcess:
+    """Start an outbox relay polling every 0.2 s; answer once it runs."""
+    process = ManagedProcess(name, python("manage.py", "relay_outbox", "--poll", "0.2"), env=env)
+    process.wait_for_log("relay: started")
+    return process
+
+
 @pytest.fixture
 def relay_process(pipeline_env: dict[str, str]) -> Iterator[ManagedProcess]:
     """The outbox relay, publishing what the fast path could not (RabbitMQ away)."""
-    process = ManagedProcess("relay", python("manage.py", "relay_outbox", "--poll", "0.2"), env=pipeline_env)
-    process.wait_for_log("relay: started")
+    process = relay_start("relay", pipeline_env)
     yield process
     process.stop()
 

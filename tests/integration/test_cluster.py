@@ -15,6 +15,7 @@ import pytest
 
 from notifications.models import Delivery, OutboxMessage
 from sandbox.client import SandboxClient
+from tests.integration.conftest import relay_start
 from tests.integration.test_pipeline import make_user
 from tests.processes import ROOT, ManagedProcess, python, subprocess_database_url, wait_for
 
@@ -83,8 +84,7 @@ def cluster_env(pipeline_env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture
 def cluster_relay(cluster_env: dict[str, str]) -> Iterator[ManagedProcess]:
-    process = ManagedProcess("cluster-relay", python("manage.py", "relay_outbox", "--poll", "0.2"), env=cluster_env)
-    process.wait_for_log("relay: started")
+    process = relay_start("cluster-relay", cluster_env)
     yield process
     process.stop()
 
