@@ -5,9 +5,10 @@ import json
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse
-from django.test import Client
+from django.test import AsyncClient, Client
 from django.urls import include, path
 from rest_framework.authtoken.models import Token
 
@@ -189,9 +190,15 @@ def test_an_unexpected_failure_answers_internal_error_without_its_text(staff: Cl
 
 
 @pytest.mark.urls(__name__)
-def test_a_database_out_of_reach_answers_unavailable_to_retry(staff: Client) -> None:
+@pytest.mark.parametrize("handler", ["wsgi", "asgi"])
+def test_a_database_out_of_reach_answers_unavailable_to_retry(handler: str) -> None:
     # Down, restarting or out of connections: the request may succeed a moment later.
-    response = Client(raise_request_exception=False).post("/api/database-gone/")
+    # Both handlers: daphne serves the API through Django's async one.
+    response: Any
+    if handler == "wsgi":
+        response = Client(raise_request_exception=False).post("/api/database-gone/")
+    else:
+        response = async_to_sync(AsyncClient(raise_request_exception=False).post)("/api/database-gone/")
 
     body = assert_error(response, 503, "unavailable")
     assert response["Retry-After"] == "5" and "clients" not in body["message"]
