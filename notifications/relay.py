@@ -9,7 +9,7 @@ import uuid
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 from kombu.exceptions import KombuError, OperationalError
 
@@ -83,10 +83,10 @@ def _publish(message: OutboxMessage, producer: object) -> None:
 
 def outbox_publish_claimed(messages: list[OutboxMessage]) -> int:
     """Publish claimed rows in order; stop at the first broker error. Return how many went."""
-    published = 0
     if not messages:
         return 0
     global _topology_declared
+    published: list[int] = []
     try:
         with critical_app.producer_or_acquire() as producer:
             # Fail at once when the broker is away, instead of Celery's connection retries:
@@ -102,19 +102,24 @@ def outbox_publish_claimed(messages: list[OutboxMessage]) -> int:
                 _topology_declared = True
             for message in messages:
                 _publish(message, producer)
-                OutboxMessage.objects.filter(pk=message.pk).update(
-                    published_at=timezone.now(), claim_token=None, claimed_until=None,
-                    attempts=message.attempts + 1, last_error="",
-                )
-                published += 1
+                published.append(message.pk)
     except (OperationalError, KombuError, OSError) as exc:
         # Give the unpublished rows back at once rather than at lease expiry.
-        rest = [message.pk for message in messages[published:]]
+        rest = [message.pk for message in messages[len(published):]]
         OutboxMessage.objects.filter(pk__in=rest).update(
             claim_token=None, claimed_until=None, last_error=f"{type(exc).__name__}: {exc}"
         )
         logger.warning("outbox: %d of %d rows left for the relay: %s", len(rest), len(messages), exc)
-    return published
+    # What RabbitMQ confirmed, marked in one statement. A publisher that dies before it
+    # leaves these rows to the relay, which publishes them again: a task run twice finds
+    # its deliveries done (one per recipient), and an envelope carries the event id as
+    # its message id for other services to drop a second copy (docs/architecture.md).
+    if published:
+        OutboxMessage.objects.filter(pk__in=published).update(
+            published_at=timezone.now(), claim_token=None, claimed_until=None, attempts=F("attempts") + 1,
+            last_error="",
+        )
+    return len(published)
 
 
 def outbox_publish(*, ids: list[int]) -> int:

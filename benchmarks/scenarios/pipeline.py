@@ -16,7 +16,6 @@ handled, over the number of those requests.
 
 import os
 import time
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -24,7 +23,13 @@ from django.conf import settings
 from kombu import Connection, Consumer, Exchange, Queue
 
 from benchmarks.clients import Recorder
-from benchmarks.hdr import histogram_encode, histogram_new, histogram_record
+from benchmarks.hdr import (
+    HdrHistogram,
+    histogram_encode,
+    histogram_new,
+    histogram_percentiles_ms,
+    histogram_record,
+)
 from benchmarks.loadgen import Link, Window, run_load, schedule, sync_open_loop
 from benchmarks.runner import LOG_DIR, Options, Series, ratio, report_write
 from benchmarks.servers import cpu_seconds
@@ -178,16 +183,33 @@ def _carillon_deliveries(stamps: list[tuple[UUID, float, float]], all_events: li
         if done >= len(all_events) * DELIVERIES_PER_EVENT or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    rows: list[tuple[UUID, datetime]] = list(Delivery.objects.filter(  # type: ignore[arg-type]  # SENT rows have sent_at
-        event_id__in=list(by_event), status=Delivery.Status.SENT).values_list("event_id", "sent_at"))
+    rows = Delivery.objects.filter(event_id__in=list(by_event), status=Delivery.Status.SENT).values_list(
+        "event_id", "channel", "event__created_at", "created_at", "attempt_started_at", "sent_at")
     latency, service = histogram_new(), histogram_new()
-    for event_id, sent_at in rows:
+    stages: dict[str, dict[str, HdrHistogram]] = {}
+    received = 0
+    for event_id, channel, event_created, created, started, sent_at in rows:
+        if sent_at is None:  # never for a SENT row; typed as optional all the same
+            continue
+        received += 1
         due, sent = by_event[event_id]
         histogram_record(latency, sent_at.timestamp() - due)
         histogram_record(service, sent_at.timestamp() - sent)
+        # Where a delivery waited, per channel (a stage without its stamp is skipped).
+        moments = [(name, at.timestamp()) for name, at in [
+            ("event row", event_created), ("delivery row", created), ("attempt start", started),
+            ("provider accepted", sent_at)] if at is not None]
+        for (_, before), (name, after) in zip([("publish", sent), *moments[:-1]], moments, strict=True):
+            histogram_record(stages.setdefault(channel, {}).setdefault(name, histogram_new()), after - before)
     failed = Delivery.objects.filter(event_id__in=list(by_event)).exclude(status=Delivery.Status.SENT).count()
     return {"latency": histogram_encode(latency), "service": histogram_encode(service), "sent": 0,
-            "received": len(rows), "errors": failed}
+            "received": received, "errors": failed,
+            "stages_ms": {channel: {name: _p50_p99(h) for name, h in hists.items()} for channel, hists in stages.items()}}
+
+
+def _p50_p99(histogram: HdrHistogram) -> dict[str, float | None]:
+    every = histogram_percentiles_ms(histogram)
+    return {"p50": every["p50"], "p99": every["p99"]}
 
 
 def pipeline_scenario(options: Options) -> list[dict[str, Any]]:
@@ -240,6 +262,7 @@ def pipeline_scenario(options: Options) -> list[dict[str, Any]]:
         cost = (cpu_seconds(worker) - cpu) / (len(results[0]["all_events"]) * DELIVERIES_PER_EVENT)
         series.append(Series.merged("Carillon pipeline (deliveries)", [results[0], received], asked_rate=deliveries,
                                     seconds=options.duration, server=server, events_per_second_asked=rate,
+                                    stages_ms=received["stages_ms"],
                                     worker_cpu_ms_per_item=round(cost * 1000, 3)))
     finally:
         for process in reversed(processes):

@@ -147,9 +147,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
-# Events feed Flower's task views.
+# Events feed Flower's task views; the worker sends them without publisher confirms
+# (config/worker.py). No "sent" event: it was one more confirmed publish beside every task
+# published (a web request's fast path waited for it), and Flower shows a task from the
+# moment a worker receives it.
 CELERY_WORKER_SEND_TASK_EVENTS = True
-CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_WORKER_CONSUMER = "config.worker:EventsUnconfirmedConsumer"
 # Ordered room delivery (rooms/) runs on a quorum queue of its own (rooms/queues.py).
 CELERY_TASK_ROUTES = {"rooms.*": {"queue": "carillon.rooms", "routing_key": "carillon.rooms"}}
 

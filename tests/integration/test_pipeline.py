@@ -5,7 +5,8 @@ import re
 from typing import Any
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from notifications.models import Delivery, Event, FailedJob, Notification, OutboxMessage
 from notifications.services.deliveries import delivery_send
@@ -192,6 +193,22 @@ def test_analytics_of_many_events_go_to_mixpanel_in_few_requests(
     assert inbox["accepted"] == 8 and inbox["duplicates"] == 0
     assert inbox["requests"] < 8  # batched: several events shared a request
     assert sorted(item["properties"]["video_id"] for item in inbox["received"]) == [f"v{n}" for n in range(8)]
+
+
+def test_the_fast_path_marks_what_rabbitmq_confirmed_in_one_statement(worker: CeleryWorker) -> None:
+    # account.created has four outbox rows (its envelope and three subscribers' tasks):
+    # one UPDATE claims them, one marks them published, however many there are.
+    user = make_user()
+
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        event = event_publish(type="account.created", data={"user_id": user.pk, "name": "Ada"})
+
+    outbox_updates = [q["sql"] for q in queries.captured_queries
+                      if q["sql"].startswith("UPDATE") and OutboxMessage._meta.db_table in q["sql"]]
+    assert len(outbox_updates) == 2, outbox_updates
+    assert OutboxMessage.objects.filter(event=event, published_at__isnull=True).count() == 0
+    assert set(OutboxMessage.objects.filter(event=event).values_list("attempts", flat=True)) == {1}
+    wait_for(lambda: len(statuses(event)) == 3 and set(statuses(event).values()) == {"sent"}, "every delivery sent")
 
 
 @pytest.mark.parametrize(("subscriber", "statements"), [("transactional_email", 6), ("activity_feed", 8)])

@@ -39,3 +39,17 @@ def test_a_worker_closes_a_connection_older_than_conn_max_age() -> None:
     run_task_signals()
 
     assert connection.connection is None
+
+
+def test_task_events_go_without_publisher_confirms_and_tasks_keep_them() -> None:
+    # A worker's task events (Flower's view) leave on the connection its consumer opens for
+    # writing; tasks are published through the app's pool, which must keep confirms.
+    consumer_class = critical_app.subclass_with_self(critical_app.conf.worker_consumer)
+    consumer = consumer_class.__new__(consumer_class)
+    consumer.ensure_connected = lambda conn: conn  # no broker needed to read the options
+
+    events = consumer.connection_for_write()
+    with critical_app.connection_for_write() as tasks:
+        assert events.transport_options["confirm_publish"] is False
+        assert tasks.transport_options["confirm_publish"] is True
+    events.release()
