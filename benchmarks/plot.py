@@ -1,5 +1,5 @@
-"""Percentile plots: latency by percentile, the x-axis in "nines" (90, 99, 99.9, ...), so
-that the tail is as wide as the median."""
+"""Latency plots: by percentile, the x-axis in "nines" (90, 99, 99.9, ...), so that the
+tail is as wide as the median; and over time, with the moments of a run's failures marked."""
 
 from pathlib import Path
 
@@ -39,6 +39,30 @@ def percentile_plot(series: dict[str, HdrHistogram], *, title: str, path: Path) 
     axes.set_xlim(1, 10.0**MAX_NINES)
     axes.set_xlabel("percentile")
     axes.set_ylabel("latency from intended send time (ms, log)")
+    axes.set_title(title)
+    axes.grid(True, which="major", alpha=0.4)
+    axes.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def timeline_plot(
+    points: dict[str, list[tuple[float, float]]], *, marks: list[tuple[float, str]], title: str, path: Path
+) -> None:
+    """Each named series as (seconds from the start, latency in ms) dots, with the moments
+    in `marks` drawn as labelled vertical lines: latency through a run and its failures."""
+    figure, axes = plt.subplots(figsize=(10, 5.5))
+    for name, series in points.items():
+        if series:
+            axes.scatter([x for x, _ in series], [y for _, y in series], s=6, label=f"{name} (n={len(series):,})")
+    for at, label in marks:
+        axes.axvline(at, color="black", linestyle="--", linewidth=0.9)
+        axes.annotate(label, (at, 1.0), xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right",
+                      fontsize=8)
+    axes.set_yscale("log")
+    axes.set_xlabel("seconds from the first publish")
+    axes.set_ylabel("publish → provider accepted (ms, log)")
     axes.set_title(title)
     axes.grid(True, which="major", alpha=0.4)
     axes.legend(loc="upper left", fontsize=8)

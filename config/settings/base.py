@@ -152,7 +152,7 @@ CELERY_TIMEZONE = TIME_ZONE
 # published (a web request's fast path waited for it), and Flower shows a task from the
 # moment a worker receives it.
 CELERY_WORKER_SEND_TASK_EVENTS = True
-CELERY_WORKER_CONSUMER = "config.worker:EventsUnconfirmedConsumer"
+CELERY_WORKER_CONSUMER = "config.worker:CriticalConsumer"
 # Ordered room delivery (rooms/) runs on a quorum queue of its own (rooms/queues.py).
 CELERY_TASK_ROUTES = {"rooms.*": {"queue": "carillon.rooms", "routing_key": "carillon.rooms"}}
 

@@ -2,14 +2,19 @@
 it between requests (CONN_MAX_AGE), and still drops one that is too old or broken."""
 
 import time
+from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 from celery.fixups.django import DjangoWorkerFixup
 from celery.signals import task_postrun, task_prerun
+from celery.worker.consumer.delayed_delivery import DelayedDelivery
 from django.db import connection
+from kombu import Connection
 
 from config.celery import app as critical_app
 from config.celery import ping
+from config.worker import ClusterDelayedDelivery
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -53,3 +58,28 @@ def test_task_events_go_without_publisher_confirms_and_tasks_keep_them() -> None
         assert events.transport_options["confirm_publish"] is False
         assert tasks.transport_options["confirm_publish"] is True
     events.release()
+
+
+def test_delayed_delivery_is_set_up_once_through_the_node_the_worker_is_on() -> None:
+    # RABBITMQ_URL names every node of one cluster, the first of them dead: the worker is
+    # connected to the second, and only that one is asked (they share their exchanges).
+    consumer = SimpleNamespace(app=critical_app, connection=Connection("amqp://guest:guest@10.0.0.2:5672//"))
+    step = ClusterDelayedDelivery.__new__(ClusterDelayedDelivery)
+    asked: list[str] = []
+    with mock.patch.object(ClusterDelayedDelivery, "_setup_delayed_delivery",
+                           lambda self, c, url: asked.append(url)):
+        step.start(consumer)
+
+    assert asked == ["amqp://guest:guest@10.0.0.2:5672//"]
+
+
+def test_delayed_delivery_falls_back_to_every_node_when_the_current_one_fails() -> None:
+    consumer = SimpleNamespace(app=critical_app, connection=Connection("amqp://guest:guest@10.0.0.2:5672//"))
+    step = ClusterDelayedDelivery.__new__(ClusterDelayedDelivery)
+    with (
+        mock.patch.object(ClusterDelayedDelivery, "_setup_delayed_delivery", side_effect=OSError("refused")),
+        mock.patch.object(DelayedDelivery, "start") as every_node,
+    ):
+        step.start(consumer)
+
+    every_node.assert_called_once_with(consumer)
