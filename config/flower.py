@@ -5,7 +5,14 @@ handler lacks the `authenticated` decorator every other page has). We put it beh
 same check rather than expose queue and task names to anyone who can reach the port.
 """
 
+import os
+
 from flower.views import monitor
 from tornado import web
 
 monitor.Metrics.get = web.authenticated(monitor.Metrics.get)  # type: ignore[method-assign]
+
+# Flower's broker tab reads RabbitMQ's management API, from one URL: the first node of
+# RABBITMQ_MANAGEMENT_URL, which may name several (";"-separated, as /metrics reads it).
+if os.environ.get("RABBITMQ_MANAGEMENT_URL"):
+    broker_api = os.environ["RABBITMQ_MANAGEMENT_URL"].split(";")[0].strip()

@@ -28,12 +28,22 @@ RECENT = timedelta(minutes=5)
 def _rabbitmq_queues() -> list[dict[str, Any]]:
     # Every node of a cluster serves the same virtual host: the first URL names it.
     vhost = urlsplit(broker_urls(settings.RABBITMQ_URL)[0]).path[1:] or "/"
-    url = f"{settings.RABBITMQ_MANAGEMENT_URL.rstrip('/')}/queues/{quote(vhost, safe='')}"
-    response = requests.get(
-        url, params={"columns": "name,messages_ready,messages_unacknowledged,consumers"}, timeout=5
-    )
-    response.raise_for_status()
-    return [queue for queue in response.json() if queue["name"].startswith("carillon.")]
+    # Every node serves the whole cluster's management API: ask them in the order given
+    # (RABBITMQ_MANAGEMENT_URL may name several, ";"-separated), the first answer counts.
+    error = requests.RequestException("RABBITMQ_MANAGEMENT_URL names no node")
+    for base in broker_urls(settings.RABBITMQ_MANAGEMENT_URL):
+        try:
+            response = requests.get(
+                f"{base.rstrip('/')}/queues/{quote(vhost, safe='')}",
+                params={"columns": "name,messages_ready,messages_unacknowledged,consumers"}, timeout=5,
+            )
+            response.raise_for_status()
+        except requests.RequestException as exc:
+            logger.info("metrics: RabbitMQ management API at %s unreachable: %s", urlsplit(base).netloc.rpartition("@")[2], exc)
+            error = exc
+            continue
+        return [queue for queue in response.json() if queue["name"].startswith("carillon.")]
+    raise error
 
 
 class CarillonCollector(Collector):

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import requests
+from django.conf import settings
 from django.test import Client, override_settings
 
 from config.celery import app as critical_app
@@ -60,6 +61,18 @@ def test_metrics_report_what_the_test_created() -> None:
 
     # The management API refreshes queue depths every few seconds, each queue on its own.
     wait_for(lambda: not missing(), "every expected line in the scrape", 60)
+
+
+def test_metrics_ask_the_next_management_node_when_the_first_is_down() -> None:
+    with critical_app.connection_for_write() as connection:
+        topology_declare(connection)
+    # A cluster's nodes, the first of them dead: its port answers nothing.
+    dead = f"http://guest:guest@127.0.0.1:{free_port()}/api/"
+    with override_settings(RABBITMQ_MANAGEMENT_URL=f"{dead};{settings.RABBITMQ_MANAGEMENT_URL}"):
+        page = scrape(f"Bearer {TOKEN}")[1]
+
+    assert "carillon_rabbitmq_up 1.0" in page
+    assert 'carillon_queue_consumers{queue="carillon.email"}' in page
 
 
 def test_alert_rules_are_valid_and_use_only_metrics_carillon_exports() -> None:
