@@ -4,7 +4,8 @@ One Lua script takes the next id (INCR), appends the message to a sorted set sco
 id, trims it by length and age, and PUBLISHes it: history and pub/sub see the same
 message, and concurrent publishers cannot interleave their ids and publishes. The
 sequence key never expires, so a topic never hands out an id twice while Redis keeps
-its data (append-only file, platform/redis/redis.conf).
+its data (append-only file, platform/redis/redis.conf), nor after a failover lost some
+of it (the epoch, below).
 """
 
 import hashlib
@@ -20,6 +21,7 @@ from django.conf import settings
 from redis.exceptions import NoScriptError
 
 from realtime.topics import (
+    PRIMARY_KEY,
     STATS_PUBLISHED_KEY,
     Topic,
     history_key,
@@ -30,12 +32,41 @@ from realtime.topics import (
 
 logger = logging.getLogger(__name__)
 
-# KEYS: sequence, history, pub/sub channel, published counter. ARGV: now (ms), max length, max age (ms),
-# the message as a JSON object without id/ts (spliced in below, so no JSON library runs
-# on the publish path except to read a trimmed head's timestamp).
+# KEYS: sequence, history, pub/sub channel, published counter, primary. ARGV: now (ms),
+# max length, max age (ms), the message as a JSON object without id/ts (spliced in below,
+# so no JSON library runs on the publish path except to read a trimmed head's timestamp).
+#
+# The primary key remembers which Redis primary (its replication id) the appends ran on,
+# and the epoch: how many failovers it has seen. A failover promotes a replica that may
+# lack the last writes, ids included, which clients already hold. A promoted replica is
+# recognised by its second replication id (the one it inherited; a Redis that merely
+# restarted has none): then the next epoch starts, and each topic's counter jumps to
+# epoch * 2^32 before its next id, so no id is handed out twice, and a client resuming
+# from a lost id finds a gap in the history: `resync`, never a silent skip. Every topic
+# pays one `resync` per failover, lost writes or not: Redis cannot tell which it lost.
+# INFO costs half an append, so it is asked at most every PRIMARY_CHECK_MS (ARGV[5]): that
+# must stay below Sentinel's down-after-milliseconds (5 s), so that the last check a
+# promoted replica inherited is always older than that. The publishers' clocks decide;
+# one ahead or behind makes the others check more often, never less.
 APPEND_SCRIPT = """
-local id = redis.call('INCR', KEYS[1])
 local now = tonumber(ARGV[1])
+local primary = redis.call('HMGET', KEYS[5], 'replid', 'epoch', 'checked')
+local epoch = tonumber(primary[2] or '0')
+local checked = tonumber(primary[3] or '0')
+if now - checked >= tonumber(ARGV[5]) or now < checked then
+    local info = redis.call('INFO', 'replication')
+    local replid = string.match(info, 'master_replid:(%w+)')
+    local promoted = string.match(info, 'master_replid2:(%w+)') ~= string.rep('0', 40)
+    if primary[1] and primary[1] ~= replid and promoted then epoch = epoch + 1 end
+    redis.call('HSET', KEYS[5], 'replid', replid, 'epoch', epoch, 'checked', now)
+end
+if epoch > 0 then
+    local floor = epoch * 4294967296
+    if tonumber(redis.call('GET', KEYS[1]) or '0') < floor then
+        redis.call('SET', KEYS[1], string.format('%.0f', floor))
+    end
+end
+local id = redis.call('INCR', KEYS[1])
 local message = '{"id":' .. id .. ',"ts":' .. now .. ',' .. string.sub(ARGV[4], 2)
 redis.call('ZADD', KEYS[2], id, message)
 local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[2])
@@ -54,6 +85,8 @@ redis.call('INCR', KEYS[4])
 return id
 """
 
+
+PRIMARY_CHECK_MS = 500
 
 APPEND_SHA = hashlib.sha1(APPEND_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
 
@@ -102,8 +135,8 @@ def _max_age_ms() -> int:
 
 
 def _append_args(topic: Topic, body: str) -> tuple[list[str], list[Any]]:
-    keys = [sequence_key(topic), history_key(topic), pubsub_channel(topic), STATS_PUBLISHED_KEY]
-    return keys, [_now_ms(), settings.REALTIME_HISTORY_MAX_LENGTH, _max_age_ms(), body]
+    keys = [sequence_key(topic), history_key(topic), pubsub_channel(topic), STATS_PUBLISHED_KEY, PRIMARY_KEY]
+    return keys, [_now_ms(), settings.REALTIME_HISTORY_MAX_LENGTH, _max_age_ms(), body, PRIMARY_CHECK_MS]
 
 
 def history_append_many(client: redis.Redis, messages: list[tuple[Topic, str]]) -> list[int]:

@@ -85,6 +85,9 @@ def sequence_key(topic: Topic) -> str:
 # Counters for /metrics: messages published, and per server process its connections
 # and the frames it delivered (a hash that expires when the process stops refreshing it).
 STATS_PUBLISHED_KEY = f"{_PREFIX}:stats:published"
+# Which Redis primary the history's ids were last handed out on, and the epoch they are in
+# (realtime/history.py).
+PRIMARY_KEY = f"{_PREFIX}:primary"
 STATS_PROCESS_PATTERN = f"{_PREFIX}:stats:process:*"
 
 
