@@ -2,6 +2,7 @@
 tail is as wide as the median; and over time, with the moments of a run's failures marked."""
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -37,14 +38,7 @@ def percentile_plot(series: dict[str, HdrHistogram], *, title: str, path: Path) 
     axes.set_xticks(ticks)
     axes.set_xticklabels(["0%"] + [f"{100 - 10 ** (2 - n):.{max(0, n - 2)}f}%" for n in range(1, MAX_NINES + 1)])
     axes.set_xlim(1, 10.0**MAX_NINES)
-    axes.set_xlabel("percentile")
-    axes.set_ylabel("latency from intended send time (ms, log)")
-    axes.set_title(title)
-    axes.grid(True, which="major", alpha=0.4)
-    axes.legend(loc="upper left", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
+    _save(figure, axes, x="percentile", y="latency from intended send time (ms, log)", title=title, path=path)
 
 
 def timeline_plot(
@@ -61,8 +55,14 @@ def timeline_plot(
         axes.annotate(label, (at, 1.0), xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right",
                       fontsize=8)
     axes.set_yscale("log")
-    axes.set_xlabel("seconds from the first publish")
-    axes.set_ylabel("publish → provider accepted (ms, log)")
+    _save(figure, axes, x="seconds from the first publish", y="publish → provider accepted (ms, log)", title=title,
+          path=path)
+
+
+def _save(figure: Any, axes: Any, *, x: str, y: str, title: str, path: Path) -> None:
+    """Label, grid and legend as every plot of the benchmarks has them; write the PNG."""
+    axes.set_xlabel(x)
+    axes.set_ylabel(y)
     axes.set_title(title)
     axes.grid(True, which="major", alpha=0.4)
     axes.legend(loc="upper left", fontsize=8)
