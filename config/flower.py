@@ -10,9 +10,12 @@ import os
 from flower.views import monitor
 from tornado import web
 
+from config.env import broker_urls
+
 monitor.Metrics.get = web.authenticated(monitor.Metrics.get)  # type: ignore[method-assign]
 
 # Flower's broker tab reads RabbitMQ's management API, from one URL: the first node of
 # RABBITMQ_MANAGEMENT_URL, which may name several (";"-separated, as /metrics reads it).
-if os.environ.get("RABBITMQ_MANAGEMENT_URL"):
-    broker_api = os.environ["RABBITMQ_MANAGEMENT_URL"].split(";")[0].strip()
+_management_urls = broker_urls(os.environ.get("RABBITMQ_MANAGEMENT_URL", ""))
+if _management_urls:
+    broker_api = _management_urls[0]
