@@ -4,11 +4,7 @@ tail is as wide as the median; and over time, with the moments of a run's failur
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-from hdrh.histogram import HdrHistogram  # noqa: E402
+from hdrh.histogram import HdrHistogram
 
 MAX_NINES = 6  # up to 99.9999%
 
@@ -27,7 +23,7 @@ def _curve(histogram: HdrHistogram) -> tuple[list[float], list[float]]:
 
 def percentile_plot(series: dict[str, HdrHistogram], *, title: str, path: Path) -> None:
     """Overlay each named histogram's percentile curve in one PNG."""
-    figure, axes = plt.subplots(figsize=(9, 5.5))
+    figure, axes = _figure(9, 5.5)
     for name, histogram in series.items():
         if histogram.get_total_count():
             xs, ys = _curve(histogram)
@@ -46,7 +42,7 @@ def timeline_plot(
 ) -> None:
     """Each named series as (seconds from the start, latency in ms) dots, with the moments
     in `marks` drawn as labelled vertical lines: latency through a run and its failures."""
-    figure, axes = plt.subplots(figsize=(10, 5.5))
+    figure, axes = _figure(10, 5.5)
     for name, series in points.items():
         if series:
             axes.scatter([x for x, _ in series], [y for _, y in series], s=6, label=f"{name} (n={len(series):,})")
@@ -59,6 +55,16 @@ def timeline_plot(
           path=path)
 
 
+def _figure(width: float, height: float) -> tuple[Any, Any]:
+    """A figure of its own (no pyplot state, no display: written to a file only)."""
+    # Imported here: matplotlib takes most of a second to import, and the load generator
+    # processes import the benchmark modules beside this one but never plot.
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height))
+    return figure, figure.subplots()
+
+
 def _save(figure: Any, axes: Any, *, x: str, y: str, title: str, path: Path) -> None:
     """Label, grid and legend as every plot of the benchmarks has them; write the PNG."""
     axes.set_xlabel(x)
@@ -68,4 +74,3 @@ def _save(figure: Any, axes: Any, *, x: str, y: str, title: str, path: Path) -> 
     axes.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
-    plt.close(figure)

@@ -5,6 +5,11 @@
 CARILLON_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$CARILLON_ROOT/.venv"
 STATE_ROOT="$CARILLON_ROOT/.run"
+# Carillon starts many Python processes (workers, daphnes, relays, the suite's dozens):
+# with bytecode caching off, each one compiles every module it imports from source, which
+# more than doubles its start (django.setup() 5.6 s instead of 2.0 s on a 2-core machine).
+# __pycache__/ is ignored by git.
+unset PYTHONDONTWRITEBYTECODE
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf '\033[31mcarillon: %s\033[0m\n' "$*" >&2; exit 1; }
@@ -66,13 +71,15 @@ ensure_venv() {
         fi
     fi
     stamp="$VENV/.installed-$(basename "$requirements" .txt)"
-    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(sha256sum "$requirements" | cut -d' ' -f1)" ]; then
+    # "compiled": a .venv installed before the packages were byte-compiled is done once more.
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(sha256sum "$requirements" | cut -d' ' -f1) compiled" ]; then
         return 0
     fi
     say "installing $(basename "$requirements") into .venv"
     [ -x "$VENV/bin/uv" ] || "$VENV/bin/pip" install -q --disable-pip-version-check uv
-    "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" -r "$requirements"
-    sha256sum "$requirements" | cut -d' ' -f1 > "$stamp"
+    # Compiled at install (uv does not by default): every process then loads bytecode.
+    "$VENV/bin/uv" pip install -q --compile-bytecode --python "$VENV/bin/python" -r "$requirements"
+    echo "$(sha256sum "$requirements" | cut -d' ' -f1) compiled" > "$stamp"
 }
 
 # service_dir NAME USER: a fresh-or-kept directory for a service's data, owned by USER.

@@ -19,8 +19,6 @@ ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=[])
 CARILLON_PUBLIC_URL = env("CARILLON_PUBLIC_URL", default="http://127.0.0.1:8000")
 
 INSTALLED_APPS = [
-    # daphne first: it replaces runserver with an ASGI server.
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
