@@ -7,7 +7,7 @@ import requests
 
 from tests.integration.conftest import start_daphne
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True), pytest.mark.database_agnostic]
 
 
 def test_a_fresh_process_serves_the_schema_to_clients_asking_at_once() -> None:

@@ -21,7 +21,7 @@ from notifications.providers.twilio.client import twilio_client
 from sandbox.client import SandboxClient
 from tests.processes import wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.database_agnostic]
 
 SANDBOX_TWILIO_TOKEN = "sandbox-auth-token"  # the sandbox's default --twilio-auth-token
 

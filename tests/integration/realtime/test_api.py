@@ -31,6 +31,7 @@ def test_a_token_names_the_user_who_asked_for_it() -> None:
     assert realtime_token_user_id(response.json()["token"]) == user.pk
 
 
+@pytest.mark.database_agnostic
 def test_a_backend_publishes_over_http_and_a_websocket_client_gets_it(daphne_url: str) -> None:
     client = api_client(staff=True)
     token = client.post("/api/realtime/token/").json()["token"]

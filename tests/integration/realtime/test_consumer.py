@@ -13,7 +13,7 @@ from realtime.consumers import CLOSE_BAD_FRAME, RealtimeConsumer
 from realtime.hub import Hub, get_hub
 from realtime.topics import Topic
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True), pytest.mark.database_agnostic]
 
 
 def test_anonymous_is_refused_with_a_frame_and_garbage_closes_with_4400() -> None:

@@ -10,7 +10,7 @@ from realtime.auth import realtime_token_create
 from tests.integration.conftest import start_daphne
 from tests.integration.realtime.clients import TIMEOUT, WsClient
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True), pytest.mark.database_agnostic]
 
 
 def test_idle_websocket_and_event_stream_both_get_heartbeats() -> None:

@@ -12,7 +12,7 @@ from realtime.topics import Topic
 from tests.processes import await_for, free_port
 from tests.unit.realtime.conftest import RecordingSink
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.database_agnostic]
 
 
 

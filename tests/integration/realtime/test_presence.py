@@ -26,6 +26,7 @@ def presence(client: APIClient, *user_ids: int) -> dict[str, bool]:
     return response.json()["users"]
 
 
+@pytest.mark.database_agnostic
 def test_presence_follows_connections_on_two_processes_and_a_flap_does_not_flicker(
     daphne_url: str,
 ) -> None:
@@ -83,6 +84,7 @@ def test_a_bad_presence_query_is_a_400(users: str) -> None:
     assert response.json()["error"] == "invalid_request"
 
 
+@pytest.mark.database_agnostic
 @override_settings(REALTIME_PRESENCE_GRACE_SECONDS=0.3, REALTIME_HEARTBEAT_SECONDS=0.5)
 def test_one_process_is_one_member_per_user_and_rewrites_what_redis_lost() -> None:
     user_id = 990_001

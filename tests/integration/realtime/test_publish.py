@@ -17,7 +17,7 @@ from realtime.services import (
 )
 from tests.integration.realtime.clients import latest_id
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.database_agnostic]
 
 
 def test_a_burst_of_publishes_beyond_the_pool_size_waits_for_connections_and_loses_none() -> None:

@@ -27,7 +27,7 @@ from tests.integration.realtime.clients import WsClient, messages
 from tests.processes import ROOT, free_port, wait_for
 from tests.unit.realtime.conftest import RecordingSink
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True), pytest.mark.database_agnostic]
 
 
 class OwnRedis:

@@ -23,7 +23,7 @@ from tests.integration.realtime.clients import (
 )
 from tests.processes import wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True), pytest.mark.database_agnostic]
 
 # Rounds of 100 messages of 1 to 8 KB, each read in full by a client on another daphne
 # before the next (a pace any reading client keeps up with: fewer than a queue's frames at

@@ -16,7 +16,7 @@ from realtime.topics import pubsub_channel, topic_parse
 from tests.factories import UserFactory
 from tests.integration.realtime.clients import TIMEOUT, EventSource, latest_id, sse_events
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True), pytest.mark.database_agnostic]
 
 
 @pytest.fixture

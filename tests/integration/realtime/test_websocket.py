@@ -20,7 +20,7 @@ from tests.integration.conftest import start_daphne
 from tests.integration.realtime.clients import TIMEOUT, WsClient, latest_id, messages
 from tests.integration.test_operations import TOKEN, scrape
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True), pytest.mark.database_agnostic]
 
 
 def room() -> str:
