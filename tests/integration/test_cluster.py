@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -150,11 +151,21 @@ def redis_failover() -> Iterator[RedisFailover]:
     lib(f"stop_redis_failover {redis.ports}")
 
 
+def cluster_await() -> None:
+    """platform/test boots the cluster while the tests before this one run: wait for it."""
+    ready = Path(os.environ["CARILLON_TEST_CLUSTER_READY"])
+    wait_for(ready.exists, "the RabbitMQ cluster started by platform/test", timeout=300)
+    if ready.read_text().strip() != "ready":
+        log = Path(os.environ["CARILLON_TEST_CLUSTER_START_LOG"])
+        pytest.fail(f"platform/test could not start the RabbitMQ cluster:\n{log.read_text()[-3000:]}", pytrace=False)
+
+
 @pytest.fixture
 def cluster_env(pipeline_env: dict[str, str], redis_failover: RedisFailover) -> dict[str, str]:
     url = os.environ.get("CARILLON_TEST_CLUSTER_RABBITMQ_URL")
     if not url:
         pytest.skip("no RabbitMQ cluster: platform/test starts one in its full run, or with CARILLON_TEST_CLUSTER=1")
+    cluster_await()
     return {**pipeline_env, "RABBITMQ_URL": url, **redis_failover.env(), "CARILLON_TRUSTED_PROXIES": "1"}
 
 
