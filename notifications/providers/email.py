@@ -27,8 +27,9 @@ def email_message_send(
 ) -> str:
     """Send one email (text with an HTML alternative); return the provider's id for it.
 
-    Raises ProviderTransientError for an SMTP 4xx or a connection lost (in doubt: the
-    server may have taken the message), ProviderPermanentError for an SMTP 5xx. Give a
+    Raises ProviderTransientError for an SMTP 4xx (a 421 with the pause email takes) or a
+    connection lost (in doubt: the server may have taken the message),
+    ProviderPermanentError for an SMTP 5xx. Give a
     Message-ID fixed per message, so that a resend is the same message to the mailbox.
     `connection`: an open one to reuse (several emails, one SMTP session).
     """
@@ -46,7 +47,12 @@ def email_message_send(
     except smtplib.SMTPResponseException as exc:
         reply = {"smtp_code": exc.smtp_code, "smtp_error": str(exc.smtp_error)}
         if 400 <= exc.smtp_code < 500:
-            raise ProviderTransientError(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", response=reply) from exc
+            # 421: busy or over its rate, the server closes the connection; every worker
+            # pauses email (smtplib has closed it already).
+            paused = settings.CARILLON_SMTP_BUSY_PAUSE_SECONDS if exc.smtp_code == 421 else None
+            raise ProviderTransientError(
+                f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", response=reply, retry_after=paused
+            ) from exc
         raise ProviderPermanentError(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", response=reply) from exc
     except (TimeoutError, smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, OSError) as exc:
         # Cut off mid-conversation the server may have taken the message: the same
@@ -76,8 +82,8 @@ def email_send(*, event: Event, items: list[SendItem]) -> list[SendResult | Prov
                 results.append(_email_one(event, item, connection))
             except ProviderError as exc:
                 results.append(exc)
-                if isinstance(exc, ProviderTransientError) and exc.in_doubt:
-                    break  # the connection is gone: the rest wait for the retry
+                if isinstance(exc, ProviderTransientError) and (exc.in_doubt or exc.retry_after):
+                    break  # the connection is gone, or email paused: the rest wait for the retry
     finally:
         connection.close()
     unsent = ProviderTransientError("SMTP connection lost before this message was sent")

@@ -128,7 +128,9 @@ def test_a_providers_rate_limit_slows_the_broadcast_down_and_loses_nothing(
 ) -> None:
     group, users = members(120)
     sandbox.set_knobs("email", rate_limit_per_second=15)  # past it, SMTP 421: come back later
-    start_pipeline_worker("bulk", queues=BULK_QUEUES, CARILLON_BROADCAST_CHUNK_SIZE="30")
+    # Each 421 pauses email for every worker (10 s by default; 1 s here).
+    start_pipeline_worker("bulk", queues=BULK_QUEUES, CARILLON_BROADCAST_CHUNK_SIZE="30",
+                          CARILLON_SMTP_BUSY_PAUSE_SECONDS="1")
     event = announce(group)
 
     wait_for(lambda: finished(event, "email", 120), "the broadcast done", 180)

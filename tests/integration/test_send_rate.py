@@ -11,6 +11,7 @@ from core.errors import ProviderTransientError
 from core.send_rate import SendRate, SendRateExceeded, send_rate_pause, send_rate_take
 from notifications.models import Delivery
 from notifications.providers.base import SendItem
+from notifications.providers.email import email_send
 from notifications.providers.twilio.sender import sms_send
 from sandbox.client import SandboxClient
 from tests.factories import EventFactory, recipient_user
@@ -77,3 +78,28 @@ def test_twilios_429_pauses_for_as_long_as_its_retry_after_says(
     [result] = sms_send(event=event, items=[SendItem(delivery=delivery, user=user, in_doubt_since=None)])
 
     assert isinstance(result, ProviderTransientError) and result.retry_after == 4
+
+
+@pytest.mark.django_db
+@override_settings(CARILLON_SMTP_BUSY_PAUSE_SECONDS=7, EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend")
+def test_an_smtp_421_pauses_email_and_sends_nothing_more_on_that_connection(
+    sandbox: SandboxClient, pipeline_settings: None
+) -> None:
+    # At one message per 5 s the sandbox answers the first message 421 ("try again later").
+    sandbox.set_knobs("email", rate_limit_per_second=0.2)
+    users = [recipient_user(f"grace{n}") for n in range(3)]
+    event = EventFactory.create(type="password.reset_requested", data={"user_id": users[0].pk, "reset_url": "https://x.example/r"})
+    items = [
+        SendItem(delivery=Delivery.objects.create(event=event, subscriber="transactional_email", recipient=f"user:{user.pk}",
+                                                  channel="email", user_id=user.pk), user=user, in_doubt_since=None)
+        for user in users
+    ]
+
+    results = email_send(event=event, items=items)
+
+    # SMTP has no Retry-After: the channel pauses for the configured time, and the rest
+    # wait for it instead of each being refused in turn (a real server closes on 421).
+    first, *rest = results
+    assert isinstance(first, ProviderTransientError) and first.retry_after == 7
+    assert all(isinstance(result, ProviderTransientError) and not result.in_doubt for result in rest)
+    assert sandbox.inbox("email")["rate_limited"] == 1
