@@ -61,6 +61,12 @@ class SendRate:
             raise ValueError(f"a send rate needs per_second > 0 and burst >= 1, not {self}")
 
 
+def send_rate_configured(name: str) -> SendRate | None:
+    """The rate CARILLON_SEND_RATES sets for `name`, a second's worth at once; None if unset."""
+    per_second = settings.CARILLON_SEND_RATES.get(name)
+    return SendRate(per_second=per_second, burst=max(1.0, per_second)) if per_second else None
+
+
 class SendRateExceeded(Exception):  # noqa: N818 - a state the caller acts on, like Celery's Retry
     """No token within the wait allowed: `retry_after` seconds until one is likely."""
 

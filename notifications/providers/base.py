@@ -1,7 +1,8 @@
-"""What every channel's sender takes and returns."""
+"""What every channel's sender takes and returns, and how a provider's Retry-After is read."""
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -48,3 +49,17 @@ def render(channel: str, event: Event, part: str, user: AbstractBaseUser) -> str
     """Render notifications/<channel>/<event type>.<part> with the event and its user."""
     context = {"event": event, "data": event.data, "user": user}
     return render_to_string(f"notifications/{channel}/{event.type}.{part}", context).strip()
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header in seconds: delta-seconds or an HTTP date (RFC 9110)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None

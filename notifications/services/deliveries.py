@@ -5,7 +5,6 @@ import logging
 from contextlib import nullcontext
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import F
@@ -13,7 +12,7 @@ from django.utils import timezone
 
 from core.errors import ProviderError, ProviderPermanentError, ProviderTransientError
 from core.rows import rows_create
-from core.send_rate import SendRate, SendRateExceeded, send_rate_pause, send_rate_take
+from core.send_rate import SendRateExceeded, send_rate_configured, send_rate_pause, send_rate_take
 from notifications.events import EventType, event_type_get
 from notifications.models import Delivery, DeliveryChunk, Event
 from notifications.providers.base import SendItem, SendResult
@@ -115,8 +114,7 @@ def _deliveries_attempt(event: Event, channel: str, to_send: list[tuple[Delivery
     recording each outcome; answer those refused for good (now failed). Raises
     ProviderTransientError if some must be tried again (the others are recorded first),
     SendRateExceeded if the provider or the rate asks to wait."""
-    per_second = settings.CARILLON_SEND_RATES.get(channel)
-    rate = SendRate(per_second=per_second, burst=max(1.0, per_second)) if per_second else None
+    rate = send_rate_configured(channel)
     step = int(rate.burst) if rate else len(to_send)
     transient: list[ProviderTransientError] = []
     refused: list[tuple[int, str]] = []

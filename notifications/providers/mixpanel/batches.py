@@ -11,6 +11,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from core.errors import ProviderTransientError
+from core.send_rate import SendRateExceeded, send_rate_configured, send_rate_pause, send_rate_take
 from notifications.channels import Channel
 from notifications.exceptions import BatchPending
 from notifications.models import Delivery
@@ -51,6 +52,11 @@ def analytics_flush(*, limit: int) -> int:
     send the same row, and a flush that dies leaves its rows to the next one after the
     lease; a resend carries the same $insert_id, which Mixpanel deduplicates.
     """
+    rate = send_rate_configured(Channel.ANALYTICS)
+    if rate is not None:
+        # For analytics a send is a request, of up to `limit` events. Taken before any
+        # row is claimed: work put off for the rate holds none.
+        send_rate_take(name=Channel.ANALYTICS, rate=rate)
     now = timezone.now()
     claimable = Q(channel=Channel.ANALYTICS) & (
         Q(status=Delivery.Status.PENDING) | Q(status=Delivery.Status.SENDING, claimed_until__lt=now)
@@ -73,6 +79,11 @@ def analytics_flush(*, limit: int) -> int:
         Delivery.objects.filter(claim_token=token).update(
             status=Delivery.Status.PENDING, claim_token=None, claimed_until=None, last_error=str(exc)
         )
+        if exc.retry_after:
+            # Mixpanel asked to slow down: analytics pauses (every worker, when it has a
+            # send rate), and this work is put off, not failed.
+            send_rate_pause(name=Channel.ANALYTICS, seconds=exc.retry_after)
+            raise SendRateExceeded(Channel.ANALYTICS, exc.retry_after) from exc
         raise
     delivery_mark_sent(Q(claim_token=token), provider_message_id=None, response={"batch": len(batch)})
     logger.info("analytics: %d deliveries sent in one request", len(batch))

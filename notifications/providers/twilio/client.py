@@ -1,14 +1,14 @@
 """Twilio's official client, optionally aimed at another base URL (the provider sandbox),
 keeping what its exceptions leave out: how long a 429 asks us to wait."""
 
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 from django.conf import settings
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
+
+from notifications.providers.base import retry_after_seconds
 
 TWILIO_API_ORIGIN = "https://api.twilio.com"
 
@@ -34,20 +34,6 @@ class CarillonTwilioHttpClient(TwilioHttpClient):
         response = super().request(method, url, *args, **kwargs)
         self.retry_after = retry_after_seconds((response.headers or {}).get("Retry-After"))
         return response
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """A Retry-After header in seconds: delta-seconds or an HTTP date (RFC 9110)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
-        return None
 
 
 def twilio_client(*, timeout: float = 10.0) -> Client:

@@ -1,11 +1,11 @@
-"""Reading Twilio's Retry-After, which its client's exceptions leave out."""
+"""Reading a provider's Retry-After (Twilio, Mixpanel), which their libraries' exceptions leave out."""
 
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
 
-from notifications.providers.twilio.client import retry_after_seconds
+from notifications.providers.base import retry_after_seconds
 
 
 @pytest.mark.parametrize(("header", "seconds"), [("4", 4.0), ("0.5", 0.5), ("-3", 0.0), (None, None), ("soon", None)])
