@@ -6,7 +6,7 @@ import socket
 import time
 from pathlib import Path
 
-from core.processes import ManagedProcess, free_port, python
+from core.processes import ManagedProcess, free_port, processes_stop, python
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -88,8 +88,7 @@ def servers_start(kind: str, *, count: int, scenario: str, redis_url: str, chann
             processes.append(process)
             ports.append(port)
     except BaseException:
-        for process in processes:
-            process.stop()
+        processes_stop(processes)
         raise
     return processes, ports
 

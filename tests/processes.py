@@ -11,9 +11,9 @@ from typing import TypeVar
 from django.conf import settings
 
 from core.processes import ManagedProcess as BaseManagedProcess
-from core.processes import free_port, python
+from core.processes import free_port, processes_stop, python
 
-__all__ = ["ManagedProcess", "free_port", "python", "rabbitmqctl", "subprocess_database_url", "wait_for", "await_for"]
+__all__ = ["ManagedProcess", "free_port", "processes_stop", "python", "rabbitmqctl", "subprocess_database_url", "wait_for", "await_for"]
 
 T = TypeVar("T")
 

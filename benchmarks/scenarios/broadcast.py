@@ -29,7 +29,7 @@ from django.db.models import Count, Max
 from benchmarks.hdr import histogram_encode, histogram_new, histogram_record
 from benchmarks.runner import LOG_DIR, Options, Series, ratio, report_write
 from benchmarks.servers import cpu_seconds
-from core.processes import ManagedProcess, free_port, python
+from core.processes import ManagedProcess, free_port, processes_stop, python
 
 logger = logging.getLogger(__name__)
 
@@ -207,8 +207,7 @@ def broadcast_scenario(options: Options) -> list[dict[str, Any]]:
             checks["email_accepted_distinct_message_ids"] = inbox["email"]["accepted"]
             checks["email_duplicates"] = inbox["email"]["duplicates"]
     finally:
-        for process in reversed(processes):
-            process.stop()
+        processes_stop(processes)
     checks["exact"] = (checks.get("email_accepted_distinct_message_ids", recipients) == recipients
                        and checks.get("email_duplicates", 0) == 0
                        and checks.get("inapp_notifications", recipients) == recipients

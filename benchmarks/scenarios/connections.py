@@ -29,6 +29,7 @@ from benchmarks.loadgen import (
 from benchmarks.runner import LOG_DIR, Options, Series, ratio, report_write
 from benchmarks.scenarios.common import bench_token, redis_url
 from benchmarks.servers import rss_kib, servers_start
+from core.processes import processes_stop
 
 # daphne and the bare server get the same hard limit of 20,000 descriptors as every
 # process here; the rest (≤ 200) go to the listener, the Redis pool (≤ 100), logs and
@@ -132,8 +133,7 @@ def connections_scenario(options: Options) -> list[dict[str, Any]]:
                                  first_error=next((r["first_error"] for r in results if r["first_error"]), None))
             series.append(item)
         finally:
-            for process in processes:
-                process.stop()
+            processes_stop(processes)
     carillon, bare = series[0], series[-1]
     ratios = {"carillon_kib_per_connection_vs_bare": ratio(carillon.extra["kib_per_connection"],
                                                             bare.extra["kib_per_connection"])}

@@ -27,6 +27,7 @@ from benchmarks.loadgen import (
 from benchmarks.runner import LOG_DIR, Options, Series, ratio, report_write
 from benchmarks.scenarios.common import bench_token, redis_pid, redis_url
 from benchmarks.servers import rss_kib, servers_start
+from core.processes import processes_stop
 
 TOPIC = "room:fanout"
 BARE_CHANNEL = "bench:fanout"
@@ -147,8 +148,7 @@ def fanout_scenario(options: Options) -> list[dict[str, Any]]:
                 item.extra["deliveries_missing"] = item.sent * connected - item.received
                 series.append(item)
             finally:
-                for process in processes:
-                    process.stop()
+                processes_stop(processes)
         carillon, bare = series[0], series[-1]
         ratios = {
             "carillon_deliveries_per_cpu_second_vs_bare": ratio(

@@ -46,7 +46,7 @@ from benchmarks.hdr import (
 )
 from benchmarks.runner import Options
 from config.env import BASE_DIR
-from core.processes import ManagedProcess, free_port, python
+from core.processes import ManagedProcess, free_port, processes_stop, python
 
 DEFAULT_ROOMS = 25_000
 DEFAULT_WORKERS = 2
@@ -297,8 +297,7 @@ def ordered_scenario(options: Options) -> list[dict[str, Any]]:
         summary = bench_ordered_scenario(rooms=rooms, messages_per_room=messages_per_room, out=options.out,
                                          quick=options.quick)
     finally:
-        for process in processes:
-            process.stop()
+        processes_stop(processes)
     for line in summary_lines(summary):
         print(line)  # noqa: T201 - the command's terminal output
     return []  # written above in its own format (ordered-*.json, one .hgrm per phase)

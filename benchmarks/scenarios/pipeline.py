@@ -33,7 +33,7 @@ from benchmarks.hdr import (
 from benchmarks.loadgen import Link, Window, run_load, schedule, sync_open_loop
 from benchmarks.runner import LOG_DIR, Options, Series, ratio, report_write
 from benchmarks.servers import cpu_seconds
-from core.processes import ManagedProcess, free_port, python
+from core.processes import ManagedProcess, free_port, processes_stop, python
 
 RAW_QUEUE = Queue(
     "bench.raw",
@@ -265,8 +265,7 @@ def pipeline_scenario(options: Options) -> list[dict[str, Any]]:
                                     stages_ms=received["stages_ms"],
                                     worker_cpu_ms_per_item=round(cost * 1000, 3)))
     finally:
-        for process in reversed(processes):
-            process.stop()
+        processes_stop(processes)
     kombu, noop, carillon = series
     return [report_write(
         out=options.out, scenario="pipeline", label=f"{rate:g} events per s ({deliveries:g} deliveries per s)",

@@ -10,7 +10,7 @@ import requests
 from django.test import override_settings
 
 from sandbox.client import SandboxClient
-from tests.processes import ManagedProcess, free_port, python, wait_for
+from tests.processes import ManagedProcess, free_port, processes_stop, python, wait_for
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -112,8 +112,7 @@ def _app_workers(django_db_setup: None) -> Iterator[tuple[CeleryWorker, CeleryWo
             worker.wait_ready()
         yield workers
     finally:
-        for worker in workers:
-            worker.stop()
+        processes_stop(workers)
 
 
 @pytest.fixture(scope="session")
@@ -288,8 +287,7 @@ def start_pipeline_worker(
         return process
 
     yield start
-    for process in started:
-        process.stop()
+    processes_stop(started)
 
 
 def relay_start(name: str, env: dict[str, str]) -> ManagedProcess:

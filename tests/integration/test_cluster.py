@@ -43,6 +43,7 @@ from tests.processes import (
     ROOT,
     ManagedProcess,
     free_port,
+    processes_stop,
     python,
     subprocess_database_url,
     wait_for,
@@ -185,9 +186,7 @@ def frontends(cluster_env: dict[str, str]) -> Iterator[tuple[list[ManagedProcess
     proxy_url = f"http://127.0.0.1:{proxy_port}"
     daphne_wait(proxy, proxy_url)
     yield [process for process, _ in daphnes], proxy_url
-    proxy.stop()
-    for process, _ in daphnes:
-        process.stop()
+    processes_stop([proxy, *(process for process, _ in daphnes)])
 
 
 @dataclass

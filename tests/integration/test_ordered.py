@@ -31,7 +31,7 @@ from tests.integration.conftest import (
     daphne_wait,
     start_daphne,
 )
-from tests.processes import ManagedProcess, rabbitmqctl, wait_for
+from tests.processes import ManagedProcess, processes_stop, rabbitmqctl, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -84,8 +84,7 @@ def rooms_processes(
             worker.wait_ready()
         yield webs, workers
     finally:
-        for process in [*workers.processes, *(web.process for web in webs)]:
-            process.stop()
+        processes_stop([*workers.processes, *(web.process for web in webs)])
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 from notifications.services.events import event_publish
 from tests.integration.browser import WAIT_MS, chromium_launch, csp_violations
 from tests.integration.conftest import start_daphne
-from tests.processes import ManagedProcess, free_port
+from tests.processes import ManagedProcess, free_port, processes_stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -66,8 +66,7 @@ def browse(publish: Callable[..., None]) -> None:
             assert blocked == []  # the Content-Security-Policy let the page do all of it
             browser.close()
     finally:
-        for process in processes:
-            process.stop()
+        processes_stop(processes)
 
 
 def log_in_and_see_live(page: Page, url: str, publish: Callable[..., None]) -> None:
