@@ -5,6 +5,8 @@ pointed at it, so restarting it leaves every other test's Redis alone.
 """
 
 import asyncio
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -66,9 +68,23 @@ class OwnRedis:
         raise RuntimeError(f"Redis on {self.port} did not start")
 
     def stop(self) -> None:
+        """Shut it down and wait until it is gone: a Redis left running outlives the suite."""
+        pid = int((self.directory / "redis.pid").read_text())
         subprocess.run(
-            ["redis-cli", "-p", str(self.port), "shutdown"], check=False, capture_output=True
+            ["redis-cli", "-p", str(self.port), "shutdown", "nosave"], check=False, capture_output=True
         )
+        try:
+            wait_for(lambda: not _alive(pid), f"Redis {pid} on {self.port} exited", timeout=5)
+        except AssertionError:
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.fixture
