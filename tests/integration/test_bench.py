@@ -19,7 +19,7 @@ def _bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     )
 
 
-# Six scenarios with their processes take ~4 minutes on a quiet machine, and platform/test
+# Six scenarios with their processes take ~2.5 minutes on a quiet machine, and platform/test
 # runs them beside both test passes (more on a shared 2-core machine): the bench's own
 # 1200 s limit, not the suite's 300 s default, decides when it is hung.
 @pytest.mark.timeout(1200)
