@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 from django.conf import settings
@@ -85,7 +85,11 @@ def _keys(name: str) -> list[str]:
     return [f"carillon:send_rate:{{{name}}}:bucket", f"carillon:send_rate:{{{name}}}:paused"]
 
 
-def send_rate_take(*, name: str, rate: SendRate, count: int = 1, max_wait_seconds: float = 5.0) -> None:
+# The longest a sender sleeps for a token before it puts its work off instead.
+MAX_WAIT_SECONDS = 5.0
+
+
+def send_rate_take(*, name: str, rate: SendRate, count: int = 1, max_wait_seconds: float = MAX_WAIT_SECONDS) -> None:
     """Wait for `count` sends of `name` under `rate`, sleeping as the bucket says.
 
     Raises SendRateExceeded when that would take longer than `max_wait_seconds`: a worker
@@ -120,3 +124,11 @@ def send_rate_pause(*, name: str, seconds: float) -> None:
             client.set(_keys(name)[1], 1, px=max(1, round(seconds * 1000)))
     except redis.RedisError as exc:
         logger.warning("send rate %s: Redis unavailable (%s); pause of %.1fs not shared", name, exc, seconds)
+
+
+def send_rate_back_off(*, name: str, seconds: float) -> NoReturn:
+    """The provider asked senders of `name` to wait `seconds` (a 429's Retry-After, an SMTP
+    421): pause every paced sender (`send_rate_pause`) and put this work off by raising
+    SendRateExceeded, which the task turns into a countdown, not a failure."""
+    send_rate_pause(name=name, seconds=seconds)
+    raise SendRateExceeded(name, seconds)

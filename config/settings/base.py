@@ -341,8 +341,8 @@ CARILLON_SMS_CONCURRENCY = env.int("CARILLON_SMS_CONCURRENCY", default=8)
 CARILLON_SEND_RATES = {
     channel: float(per_second) for channel, per_second in env.dict("CARILLON_SEND_RATES", default={}).items()
 }
-# An SMTP 421 (the server busy or over its rate, closing the connection) pauses email for
-# every worker this long: SMTP has no Retry-After.
+# An SMTP 421 (the server busy or over its rate, closing the connection) pauses email
+# this long (every worker when email has a send rate): SMTP has no Retry-After.
 CARILLON_SMTP_BUSY_PAUSE_SECONDS = env.float("CARILLON_SMTP_BUSY_PAUSE_SECONDS", default=10.0)
 CARILLON_SUBSCRIBER_MODULES = env.list("CARILLON_SUBSCRIBER_MODULES", default=[])
 # How long a new analytics delivery waits for others to share its request (0: no wait;

@@ -47,8 +47,8 @@ def email_message_send(
     except smtplib.SMTPResponseException as exc:
         reply = {"smtp_code": exc.smtp_code, "smtp_error": str(exc.smtp_error)}
         if 400 <= exc.smtp_code < 500:
-            # 421: busy or over its rate, the server closes the connection; every worker
-            # pauses email (smtplib has closed it already).
+            # 421: busy or over its rate, the server closes the connection (smtplib has
+            # closed it already): email is paused, as for a provider's 429.
             paused = settings.CARILLON_SMTP_BUSY_PAUSE_SECONDS if exc.smtp_code == 421 else None
             raise ProviderTransientError(
                 f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", response=reply, retry_after=paused

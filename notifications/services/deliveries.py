@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from core.errors import ProviderError, ProviderPermanentError, ProviderTransientError
 from core.rows import rows_create
-from core.send_rate import SendRateExceeded, send_rate_configured, send_rate_pause, send_rate_take
+from core.send_rate import send_rate_back_off, send_rate_configured, send_rate_take
 from notifications.events import EventType, event_type_get
 from notifications.models import Delivery, DeliveryChunk, Event
 from notifications.providers.base import SendItem, SendResult
@@ -26,9 +26,6 @@ from notifications.services.delivery_status import (
 from notifications.subscribers import Subscriber, subscriber_get
 
 logger = logging.getLogger(__name__)
-
-# The longest a worker sleeps for its channel's send rate before putting the work off.
-SEND_RATE_MAX_WAIT_SECONDS = 5.0
 
 
 def delivery_send(
@@ -121,7 +118,7 @@ def _deliveries_attempt(event: Event, channel: str, to_send: list[tuple[Delivery
     for start in range(0, len(to_send), max(step, 1)):
         piece = to_send[start : start + step]
         if rate is not None:
-            send_rate_take(name=channel, rate=rate, count=len(piece), max_wait_seconds=SEND_RATE_MAX_WAIT_SECONDS)
+            send_rate_take(name=channel, rate=rate, count=len(piece))
         if start and Event.objects.filter(pk=event.pk, cancelled_at__isnull=False).exists():
             # Cancelled while this chunk was being sent at the channel's pace: the rest is not.
             Delivery.objects.filter(pk__in=[d.pk for d, _ in to_send[start:]]).update(
@@ -135,9 +132,7 @@ def _deliveries_attempt(event: Event, channel: str, to_send: list[tuple[Delivery
             transient += _outcomes_record(event, channel, items, results, refused)
         paused = max((exc.retry_after or 0 for exc in transient), default=0)
         if paused:
-            # The provider asked to slow down: every worker pauses, this work resumes later.
-            send_rate_pause(name=channel, seconds=paused)
-            raise SendRateExceeded(channel, paused)
+            send_rate_back_off(name=channel, seconds=paused)
     if transient:
         raise ProviderTransientError(
             f"{len(transient)} of {len(to_send)} deliveries to retry: {transient[0]}", in_doubt=transient[0].in_doubt

@@ -11,7 +11,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from core.errors import ProviderTransientError
-from core.send_rate import SendRateExceeded, send_rate_configured, send_rate_pause, send_rate_take
+from core.send_rate import send_rate_back_off, send_rate_configured, send_rate_take
 from notifications.channels import Channel
 from notifications.exceptions import BatchPending
 from notifications.models import Delivery
@@ -80,10 +80,7 @@ def analytics_flush(*, limit: int) -> int:
             status=Delivery.Status.PENDING, claim_token=None, claimed_until=None, last_error=str(exc)
         )
         if exc.retry_after:
-            # Mixpanel asked to slow down: analytics pauses (every worker, when it has a
-            # send rate), and this work is put off, not failed.
-            send_rate_pause(name=Channel.ANALYTICS, seconds=exc.retry_after)
-            raise SendRateExceeded(Channel.ANALYTICS, exc.retry_after) from exc
+            send_rate_back_off(name=Channel.ANALYTICS, seconds=exc.retry_after)
         raise
     delivery_mark_sent(Q(claim_token=token), provider_message_id=None, response={"batch": len(batch)})
     logger.info("analytics: %d deliveries sent in one request", len(batch))
