@@ -1,13 +1,24 @@
-"""Stopping child processes together: each gets SIGTERM, is reaped, and is SIGKILLed if it
-outlives the timeout."""
+"""Stopping child processes together: each gets SIGTERM before any is waited for, each is
+reaped, and one that outlives the timeout is SIGKILLed."""
 
 import sys
 from pathlib import Path
 
 from core.processes import ManagedProcess, processes_stop
 
-# Exits on SIGTERM after a short cleanup, as a Celery worker's warm shutdown does.
-POLITE = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(3)); print('up', flush=True); time.sleep(60)"
+# On SIGTERM: note when it came, take half a second to shut down (as a Celery worker's
+# warm shutdown does), note when it leaves, exit 3.
+POLITE = """
+import signal, sys, time
+def leave(*_):
+    print("term", time.time(), flush=True)
+    time.sleep(0.5)
+    print("exit", time.time(), flush=True)
+    sys.exit(3)
+signal.signal(signal.SIGTERM, leave)
+print("up", flush=True)
+time.sleep(60)
+"""
 # Ignores SIGTERM: only SIGKILL ends it.
 STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
 
@@ -18,12 +29,20 @@ def _start(name: str, code: str, log_dir: Path) -> ManagedProcess:
     return process
 
 
-def test_every_process_is_stopped_and_one_that_ignores_sigterm_is_killed(tmp_path: Path) -> None:
-    polite = [_start(f"polite-{n}", POLITE, tmp_path) for n in range(2)]
+def _moment(process: ManagedProcess, what: str) -> float:
+    [line] = [line for line in process.log().splitlines() if line.startswith(what)]
+    return float(line.split()[1])
+
+
+def test_every_process_is_signalled_before_any_is_waited_for_and_a_stubborn_one_is_killed(tmp_path: Path) -> None:
+    first, second = (_start(f"polite-{n}", POLITE, tmp_path) for n in range(2))
     stubborn = _start("stubborn", STUBBORN, tmp_path)
 
-    processes_stop([*polite, stubborn], timeout=1.0)
+    processes_stop([first, second, stubborn], timeout=3.0)
 
-    assert [p.process.returncode for p in polite] == [3, 3]  # each ran its own shutdown
+    assert [first.process.returncode, second.process.returncode] == [3, 3]  # each ran its own shutdown
+    # Their shutdowns overlapped: the second was told to stop before the first had left
+    # (one after another, it would have been told only once the first was gone).
+    assert _moment(second, "term") < _moment(first, "exit")
     assert stubborn.process.returncode == -9  # SIGKILL once the timeout passed
-    assert all(p._log.closed for p in [*polite, stubborn])
+    assert all(p._log.closed for p in [first, second, stubborn])
