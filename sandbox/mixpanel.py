@@ -3,6 +3,9 @@
 Bodies are accepted as Mixpanel accepts them: a form or query field `data` holding JSON
 or base64-encoded JSON, or an application/json body; one event or a list of them.
 Events are deduplicated as Mixpanel does, on (event, distinct_id, time, $insert_id).
+/import with strict=1 checks each event as Mixpanel does (a $insert_id, a time since
+1971, a real distinct_id), takes the valid ones and answers 400 naming the others in
+`failed_records`: a partial success, not a refusal of the batch.
 """
 
 import base64
@@ -10,6 +13,8 @@ import binascii
 import hmac
 import json
 import logging
+import re
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import BasicAuth, hdrs, web
@@ -20,6 +25,13 @@ logger = logging.getLogger(__name__)
 
 API_SECRET_KEY = web.AppKey("mixpanel_api_secret", str)
 MAX_EVENTS_PER_REQUEST = 2000
+EARLIEST_TIME = 31_536_000  # 1971-01-01, in seconds since the epoch
+# distinct_ids Mixpanel refuses because they betray a bug in the sender.
+PLACEHOLDER_DISTINCT_IDS = frozenset(
+    {"anon", "anonymous", "nil", "none", "null", "n/a", "na", "undefined", "unknown", "<nil>", "0", "-1",
+     "00000000-0000-0000-0000-000000000000", "[]", "{}"}
+)
+INSERT_ID = re.compile(r"[A-Za-z0-9-]{1,36}")
 
 
 class InvalidBatchError(ValueError):
@@ -27,6 +39,9 @@ class InvalidBatchError(ValueError):
 
 
 def _answer(request: web.Request, error: str | None, status: int = 200) -> web.Response:
+    if request.get("strict"):
+        # Strict /import answers JSON, always, with the HTTP status as its code.
+        return web.json_response({"code": status, "error": error, "status": HTTPStatus(status).phrase}, status=status)
     if request.get("verbose"):
         return web.json_response({"status": 0 if error else 1, "error": error}, status=status)
     return web.Response(text="0" if error else "1", status=status)
@@ -63,6 +78,23 @@ async def _events(request: web.Request) -> list[dict[str, Any]]:
     return events
 
 
+def _strict_problem(properties: dict[str, Any]) -> tuple[str, str] | None:
+    """What strict /import refuses in one event: (field, message), or None."""
+    insert_id = properties.get("$insert_id")
+    if not isinstance(insert_id, str) or not INSERT_ID.fullmatch(insert_id):
+        return "properties.$insert_id", "'properties.$insert_id' is required: 1 to 36 letters, digits and dashes"
+    moment = properties.get("time")
+    if isinstance(moment, bool) or not isinstance(moment, int | float):
+        return "properties.time", "'properties.time' is required, in seconds or milliseconds since epoch"
+    seconds = moment / 1000 if moment > 1e11 else moment
+    if seconds < EARLIEST_TIME:
+        return "properties.time", "'properties.time' is invalid: events before 1971-01-01 are not accepted"
+    distinct_id = properties.get("distinct_id")
+    if not isinstance(distinct_id, str | int) or str(distinct_id).strip().lower() in PLACEHOLDER_DISTINCT_IDS:
+        return "properties.distinct_id", "'properties.distinct_id' is invalid: a placeholder value"
+    return None
+
+
 def _import_authorised(request: web.Request) -> bool:
     try:
         auth = BasicAuth.decode(request.headers.get(hdrs.AUTHORIZATION, ""))
@@ -79,6 +111,7 @@ async def _ingest(request: web.Request, endpoint: str) -> web.Response:
     # verbose=1 (query or form) asks for a JSON answer; the client libraries send it.
     form = await request.post()
     request["verbose"] = "1" in (request.query.get("verbose"), form.get("verbose"))
+    request["strict"] = strict = endpoint == "import" and request.query.get("strict") == "1"
     await inbox.knobs.delay()
     if endpoint == "import" and not _import_authorised(request):
         inbox.rejected += 1
@@ -98,11 +131,17 @@ async def _ingest(request: web.Request, endpoint: str) -> web.Response:
         return _answer(request, str(exc), status=400)
     seen = store.seen_insert_ids
     inbox.requests += 1
-    for event in events:
+    failed = []
+    for index, event in enumerate(events):
         properties = event.get("properties", {})
         if endpoint == "track" and not properties.get("token"):
             inbox.rejected += 1
             return _answer(request, "token, missing or empty", status=400)
+        problem = _strict_problem(properties) if strict else None
+        if problem is not None:
+            field, message = problem
+            failed.append({"index": index, "insert_id": properties.get("$insert_id"), "field": field, "message": message})
+            continue
         insert_id = properties.get("$insert_id")
         if insert_id is not None:
             key = (event["event"], properties.get("distinct_id"), int(properties.get("time") or 0), insert_id)
@@ -111,7 +150,17 @@ async def _ingest(request: web.Request, endpoint: str) -> web.Response:
                 continue
             seen.add(key)
         store.record("mixpanel", {"endpoint": endpoint, "event": event["event"], "properties": properties})
-    return _answer(request, None)
+    if not strict:
+        return _answer(request, None)
+    imported = len(events) - len(failed)
+    if failed:
+        inbox.rejected += len(failed)
+        return web.json_response(
+            {"code": 400, "error": "some data points in the request failed validation", "status": "Bad Request",
+             "num_records_imported": imported, "failed_records": failed},
+            status=400,
+        )
+    return web.json_response({"code": 200, "num_records_imported": imported, "status": "OK"})
 
 
 async def track(request: web.Request) -> web.Response:

@@ -295,7 +295,6 @@ TWILIO_AUTH_TOKEN = env("TWILIO_AUTH_TOKEN", default="")
 TWILIO_FROM_NUMBER = env("TWILIO_FROM_NUMBER", default="")
 # Empty means Twilio itself; local and test settings point it at the provider sandbox.
 TWILIO_API_BASE_URL = env("TWILIO_API_BASE_URL", default="")
-MIXPANEL_TOKEN = env("MIXPANEL_TOKEN", default="")
 MIXPANEL_API_SECRET = env("MIXPANEL_API_SECRET", default="")
 MIXPANEL_API_BASE_URL = env("MIXPANEL_API_BASE_URL", default="")
 # The chat platform of ordered room delivery (rooms/): its API and the webhook secret it

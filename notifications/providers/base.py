@@ -39,9 +39,10 @@ class Sender(Protocol):
 
 
 class BatchSender(Protocol):
-    def __call__(self, own: list[Delivery], *, waited: bool) -> None:
-        """Hand one run's deliveries (`own`) to the provider together with others; raise
-        BatchPending to run again later (`waited`: this run was put off once already)."""
+    def __call__(self, own: list[Delivery], *, waited: bool) -> list[tuple[int, str]]:
+        """Hand one run's deliveries (`own`) to the provider together with others; answer
+        those it refused for good (pk, reason; now failed). Raise BatchPending to run again
+        later (`waited`: this run was put off once already)."""
         ...
 
 

@@ -61,10 +61,10 @@ def delivery_send(
     event_type = event_type_get(name=event.type, version=event.version)
     to_send = _preferences_apply(event_type, subscriber, [d for d in deliveries if d.status not in FINAL_STATUSES])
     if subscriber.channel in BATCH_SENDERS:
-        BATCH_SENDERS[subscriber.channel](to_send, waited=waited)
-        return deliveries
-    by_pk = {user.pk: user for user in users}
-    refused = _deliveries_attempt(event, subscriber.channel, [(d, by_pk[d.user_id]) for d in to_send])
+        refused = BATCH_SENDERS[subscriber.channel](to_send, waited=waited)
+    else:
+        by_pk = {user.pk: user for user in users}
+        refused = _deliveries_attempt(event, subscriber.channel, [(d, by_pk[d.user_id]) for d in to_send])
     # Refused for good, now or by an earlier run of this task: a failed job keeps them,
     # and its replay sends only these.
     refused += [(d.pk, d.last_error) for d in deliveries if d.status == Delivery.Status.FAILED]

@@ -2,6 +2,7 @@
 
 import asyncio
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -178,17 +179,25 @@ def test_replay_of_a_job_that_had_succeeded_sends_nothing_new(worker: CeleryWork
     assert Delivery.objects.get(event=event, subscriber="transactional_email").attempts == 1
 
 
-def test_analytics_of_many_events_go_to_mixpanel_in_few_requests(
+def test_analytics_of_many_events_go_to_mixpanel_in_few_requests_and_one_it_refuses_is_a_failed_job(
     worker: CeleryWorker, sandbox: SandboxClient
 ) -> None:
-    owners = [make_user(f"owner{n}", f"+1555000000{n}") for n in range(8)]
+    owners = [make_user(f"owner{n}", f"+1555000000{n}") for n in range(9)]
 
     events = [
         event_publish(type="video.liked", data={"user_id": owner.pk, "video_id": f"v{n}", "liked_by": "Bo"})
-        for n, owner in enumerate(owners)
+        for n, owner in enumerate(owners[:8])
     ]
+    # Mixpanel refuses events dated before 1971: that one fails alone, not its batch.
+    ancient = event_publish(
+        type="video.liked", data={"user_id": owners[8].pk, "video_id": "v8", "liked_by": "Bo"},
+        occurred_at=datetime(1970, 6, 1, tzinfo=UTC),
+    )
 
     wait_for(lambda: all(statuses(e).get("product_analytics") == "sent" for e in events), "analytics sent")
+    failed_job = wait_for(lambda: FailedJob.objects.filter(event=ancient).first(), "the refused event's failed job")
+    assert failed_job.args[1] == "product_analytics" and "properties.time" in failed_job.error_message
+    assert statuses(ancient)["product_analytics"] == "failed"
     inbox = sandbox.inbox("mixpanel")
     assert inbox["accepted"] == 8 and inbox["duplicates"] == 0
     assert inbox["requests"] < 8  # batched: several events shared a request

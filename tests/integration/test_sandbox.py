@@ -24,6 +24,7 @@ from tests.processes import wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.database_agnostic]
 
 SANDBOX_TWILIO_TOKEN = "sandbox-auth-token"  # the sandbox's default --twilio-auth-token
+MIXPANEL_TOKEN = "sandbox-mixpanel-token"  # any: /track takes the token it is given
 
 
 class CallbackReceiver(http.server.ThreadingHTTPServer):
@@ -176,7 +177,7 @@ def mixpanel_consumer(*, buffered: bool = False) -> Consumer | BufferedConsumer:
 
 
 def mixpanel_client() -> Mixpanel:
-    return Mixpanel(settings.MIXPANEL_TOKEN, consumer=mixpanel_consumer())
+    return Mixpanel(MIXPANEL_TOKEN, consumer=mixpanel_consumer())
 
 
 def test_mixpanel_track_deduplicates_on_insert_id(sandbox_settings: SandboxClient) -> None:
@@ -190,12 +191,12 @@ def test_mixpanel_track_deduplicates_on_insert_id(sandbox_settings: SandboxClien
     inbox = sandbox_settings.inbox("mixpanel")
     assert (inbox["accepted"], inbox["duplicates"]) == (2, 1)
     assert [item["properties"]["$insert_id"] for item in inbox["received"]] == ["delivery-42", "delivery-43"]
-    assert inbox["received"][0]["properties"]["token"] == "sandbox-mixpanel-token"
+    assert inbox["received"][0]["properties"]["token"] == MIXPANEL_TOKEN
 
 
 def test_mixpanel_buffered_consumer_sends_one_batch(sandbox_settings: SandboxClient) -> None:
     consumer = mixpanel_consumer(buffered=True)
-    client = Mixpanel("sandbox-mixpanel-token", consumer=consumer)
+    client = Mixpanel(MIXPANEL_TOKEN, consumer=consumer)
     for index in range(3):
         client.track(f"user-{index}", "account.created", {"$insert_id": f"created-{index}"})
     assert sandbox_settings.received("mixpanel") == []  # still buffered

@@ -23,7 +23,6 @@ PRODUCTION_ENVIRONMENT = {
     "TWILIO_ACCOUNT_SID": "AC" + "1" * 32,
     "TWILIO_AUTH_TOKEN": "token",
     "TWILIO_FROM_NUMBER": "+15550000000",
-    "MIXPANEL_TOKEN": "token",
     "MIXPANEL_API_SECRET": "secret",
     "ROOMS_CHAT_WEBHOOK_SECRET": "secret",
 }

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db.models import F, Q
 from django.utils import timezone
 
-from core.errors import ProviderTransientError
+from core.errors import ProviderPermanentError, ProviderTransientError
 from core.send_rate import send_rate_back_off, send_rate_configured, send_rate_take
 from notifications.channels import Channel
 from notifications.exceptions import BatchPending
@@ -21,8 +21,9 @@ from notifications.services.delivery_status import FINAL_STATUSES, delivery_mark
 logger = logging.getLogger(__name__)
 
 
-def analytics_deliver(own: list[Delivery], *, waited: bool) -> None:
-    """Send one run's analytics deliveries (`own`) to Mixpanel in a batch.
+def analytics_deliver(own: list[Delivery], *, waited: bool) -> list[tuple[int, str]]:
+    """Send one run's analytics deliveries (`own`) to Mixpanel in a batch; answer those
+    Mixpanel refused for good (now failed), with the reason.
 
     A first run leaves its deliveries pending for a short window (unless a full batch is
     waiting), so that one flush sends many; a flush claims the oldest pending analytics
@@ -30,7 +31,7 @@ def analytics_deliver(own: list[Delivery], *, waited: bool) -> None:
     sent: if another flush holds them, it runs again after that flush's lease (BatchPending).
     """
     if not own:
-        return
+        return []
     window = settings.CARILLON_ANALYTICS_BATCH_WINDOW_SECONDS
     batch_size = settings.CARILLON_ANALYTICS_BATCH_SIZE
     pending = Delivery.objects.filter(channel=Channel.ANALYTICS, status=Delivery.Status.PENDING)
@@ -43,6 +44,8 @@ def analytics_deliver(own: list[Delivery], *, waited: bool) -> None:
         pass
     if unfinished.exists():
         raise BatchPending(retry_after=settings.CARILLON_CLAIM_LEASE_SECONDS)
+    failed = Delivery.objects.filter(pk__in=[d.pk for d in own], status=Delivery.Status.FAILED)
+    return list(failed.values_list("pk", "last_error"))
 
 
 def analytics_flush(*, limit: int) -> int:
@@ -74,7 +77,11 @@ def analytics_flush(*, limit: int) -> int:
     )
     batch = list(Delivery.objects.filter(claim_token=token).select_related("event"))
     try:
-        analytics_send_batch(batch)
+        refused = analytics_send_batch(batch)
+    except ProviderPermanentError as exc:
+        # The whole request refused (a wrong secret): sending it again would be too. Each
+        # delivery fails, and its task records a failed job to replay once it is fixed.
+        refused = {delivery.pk: str(exc) for delivery in batch}
     except ProviderTransientError as exc:
         Delivery.objects.filter(claim_token=token).update(
             status=Delivery.Status.PENDING, claim_token=None, claimed_until=None, last_error=str(exc)
@@ -82,6 +89,16 @@ def analytics_flush(*, limit: int) -> int:
         if exc.retry_after:
             send_rate_back_off(name=Channel.ANALYTICS, seconds=exc.retry_after)
         raise
+    by_reason: dict[str, list[int]] = {}
+    for pk, reason in refused.items():
+        by_reason.setdefault(reason, []).append(pk)
+    for reason, pks in by_reason.items():
+        Delivery.objects.filter(pk__in=pks, claim_token=token).update(
+            status=Delivery.Status.FAILED, last_error=reason, claim_token=None, claimed_until=None
+        )
     delivery_mark_sent(Q(claim_token=token), provider_message_id=None, response={"batch": len(batch)})
-    logger.info("analytics: %d deliveries sent in one request", len(batch))
+    if refused:
+        logger.warning("analytics: Mixpanel refused %d of %d events: %s", len(refused), len(batch),
+                       next(iter(refused.values())))
+    logger.info("analytics: %d deliveries sent in one request", len(batch) - len(refused))
     return len(batch)

@@ -4,10 +4,8 @@ so a resent batch is deduplicated by Mixpanel instead of counted twice."""
 import uuid
 from typing import Any
 
-from django.conf import settings
-
 from notifications.models import Delivery
-from notifications.providers.mixpanel.client import mixpanel_track
+from notifications.providers.mixpanel.client import mixpanel_import
 
 INSERT_ID_NAMESPACE = uuid.UUID("6f9a3c1e-2b1d-4c55-9a57-3c0f0b6a8d21")
 
@@ -23,20 +21,20 @@ def _mixpanel_event(delivery: Delivery) -> dict[str, Any]:
         "event": event.type,
         "properties": {
             **event.data,
-            "token": settings.MIXPANEL_TOKEN,
             "distinct_id": delivery.recipient.removeprefix("user:"),
             "time": int(event.occurred_at.timestamp()),
             "$insert_id": insert_id(delivery),
             "event_id": str(event.id),
             "event_version": event.version,
-            "mp_lib": "python",
         },
     }
 
 
-def analytics_send_batch(deliveries: list[Delivery]) -> None:
-    """Send the deliveries' events to Mixpanel's /track in one request; a batch refused
-    or lost is safe to resend thanks to $insert_id (ProviderTransientError, see
-    `mixpanel_track`)."""
-    if deliveries:
-        mixpanel_track([_mixpanel_event(delivery) for delivery in deliveries])
+def analytics_send_batch(deliveries: list[Delivery]) -> dict[int, str]:
+    """Send the deliveries' events to Mixpanel's /import in one request; answer those it
+    refused (delivery pk → reason), the others are taken. A batch refused whole or lost is
+    safe to resend thanks to $insert_id (see `mixpanel_import` for what it raises)."""
+    if not deliveries:
+        return {}
+    refused = mixpanel_import([_mixpanel_event(delivery) for delivery in deliveries])
+    return {deliveries[index].pk: reason for index, reason in refused.items()}
