@@ -130,7 +130,9 @@ rabbitmq() { # rabbitmq COMMAND ARGS: run a RabbitMQ CLI with our node's cookie
 # (several nodes boot side by side).
 start_rabbitmq() {
     local node=$1 port=$2 dist_port=$3 management_port=$4 nowait=${5:-} dir
-    rabbitmq rabbitmqctl -n "$node" -q stop >/dev/null 2>&1 || true  # a leftover of a killed run
+    if rabbitmq_registered "$node"; then  # a leftover of a killed run
+        rabbitmq rabbitmqctl -n "$node" -q stop >/dev/null 2>&1 || true
+    fi
     require_free_port "$port" "RabbitMQ AMQP"
     require_free_port "$management_port" "RabbitMQ management"
     dir=$(service_dir "rabbitmq-$node" rabbitmq)
@@ -157,16 +159,24 @@ CONF
     await_rabbitmq "$node" "$management_port" $!
 }
 
+# Whether epmd knows NODE: a C program answers at once, where each rabbitmqctl call boots
+# an Erlang VM (about a CPU-second). Without epmd on the PATH, assume it may.
+rabbitmq_registered() {
+    command -v epmd >/dev/null || return 0
+    epmd -names 2>/dev/null | grep -q "^name ${1%@*} "
+}
+
 await_rabbitmq() { # NODE MANAGEMENT_PORT [SERVER_PID]
     local node=$1 management_port=$2 server=${3:-} dir deadline=$((SECONDS + 90))
     dir=$(service_dir "rabbitmq-$node" rabbitmq)
-    # await_startup fails at once while the node is not yet registered with epmd: retry.
-    until rabbitmq rabbitmqctl -n "$node" -q await_startup --timeout 10 >/dev/null 2>&1; do
+    # await_startup fails at once while the node is not yet registered with epmd: wait for
+    # that cheaply first, then let it wait for the boot; retry should the node restart.
+    until rabbitmq_registered "$node" && rabbitmq rabbitmqctl -n "$node" -q await_startup --timeout 60 >/dev/null 2>&1; do
         if { [ -n "$server" ] && ! kill -0 "$server" 2>/dev/null; } || [ $SECONDS -ge $deadline ]; then
             tail -n 30 "$dir/console.log" >&2
             die "RabbitMQ $node did not start; its logs are in $dir"
         fi
-        sleep 1
+        sleep 0.5
     done
     wait_for_port "$management_port" "RabbitMQ management" 30
 }
