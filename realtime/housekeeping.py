@@ -12,7 +12,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from realtime.frames import HEARTBEAT
-from realtime.presence import ProcessPresence
+from realtime.presence import ProcessPresence, cancellation_pending_raise
 from realtime.subscriptions import Sink
 from realtime.topics import stats_process_key
 
@@ -66,6 +66,7 @@ class Housekeeping:
     async def _stats_loop(self) -> None:
         key = stats_process_key(f"{socket.gethostname()}:{os.getpid()}")
         while True:
+            cancellation_pending_raise()
             try:
                 async with self._client.pipeline(transaction=True) as pipe:
                     pipe.hset(key, mapping={"connections": len(self.sinks), "delivered": self._delivered()})
@@ -75,7 +76,8 @@ class Housekeeping:
                 logger.warning("realtime stats not written (%s)", exc)
             self._changed.clear()
             # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
-            # that arrives as the event is set, and the loop would then outlive its server.
+            # that arrives as the event is set, and the loop would then outlive its server
+            # (asyncio.timeout has a case of its own: see cancellation_pending_raise).
             try:
                 async with asyncio.timeout(STATS_INTERVAL_SECONDS):
                     await self._changed.wait()

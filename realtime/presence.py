@@ -28,6 +28,21 @@ logger = logging.getLogger(__name__)
 PRESENCE_TOPIC = "live:presence"
 
 
+def cancellation_pending_raise() -> None:
+    """Raise CancelledError if this task was asked to stop and something took the request.
+
+    A loop that runs until its server stops must end on cancel, but Python 3.11 lets the
+    request get lost on the way: `asyncio.timeout` takes a cancellation that arrives as it
+    expires for its own (and raises TimeoutError), and a client library may turn one into
+    its connection error. The request still counts on the task (`cancelling()`), so each
+    pass of such a loop checks it; otherwise `asyncio.run` (or a server's shutdown) waits
+    on the loop forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -92,6 +107,7 @@ class ProcessPresence:
         next_refresh = time.monotonic() + heartbeat
         backoff = 0.1
         while True:
+            cancellation_pending_raise()
             now = time.monotonic()
             wake_at = min([next_refresh, *(left + grace for left in self.left_at.values())])
             if not self._joined and wake_at > now:

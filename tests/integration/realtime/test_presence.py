@@ -107,3 +107,34 @@ def test_one_process_is_one_member_per_user_and_rewrites_what_redis_lost() -> No
         await await_for(lambda: sync.zcard(keys[0]) == 0 and sync.get(keys[1]) is None, "no member, offline", 5)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.database_agnostic
+@override_settings(REALTIME_HEARTBEAT_SECONDS=0.2)
+def test_the_write_loop_ends_on_cancel_even_when_the_request_is_lost_on_the_way() -> None:
+    # A cancellation can be lost before it reaches the loop: a client library may answer
+    # one delivered inside its call with its own connection error (the loop retries those),
+    # and Python 3.11's asyncio.timeout then takes the request, still pending, for its own
+    # at the next wait. The loop must end all the same, or asyncio.run (or the server's
+    # shutdown) waits for it forever.
+    async def scenario() -> None:
+        presence = ProcessPresence()
+        writes = presence._write_leaves
+        inside = asyncio.Event()
+
+        async def write_leaves(grace: float) -> None:
+            inside.set()
+            try:
+                await asyncio.sleep(0.05)  # the Redis round trip
+            except asyncio.CancelledError as exc:
+                raise redis.exceptions.ConnectionError("connection closed") from exc
+            await writes(grace)
+
+        presence._write_leaves = write_leaves  # type: ignore[method-assign]
+        presence.join(990_002)
+        await inside.wait()
+        presence._task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(presence._task, timeout=3)
+
+    asyncio.run(scenario())
