@@ -1,12 +1,14 @@
 """What Mixpanel's /import answers decides each analytics delivery: taken, refused for
-good (failed, never retried), or to be tried again."""
+good (failed, never retried), to be tried again, or put off for as long as it asks."""
 
+import time
 from datetime import UTC, datetime
 
 import pytest
 from django.test import override_settings
 
 from core.errors import ProviderTransientError
+from core.send_rate import SendRateExceeded
 from notifications.models import Delivery, Event
 from notifications.providers.mixpanel.batches import analytics_flush
 from sandbox.client import SandboxClient
@@ -86,3 +88,28 @@ def test_mixpanels_5xx_leaves_the_batch_pending_for_the_next_flush(
     assert analytics_flush(limit=10) == 1
     delivery.refresh_from_db()
     assert delivery.status == Delivery.Status.SENT
+
+
+def test_mixpanels_429_puts_the_batch_off_for_its_retry_after_and_pauses_analytics(
+    sandbox: SandboxClient, pipeline_settings: None
+) -> None:
+    # At one request per 5 s the sandbox answers the first 429, Retry-After: 4.
+    sandbox.set_knobs("mixpanel", rate_limit_per_second=0.2)
+    delivery = analytics_delivery(EventFactory.create(type="account.created"), "lin")
+
+    with pytest.raises(SendRateExceeded) as put_off:
+        analytics_flush(limit=10)
+
+    assert put_off.value.retry_after == 4
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.PENDING and delivery.claim_token is None  # for the next flush
+    # A paced sender waits the pause out (4 s, under the 5 s it may sleep) instead of
+    # asking Mixpanel again at once.
+    sandbox.set_knobs("mixpanel", rate_limit_per_second=0)
+    started = time.monotonic()
+    with override_settings(CARILLON_SEND_RATES={"analytics": 100.0}):
+        assert analytics_flush(limit=10) == 1
+    assert time.monotonic() - started >= 3
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.SENT
+    assert sandbox.inbox("mixpanel")["rate_limited"] == 1

@@ -199,9 +199,15 @@ def test_analytics_of_many_events_go_to_mixpanel_in_few_requests_and_one_it_refu
     assert failed_job.args[1] == "product_analytics" and "properties.time" in failed_job.error_message
     assert statuses(ancient)["product_analytics"] == "failed"
     inbox = sandbox.inbox("mixpanel")
-    assert inbox["accepted"] == 8 and inbox["duplicates"] == 0
+    assert (inbox["accepted"], inbox["rejected"], inbox["duplicates"]) == (8, 1, 0)
     assert inbox["requests"] < 8  # batched: several events shared a request
     assert sorted(item["properties"]["video_id"] for item in inbox["received"]) == [f"v{n}" for n in range(8)]
+
+    # Its replay sends that event alone (refused again: a new failed job), none of the eight.
+    failed_job_replay(failed_job_id=failed_job.pk, user_id=None)
+    wait_for(lambda: FailedJob.objects.filter(event=ancient, state="failed").exists(), "the replay's failure recorded")
+    inbox = sandbox.inbox("mixpanel")
+    assert (inbox["accepted"], inbox["rejected"], inbox["duplicates"]) == (8, 2, 0)
 
 
 def test_the_fast_path_marks_what_rabbitmq_confirmed_in_one_statement(worker: CeleryWorker) -> None:

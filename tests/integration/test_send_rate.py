@@ -12,7 +12,6 @@ from core.send_rate import SendRate, SendRateExceeded, send_rate_pause, send_rat
 from notifications.models import Delivery
 from notifications.providers.base import SendItem
 from notifications.providers.email import email_send
-from notifications.providers.mixpanel.batches import analytics_flush
 from notifications.providers.twilio.sender import sms_send
 from sandbox.client import SandboxClient
 from tests.factories import EventFactory, recipient_user
@@ -104,33 +103,3 @@ def test_an_smtp_421_pauses_email_and_sends_nothing_more_on_that_connection(
     assert isinstance(first, ProviderTransientError) and first.retry_after == 7
     assert all(isinstance(result, ProviderTransientError) and not result.in_doubt for result in rest)
     assert sandbox.inbox("email")["rate_limited"] == 1
-
-
-@pytest.mark.django_db
-def test_mixpanels_429_puts_the_batch_off_for_its_retry_after_and_pauses_analytics(
-    sandbox: SandboxClient, pipeline_settings: None
-) -> None:
-    # At one request per 5 s the sandbox answers the first 429, Retry-After: 4.
-    sandbox.set_knobs("mixpanel", rate_limit_per_second=0.2)
-    user = recipient_user("lin")
-    event = EventFactory.create(type="account.created", data={"user_id": user.pk})
-    delivery = Delivery.objects.create(
-        event=event, subscriber="product_analytics", recipient=f"user:{user.pk}", channel="analytics", user_id=user.pk
-    )
-
-    with pytest.raises(SendRateExceeded) as put_off:
-        analytics_flush(limit=10)
-
-    assert put_off.value.retry_after == 4
-    delivery.refresh_from_db()
-    assert delivery.status == Delivery.Status.PENDING and delivery.claim_token is None  # for the next flush
-    # A paced sender waits the pause out (4 s, under the 5 s it may sleep) instead of
-    # asking Mixpanel again at once.
-    sandbox.set_knobs("mixpanel", rate_limit_per_second=0)
-    started = time.monotonic()
-    with override_settings(CARILLON_SEND_RATES={"analytics": 100.0}):
-        assert analytics_flush(limit=10) == 1
-    assert time.monotonic() - started >= 3
-    delivery.refresh_from_db()
-    assert delivery.status == Delivery.Status.SENT
-    assert sandbox.inbox("mixpanel")["rate_limited"] == 1
