@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -12,11 +13,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Ports this process handed out: the kernel may offer a port it has just offered again
+# (nothing listens on it until the caller starts its server), so two servers of one
+# fixture would be given the same port and the second would find the first on it.
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now, and that this process
+    has not handed out before."""
+    with _handed_out_lock:
+        while True:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = int(probe.getsockname()[1])
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
 
 
 def python(*args: str) -> list[str]:

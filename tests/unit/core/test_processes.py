@@ -1,10 +1,11 @@
 """Stopping child processes together: each gets SIGTERM before any is waited for, each is
-reaped, and one that outlives the timeout is SIGKILLed."""
+reaped, and one that outlives the timeout is SIGKILLed. Ports for them are never handed
+out twice."""
 
 import sys
 from pathlib import Path
 
-from core.processes import ManagedProcess, processes_stop
+from core.processes import ManagedProcess, free_port, processes_stop
 
 # On SIGTERM: note when it came, take half a second to shut down (as a Celery worker's
 # warm shutdown does), note when it leaves, exit 3.
@@ -46,3 +47,11 @@ def test_every_process_is_signalled_before_any_is_waited_for_and_a_stubborn_one_
     assert _moment(second, "term") < _moment(first, "exit")
     assert stubborn.process.returncode == -9  # SIGKILL once the timeout passed
     assert all(p._log.closed for p in [first, second, stubborn])
+
+
+def test_a_port_is_never_handed_out_twice() -> None:
+    # A fixture takes several ports before anything listens on them (a Redis primary, its
+    # replica, three Sentinels): the kernel may offer a port it just offered again, and
+    # the second server would then find the first on it.
+    ports = [free_port() for _ in range(3000)]
+    assert len(set(ports)) == len(ports)
