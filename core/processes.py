@@ -71,10 +71,12 @@ class ManagedProcess:
         self.wait_until(lambda: text in self.log(), f"log line {text!r}", timeout)
 
     def kill(self) -> None:
-        """SIGKILL the process and every child it started, as a crash or OOM kill would."""
+        """SIGKILL the process and every child it started, as a crash or OOM kill would.
+        Also the quick way to end a process whose work is over: nothing is left to finish."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+        self._log.close()
 
     def stop(self, timeout: float = 20.0) -> None:
         processes_stop([self], timeout)

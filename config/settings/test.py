@@ -5,6 +5,11 @@ from config.settings.local import BASE_DIR, DATABASES
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
+# The processes the tests start (daphne, workers) run as production does: under DEBUG,
+# Django keeps and formats every SQL query and answers a 404 with a page of settings.
+# pytest-django turns DEBUG off in the test process itself.
+DEBUG = False
+
 # The suite sends many refused credentials from 127.0.0.1 on purpose (the API fuzzer,
 # token tests): at the production default the address would be locked out for every
 # later test. Tests of the lockout set their own low rates.

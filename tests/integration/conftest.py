@@ -3,14 +3,14 @@ and Carillon's own processes started here."""
 
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import pytest
 import requests
 from django.test import override_settings
 
 from sandbox.client import SandboxClient
-from tests.processes import ManagedProcess, free_port, processes_stop, python, wait_for
+from tests.processes import ManagedProcess, free_port, python, wait_for
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -112,7 +112,8 @@ def _app_workers(django_db_setup: None) -> Iterator[tuple[CeleryWorker, CeleryWo
             worker.wait_ready()
         yield workers
     finally:
-        processes_stop(workers)
+        for worker in workers:
+            worker.kill()  # the session is over: a warm shutdown only costs time
 
 
 @pytest.fixture(scope="session")
@@ -158,17 +159,20 @@ def pipeline_env(sandbox: SandboxClient, session_pipeline_env: dict[str, str]) -
     return dict(session_pipeline_env)
 
 
-def _channel_queue_depths() -> dict[str, int]:
-    """Messages ready in each channel queue now (a passive declare counts them live,
-    where the management API's numbers are up to seconds old)."""
+def _channel_queue_counts() -> dict[str, tuple[int, int]]:
+    """Messages ready in each channel queue now, and its consumers (a passive declare
+    counts them live, where the management API's numbers are up to seconds old)."""
     from config.celery import app as critical_app
     from notifications.queues import topology_declare
 
     with critical_app.connection_for_write() as connection:
         topology_declare(connection)  # a fresh broker has none until a worker starts
         channel = connection.default_channel
-        return {name: channel.queue_declare(queue=name, passive=True).message_count
-                for name in EVERY_CHANNEL_QUEUE.split(",")}
+        counts = {}
+        for name in EVERY_CHANNEL_QUEUE.split(","):
+            declared = channel.queue_declare(queue=name, passive=True)
+            counts[name] = (declared.message_count, declared.consumer_count)
+        return counts
 
 
 def _channel_queues_purge() -> None:
@@ -179,6 +183,16 @@ def _channel_queues_purge() -> None:
         topology_declare(connection)
         for name in EVERY_CHANNEL_QUEUE.split(","):
             connection.default_channel.queue_purge(name)
+
+
+def channel_workers_kill(workers: Iterable[ManagedProcess]) -> None:
+    """SIGKILL workers of the channel queues whose test is over (a warm shutdown only
+    costs two seconds each), and wait until RabbitMQ has let them go: until then what
+    they held unacknowledged is not back in its queue, and a purge would miss it."""
+    for worker in workers:
+        worker.kill()
+    wait_for(lambda: not any(consumers for _, consumers in _channel_queue_counts().values()),
+             "the channel queues without consumers", timeout=30)
 
 
 def _worker_busy(hostname: str) -> bool:
@@ -201,7 +215,7 @@ def pipeline_settled(worker: CeleryWorker) -> bool:
 
     unfinished = Delivery.objects.filter(status__in=[Delivery.Status.PENDING, Delivery.Status.SENDING])
     return (
-        not any(_channel_queue_depths().values())
+        not any(messages for messages, _ in _channel_queue_counts().values())
         and not _worker_busy(worker.hostname)
         and not unfinished.exists()
     )
@@ -234,7 +248,7 @@ class SharedPipelineWorker:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.stop()
+            channel_workers_kill([self.process])
             self.process = None
 
 
@@ -287,7 +301,7 @@ def start_pipeline_worker(
         return process
 
     yield start
-    processes_stop(started)
+    channel_workers_kill(started)
 
 
 def relay_start(name: str, env: dict[str, str]) -> ManagedProcess:

@@ -40,7 +40,7 @@ from notifications.models import (
 from realtime.history import history_trim_expired
 from sandbox.client import SandboxClient
 from tests.factories import recipient_user
-from tests.processes import ManagedProcess, processes_stop, python, wait_for
+from tests.processes import ManagedProcess, python, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -88,7 +88,8 @@ def start_beat(redis_db: int, no_schedules: None) -> Iterator[Callable[..., Mana
         return process
 
     yield start
-    processes_stop(started)
+    for process in started:
+        process.kill()  # the test is over: a graceful stop only costs time
 
 
 @pytest.fixture
@@ -111,7 +112,8 @@ def start_background_worker(
         return process
 
     yield start
-    processes_stop(started)
+    for process in started:
+        process.kill()  # the test is over: a graceful stop only costs time
 
 
 def queued(db: int, periodic_task: str | None = None) -> list[dict[str, Any]]:
