@@ -1,0 +1,33 @@
+"""After a transactional test the database is empty but for what migrations wrote."""
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.contrib.contenttypes.models import ContentType
+from django.db import connection
+
+from notifications.models import Delivery, Event
+from tests.database import KEPT_TABLES, database_empty
+from tests.factories import EventFactory, recipient_user
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _rows(table: str) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT COUNT(*) FROM {connection.ops.quote_name(table)}")  # noqa: S608
+        return int(cursor.fetchone()[0])
+
+
+def test_every_row_a_test_wrote_is_gone_and_the_migrations_rows_stay() -> None:
+    user = recipient_user("emptied")
+    user.user_permissions.add(Permission.objects.get(codename="publish_event"))
+    event = EventFactory.create()
+    Delivery.objects.create(event=event, subscriber="s", recipient=f"user:{user.pk}", channel="email", user_id=user.pk)
+    permissions, content_types = Permission.objects.count(), ContentType.objects.count()
+
+    database_empty("default")
+
+    written = sorted(set(connection.introspection.django_table_names(only_existing=True)) - KEPT_TABLES)
+    assert {table: _rows(table) for table in written if _rows(table)} == {}
+    assert not Event.objects.exists()
+    assert (Permission.objects.count(), ContentType.objects.count()) == (permissions, content_types)
