@@ -11,7 +11,8 @@ STATE_ROOT="$CARILLON_ROOT/.run"
 # __pycache__/ is ignored by git.
 unset PYTHONDONTWRITEBYTECODE
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+# With the seconds since the script started: where a slow run spends its time shows.
+say() { printf '\033[1m==> [%ds] %s\033[0m\n' "$SECONDS" "$*" >&2; }
 die() { printf '\033[31mcarillon: %s\033[0m\n' "$*" >&2; exit 1; }
 
 as_root() {
