@@ -12,7 +12,8 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from realtime.frames import HEARTBEAT
-from realtime.presence import ProcessPresence, cancellation_pending_raise
+from realtime.loops import cancellation_pending_raise
+from realtime.presence import ProcessPresence
 from realtime.subscriptions import Sink
 from realtime.topics import stats_process_key
 
@@ -77,7 +78,7 @@ class Housekeeping:
             self._changed.clear()
             # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
             # that arrives as the event is set, and the loop would then outlive its server
-            # (asyncio.timeout has a case of its own: see cancellation_pending_raise).
+            # (asyncio.timeout has a case of its own: see realtime/loops.py).
             try:
                 async with asyncio.timeout(STATS_INTERVAL_SECONDS):
                     await self._changed.wait()

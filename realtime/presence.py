@@ -20,27 +20,13 @@ import uuid
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from realtime.loops import cancellation_pending_raise
 from realtime.services import arealtime_publish, async_client, sync_client
 from realtime.topics import presence_key, presence_state_key
 
 logger = logging.getLogger(__name__)
 
 PRESENCE_TOPIC = "live:presence"
-
-
-def cancellation_pending_raise() -> None:
-    """Raise CancelledError if this task was asked to stop and something took the request.
-
-    A loop that runs until its server stops must end on cancel, but Python 3.11 lets the
-    request get lost on the way: `asyncio.timeout` takes a cancellation that arrives as it
-    expires for its own (and raises TimeoutError), and a client library may turn one into
-    its connection error. The request still counts on the task (`cancelling()`), so each
-    pass of such a loop checks it; otherwise `asyncio.run` (or a server's shutdown) waits
-    on the loop forever.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _now_ms() -> int:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from redis.exceptions import RedisError
 
 from core.redis import redis_async_client
+from realtime.loops import cancellation_pending_raise
 from realtime.topics import Topic, pubsub_channel, topic_from_pubsub_channel
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class PubSubLink:
         # this one does, or nobody here wants the topic any more.
         delay = BACKOFF_FIRST_SECONDS
         while self._wanted(topic):
+            cancellation_pending_raise()
             try:
                 async with self._lock:
                     if self._wanted(topic):
@@ -78,6 +80,7 @@ class PubSubLink:
     async def _read_loop(self) -> None:
         backoff = BACKOFF_FIRST_SECONDS
         while True:
+            cancellation_pending_raise()
             try:
                 if not self._pubsub.subscribed:
                     await asyncio.sleep(0.05)

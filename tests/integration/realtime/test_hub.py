@@ -2,11 +2,15 @@
 
 import asyncio
 import uuid
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
+from django.conf import settings
 
 from realtime.hub import get_hub
+from realtime.pubsub import PubSubLink
 from realtime.services import arealtime_publish
 from realtime.topics import Topic
 from tests.processes import await_for, free_port
@@ -63,3 +67,34 @@ def test_first_subscriptions_to_two_topics_at_once_both_hold() -> None:
         return [s.seen() for s in sinks]
 
     assert asyncio.run(scenario()) == [[("subscribed", 0), ("message", 1)]] * 2
+
+
+@pytest.mark.timeout(30)  # on failure the loop's shutdown waits for the reader forever
+def test_the_pubsub_reader_ends_on_cancel_even_when_redis_py_turns_it_into_a_connection_error() -> None:
+    # The reader retries what looks like a lost connection. A cancellation delivered inside
+    # redis-py's read can come out as its ConnectionError: the reader must still end, or
+    # asyncio.run (or the server's shutdown) waits for it forever.
+    async def scenario() -> None:
+        topic = fresh_topic()
+        link = PubSubLink(settings.REALTIME_REDIS_URL, wanted=lambda _: True,
+                          on_message=lambda *_: None, on_confirmed=lambda _: None)
+        link.subscribe(topic)
+        await await_for(lambda: link._pubsub.subscribed, "subscribed", 5)
+        read = link._pubsub.get_message
+        inside = asyncio.Event()
+
+        async def get_message(**kwargs: Any) -> Any:
+            inside.set()
+            try:
+                return await read(**kwargs)
+            except asyncio.CancelledError as exc:
+                raise redis.exceptions.ConnectionError("connection closed") from exc
+
+        link._pubsub.get_message = get_message  # type: ignore[method-assign,assignment]
+        inside.clear()
+        await inside.wait()
+        link._reader.cancel()
+        await asyncio.wait({link._reader}, timeout=3)
+        assert link._reader.cancelled()
+
+    asyncio.run(scenario())
