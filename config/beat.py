@@ -21,7 +21,7 @@ import logging
 from typing import Any
 
 from django.conf import settings
-from django_celery_beat.schedulers import DatabaseScheduler
+from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 from redis.exceptions import LockError, RedisError
 from redis.lock import Lock
 
@@ -30,8 +30,27 @@ from core.redis import redis_client
 logger = logging.getLogger(__name__)
 
 
+class RunWritingEntry(ModelEntry):  # type: ignore[misc]
+    """A schedule entry that writes back only its run fields.
+
+    django-celery-beat's entry reads the task's row and saves the whole of it again: an
+    edit made in the admin between that read and that save (arguments, schedule, enabled)
+    was overwritten with the old values, silently. One UPDATE of the run fields alone
+    leaves every other column as the admin left it.
+    """
+
+    def save(self) -> None:
+        # An UPDATE sends no save signal, so the schedule is not marked changed either
+        # (what the base class's no_changes flag is for).
+        type(self.model)._default_manager.filter(pk=self.model.pk).update(
+            last_run_at=self.model.last_run_at, total_run_count=self.model.total_run_count
+        )
+
+
 class LockedDatabaseScheduler(DatabaseScheduler):  # type: ignore[misc]
     """DatabaseScheduler that sends only while holding the beat lock."""
+
+    Entry = RunWritingEntry
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.lock_timeout = float(settings.CARILLON_BEAT_LOCK_TIMEOUT_SECONDS)

@@ -1,5 +1,6 @@
 """Daily schedules across daylight-saving changes and a changed TIME_ZONE, through
-django-celery-beat's own ModelEntry (what DatabaseScheduler asks), with frozen time."""
+the entry Carillon's beat asks (django-celery-beat's ModelEntry, writing back only its run
+fields), with frozen time; and an admin edit that beat's write-back must not undo."""
 
 from collections import Counter
 from collections.abc import Iterator
@@ -9,9 +10,11 @@ from zoneinfo import ZoneInfo
 import pytest
 import time_machine
 from celery import Celery
+from django.db.models.signals import pre_save
 from django.test import override_settings
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
-from django_celery_beat.schedulers import ModelEntry
+
+from config.beat import RunWritingEntry
 
 pytestmark = pytest.mark.django_db
 
@@ -46,7 +49,7 @@ def run_beat(task: PeriodicTask, *, start: datetime, hours: int, time_zones: Ite
             if entry is None or (now.hour == 12 and now.minute == 0):
                 time_zone = next(time_zones)
                 with override_settings(TIME_ZONE=time_zone):
-                    entry = ModelEntry(PeriodicTask.objects.get(pk=task.pk), app=beat_app(time_zone))
+                    entry = RunWritingEntry(PeriodicTask.objects.get(pk=task.pk), app=beat_app(time_zone))
             due, _ = entry.is_due()
             if due:
                 runs.append(now.astimezone(PARIS))
@@ -85,3 +88,25 @@ def test_changing_time_zone_between_restarts_neither_skips_nor_repeats_a_daily_j
     assert [run.strftime("%m-%d %H:%M") for run in runs] == [
         "03-27 07:00", "03-28 07:00", "03-29 07:00", "03-30 07:00", "03-31 07:00",
     ]
+
+
+def test_an_admin_edit_landing_while_beat_writes_back_a_run_is_kept() -> None:
+    task = daily_task(hour=7, minute=0, created=SPRING)
+    entry = RunWritingEntry(task, app=beat_app("UTC"))  # beat's copy, read before the edits
+    entry.model.total_run_count = 1
+    latest = {"args": '["edited"]'}
+
+    def admin_edits(instance: PeriodicTask, **_: object) -> None:
+        # An edit committed while beat writes its row back (after any read of it).
+        latest["args"] = '["edited again"]'
+        PeriodicTask.objects.filter(pk=instance.pk).update(args=latest["args"])
+
+    PeriodicTask.objects.filter(pk=task.pk).update(args=latest["args"], enabled=False)
+    pre_save.connect(admin_edits, sender=PeriodicTask)
+    try:
+        entry.save()
+    finally:
+        pre_save.disconnect(admin_edits, sender=PeriodicTask)
+
+    saved = PeriodicTask.objects.get(pk=task.pk)
+    assert (saved.args, saved.enabled, saved.total_run_count) == (latest["args"], False, 1)
