@@ -151,6 +151,10 @@ CELERY_TIMEZONE = TIME_ZONE
 # moment a worker receives it.
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_WORKER_CONSUMER = "config.worker:CriticalConsumer"
+# A critical worker waits for its broker however long it is away (it tries every 5 s at
+# most, config/worker.py) rather than exit after Celery's 100 attempts.
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_WORKER_POOL = "config.worker:CheckedTaskPool"
 # Ordered room delivery (rooms/) runs on a quorum queue of its own (rooms/queues.py).
 CELERY_TASK_ROUTES = {"rooms.*": {"queue": "carillon.rooms", "routing_key": "carillon.rooms"}}
 

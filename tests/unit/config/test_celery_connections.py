@@ -11,10 +11,12 @@ from celery.signals import task_postrun, task_prerun
 from celery.worker.consumer.delayed_delivery import DelayedDelivery
 from django.db import connection
 from kombu import Connection
+from kombu.exceptions import OperationalError
 
 from config.celery import app as critical_app
 from config.celery import ping
-from config.worker import ClusterDelayedDelivery
+from config.worker import RECONNECT_MAX_SECONDS, ClusterDelayedDelivery, reconnect_promptly
+from core.processes import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -83,3 +85,16 @@ def test_delayed_delivery_falls_back_to_every_node_when_the_current_one_fails() 
         step.start(consumer)
 
     every_node.assert_called_once_with(consumer)
+
+
+def test_a_consumer_tries_the_broker_again_within_a_second_and_never_waits_past_the_most() -> None:
+    waits: list[float] = []
+    conn = reconnect_promptly(Connection(f"amqp://guest:guest@127.0.0.1:{free_port()}//", connect_timeout=1))
+
+    # As Celery's consumer calls it: an errback, a retry count, no intervals.
+    with pytest.raises(OperationalError):
+        conn.ensure_connection(lambda exc, interval: waits.append(interval), 3)
+
+    assert waits[0] <= 1 and max(waits) <= RECONNECT_MAX_SECONDS
+    assert waits == sorted(waits)  # growing, not a retry storm
+    assert critical_app.conf.broker_connection_max_retries is None  # a critical worker never gives up
