@@ -101,13 +101,13 @@ def test_rabbitmq_restarted_mid_broadcast_loses_no_chunk_and_sends_none_twice(
 
 
 def test_a_password_reset_is_not_queued_behind_a_broadcast(
-    start_pipeline_worker: Callable[..., ManagedProcess], sandbox: SandboxClient, pipeline_settings: None
+    start_pipeline_worker: Callable[..., CeleryWorker], sandbox: SandboxClient, pipeline_settings: None
 ) -> None:
     group, users = members(400)
     resetting = get_user_model().objects.create_user("resetting", email="resetting@example.com")
     Recipient.objects.create(user=resetting, phone_number="+15005550006")
     sandbox.set_knobs("email", latency_ms=30)  # the broadcast takes seconds of SMTP
-    start_pipeline_worker("bulk", queues=BULK_QUEUES, CARILLON_BROADCAST_CHUNK_SIZE="50")
+    bulk = start_pipeline_worker("bulk", queues=BULK_QUEUES, CARILLON_BROADCAST_CHUNK_SIZE="50")
     start_pipeline_worker("transactional", queues=CHANNEL_QUEUES)
     broadcast = announce(group)
     wait_for(lambda: len(sandbox.received("email")) >= 20, "the broadcast under way", timeout=60)
@@ -119,21 +119,26 @@ def test_a_password_reset_is_not_queued_behind_a_broadcast(
     wait_for(lambda: Delivery.objects.filter(event=reset, channel="email", status="sent").exists(), "the reset sent", 30)
 
     assert event_progress(event=broadcast)["email"]["sent"] < 400  # the broadcast was still going
-    wait_for(lambda: finished(broadcast, "email", 400), "the broadcast done", 180)
-    assert len(received_once(sandbox)) == 401
+    # What the broadcast would still send proves nothing more here: the other tests see
+    # broadcasts to the end.
+    event_cancel(event_id=str(broadcast.pk))
+    wait_until_settled(bulk, timeout=120)
+    addresses = received_once(sandbox)
+    assert "resetting@example.com" in addresses
+    assert len(addresses) == event_progress(event=broadcast)["email"]["sent"] + 1
 
 
 def test_a_providers_rate_limit_slows_the_broadcast_down_and_loses_nothing(
     start_pipeline_worker: Callable[..., ManagedProcess], sandbox: SandboxClient, pipeline_settings: None
 ) -> None:
-    group, users = members(120)
+    group, users = members(60)
     sandbox.set_knobs("email", rate_limit_per_second=15)  # past it, SMTP 421: come back later
     # Each 421 pauses email for every worker (10 s by default; 1 s here).
     start_pipeline_worker("bulk", queues=BULK_QUEUES, CARILLON_BROADCAST_CHUNK_SIZE="30",
                           CARILLON_SMTP_BUSY_PAUSE_SECONDS="1")
     event = announce(group)
 
-    wait_for(lambda: finished(event, "email", 120), "the broadcast done", 180)
+    wait_for(lambda: finished(event, "email", 60), "the broadcast done", 180)
 
     assert sorted(received_once(sandbox)) == sorted(user.email for user in users)
     assert sandbox.inbox("email")["rate_limited"] > 0  # the limit was met, and its refusals retried
@@ -142,20 +147,20 @@ def test_a_providers_rate_limit_slows_the_broadcast_down_and_loses_nothing(
 def test_paced_to_the_providers_rate_a_broadcast_meets_no_refusal(
     start_pipeline_worker: Callable[..., ManagedProcess], sandbox: SandboxClient, pipeline_settings: None
 ) -> None:
-    group, users = members(120)
+    group, users = members(60)
     sandbox.set_knobs("email", rate_limit_per_second=15)
     # Two worker processes share one bucket in Redis: together they keep under the limit.
     start_pipeline_worker("bulk", queues=BULK_QUEUES, CARILLON_BROADCAST_CHUNK_SIZE="30", CARILLON_SEND_RATES="email=12")
     event = announce(group)
 
-    wait_for(lambda: finished(event, "email", 120), "the broadcast done", 180)
+    wait_for(lambda: finished(event, "email", 60), "the broadcast done", 180)
 
     assert sorted(received_once(sandbox)) == sorted(user.email for user in users)
     assert sandbox.inbox("email")["rate_limited"] == 0
     # Paced, not merely lucky: after a burst of one second's worth, 12 a second at most
-    # (9 s for the rest; a second of slack for when the first and last reached the sandbox).
+    # (4 s for the rest; a second of slack for when the first and last reached the sandbox).
     times = sorted(mail["received_at"] for mail in sandbox.received("email"))
-    assert times[-1] - times[0] >= (120 - 12) / 12 - 1
+    assert times[-1] - times[0] >= (60 - 12) / 12 - 1
 
 
 def test_cancel_stops_what_was_not_sent(
