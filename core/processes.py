@@ -1,11 +1,11 @@
 """Child processes Carillon starts for tests and benchmarks: its workers, daphne, the sandbox."""
 
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -13,24 +13,41 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-# Ports this process handed out: the kernel may offer a port it has just offered again
-# (nothing listens on it until the caller starts its server), so two servers of one
-# fixture would be given the same port and the second would find the first on it.
-_handed_out: set[int] = set()
-_handed_out_lock = threading.Lock()
+# Ports handed out lately, by any process of this checkout (the test passes and the bench
+# run side by side), as one file per port: the kernel may offer a port it has just
+# offered again, since nothing listens on it until the caller starts its server, and two
+# servers would be given the same port. A port handed out longer ago than the hold is
+# listened on by now, or was not used: it may be handed out again.
+PORTS_DIR = ROOT / ".run" / "ports"
+PORT_HOLD_SECONDS = 120.0
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now, and that this process
-    has not handed out before."""
-    with _handed_out_lock:
-        while True:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                port = int(probe.getsockname()[1])
-            if port not in _handed_out:
-                _handed_out.add(port)
-                return port
+    """A TCP port on 127.0.0.1 that nothing listens on right now, and that no process of
+    this checkout was handed in the last two minutes."""
+    PORTS_DIR.mkdir(parents=True, exist_ok=True)
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if _port_claim(PORTS_DIR / str(port)):
+            return port
+
+
+def _port_claim(path: Path) -> bool:
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True  # never handed out, or not since its file was cleared
+    except FileExistsError:
+        pass
+    # Handed out before: take it again only once the hold is over, one process at a time
+    # (two that both saw the old time would otherwise both take it).
+    with (PORTS_DIR / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if time.time() - path.stat().st_mtime < PORT_HOLD_SECONDS:
+            return False
+        os.utime(path)
+        return True
 
 
 def python(*args: str) -> list[str]:

@@ -2,10 +2,11 @@
 reaped, and one that outlives the timeout is SIGKILLed. Ports for them are never handed
 out twice."""
 
+import subprocess
 import sys
 from pathlib import Path
 
-from core.processes import ManagedProcess, free_port, processes_stop
+from core.processes import ROOT, ManagedProcess, free_port, processes_stop
 
 # On SIGTERM: note when it came, take half a second to shut down (as a Celery worker's
 # warm shutdown does), note when it leaves, exit 3.
@@ -54,4 +55,18 @@ def test_a_port_is_never_handed_out_twice() -> None:
     # replica, three Sentinels): the kernel may offer a port it just offered again, and
     # the second server would then find the first on it.
     ports = [free_port() for _ in range(3000)]
+    assert len(set(ports)) == len(ports)
+
+
+def test_processes_side_by_side_are_never_handed_the_same_port() -> None:
+    # The test passes and the bench take ports at the same time, each in its own process.
+    takers = [
+        subprocess.Popen(
+            [sys.executable, "-c", "from core.processes import free_port\nprint(*(free_port() for _ in range(400)))"],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        )
+        for _ in range(4)
+    ]
+    ports = [int(port) for taker in takers for port in taker.communicate(timeout=60)[0].split()]
+    assert len(ports) == 1600
     assert len(set(ports)) == len(ports)
