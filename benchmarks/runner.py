@@ -36,6 +36,7 @@ class Options:
     recipients: int | None = None  # broadcast: users in the audience
     channels: tuple[str, ...] | None = None  # broadcast: the channels sent and measured
     chunk_size: int | None = None  # broadcast: CARILLON_BROADCAST_CHUNK_SIZE of its worker
+    email_via: str = "smtp"  # broadcast: "smtp" or "postmark" (the sandbox's batch API)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Assemble the sandbox: one asyncio process serving HTTP (Twilio, Mixpanel, its own API
+"""Assemble the sandbox: one asyncio process serving HTTP (Twilio, Mixpanel, Postmark, its own API
 and page) and SMTP. Run it with `python -m sandbox --help`."""
 
 import argparse
@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import ClientSession, web
 
-from sandbox import chat, mixpanel, twilio
+from sandbox import chat, mixpanel, postmark, twilio
 from sandbox.smtp import smtp_protocol_factory
 from sandbox.store import AUTH_TOKEN_KEY, HTTP_KEY, PROVIDERS, STORE_KEY, KnobError, Store
 
@@ -102,6 +102,7 @@ def _summary(provider: str, item: dict[str, Any]) -> str:
 
 def build_app(
     *, twilio_auth_token: str, mixpanel_api_secret: str, chat_webhook_secret: str = "sandbox-chat-secret",  # noqa: S107 - the sandbox's own
+    postmark_server_token: str = "sandbox-postmark-token",  # noqa: S107 - the sandbox's own
 ) -> web.Application:
     """Build the HTTP side of the sandbox (the SMTP side is started by `serve`)."""
     app = web.Application()
@@ -125,6 +126,7 @@ def build_app(
     twilio.add_routes(app)
     mixpanel.add_routes(app)
     chat.add_routes(app, secret=chat_webhook_secret)
+    postmark.add_routes(app, server_token=postmark_server_token)
     return app
 
 
@@ -133,6 +135,7 @@ async def serve(args: argparse.Namespace) -> None:
         twilio_auth_token=args.twilio_auth_token,
         mixpanel_api_secret=args.mixpanel_api_secret,
         chat_webhook_secret=args.chat_webhook_secret,
+        postmark_server_token=args.postmark_server_token,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -156,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--twilio-auth-token", default="sandbox-auth-token")
     parser.add_argument("--mixpanel-api-secret", default="sandbox-mixpanel-secret")
     parser.add_argument("--chat-webhook-secret", default="sandbox-chat-secret")
+    parser.add_argument("--postmark-server-token", default="sandbox-postmark-token")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")

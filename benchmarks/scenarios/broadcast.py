@@ -10,7 +10,8 @@ each delivery was accepted by its provider (`sent_at`), or each no-op's body ran
   consumed by the worker below;
 - Carillon: `event_publish` in a transaction with `audience=group_members` of a fresh group
   of N users; the worker plans it into chunks of CARILLON_BROADCAST_CHUNK_SIZE and sends
-  each chunk (email over one SMTP session to the sandbox, in-app rows in bulk + Redis).
+  each chunk (email over one SMTP session to the sandbox, or with `--email-via postmark` in
+  a request per 500 to the sandbox's Postmark batch API; in-app rows in bulk + Redis).
 
 The worker (concurrency 2) consumes the bulk queues of the channels asked and
 `carillon.default` (the no-ops). Its CPU per delivery is compared with its CPU per no-op
@@ -190,6 +191,8 @@ def broadcast_scenario(options: Options) -> list[dict[str, Any]]:
     env = {"EMAIL_URL": f"smtp://127.0.0.1:{smtp_port}", "TWILIO_API_BASE_URL": f"http://127.0.0.1:{http_port}",
            "MIXPANEL_API_BASE_URL": f"http://127.0.0.1:{http_port}",
            "CARILLON_BROADCAST_CHUNK_SIZE": str(chunk_size)}
+    if options.email_via == "postmark":
+        env |= {"POSTMARK_SERVER_TOKEN": "sandbox-postmark-token", "POSTMARK_API_BASE_URL": f"http://127.0.0.1:{http_port}"}
     os.environ.update(env)
     started = time.monotonic()
     group, _ = _audience_create(recipients)
@@ -239,9 +242,10 @@ def broadcast_scenario(options: Options) -> list[dict[str, Any]]:
     }
     summary = report_write(
         out=options.out, scenario="broadcast",
-        label=f"{recipients} recipients, {'+'.join(channels)}, chunks of {chunk_size}, {database}",
+        label=f"{recipients} recipients, {'+'.join(channels)}, chunks of {chunk_size}, email by {options.email_via}, {database}",
         series=[*carillon, noop],
         config={"recipients": recipients, "channels": channels, "chunk_size": chunk_size, "database": database,
+                "email_via": options.email_via,
                 "worker_concurrency": CONCURRENCY, "setup_seconds": round(setup_seconds, 1),
                 "load_average_before": [round(x, 2) for x in load_before],
                 "load_average_after": [round(x, 2) for x in load_after]},

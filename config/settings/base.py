@@ -301,6 +301,14 @@ TWILIO_FROM_NUMBER = env("TWILIO_FROM_NUMBER", default="")
 TWILIO_API_BASE_URL = env("TWILIO_API_BASE_URL", default="")
 MIXPANEL_API_SECRET = env("MIXPANEL_API_SECRET", default="")
 MIXPANEL_API_BASE_URL = env("MIXPANEL_API_BASE_URL", default="")
+# Email deliveries and digests go through Postmark's batch API when its server token is
+# set (a broadcast chunk's emails in a request per 500), through EMAIL_BACKEND otherwise
+# (SMTP, or another ESP by django-anymail). Streams: Postmark keeps broadcasts (events of
+# the bulk lane) apart from transactional mail.
+POSTMARK_SERVER_TOKEN = env("POSTMARK_SERVER_TOKEN", default="")
+POSTMARK_API_BASE_URL = env("POSTMARK_API_BASE_URL", default="")
+POSTMARK_TRANSACTIONAL_STREAM = env("POSTMARK_TRANSACTIONAL_STREAM", default="outbound")
+POSTMARK_BROADCAST_STREAM = env("POSTMARK_BROADCAST_STREAM", default="broadcast")
 # The chat platform of ordered room delivery (rooms/): its API and the webhook secret it
 # signs acks with. Local and test settings point the API at the provider sandbox.
 ROOMS_CHAT_API_URL = env("ROOMS_CHAT_API_URL", default="")

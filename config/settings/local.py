@@ -23,6 +23,9 @@ TWILIO_FROM_NUMBER = env("TWILIO_FROM_NUMBER", default="+15005550006")
 TWILIO_API_BASE_URL = env("TWILIO_API_BASE_URL", default=SANDBOX_URL)
 MIXPANEL_API_SECRET = env("MIXPANEL_API_SECRET", default="sandbox-mixpanel-secret")
 MIXPANEL_API_BASE_URL = env("MIXPANEL_API_BASE_URL", default=SANDBOX_URL)
+# Email goes by SMTP to the sandbox; POSTMARK_SERVER_TOKEN=sandbox-postmark-token sends it
+# through the sandbox's Postmark API instead.
+POSTMARK_API_BASE_URL = env("POSTMARK_API_BASE_URL", default=SANDBOX_URL)
 ROOMS_CHAT_API_URL = env("ROOMS_CHAT_API_URL", default=SANDBOX_URL)
 ROOMS_CHAT_WEBHOOK_SECRET = env("ROOMS_CHAT_WEBHOOK_SECRET", default="sandbox-chat-secret")
 

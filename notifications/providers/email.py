@@ -1,6 +1,7 @@
-"""Email through Django's email framework: SMTP locally, an ESP via django-anymail in
-production. Deliveries and digests both send through `email_message_send`, so an SMTP
-failure is classified the same way wherever it happens."""
+"""Email: through Postmark's batch API when POSTMARK_SERVER_TOKEN is set, otherwise through
+Django's email framework (SMTP locally, another ESP via django-anymail). Deliveries and
+digests both send through here, so a failure is classified the same way wherever it
+happens."""
 
 import logging
 import smtplib
@@ -10,8 +11,14 @@ from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.mail.backends.base import BaseEmailBackend
 
 from core.errors import ProviderError, ProviderPermanentError, ProviderTransientError
+from notifications.events import Lane, event_type_get
 from notifications.models import Delivery, Event
 from notifications.providers.base import SendItem, SendResult, render
+from notifications.providers.postmark.client import (
+    MAX_BATCH_MESSAGES,
+    postmark_configured,
+    postmark_send_batch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +40,13 @@ def email_message_send(
     Message-ID fixed per message, so that a resend is the same message to the mailbox.
     `connection`: an open one to reuse (several emails, one SMTP session).
     """
+    if postmark_configured():
+        message = _postmark_message(to=to, subject=subject, text=text, html=html, message_id=message_id,
+                                    stream=settings.POSTMARK_TRANSACTIONAL_STREAM)
+        [result] = _postmark_send([message])
+        if isinstance(result, ProviderError):
+            raise result
+        return result.provider_message_id
     email = EmailMultiAlternatives(
         subject=subject,
         body=text,
@@ -64,12 +78,15 @@ def email_message_send(
 
 
 def email_send(*, event: Event, items: list[SendItem]) -> list[SendResult | ProviderError]:
-    """Send each delivery's email over one SMTP (or ESP) connection.
+    """Send each delivery's email: to Postmark in a request per 500, or over one SMTP (or
+    ESP) connection.
 
     A connection lost midway leaves the rest unsent, each answered as a transient error:
     the retry sends only those. A resend of one in doubt is the same message (its
     Message-ID), which the mailbox shows once.
     """
+    if postmark_configured():
+        return _email_send_postmark(event, items)
     results: list[SendResult | ProviderError] = []
     connection = get_connection()
     try:
@@ -90,16 +107,77 @@ def email_send(*, event: Event, items: list[SendItem]) -> list[SendResult | Prov
     return results + [unsent] * (len(items) - len(results))
 
 
+def _email_send_postmark(event: Event, items: list[SendItem]) -> list[SendResult | ProviderError]:
+    """Each delivery's email rendered for its user; those with an address sent in batches."""
+    bulk = event_type_get(name=event.type, version=event.version).lane == Lane.BULK
+    stream = settings.POSTMARK_BROADCAST_STREAM if bulk else settings.POSTMARK_TRANSACTIONAL_STREAM
+    results: list[SendResult | ProviderError | None] = [None] * len(items)
+    messages: list[tuple[int, dict[str, object]]] = []
+    for index, item in enumerate(items):
+        try:
+            address = _address(item)
+        except ProviderPermanentError as exc:
+            results[index] = exc
+            continue
+        metadata = {"delivery": str(item.delivery.pk), "event": str(event.pk)}
+        messages.append((index, _postmark_message(to=address, **_rendered(event, item), stream=stream, metadata=metadata)))
+    sent = _postmark_send([message for _, message in messages])
+    for (index, _), result in zip(messages, sent, strict=True):
+        results[index] = result
+    return [result for result in results if result is not None]
+
+
+def _postmark_message(
+    *, to: str, subject: str, text: str, html: str, message_id: str, stream: str, metadata: dict[str, str] | None = None,
+) -> dict[str, object]:
+    return {
+        "From": settings.DEFAULT_FROM_EMAIL, "To": to, "Subject": subject, "TextBody": text, "HtmlBody": html,
+        "Headers": [{"Name": "Message-ID", "Value": message_id}], "MessageStream": stream,
+        "Metadata": metadata or {},
+    }
+
+
+def _postmark_send(messages: list[dict[str, object]]) -> list[SendResult | ProviderError]:
+    """Each message's result, a request per MAX_BATCH_MESSAGES. A request that failed whole
+    answers its error for each of its messages; the requests after one Postmark refused
+    for its rate, or left in doubt, are not made (the retry sends them)."""
+    results: list[SendResult | ProviderError] = []
+    for start in range(0, len(messages), MAX_BATCH_MESSAGES):
+        batch = messages[start : start + MAX_BATCH_MESSAGES]
+        try:
+            answers = postmark_send_batch(batch)
+        except ProviderError as exc:
+            results += [exc] * len(batch)
+            if isinstance(exc, ProviderTransientError):
+                unsent = ProviderTransientError(f"not sent: an earlier request met {exc}", retry_after=exc.retry_after)
+                return results + [unsent] * (len(messages) - len(results))
+            continue
+        results += [
+            answer if isinstance(answer, ProviderError)
+            else SendResult(provider_message_id=answer, response={"to": message["To"]})
+            for message, answer in zip(batch, answers, strict=True)
+        ]
+    return results
+
+
 def _email_one(event: Event, item: SendItem, connection: BaseEmailBackend) -> SendResult:
-    address = getattr(item.user, "email", "")
+    address = _address(item)
+    provider_id = email_message_send(to=address, **_rendered(event, item), connection=connection)
+    return SendResult(provider_message_id=provider_id, response={"to": address})
+
+
+def _address(item: SendItem) -> str:
+    address = str(getattr(item.user, "email", ""))
     if not address:
         raise ProviderPermanentError(f"user {item.user.pk} has no email address")
-    provider_id = email_message_send(
-        to=address,
-        subject=render("email", event, "subject.txt", item.user),
-        text=render("email", event, "txt", item.user),
-        html=render("email", event, "html", item.user),
-        message_id=message_id(item.delivery),
-        connection=connection,
-    )
-    return SendResult(provider_message_id=provider_id, response={"to": address})
+    return address
+
+
+def _rendered(event: Event, item: SendItem) -> dict[str, str]:
+    """The delivery's email for its user: subject, text and HTML, and its Message-ID."""
+    return {
+        "subject": render("email", event, "subject.txt", item.user),
+        "text": render("email", event, "txt", item.user),
+        "html": render("email", event, "html", item.user),
+        "message_id": message_id(item.delivery),
+    }

@@ -12,7 +12,7 @@ from django.contrib.auth.models import Group
 from django.db import transaction
 
 from notifications.channels import Channel
-from notifications.models import Delivery, Event, Notification, Preference, Recipient
+from notifications.models import Delivery, Event, FailedJob, Notification, Preference, Recipient
 from notifications.selectors import event_progress
 from notifications.services.broadcasts import event_cancel
 from notifications.services.events import event_publish
@@ -80,6 +80,32 @@ def test_each_member_gets_it_once_on_each_channel_while_a_bulk_worker_is_killed_
     assert event_progress(event=event)["email"]["skipped"] == 10
     notified = Notification.objects.filter(event=event).values_list("user_id", flat=True)
     assert sorted(notified) == sorted(user.pk for user in users)  # one each, opted-out of email or not
+
+
+def test_through_postmark_a_chunk_is_one_request_and_only_the_refused_recipient_fails(
+    start_pipeline_worker: Callable[..., CeleryWorker], sandbox: SandboxClient, pipeline_settings: None
+) -> None:
+    group, users = members(120)
+    inactive = get_user_model().objects.create_user("bounced", email="bounced@inactive.example.com")
+    Group.objects.get(name=group).user_set.add(inactive)
+    bulk = start_pipeline_worker(
+        "bulk", queues=BULK_QUEUES, CARILLON_BROADCAST_CHUNK_SIZE="50",
+        POSTMARK_SERVER_TOKEN="sandbox-postmark-token", POSTMARK_API_BASE_URL=sandbox.url,
+    )
+    event = announce(group)
+    wait_for(lambda: finished(event, "email", 121), "the broadcast done", 120)
+    wait_until_settled(bulk)
+
+    mails = sandbox.received("email")
+    assert sorted(received_once(sandbox)) == sorted(user.email for user in users)
+    assert {(mail["via"], mail["stream"]) for mail in mails} == {("postmark", "broadcast")}
+    assert sandbox.inbox("email")["requests"] == 3  # 121 recipients in chunks of 50
+    assert all(f"Hello {user.username}" in mail["text"] for user, mail in zip(
+        sorted(users, key=lambda u: u.email), sorted(mails, key=lambda m: m["to"]), strict=True))
+    refused = Delivery.objects.get(event=event, channel="email", user_id=inactive.pk)
+    assert refused.status == Delivery.Status.FAILED and "ErrorCode 406" in refused.last_error
+    [failed] = FailedJob.objects.filter(event=event)
+    assert failed.error_message.startswith(f"1 of 21 deliveries refused: delivery {refused.pk}: ")  # the last chunk
 
 
 def test_rabbitmq_restarted_mid_broadcast_loses_no_chunk_and_sends_none_twice(

@@ -1,4 +1,5 @@
-"""The provider sandbox speaks each provider's protocol to its real client library."""
+"""The provider sandbox speaks each provider's protocol to its real client library (or, for
+Postmark's batch API, to Carillon's own client)."""
 
 import http.server
 import smtplib
@@ -17,6 +18,8 @@ from mixpanel import BufferedConsumer, Consumer, Mixpanel, MixpanelException
 from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
 
+from core.errors import ProviderPermanentError, ProviderTransientError
+from notifications.providers.postmark.client import postmark_send_batch
 from notifications.providers.twilio.client import twilio_client
 from sandbox.client import SandboxClient
 from tests.processes import wait_for
@@ -25,6 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.database_agnostic]
 
 SANDBOX_TWILIO_TOKEN = "sandbox-auth-token"  # the sandbox's default --twilio-auth-token
 MIXPANEL_TOKEN = "sandbox-mixpanel-token"  # any: /track takes the token it is given
+SANDBOX_POSTMARK_TOKEN = "sandbox-postmark-token"  # the sandbox's default --postmark-server-token
 
 
 class CallbackReceiver(http.server.ThreadingHTTPServer):
@@ -248,3 +252,53 @@ def test_rate_limit_knob_answers_429_with_retry_after_past_the_rate(sandbox: San
     assert refused.value.smtp_code == 421
     assert (sandbox.inbox("sms")["accepted"], sandbox.inbox("sms")["rate_limited"]) == (2, 2)
     assert [sandbox.inbox(name)["rate_limited"] for name in ("mixpanel", "email")] == [1, 1]
+
+
+@pytest.fixture
+def postmark_settings(sandbox: SandboxClient) -> Iterator[SandboxClient]:
+    with override_settings(POSTMARK_SERVER_TOKEN=SANDBOX_POSTMARK_TOKEN, POSTMARK_API_BASE_URL=sandbox.url):
+        yield sandbox
+
+
+def postmark_message(to: str, message_id: str, **fields: Any) -> dict[str, Any]:
+    return {"From": "Carillon <noreply@carillon.local>", "To": to, "Subject": "Hello", "TextBody": "Hi",
+            "Headers": [{"Name": "Message-ID", "Value": message_id}], **fields}
+
+
+def test_a_postmark_batch_answers_each_message_and_the_mailbox_shows_one_per_message_id(
+    postmark_settings: SandboxClient,
+) -> None:
+    taken = postmark_message("a@example.com", make_msgid())
+    results = postmark_send_batch([
+        taken,
+        postmark_message("gone@inactive.example.com", make_msgid()),
+        postmark_message("c@example.com", make_msgid(), TextBody=""),  # no body at all
+        taken,  # sent again: the same message to the mailbox
+    ])
+
+    assert isinstance(results[0], str) and results[3] == results[0]
+    assert isinstance(results[1], ProviderPermanentError) and "ErrorCode 406" in str(results[1])
+    assert isinstance(results[2], ProviderPermanentError) and "ErrorCode 300" in str(results[2])
+    [mail] = postmark_settings.received("email")
+    assert (mail["rcpt_to"], mail["via"], mail["postmark_id"]) == (["a@example.com"], "postmark", results[0])
+    inbox = postmark_settings.inbox("email")
+    assert (inbox["requests"], inbox["duplicates"], inbox["rejected"]) == (1, 1, 1)
+
+
+def test_postmark_refuses_a_wrong_token_an_oversized_batch_and_what_is_past_its_rate(
+    postmark_settings: SandboxClient,
+) -> None:
+    with override_settings(POSTMARK_SERVER_TOKEN="not-the-token"), pytest.raises(ProviderPermanentError, match="401"):
+        postmark_send_batch([postmark_message("a@example.com", make_msgid())])
+    oversized = requests.post(
+        f"{postmark_settings.url}/email/batch", json=[postmark_message("a@example.com", make_msgid())] * 501,
+        headers={"X-Postmark-Server-Token": SANDBOX_POSTMARK_TOKEN}, timeout=30,
+    )
+    assert oversized.status_code == 422 and oversized.json()["ErrorCode"] == 410
+
+    postmark_settings.set_knobs("email", rate_limit_per_second=1)
+    postmark_send_batch([postmark_message("a@example.com", make_msgid())])
+    with pytest.raises(ProviderTransientError) as limited:
+        postmark_send_batch([postmark_message("b@example.com", make_msgid())])
+    assert limited.value.retry_after is not None and limited.value.retry_after >= 1 and not limited.value.in_doubt
+    assert len(postmark_settings.received("email")) == 1

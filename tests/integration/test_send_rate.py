@@ -11,7 +11,7 @@ from core.errors import ProviderTransientError
 from core.send_rate import SendRate, SendRateExceeded, send_rate_pause, send_rate_take
 from notifications.models import Delivery
 from notifications.providers.base import SendItem
-from notifications.providers.email import email_send
+from notifications.providers.email import email_send, message_id
 from notifications.providers.twilio.sender import sms_send
 from sandbox.client import SandboxClient
 from tests.factories import EventFactory, recipient_user
@@ -103,3 +103,32 @@ def test_an_smtp_421_pauses_email_and_sends_nothing_more_on_that_connection(
     assert isinstance(first, ProviderTransientError) and first.retry_after == 7
     assert all(isinstance(result, ProviderTransientError) and not result.in_doubt for result in rest)
     assert sandbox.inbox("email")["rate_limited"] == 1
+
+
+@pytest.mark.django_db
+def test_through_postmark_transactional_email_is_one_request_and_a_429_puts_it_off(
+    sandbox: SandboxClient, pipeline_settings: None
+) -> None:
+    users = [recipient_user(f"hopper{n}") for n in range(3)]
+    users[2].email = ""
+    event = EventFactory.create(type="password.reset_requested", data={"user_id": users[0].pk, "reset_url": "https://x.example/r"})
+
+    def items() -> list[SendItem]:
+        return [
+            SendItem(delivery=Delivery.objects.create(event=event, subscriber="transactional_email", recipient=f"user:{user.pk}:{uuid.uuid4()}",
+                                                      channel="email", user_id=user.pk), user=user, in_doubt_since=None)
+            for user in users
+        ]
+
+    with override_settings(POSTMARK_SERVER_TOKEN="sandbox-postmark-token", POSTMARK_API_BASE_URL=sandbox.url):
+        sandbox.set_knobs("email", rate_limit_per_second=1)
+        first = items()
+        sent = email_send(event=event, items=first)
+        limited = email_send(event=event, items=items())
+
+    assert [type(result).__name__ for result in sent] == ["SendResult", "SendResult", "ProviderPermanentError"]
+    mails = sandbox.received("email")
+    assert [(mail["to"], mail["stream"]) for mail in mails] == [(users[0].email, "outbound"), (users[1].email, "outbound")]
+    assert mails[0]["message_id"] == message_id(first[0].delivery)
+    assert sandbox.inbox("email")["requests"] == 1
+    assert all(isinstance(result, ProviderTransientError) and result.retry_after for result in limited[:2])

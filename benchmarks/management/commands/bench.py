@@ -81,6 +81,9 @@ class Command(BaseCommand):
         parser.add_argument("--channels", type=_channels, help="broadcast: channels, comma-separated (inapp,email)")
         parser.add_argument("--chunk-size", type=_positive(int),
                             help="broadcast: recipients per chunk (CARILLON_BROADCAST_CHUNK_SIZE, 500)")
+        parser.add_argument("--email-via", choices=["smtp", "postmark"], default="smtp",
+                            help="broadcast: email by SMTP (one session per chunk) or Postmark's batch API "
+                                 "(a request per 500), both to the sandbox (smtp)")
         parser.add_argument("--database", metavar="URL",
                             help="a PostgreSQL server (postgres://user@host:port/db) to run on instead of SQLite: "
                                  "the run creates a database of its own there and drops it at the end")
@@ -102,7 +105,7 @@ class Command(BaseCommand):
             duration=2.0 if quick else options["duration"], warmup=0.5 if quick else options["warmup"],
             out=options["out"], quick=quick, loadgens=options["loadgens"], servers=options["servers"],
             uvicorn=options["uvicorn"], recipients=options["recipients"], channels=options["channels"],
-            chunk_size=options["chunk_size"],
+            chunk_size=options["chunk_size"], email_via=options["email_via"],
         )
         call_command("migrate", verbosity=0)
         for name in names:
