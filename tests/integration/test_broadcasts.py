@@ -61,7 +61,7 @@ def received_once(sandbox: SandboxClient) -> list[str]:
 def test_each_member_gets_it_once_on_each_channel_while_a_bulk_worker_is_killed_mid_chunk(
     start_pipeline_worker: Callable[..., ManagedProcess], sandbox: SandboxClient, pipeline_settings: None
 ) -> None:
-    group, users = members(600)
+    group, users = members(300)
     opted_out = users[:10]
     Preference.objects.bulk_create(
         Preference(user=user, category="product", channel=Channel.EMAIL, enabled=False) for user in opted_out
@@ -70,10 +70,11 @@ def test_each_member_gets_it_once_on_each_channel_while_a_bulk_worker_is_killed_
     first = start_pipeline_worker("bulk", queues=BULK_QUEUES, CARILLON_BROADCAST_CHUNK_SIZE="50")
     event = announce(group)
 
-    wait_for(lambda: len(sandbox.received("email")) >= 100, "a first part of the broadcast sent", timeout=60)
+    wait_for(lambda: len(sandbox.received("email")) >= 60, "a first part of the broadcast sent", timeout=60)
     first.kill()
+    assert len(sandbox.received("email")) < 290  # killed with emails still to send
     start_pipeline_worker("bulk-again", queues=BULK_QUEUES, CARILLON_BROADCAST_CHUNK_SIZE="50")
-    wait_for(lambda: finished(event, "email", 600) and finished(event, "inapp", 600), "the broadcast done", 180)
+    wait_for(lambda: finished(event, "email", 300) and finished(event, "inapp", 300), "the broadcast done", 180)
 
     expected = sorted(user.email for user in users[10:])
     assert sorted(received_once(sandbox)) == expected
