@@ -1,5 +1,7 @@
-"""What every channel's sender takes and returns, and how a provider's Retry-After is read."""
+"""What every channel's sender takes and returns, and how a provider's refusal and its
+Retry-After are read."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -8,7 +10,7 @@ from typing import Any, Protocol
 from django.contrib.auth.models import AbstractBaseUser
 from django.template.loader import render_to_string
 
-from core.errors import ProviderError
+from core.errors import ProviderError, ProviderPermanentError, ProviderTransientError
 from notifications.models import Delivery, Event
 
 
@@ -64,3 +66,17 @@ def retry_after_seconds(value: str | None) -> float | None:
         return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
     except (TypeError, ValueError):
         return None
+
+
+def http_refusal(
+    status: int, headers: Mapping[str, str], error: str, answer: dict[str, Any], *, pause_seconds: float
+) -> ProviderError:
+    """The error a provider's refusal of a whole request stands for: over its rate (429:
+    every sender pauses for its Retry-After, or `pause_seconds` without one) or down (5xx)
+    is worth retrying; anything else would be refused again."""
+    if status == 429:
+        asked = retry_after_seconds(headers.get("Retry-After"))
+        return ProviderTransientError(error, response={"answer": answer}, retry_after=asked or pause_seconds)
+    if status >= 500:
+        return ProviderTransientError(error, response={"answer": answer})
+    return ProviderPermanentError(error, response={"answer": answer})

@@ -15,8 +15,8 @@ from typing import Any
 import requests
 from django.conf import settings
 
-from core.errors import ProviderPermanentError, ProviderTransientError
-from notifications.providers.base import retry_after_seconds
+from core.errors import ProviderTransientError
+from notifications.providers.base import http_refusal
 
 MIXPANEL_API_ORIGIN = "https://api.mixpanel.com"
 TIMEOUT_SECONDS = 10.0
@@ -62,12 +62,7 @@ def mixpanel_import(events: list[dict[str, Any]]) -> dict[int, str]:
         # Strict mode's partial success: every event not named here was imported.
         return _refused(events, failed)
     error = f"Mixpanel {status}: {answer.get('error') or answer.get('status') or 'no reason given'}"
-    if status == 429:
-        asked = retry_after_seconds(response.headers.get("Retry-After"))
-        raise ProviderTransientError(error, response={"answer": answer}, retry_after=asked or RATE_LIMITED_PAUSE_SECONDS)
-    if status >= 500:
-        raise ProviderTransientError(error, response={"answer": answer})
-    raise ProviderPermanentError(error, response={"answer": answer})
+    raise http_refusal(status, response.headers, error, answer, pause_seconds=RATE_LIMITED_PAUSE_SECONDS)
 
 
 def _refused(events: list[dict[str, Any]], failed: list[Any]) -> dict[int, str]:

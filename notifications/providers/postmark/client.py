@@ -16,7 +16,7 @@ import requests
 from django.conf import settings
 
 from core.errors import ProviderError, ProviderPermanentError, ProviderTransientError
-from notifications.providers.base import retry_after_seconds
+from notifications.providers.base import http_refusal
 
 POSTMARK_API_ORIGIN = "https://api.postmarkapp.com"
 MAX_BATCH_MESSAGES = 500
@@ -71,12 +71,7 @@ def postmark_send_batch(messages: list[dict[str, Any]]) -> list[str | ProviderEr
                                      f"{len(messages)} messages", in_doubt=True)
     answer = answer if isinstance(answer, dict) else {"Message": str(answer)[:200]}
     error = f"Postmark {status} (ErrorCode {answer.get('ErrorCode')}): {answer.get('Message') or 'no reason given'}"
-    if status == 429:
-        asked = retry_after_seconds(response.headers.get("Retry-After"))
-        raise ProviderTransientError(error, response={"answer": answer}, retry_after=asked or RATE_LIMITED_PAUSE_SECONDS)
-    if status >= 500:
-        raise ProviderTransientError(error, response={"answer": answer})
-    raise ProviderPermanentError(error, response={"answer": answer})
+    raise http_refusal(status, response.headers, error, answer, pause_seconds=RATE_LIMITED_PAUSE_SECONDS)
 
 
 def _result(one: Any) -> str | ProviderError:
