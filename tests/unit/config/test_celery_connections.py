@@ -6,6 +6,7 @@ from types import SimpleNamespace
 from unittest import mock
 
 import pytest
+from celery.concurrency import get_implementation
 from celery.fixups.django import DjangoWorkerFixup
 from celery.signals import task_postrun, task_prerun
 from celery.worker.consumer.delayed_delivery import DelayedDelivery
@@ -15,7 +16,12 @@ from kombu.exceptions import OperationalError
 
 from config.celery import app as critical_app
 from config.celery import ping
-from config.worker import RECONNECT_MAX_SECONDS, ClusterDelayedDelivery, reconnect_promptly
+from config.worker import (
+    POOL_MAINTENANCE_SECONDS,
+    RECONNECT_MAX_SECONDS,
+    ClusterDelayedDelivery,
+    reconnect_promptly,
+)
 from core.processes import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -98,3 +104,14 @@ def test_a_consumer_tries_the_broker_again_within_a_second_and_never_waits_past_
     assert waits[0] <= 1 and max(waits) <= RECONNECT_MAX_SECONDS
     assert waits == sorted(waits)  # growing, not a retry storm
     assert critical_app.conf.broker_connection_max_retries is None  # a critical worker never gives up
+
+
+def test_a_critical_workers_pool_looks_for_dead_processes_every_second() -> None:
+    # `celery worker` without --pool takes the app's worker_pool: ours, whose maintenance
+    # timer (replace dead processes, give back what they held) runs every second, not 5.
+    pool_class = get_implementation(critical_app.conf.worker_pool)
+    maintain = object()
+
+    timers = pool_class.Pool.timers.fget(SimpleNamespace(maintain_pool=maintain))
+
+    assert timers == {maintain: POOL_MAINTENANCE_SECONDS} and POOL_MAINTENANCE_SECONDS <= 1
