@@ -47,15 +47,12 @@ def _take(store: Store, inbox: Inbox, message: Any) -> dict[str, Any]:
         inbox.rejected += 1
         return {"ErrorCode": 406, "Message": f"You tried to send to recipient(s) that have been marked as inactive. Found inactive addresses: {to}."}
     message_id = _header(message, "Message-ID")
-    # The mailbox shows one message per Message-ID, as for SMTP: a resend is a duplicate.
+    # A resend has the same MessageID, as it is the same message to the mailbox.
     postmark_id = str(uuid.uuid5(uuid.NAMESPACE_URL, message_id)) if message_id else str(uuid.uuid4())
     result = {"To": to, "SubmittedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "MessageID": postmark_id,
               "ErrorCode": 0, "Message": "OK"}
-    if message_id and message_id in store.seen_message_ids:
-        inbox.duplicates += 1
+    if not store.mailbox_shows(message_id):
         return result
-    if message_id:
-        store.seen_message_ids.add(message_id)
     store.record("email", {
         "message_id": message_id,
         "rcpt_to": [to],

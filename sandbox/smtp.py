@@ -37,14 +37,8 @@ class RecordingHandler:
             return f"{code} Sandbox {kind} failure (knob error_status={code})"
         raw = envelope.original_content or b""
         message: Any = email.message_from_bytes(raw, policy=email.policy.default)
-        # A mailbox shows one message per Message-ID (Gmail collapses repeats): a resend
-        # with the same id is counted as a duplicate, not shown twice.
-        message_id = message["Message-ID"]
-        if message_id and message_id in self.store.seen_message_ids:
-            inbox.duplicates += 1
+        if not self.store.mailbox_shows(message["Message-ID"]):
             return "250 Message accepted for delivery"
-        if message_id:
-            self.store.seen_message_ids.add(message_id)
         item = self.store.record(
             "email",
             {

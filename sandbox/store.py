@@ -154,6 +154,16 @@ class Store:
     def inbox(self, provider: str) -> Inbox:
         return self.inboxes[provider]
 
+    def mailbox_shows(self, message_id: str | None) -> bool:
+        """Whether the mailbox shows this email, the first with its Message-ID: a mailbox
+        (Gmail, for one) collapses repeats, so a resend counts as a duplicate instead."""
+        if message_id and message_id in self.seen_message_ids:
+            self.inboxes["email"].duplicates += 1
+            return False
+        if message_id:
+            self.seen_message_ids.add(message_id)
+        return True
+
     def record(self, provider: str, item: dict[str, Any]) -> dict[str, Any]:
         item = {"seq": next(self._sequence), "received_at": time.time(), **item}
         inbox = self.inboxes[provider]

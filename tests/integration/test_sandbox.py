@@ -285,7 +285,7 @@ def test_a_postmark_batch_answers_each_message_and_the_mailbox_shows_one_per_mes
     assert (inbox["requests"], inbox["duplicates"], inbox["rejected"]) == (1, 1, 1)
 
 
-def test_postmark_refuses_a_wrong_token_an_oversized_batch_and_what_is_past_its_rate(
+def test_postmark_refuses_a_wrong_token_an_oversized_batch_a_failure_and_what_is_past_its_rate(
     postmark_settings: SandboxClient,
 ) -> None:
     with override_settings(POSTMARK_SERVER_TOKEN="not-the-token"), pytest.raises(ProviderPermanentError, match="401"):
@@ -295,6 +295,11 @@ def test_postmark_refuses_a_wrong_token_an_oversized_batch_and_what_is_past_its_
         headers={"X-Postmark-Server-Token": SANDBOX_POSTMARK_TOKEN}, timeout=30,
     )
     assert oversized.status_code == 422 and oversized.json()["ErrorCode"] == 410
+
+    postmark_settings.set_knobs("email", fail_next=1, error_status=503)
+    with pytest.raises(ProviderTransientError) as down:  # answered: certainly not taken
+        postmark_send_batch([postmark_message("a@example.com", make_msgid())])
+    assert "503" in str(down.value) and not down.value.in_doubt and down.value.retry_after is None
 
     postmark_settings.set_knobs("email", rate_limit_per_second=1)
     postmark_send_batch([postmark_message("a@example.com", make_msgid())])

@@ -132,3 +132,28 @@ def test_through_postmark_transactional_email_is_one_request_and_a_429_puts_it_o
     assert mails[0]["message_id"] == message_id(first[0].delivery)
     assert sandbox.inbox("email")["requests"] == 1
     assert all(isinstance(result, ProviderTransientError) and result.retry_after for result in limited[:2])
+
+
+@pytest.mark.django_db
+def test_through_postmark_a_request_refused_for_its_rate_leaves_the_later_ones_unmade(
+    sandbox: SandboxClient, pipeline_settings: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Batches of 2 (Postmark's are 500), at one request a second: the first request is taken,
+    # the second refused (429), and the third not made: all wait for the pause.
+    monkeypatch.setattr("notifications.providers.email.MAX_BATCH_MESSAGES", 2)
+    users = [recipient_user(f"liskov{n}") for n in range(5)]
+    event = EventFactory.create(type="password.reset_requested", data={"user_id": users[0].pk, "reset_url": "https://x.example/r"})
+    items = [
+        SendItem(delivery=Delivery.objects.create(event=event, subscriber="transactional_email", recipient=f"user:{user.pk}",
+                                                  channel="email", user_id=user.pk), user=user, in_doubt_since=None)
+        for user in users
+    ]
+    sandbox.set_knobs("email", rate_limit_per_second=1)
+
+    with override_settings(POSTMARK_SERVER_TOKEN="sandbox-postmark-token", POSTMARK_API_BASE_URL=sandbox.url):
+        results = email_send(event=event, items=items)
+
+    assert [type(result).__name__ for result in results] == ["SendResult"] * 2 + ["ProviderTransientError"] * 3
+    assert all(result.retry_after and not result.in_doubt for result in results[2:])  # type: ignore[union-attr]
+    assert [mail["to"] for mail in sandbox.received("email")] == [users[0].email, users[1].email]
+    assert (sandbox.inbox("email")["requests"], sandbox.inbox("email")["rate_limited"]) == (1, 1)
