@@ -3,6 +3,7 @@ the pause a provider asks for."""
 
 import time
 import uuid
+from typing import Any
 
 import pytest
 from django.test import override_settings
@@ -21,6 +22,16 @@ pytestmark = pytest.mark.integration
 
 def _name() -> str:
     return f"test-{uuid.uuid4().hex[:8]}"
+
+
+def password_reset_emails(users: list[Any]) -> list[SendItem]:
+    """A password reset for the first user, and an email delivery of it to each user."""
+    event = EventFactory.create(type="password.reset_requested", data={"user_id": users[0].pk, "reset_url": "https://x.example/r"})
+    return [
+        SendItem(delivery=Delivery.objects.create(event=event, subscriber="transactional_email", recipient=f"user:{user.pk}",
+                                                  channel="email", user_id=user.pk), user=user, in_doubt_since=None)
+        for user in users
+    ]
 
 
 def test_a_burst_goes_at_once_and_the_next_send_is_told_when_to_come_back() -> None:
@@ -87,15 +98,9 @@ def test_an_smtp_421_pauses_email_and_sends_nothing_more_on_that_connection(
 ) -> None:
     # At one message per 5 s the sandbox answers the first message 421 ("try again later").
     sandbox.set_knobs("email", rate_limit_per_second=0.2)
-    users = [recipient_user(f"grace{n}") for n in range(3)]
-    event = EventFactory.create(type="password.reset_requested", data={"user_id": users[0].pk, "reset_url": "https://x.example/r"})
-    items = [
-        SendItem(delivery=Delivery.objects.create(event=event, subscriber="transactional_email", recipient=f"user:{user.pk}",
-                                                  channel="email", user_id=user.pk), user=user, in_doubt_since=None)
-        for user in users
-    ]
+    items = password_reset_emails([recipient_user(f"grace{n}") for n in range(3)])
 
-    results = email_send(event=event, items=items)
+    results = email_send(event=items[0].delivery.event, items=items)
 
     # SMTP has no Retry-After: the channel pauses for the configured time, and the rest
     # wait for it instead of each being refused in turn (a real server closes on 421).
@@ -111,20 +116,12 @@ def test_through_postmark_transactional_email_is_one_request_and_a_429_puts_it_o
 ) -> None:
     users = [recipient_user(f"hopper{n}") for n in range(3)]
     users[2].email = ""
-    event = EventFactory.create(type="password.reset_requested", data={"user_id": users[0].pk, "reset_url": "https://x.example/r"})
-
-    def items() -> list[SendItem]:
-        return [
-            SendItem(delivery=Delivery.objects.create(event=event, subscriber="transactional_email", recipient=f"user:{user.pk}:{uuid.uuid4()}",
-                                                      channel="email", user_id=user.pk), user=user, in_doubt_since=None)
-            for user in users
-        ]
 
     with override_settings(POSTMARK_SERVER_TOKEN="sandbox-postmark-token", POSTMARK_API_BASE_URL=sandbox.url):
         sandbox.set_knobs("email", rate_limit_per_second=1)
-        first = items()
-        sent = email_send(event=event, items=first)
-        limited = email_send(event=event, items=items())
+        first, again = password_reset_emails(users), password_reset_emails(users)
+        sent = email_send(event=first[0].delivery.event, items=first)
+        limited = email_send(event=again[0].delivery.event, items=again)
 
     assert [type(result).__name__ for result in sent] == ["SendResult", "SendResult", "ProviderPermanentError"]
     mails = sandbox.received("email")
@@ -142,16 +139,11 @@ def test_through_postmark_a_request_refused_for_its_rate_leaves_the_later_ones_u
     # the second refused (429), and the third not made: all wait for the pause.
     monkeypatch.setattr("notifications.providers.email.MAX_BATCH_MESSAGES", 2)
     users = [recipient_user(f"liskov{n}") for n in range(5)]
-    event = EventFactory.create(type="password.reset_requested", data={"user_id": users[0].pk, "reset_url": "https://x.example/r"})
-    items = [
-        SendItem(delivery=Delivery.objects.create(event=event, subscriber="transactional_email", recipient=f"user:{user.pk}",
-                                                  channel="email", user_id=user.pk), user=user, in_doubt_since=None)
-        for user in users
-    ]
+    items = password_reset_emails(users)
     sandbox.set_knobs("email", rate_limit_per_second=1)
 
     with override_settings(POSTMARK_SERVER_TOKEN="sandbox-postmark-token", POSTMARK_API_BASE_URL=sandbox.url):
-        results = email_send(event=event, items=items)
+        results = email_send(event=items[0].delivery.event, items=items)
 
     assert [type(result).__name__ for result in results] == ["SendResult"] * 2 + ["ProviderTransientError"] * 3
     assert all(result.retry_after and not result.in_doubt for result in results[2:])  # type: ignore[union-attr]
