@@ -37,6 +37,7 @@ class Options:
     channels: tuple[str, ...] | None = None  # broadcast: the channels sent and measured
     chunk_size: int | None = None  # broadcast: CARILLON_BROADCAST_CHUNK_SIZE of its worker
     email_via: str = "smtp"  # broadcast: "smtp" or "postmark" (the sandbox's batch API)
+    baseline_tasks: int | None = None  # broadcast: no-op tasks in the raw baseline (the recipients)
 
 
 @dataclass

@@ -37,7 +37,10 @@ class AudienceSpec(TypedDict, total=False):
 @dataclass(frozen=True)
 class Audience:
     name: str
-    # The users, given the validated params; any order (pages are read by id).
+    # Given the validated params, the users, or rows that each name one through a `user`
+    # foreign key (memberships, follows, subscriptions); any order (pages are read by user
+    # id). Membership rows page in time proportional to the page however far the broadcast
+    # has gone; a queryset of users joined to memberships does not (see _pages).
     users: Callable[..., QuerySet[Any]]
     params: type[serializers.Serializer[Any]] | None = None
     description: str = ""
@@ -118,25 +121,32 @@ def unknown_users(user_ids: list[int]) -> str | None:
 def recipient_id_pages(spec: AudienceSpec, *, scope: str, size: int, after: int = 0) -> Iterator[list[int]]:
     """The audience's active users' ids, ascending, `size` at a time, from past `after`."""
     if "users" in spec:
-        ids = get_user_model().objects.filter(pk__in=spec["users"], is_active=True).values_list("pk", flat=True)
-        yield from _pages(ids, "pk", size=size, after=after)
+        yield from _pages(get_user_model().objects.filter(pk__in=spec["users"]), size=size, after=after)
     elif "topic" in spec:
         topic = topic_get(scope=scope, key=spec["topic"])
         if topic is None:  # deleted since the event was published: nobody left to tell
             return
-        rows = TopicSubscription.objects.filter(topic=topic, user__is_active=True).values_list("user_id", flat=True)
-        yield from _pages(rows, "user_id", size=size, after=after)
+        yield from _pages(TopicSubscription.objects.filter(topic=topic), size=size, after=after)
     else:
         audience = _AUDIENCES.get(spec["audience"])
         if audience is None:  # no longer declared since the event was published: nobody to tell
             return
-        users = audience.users(**spec.get("params", {})).filter(is_active=True).values_list("pk", flat=True)
-        yield from _pages(users, "pk", size=size, after=after)
+        yield from _pages(audience.users(**spec.get("params", {})), size=size, after=after)
 
 
-def _pages(ids: QuerySet[Any], field: str, *, size: int, after: int) -> Iterator[list[int]]:
+def _pages(rows: QuerySet[Any], *, size: int, after: int) -> Iterator[list[int]]:
+    """Pages of the active users among `rows`: users, or rows with a `user` foreign key."""
+    user_model = get_user_model()
     while True:
-        page = list(ids.filter(**{f"{field}__gt": after}).order_by(field)[:size])
+        if rows.model is user_model:
+            ids = rows.filter(is_active=True, pk__gt=after)
+        else:
+            # The cursor bounds both sides: PostgreSQL does not carry `> after` across a
+            # join, so a join bounded on one side reads the other from its first row on
+            # every page (a 100,000-member group: each page cost more than the last).
+            members = rows.filter(user_id__gt=after).values("user_id")
+            ids = user_model.objects.filter(is_active=True, pk__gt=after, pk__in=members)
+        page = list(ids.order_by("pk").values_list("pk", flat=True)[:size])
         if not page:
             return
         yield page
@@ -156,7 +166,7 @@ audience_register(
 audience_register(
     Audience(
         "group_members",
-        lambda group: get_user_model().objects.filter(groups__name=group),
+        lambda group: get_user_model().groups.through.objects.filter(group__name=group),
         params=GroupParams,
         description="The members of one auth group.",
     )

@@ -84,6 +84,9 @@ class Command(BaseCommand):
         parser.add_argument("--email-via", choices=["smtp", "postmark"], default="smtp",
                             help="broadcast: email by SMTP (one session per chunk) or Postmark's batch API "
                                  "(a request per 500), both to the sandbox (smtp)")
+        parser.add_argument("--baseline-tasks", type=_positive(int),
+                            help="broadcast: raw Celery no-ops beside it (as many as recipients); the figure "
+                                 "compared is their CPU per task, which fewer measure as well in less time")
         parser.add_argument("--database", metavar="URL",
                             help="a PostgreSQL server (postgres://user@host:port/db) to run on instead of SQLite: "
                                  "the run creates a database of its own there and drops it at the end")
@@ -105,7 +108,7 @@ class Command(BaseCommand):
             duration=2.0 if quick else options["duration"], warmup=0.5 if quick else options["warmup"],
             out=options["out"], quick=quick, loadgens=options["loadgens"], servers=options["servers"],
             uvicorn=options["uvicorn"], recipients=options["recipients"], channels=options["channels"],
-            chunk_size=options["chunk_size"], email_via=options["email_via"],
+            chunk_size=options["chunk_size"], email_via=options["email_via"], baseline_tasks=options["baseline_tasks"],
         )
         call_command("migrate", verbosity=0)
         for name in names:

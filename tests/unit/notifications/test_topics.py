@@ -5,6 +5,8 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, Permission
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -115,6 +117,24 @@ def test_recipients_are_read_in_id_pages_of_active_users_only(django_user_model:
     # Resuming after a page already done reads only what follows it.
     resumed = recipient_id_pages({"topic": "all"}, scope="", size=10, after=active[1])
     assert list(resumed) == [active[2:]]
+
+
+def test_a_page_of_members_bounds_both_sides_of_its_join_by_the_cursor(users: list[Any]) -> None:
+    # Bounded on one side only, PostgreSQL reads the other side of the join from its first
+    # row for every page: a page of a large audience costs more the further it is.
+    Group.objects.create(name="beta").user_set.add(*users)
+    topic = Topic.objects.create(scope="", key="all")
+    TopicSubscription.objects.bulk_create(TopicSubscription(topic=topic, user=user) for user in users)
+    cursor = users[1].pk
+    for spec in ({"topic": "all"}, {"audience": "group_members", "params": {"group": "beta"}}):
+        with CaptureQueriesContext(connection) as queries:
+            pages = list(recipient_id_pages(AudienceSpec(**spec), scope="", size=2, after=cursor))  # type: ignore[typeddict-item]
+        assert pages == [[users[2].pk, users[3].pk], [users[4].pk]]
+        reads = [query["sql"] for query in queries.captured_queries if query["sql"].endswith("LIMIT 2")]
+        assert len(reads) == 3, reads
+        first = reads[0]
+        assert f'"auth_user"."id" > {cursor}' in first, first
+        assert f'"user_id" > {cursor}' in first, first
 
 
 @pytest.mark.parametrize(
