@@ -30,6 +30,9 @@ STATUS_RANK = {
     Delivery.Status.UNDELIVERED: 3,
     Delivery.Status.FAILED: 3,
 }
+# Sends recorded per statement: three parameters each, far inside SQLite's and
+# PostgreSQL's limits.
+MARK_SENT_ROWS = 1000
 
 
 def delivery_mark_sent(which: Q, *, provider_message_id: str | None, response: dict[str, Any]) -> int:
@@ -51,27 +54,30 @@ def delivery_mark_sent(which: Q, *, provider_message_id: str | None, response: d
 
 def deliveries_mark_sent(sent: dict[int, SendResult]) -> None:
     """Record sends (delivery pk → result), one for a transactional delivery or a whole
-    piece of a broadcast: one parameterised UPDATE run for every row (executemany).
+    piece of a broadcast: one UPDATE joined to the rows' values, per MARK_SENT_ROWS.
 
     A status callback may already have moved a delivery past "sent": only "sending"
     becomes "sent" (the right-hand sides of an UPDATE read the row as it was). Written in
     SQL because this runs once per delivery: the ORM compiled the same CASE expressions
-    for every send (a quarter of a transactional email's CPU), and Django's bulk_update
-    builds a CASE branch per row and field (up to two fifths of a broadcast worker's).
+    for every send, Django's bulk_update builds a CASE branch per row and field, and a
+    statement per row (executemany) has the database parse and plan each one (the three
+    cost up to two fifths of a broadcast worker's CPU).
     """
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     response_field = Delivery._meta.get_field("provider_response")
     rows = [
-        (Delivery.Status.SENDING, Delivery.Status.SENT, Delivery.Status.SENDING, now, result.provider_message_id,
-         response_field.get_db_prep_save(result.response, connection), pk)
+        (pk, result.provider_message_id, response_field.get_db_prep_save(result.response, connection))
         for pk, result in sent.items()
     ]
     with connection.cursor() as cursor:
-        cursor.executemany(_mark_sent_statement(), rows)
+        for start in range(0, len(rows), MARK_SENT_ROWS):
+            piece = rows[start : start + MARK_SENT_ROWS]
+            parameters = [Delivery.Status.SENDING, Delivery.Status.SENT, Delivery.Status.SENDING, now]
+            cursor.execute(_mark_sent_statement(len(piece)), parameters + [value for row in piece for value in row])
 
 
 @cache
-def _mark_sent_statement() -> str:
+def _mark_sent_statement(rows: int) -> str:
     meta = Delivery._meta
     quote = connection.ops.quote_name
 
@@ -80,15 +86,17 @@ def _mark_sent_statement() -> str:
         assert isinstance(field, Field)  # noqa: S101 - a concrete column, for the type checker
         return quote(str(field.column))
 
-    status = column("status")
-    # Only the model's own table and column names go into the text; values are parameters.
+    table, status = quote(meta.db_table), column("status")
+    # VALUES names its columns column1, column2, … on both SQLite and PostgreSQL. Only the
+    # model's own table and column names go into the text; values are parameters.
     return (
-        f"UPDATE {quote(meta.db_table)} SET "  # noqa: S608
+        f"UPDATE {table} SET "  # noqa: S608
         f"{status} = CASE WHEN {status} = %s THEN %s ELSE {status} END, "
         f"{column('sent_at')} = CASE WHEN {status} = %s THEN %s ELSE {column('sent_at')} END, "
-        f"{column('provider_message_id')} = %s, {column('provider_response')} = %s, {column('last_error')} = '', "
-        f"{column('claim_token')} = NULL, {column('claimed_until')} = NULL "
-        f"WHERE {quote(str(meta.pk.column))} = %s"
+        f"{column('provider_message_id')} = sent.column2, {column('provider_response')} = sent.column3, "
+        f"{column('last_error')} = '', {column('claim_token')} = NULL, {column('claimed_until')} = NULL "
+        f"FROM (VALUES {', '.join(['(%s, %s, %s)'] * rows)}) AS sent "
+        f"WHERE {table}.{quote(str(meta.pk.column))} = sent.column1"
     )
 
 
