@@ -52,19 +52,24 @@ def delivery_send(
     else:
         ids = DeliveryChunk.objects.get(broadcast__event=event, broadcast__subscriber=subscriber.name, index=chunk).user_ids
         users = list(get_user_model().objects.filter(pk__in=ids).order_by("pk"))
-    deliveries = _deliveries_open(event, subscriber, users)
+    event_type = event_type_get(name=event.type, version=event.version)
+    off = _preferences_off(event_type, subscriber, users)
+    # Sent at once (no batch window, no send rate to wait for, not cancelled): a new
+    # delivery is created in the state its first attempt puts it in, not marked after.
+    at_once = (subscriber.channel not in BATCH_SENDERS and event.cancelled_at is None
+               and send_rate_configured(subscriber.channel) is None)
+    deliveries, born = _deliveries_open(event, subscriber, users, off=off, attempted=at_once)
     if event.cancelled_at is not None:
         Delivery.objects.filter(pk__in=[d.pk for d in deliveries], status=Delivery.Status.PENDING).update(
             status=Delivery.Status.CANCELLED, last_error="the event was cancelled"
         )
         return deliveries
-    event_type = event_type_get(name=event.type, version=event.version)
-    to_send = _preferences_apply(event_type, subscriber, [d for d in deliveries if d.status not in FINAL_STATUSES])
+    to_send = _preferences_apply(subscriber, [d for d in deliveries if d.status not in FINAL_STATUSES], off)
     if subscriber.channel in BATCH_SENDERS:
         refused = BATCH_SENDERS[subscriber.channel](to_send, waited=waited)
     else:
         by_pk = {user.pk: user for user in users}
-        refused = _deliveries_attempt(event, subscriber.channel, [(d, by_pk[d.user_id]) for d in to_send])
+        refused = _deliveries_attempt(event, subscriber.channel, [(d, by_pk[d.user_id]) for d in to_send], born)
     # Refused for good, now or by an earlier run of this task: a failed job keeps them,
     # and its replay sends only these.
     refused += [(d.pk, d.last_error) for d in deliveries if d.status == Delivery.Status.FAILED]
@@ -74,39 +79,61 @@ def delivery_send(
     return deliveries
 
 
-def _deliveries_open(event: Event, subscriber: Subscriber, users: list[Any]) -> list[Delivery]:
+def _deliveries_open(
+    event: Event, subscriber: Subscriber, users: list[Any], *, off: dict[int, str], attempted: bool
+) -> tuple[list[Delivery], set[int]]:
     """The Delivery of each user, in the users' order: created, or the one an earlier run
-    of this work created."""
-    return rows_create(
-        [
-            Delivery(event=event, subscriber=subscriber.name, recipient=f"user:{user.pk}", channel=subscriber.channel,
-                     user_id=user.pk)
-            for user in users
-        ],
+    of this work created; and the keys of those created here as attempted.
+
+    A new delivery is created skipped if its user switched the channel off, else as
+    attempted now (`attempted`: it is sent right after) or pending.
+    """
+    now = timezone.now()
+
+    def new(user: Any) -> Delivery:
+        delivery = Delivery(event=event, subscriber=subscriber.name, recipient=f"user:{user.pk}",
+                            channel=subscriber.channel, user_id=user.pk)
+        if user.pk in off:
+            delivery.status, delivery.last_error = Delivery.Status.SKIPPED, off[user.pk]
+        elif attempted:
+            delivery.status, delivery.attempts, delivery.attempt_started_at = Delivery.Status.SENDING, 1, now
+        return delivery
+
+    deliveries = rows_create(
+        [new(user) for user in users],
         key=lambda delivery: delivery.recipient,
         stored=lambda: Delivery.objects.filter(
             event=event, subscriber=subscriber.name, recipient__in=[f"user:{user.pk}" for user in users]
         ),
     )
+    # One this run created carries its `now`; one an earlier run left "sending" (its
+    # attempt may have reached the provider) carries that run's.
+    born = {d.pk for d in deliveries if attempted and d.status == Delivery.Status.SENDING and d.attempt_started_at == now}
+    return deliveries, born
 
 
-def _preferences_apply(event_type: EventType, subscriber: Subscriber, deliveries: list[Delivery]) -> list[Delivery]:
-    """Skip the deliveries whose users switched this channel off for the category (one
-    read, one update); answer the rest. Mandatory categories skip nobody."""
-    if event_type.mandatory or not deliveries:
-        return deliveries
-    off = preferences_disabled(
-        user_ids=[d.user_id for d in deliveries if d.user_id is not None],
-        category=event_type.category, channel=subscriber.channel,
-    )
-    if off:
-        Delivery.objects.filter(pk__in=[d.pk for d in deliveries if d.user_id in off]).update(
-            status=Delivery.Status.SKIPPED, last_error=f"{subscriber.channel} is off for {event_type.category}"
-        )
+def _preferences_off(event_type: EventType, subscriber: Subscriber, users: list[Any]) -> dict[int, str]:
+    """The users who switched this channel off for the category (one read), each with
+    why they are skipped. Mandatory categories skip nobody."""
+    if event_type.mandatory or not users:
+        return {}
+    off = preferences_disabled(user_ids=[user.pk for user in users], category=event_type.category,
+                               channel=subscriber.channel)
+    return dict.fromkeys(off, f"{subscriber.channel} is off for {event_type.category}")
+
+
+def _preferences_apply(subscriber: Subscriber, deliveries: list[Delivery], off: dict[int, str]) -> list[Delivery]:
+    """Skip the unfinished deliveries an earlier run created whose users have switched the
+    channel off since (one update, only then); answer the rest."""
+    skipped = [d.pk for d in deliveries if d.user_id in off]
+    if skipped:  # one reason for all of them: this channel, this category
+        Delivery.objects.filter(pk__in=skipped).update(status=Delivery.Status.SKIPPED, last_error=next(iter(off.values())))
     return [d for d in deliveries if d.user_id not in off]
 
 
-def _deliveries_attempt(event: Event, channel: str, to_send: list[tuple[Delivery, Any]]) -> list[tuple[int, str]]:
+def _deliveries_attempt(
+    event: Event, channel: str, to_send: list[tuple[Delivery, Any]], born: set[int]
+) -> list[tuple[int, str]]:
     """Send the deliveries, at most a second's worth of the channel's rate at a time,
     recording each outcome; answer those refused for good (now failed). Raises
     ProviderTransientError if some must be tried again (the others are recorded first),
@@ -125,7 +152,7 @@ def _deliveries_attempt(event: Event, channel: str, to_send: list[tuple[Delivery
                 status=Delivery.Status.CANCELLED, last_error="the event was cancelled"
             )
             break
-        items = _attempts_begin(piece)
+        items = _attempts_begin(piece, born)
         results = SENDERS[channel](event=event, items=items)
         # One commit for the piece's outcomes; one item's is a single statement already.
         with transaction.atomic() if len(items) > 1 else nullcontext():
@@ -140,15 +167,19 @@ def _deliveries_attempt(event: Event, channel: str, to_send: list[tuple[Delivery
     return refused
 
 
-def _attempts_begin(piece: list[tuple[Delivery, Any]]) -> list[SendItem]:
-    """Mark attempts under way (one update); each item carries when its previous attempt
-    began if that one may have reached the provider (it died, or timed out, "sending")."""
-    Delivery.objects.filter(pk__in=[delivery.pk for delivery, _ in piece]).update(
-        status=Delivery.Status.SENDING, attempts=F("attempts") + 1, attempt_started_at=timezone.now()
-    )
+def _attempts_begin(piece: list[tuple[Delivery, Any]], born: set[int]) -> list[SendItem]:
+    """Mark attempts under way (one update; none for deliveries `born` attempted); each
+    item carries when its previous attempt began if that one may have reached the
+    provider (it died, or timed out, "sending")."""
+    begun = [delivery.pk for delivery, _ in piece if delivery.pk not in born]
+    if begun:
+        Delivery.objects.filter(pk__in=begun).update(
+            status=Delivery.Status.SENDING, attempts=F("attempts") + 1, attempt_started_at=timezone.now()
+        )
     return [
         SendItem(delivery=delivery, user=user,
-                 in_doubt_since=delivery.attempt_started_at if delivery.status == Delivery.Status.SENDING else None)
+                 in_doubt_since=delivery.attempt_started_at
+                 if delivery.status == Delivery.Status.SENDING and delivery.pk not in born else None)
         for delivery, user in piece
     ]
 
