@@ -38,6 +38,7 @@ class Options:
     chunk_size: int | None = None  # broadcast: CARILLON_BROADCAST_CHUNK_SIZE of its worker
     email_via: str = "smtp"  # broadcast: "smtp" or "postmark" (the sandbox's batch API)
     baseline_tasks: int | None = None  # broadcast: no-op tasks in the raw baseline (the recipients)
+    reset_rate: float | None = None  # broadcast: password resets a second while it runs (none)
 
 
 @dataclass

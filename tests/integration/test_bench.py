@@ -24,7 +24,8 @@ def _bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 # 1200 s limit, not the suite's 300 s default, decides when it is hung.
 @pytest.mark.timeout(1200)
 def test_bench_quick_runs_every_scenario_beside_its_baseline_and_writes_its_files(tmp_path: Path) -> None:
-    result = _bench("--quick", "--out", str(tmp_path), timeout=1200)
+    # The broadcast with password resets published beside it (the lanes' measurement).
+    result = _bench("--quick", "--reset-rate", "5", "--out", str(tmp_path), timeout=1200)
 
     assert result.returncode == 0, result.stdout + result.stderr
     summaries = {}
@@ -44,7 +45,8 @@ def test_bench_quick_runs_every_scenario_beside_its_baseline_and_writes_its_file
     assert names["realtime"] == ["Carillon WebSocket", "Carillon SSE", "raw Redis pub/sub"]
     assert names["fanout"] == ["Carillon /ws/ (daphne)", "bare websockets broadcast"]
     assert names["connections"] == ["Carillon /ws/ (daphne)", "bare websockets server"]
-    assert names["broadcast"] == ["Carillon broadcast inapp", "Carillon broadcast email", "raw Celery no-op task"]
+    assert names["broadcast"] == ["Carillon broadcast inapp", "Carillon broadcast email", "raw Celery no-op task",
+                                  "password reset during the broadcast"]
     for summary in summaries.values():
         for row in summary["series"]:
             assert row["received"] > 0, (summary["scenario"], row)
@@ -81,10 +83,13 @@ def broadcast_results_hold(summary: dict[str, Any]) -> None:
     assert checks["inapp_notifications"] == checks["inapp_distinct_users"] == 200
     assert checks["exact"] is True
     assert checks["progress"], "the progress series is recorded"
-    for row in summary["series"]:
+    *broadcast, resets = summary["series"]
+    for row in broadcast:
         assert row["received"] == 200, row
         assert row["seconds_to_last"] > 0
+    # Every reset published while it ran was sent by email and SMS.
+    assert resets["sent"] > 0 and resets["received"] == resets["sent"] and resets["errors"] == 0, resets
     for key in ("carillon_worker_cpu_per_delivery_vs_celery_noop", "carillon_deliveries_per_second",
                 "carillon_seconds_to_last_delivery", "celery_noop_seconds_to_last_task"):
         assert summary["ratios"][key] is not None, key
-    assert len(summary["goals"]) == 3
+    assert len(summary["goals"]) == 4

@@ -87,6 +87,9 @@ class Command(BaseCommand):
         parser.add_argument("--baseline-tasks", type=_positive(int),
                             help="broadcast: raw Celery no-ops beside it (as many as recipients); the figure "
                                  "compared is their CPU per task, which fewer measure as well in less time")
+        parser.add_argument("--reset-rate", type=_positive(float),
+                            help="broadcast: password resets published a second while it runs, to a critical "
+                                 "worker of their own; their publish -> provider latency is reported (none)")
         parser.add_argument("--database", metavar="URL",
                             help="a PostgreSQL server (postgres://user@host:port/db) to run on instead of SQLite: "
                                  "the run creates a database of its own there and drops it at the end")
@@ -109,6 +112,7 @@ class Command(BaseCommand):
             out=options["out"], quick=quick, loadgens=options["loadgens"], servers=options["servers"],
             uvicorn=options["uvicorn"], recipients=options["recipients"], channels=options["channels"],
             chunk_size=options["chunk_size"], email_via=options["email_via"], baseline_tasks=options["baseline_tasks"],
+            reset_rate=options["reset_rate"],
         )
         call_command("migrate", verbosity=0)
         for name in names:
