@@ -24,14 +24,11 @@ from kombu import Connection, Consumer, Exchange, Queue
 
 from benchmarks.clients import Recorder
 from benchmarks.hdr import (
-    HdrHistogram,
-    histogram_encode,
-    histogram_new,
-    histogram_percentiles_ms,
     histogram_record,
 )
 from benchmarks.loadgen import Link, Window, run_load, schedule, sync_open_loop
 from benchmarks.runner import LOG_DIR, Options, Series, ratio, report_write
+from benchmarks.scenarios.common import deliveries_received
 from benchmarks.servers import cpu_seconds
 from core.processes import ManagedProcess, free_port, processes_stop, python
 
@@ -171,47 +168,6 @@ def _celery_receipts(window: tuple[float, float], total: int, timeout: float = 1
     return recorder.result(sent=0)
 
 
-def _carillon_deliveries(stamps: list[tuple[UUID, float, float]], all_events: list[UUID],
-                         timeout: float = 120.0) -> dict[str, Any]:
-    """Wait until every delivery of the series is sent (warm-up included); histogram the measured."""
-    from notifications.models import Delivery
-
-    by_event = {event_id: (due, sent) for event_id, due, sent in stamps}
-    deadline = time.monotonic() + timeout
-    while True:
-        done = Delivery.objects.filter(event_id__in=all_events, status=Delivery.Status.SENT).count()
-        if done >= len(all_events) * DELIVERIES_PER_EVENT or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    rows = Delivery.objects.filter(event_id__in=list(by_event), status=Delivery.Status.SENT).values_list(
-        "event_id", "channel", "event__created_at", "created_at", "attempt_started_at", "sent_at")
-    latency, service = histogram_new(), histogram_new()
-    stages: dict[str, dict[str, HdrHistogram]] = {}
-    received = 0
-    for event_id, channel, event_created, created, started, sent_at in rows:
-        if sent_at is None:  # never for a SENT row; typed as optional all the same
-            continue
-        received += 1
-        due, sent = by_event[event_id]
-        histogram_record(latency, sent_at.timestamp() - due)
-        histogram_record(service, sent_at.timestamp() - sent)
-        # Where a delivery waited, per channel (a stage without its stamp is skipped).
-        moments = [(name, at.timestamp()) for name, at in [
-            ("event row", event_created), ("delivery row", created), ("attempt start", started),
-            ("provider accepted", sent_at)] if at is not None]
-        for (_, before), (name, after) in zip([("publish", sent), *moments[:-1]], moments, strict=True):
-            histogram_record(stages.setdefault(channel, {}).setdefault(name, histogram_new()), after - before)
-    failed = Delivery.objects.filter(event_id__in=list(by_event)).exclude(status=Delivery.Status.SENT).count()
-    return {"latency": histogram_encode(latency), "service": histogram_encode(service), "sent": 0,
-            "received": received, "errors": failed,
-            "stages_ms": {channel: {name: _p50_p99(h) for name, h in hists.items()} for channel, hists in stages.items()}}
-
-
-def _p50_p99(histogram: HdrHistogram) -> dict[str, float | None]:
-    every = histogram_percentiles_ms(histogram)
-    return {"p50": every["p50"], "p99": every["p99"]}
-
-
 def pipeline_scenario(options: Options) -> list[dict[str, Any]]:
     from django.contrib.auth import get_user_model
 
@@ -258,7 +214,7 @@ def pipeline_scenario(options: Options) -> list[dict[str, Any]]:
         cpu = cpu_seconds(worker)
         results, server = run_load(pipeline_loadgen, [{"kind": "carillon", "rate": rate, "users": users}],
                                    label="pipeline: Carillon event_publish", server_pids=worker, **common)
-        received = _carillon_deliveries(results[0]["stamps"], results[0]["all_events"])
+        received = deliveries_received(results[0]["stamps"], results[0]["all_events"], per_event=DELIVERIES_PER_EVENT)
         cost = (cpu_seconds(worker) - cpu) / (len(results[0]["all_events"]) * DELIVERIES_PER_EVENT)
         series.append(Series.merged("Carillon pipeline (deliveries)", [results[0], received], asked_rate=deliveries,
                                     seconds=options.duration, server=server, events_per_second_asked=rate,
