@@ -60,12 +60,20 @@ class LockedDatabaseScheduler(DatabaseScheduler):  # type: ignore[misc]
             settings.CARILLON_BEAT_LOCK_KEY, timeout=self.lock_timeout, thread_local=False
         )
         self._holding = False
+        self._closed = False
         super().__init__(*args, **kwargs)
         # A tick must come well within the lease, or the lease could lapse between two.
         configured: float = getattr(self, "max_interval")  # noqa: B009 - untyped in the base
         self.max_interval = min(configured, self.lock_timeout / 3)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
+        if self._closed:
+            # Beat's stop signal closes the scheduler, then raises SystemExit to end the
+            # loop; landing in a finalizer (a sent task's AsyncResult.__del__), that
+            # SystemExit is swallowed and the loop ticks on. Without this, the tick took
+            # the lock back and the stopped beat went on sending until it was killed,
+            # the standby waiting for the lease to lapse.
+            raise SystemExit
         if not self._hold_lock():
             # Another beat holds it: try again at the next tick (a few times per lease).
             return float(self.max_interval)
@@ -107,6 +115,7 @@ class LockedDatabaseScheduler(DatabaseScheduler):  # type: ignore[misc]
         return self._holding
 
     def close(self) -> None:
+        self._closed = True
         try:
             super().close()
         finally:

@@ -267,6 +267,29 @@ def test_a_beat_that_loses_its_lease_between_its_check_and_the_send_sends_nothin
     assert not scheduler.holding_lock
 
 
+def test_a_closed_beat_never_takes_the_lock_back_and_its_next_tick_ends_it(
+    redis_db: int, no_schedules: None, settings: Any
+) -> None:
+    # Beat's stop signal closes the scheduler and raises SystemExit; when the signal lands
+    # in a finalizer Python swallows that SystemExit and beat's loop ticks again. Driven
+    # in process: close, then the tick that follows.
+    settings.REDIS_URL = redis_url(redis_db)
+    app = Celery("beat-under-test", broker=redis_url(redis_db))
+    app.conf.task_default_queue = BACKGROUND_QUEUE
+    every_second("probe")
+    scheduler = LockedDatabaseScheduler(app=app)
+    wait_for(lambda: scheduler.tick() is not None and queued(redis_db, "probe"), "the first send")
+    sent = len(queued(redis_db, "probe"))
+
+    scheduler.close()
+    with pytest.raises(SystemExit):
+        scheduler.tick()
+
+    assert redis.Redis.from_url(redis_url(redis_db)).get(settings.CARILLON_BEAT_LOCK_KEY) is None
+    assert not scheduler.holding_lock
+    assert len(queued(redis_db, "probe")) == sent
+
+
 def test_a_beat_stopped_cleanly_hands_over_at_once(start_beat: Callable[..., ManagedProcess], redis_db: int) -> None:
     every_second("probe")
     first = start_beat("beat-first")
@@ -277,6 +300,7 @@ def test_a_beat_stopped_cleanly_hands_over_at_once(start_beat: Callable[..., Man
     first.stop()  # SIGTERM: beat closes its scheduler, which releases the lock
 
     assert "released the lock" in first.log()
+    assert first.process.returncode != -signal.SIGKILL, "beat went on after its stop signal and was killed"
     wait_for(lambda: second.process.pid in {sender_pid(m) for m in queued(redis_db, "probe")}, "second sends")
     # The second renews a 600 s lease: it took over because the lock was released.
     assert redis.Redis.from_url(redis_url(redis_db)).ttl(settings.CARILLON_BEAT_LOCK_KEY) > 60
