@@ -1,14 +1,14 @@
 """What every channel's sender takes and returns, and how a provider's refusal and its
 Retry-After are read."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.template.loader import render_to_string
+from django.template.loader import get_template
 
 from core.errors import ProviderError, ProviderPermanentError, ProviderTransientError
 from notifications.models import Delivery, Event
@@ -50,8 +50,23 @@ class BatchSender(Protocol):
 
 def render(channel: str, event: Event, part: str, user: AbstractBaseUser) -> str:
     """Render notifications/<channel>/<event type>.<part> with the event and its user."""
-    context = {"event": event, "data": event.data, "user": user}
-    return render_to_string(f"notifications/{channel}/{event.type}.{part}", context).strip()
+    [text] = renders(channel, event, part, [user])
+    return text
+
+
+# What lets a template's output depend on its user: naming it, or a tag that could reach
+# it without naming it (a custom tag library, another template, the whole context).
+_MAY_READ_USER = ("user", "{% load", "{% include", "{% extends", "{% debug")
+
+
+def renders(channel: str, event: Event, part: str, users: Sequence[AbstractBaseUser]) -> list[str]:
+    """`render` for each user, in order; rendered once for them all when the template's
+    text cannot depend on its user (an announcement's title: the same for 500 users)."""
+    template = get_template(f"notifications/{channel}/{event.type}.{part}")
+    source = str(getattr(getattr(template, "template", None), "source", "user"))
+    if not any(marker in source for marker in _MAY_READ_USER):
+        return [template.render({"event": event, "data": event.data, "user": None}).strip()] * len(users)
+    return [template.render({"event": event, "data": event.data, "user": user}).strip() for user in users]
 
 
 def retry_after_seconds(value: str | None) -> float | None:

@@ -6,7 +6,7 @@ from redis.exceptions import RedisError
 from core.errors import ProviderError, ProviderTransientError
 from core.rows import rows_create
 from notifications.models import Event, Notification
-from notifications.providers.base import SendItem, SendResult, render
+from notifications.providers.base import SendItem, SendResult, renders
 from notifications.selectors import notification_payloads
 from realtime.services import realtime_publish_many
 from realtime.topics import user_topic
@@ -15,18 +15,15 @@ from realtime.topics import user_topic
 def inapp_send(*, event: Event, items: list[SendItem]) -> list[SendResult | ProviderError]:
     """Insert the deliveries' notifications together (a retry keeps the rows it made) and
     push them to their users in one round trip to Redis."""
+    users = [item.user for item in items]
+    titles, bodies = renders("inapp", event, "title.txt", users), renders("inapp", event, "txt", users)
     notifications = rows_create(
         [
             Notification(
-                delivery=item.delivery,
-                user_id=item.user.pk,
-                event=event,
-                kind=event.type,
-                title=render("inapp", event, "title.txt", item.user),
-                body=render("inapp", event, "txt", item.user),
+                delivery=item.delivery, user_id=item.user.pk, event=event, kind=event.type, title=title, body=body,
                 data=event.data,
             )
-            for item in items
+            for item, title, body in zip(items, titles, bodies, strict=True)
         ],
         key=lambda notification: notification.delivery_id,
         stored=lambda: Notification.objects.filter(delivery__in=[item.delivery for item in items]),

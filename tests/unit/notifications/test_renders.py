@@ -1,0 +1,36 @@
+"""A notification's text per recipient: rendered once for a whole chunk when the template
+cannot depend on its user, per user when it can."""
+
+from typing import Any
+
+import pytest
+from django.template.backends import django as django_backend
+from django.utils import timezone
+
+from notifications.models import Event
+from notifications.providers.base import renders
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_template_that_cannot_read_its_user_is_rendered_once_for_all(
+    django_user_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ada, bo = django_user_model.objects.create_user("ada"), django_user_model.objects.create_user("bo")
+    event = Event(type="product.announcement", version=1, occurred_at=timezone.now(),
+                  data={"title": "Carillon 2", "body": "Audiences are here."})
+    rendered: list[str] = []
+    render = django_backend.Template.render
+
+    def counted(self: Any, context: Any = None, request: Any = None) -> Any:
+        rendered.append(self.template.name)
+        return render(self, context, request)
+
+    monkeypatch.setattr(django_backend.Template, "render", counted)
+
+    assert renders("inapp", event, "title.txt", [ada, bo]) == ["Carillon 2", "Carillon 2"]
+    greetings = renders("email", event, "txt", [ada, bo])
+
+    assert [text.splitlines()[0] for text in greetings] == ["Hello ada,", "Hello bo,"]
+    assert rendered == ["notifications/inapp/product.announcement.title.txt"] + [
+        "notifications/email/product.announcement.txt"] * 2
