@@ -48,20 +48,15 @@ class BatchSender(Protocol):
         ...
 
 
-def render(channel: str, event: Event, part: str, user: AbstractBaseUser) -> str:
-    """Render notifications/<channel>/<event type>.<part> with the event and its user."""
-    [text] = renders(channel, event, part, [user])
-    return text
-
-
 # What lets a template's output depend on its user: naming it, or a tag that could reach
 # it without naming it (a custom tag library, another template, the whole context).
 _MAY_READ_USER = ("user", "{% load", "{% include", "{% extends", "{% debug")
 
 
 def renders(channel: str, event: Event, part: str, users: Sequence[AbstractBaseUser]) -> list[str]:
-    """`render` for each user, in order; rendered once for them all when the template's
-    text cannot depend on its user (an announcement's title: the same for 500 users)."""
+    """notifications/<channel>/<event type>.<part> rendered with the event for each user,
+    in order; once for them all when the template's text cannot depend on its user (an
+    announcement's title: the same for 500 recipients)."""
     template = get_template(f"notifications/{channel}/{event.type}.{part}")
     source = str(getattr(getattr(template, "template", None), "source", "user"))
     if not any(marker in source for marker in _MAY_READ_USER):

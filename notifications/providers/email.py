@@ -13,7 +13,7 @@ from django.core.mail.backends.base import BaseEmailBackend
 from core.errors import ProviderError, ProviderPermanentError, ProviderTransientError
 from notifications.events import Lane, event_type_get
 from notifications.models import Delivery, Event
-from notifications.providers.base import SendItem, SendResult, render
+from notifications.providers.base import SendItem, SendResult, renders
 from notifications.providers.postmark.client import (
     MAX_BATCH_MESSAGES,
     postmark_configured,
@@ -88,15 +88,16 @@ def email_send(*, event: Event, items: list[SendItem]) -> list[SendResult | Prov
     if postmark_configured():
         return _email_send_postmark(event, items)
     results: list[SendResult | ProviderError] = []
+    emails = _rendered(event, items)
     connection = get_connection()
     try:
         connection.open()
     except OSError as exc:
         return [ProviderTransientError(f"SMTP connection: {exc}") for _ in items]
     try:
-        for item in items:
+        for item, email in zip(items, emails, strict=True):
             try:
-                results.append(_email_one(event, item, connection))
+                results.append(_email_one(item, email, connection))
             except ProviderError as exc:
                 results.append(exc)
                 if isinstance(exc, ProviderTransientError) and (exc.in_doubt or exc.retry_after):
@@ -113,14 +114,14 @@ def _email_send_postmark(event: Event, items: list[SendItem]) -> list[SendResult
     stream = settings.POSTMARK_BROADCAST_STREAM if bulk else settings.POSTMARK_TRANSACTIONAL_STREAM
     results: list[SendResult | ProviderError | None] = [None] * len(items)
     messages: list[tuple[int, dict[str, object]]] = []
-    for index, item in enumerate(items):
+    for index, (item, email) in enumerate(zip(items, _rendered(event, items), strict=True)):
         try:
             address = _address(item)
         except ProviderPermanentError as exc:
             results[index] = exc
             continue
         metadata = {"delivery": str(item.delivery.pk), "event": str(event.pk)}
-        messages.append((index, _postmark_message(to=address, **_rendered(event, item), stream=stream, metadata=metadata)))
+        messages.append((index, _postmark_message(to=address, **email, stream=stream, metadata=metadata)))
     sent = _postmark_send([message for _, message in messages])
     for (index, _), result in zip(messages, sent, strict=True):
         results[index] = result
@@ -160,9 +161,9 @@ def _postmark_send(messages: list[dict[str, object]]) -> list[SendResult | Provi
     return results
 
 
-def _email_one(event: Event, item: SendItem, connection: BaseEmailBackend) -> SendResult:
+def _email_one(item: SendItem, email: dict[str, str], connection: BaseEmailBackend) -> SendResult:
     address = _address(item)
-    provider_id = email_message_send(to=address, **_rendered(event, item), connection=connection)
+    provider_id = email_message_send(to=address, **email, connection=connection)
     return SendResult(provider_message_id=provider_id, response={"to": address})
 
 
@@ -173,11 +174,12 @@ def _address(item: SendItem) -> str:
     return address
 
 
-def _rendered(event: Event, item: SendItem) -> dict[str, str]:
-    """The delivery's email for its user: subject, text and HTML, and its Message-ID."""
-    return {
-        "subject": render("email", event, "subject.txt", item.user),
-        "text": render("email", event, "txt", item.user),
-        "html": render("email", event, "html", item.user),
-        "message_id": message_id(item.delivery),
-    }
+def _rendered(event: Event, items: list[SendItem]) -> list[dict[str, str]]:
+    """Each delivery's email for its user: subject, text and HTML, and its Message-ID."""
+    users = [item.user for item in items]
+    parts = {name: renders("email", event, part, users)
+             for name, part in (("subject", "subject.txt"), ("text", "txt"), ("html", "html"))}
+    return [
+        {"subject": subject, "text": text, "html": html, "message_id": message_id(item.delivery)}
+        for item, subject, text, html in zip(items, parts["subject"], parts["text"], parts["html"], strict=True)
+    ]

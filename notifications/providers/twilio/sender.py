@@ -12,7 +12,7 @@ from twilio.rest import Client
 
 from core.errors import ProviderError, ProviderPermanentError, ProviderTransientError
 from notifications.models import Delivery, Event, Recipient
-from notifications.providers.base import SendItem, SendResult, render
+from notifications.providers.base import SendItem, SendResult, renders
 from notifications.providers.twilio.client import twilio_client
 
 logger = logging.getLogger(__name__)
@@ -44,9 +44,10 @@ def sms_send(*, event: Event, items: list[SendItem]) -> list[SendResult | Provid
     numbers = dict(
         Recipient.objects.filter(user_id__in=[item.user.pk for item in items]).values_list("user_id", "phone_number")
     )
+    bodies = renders("sms", event, "txt", [item.user for item in items])
     requests = [
-        (item, numbers.get(item.user.pk, ""), render("sms", event, "txt", item.user), status_callback_url(item.delivery))
-        for item in items
+        (item, numbers.get(item.user.pk, ""), body, status_callback_url(item.delivery))
+        for item, body in zip(items, bodies, strict=True)
     ]
     if len(requests) == 1:  # the transactional case: no thread to start
         return [_sms_one(*requests[0])]
