@@ -92,8 +92,6 @@ def _statistics_refresh(tables: list[str]) -> None:
     """What docs/operations.md asks of an operator who bulk-loads an audience: PostgreSQL
     plans each page of recipients from its statistics, and rows written a moment ago have
     none until autovacuum's next pass (a page then reads the whole membership table)."""
-    from django.db import connection
-
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE " + ", ".join(connection.ops.quote_name(table) for table in tables))
@@ -303,8 +301,9 @@ def broadcast_scenario(options: Options) -> list[dict[str, Any]]:
     if options.reset_rate:
         transactional = ",".join(channel_queue_name(channel) for channel in RESET_CHANNELS)
         processes.append(ManagedProcess(
-            "worker", python("-m", "celery", "-A", "config.celery", "worker", "--loglevel", "WARNING",
-                             "--hostname", "critical@%h", "--queues", transactional, "--concurrency", str(CONCURRENCY), "--without-mingle", "--without-gossip"),
+            "worker", python(
+                "-m", "celery", "-A", "config.celery", "worker", "--loglevel", "WARNING", "--hostname", "critical@%h",
+                "--queues", transactional, "--concurrency", str(CONCURRENCY), "--without-mingle", "--without-gossip"),
             env=env, log_dir=LOG_DIR))
     try:
         ping.apply_async(queue=DEFAULT_QUEUE_NAME).get(timeout=120)  # a worker answers: measure from here

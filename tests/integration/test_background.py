@@ -245,18 +245,25 @@ def test_a_beat_that_hung_past_its_lease_sends_nothing_when_it_wakes(
     assert [pid for pid, _ in groupby(senders)] == [first.process.pid, second.process.pid]
 
 
-def test_a_beat_that_loses_its_lease_between_its_check_and_the_send_sends_nothing(
-    redis_db: int, no_schedules: None, settings: Any
-) -> None:
-    # A tick reads the schedule from the database after it checks the lease: a beat frozen
-    # in between (a GC pause, a stopped VM) wakes with a due entry and a lease another
-    # beat now holds. Driven in process, so the pause lands exactly there.
+@pytest.fixture
+def sending_scheduler(redis_db: int, no_schedules: None, settings: Any) -> LockedDatabaseScheduler:
+    """A beat scheduler driven in this process, holding the lock, that has sent `probe`."""
     settings.REDIS_URL = redis_url(redis_db)  # where the beat lock lives
     app = Celery("beat-under-test", broker=redis_url(redis_db))
     app.conf.task_default_queue = BACKGROUND_QUEUE
     every_second("probe")
     scheduler = LockedDatabaseScheduler(app=app)
     wait_for(lambda: scheduler.tick() is not None and queued(redis_db, "probe"), "the first send")
+    return scheduler
+
+
+def test_a_beat_that_loses_its_lease_between_its_check_and_the_send_sends_nothing(
+    sending_scheduler: LockedDatabaseScheduler, redis_db: int, settings: Any
+) -> None:
+    # A tick reads the schedule from the database after it checks the lease: a beat frozen
+    # in between (a GC pause, a stopped VM) wakes with a due entry and a lease another
+    # beat now holds. Driven in process, so the pause lands exactly there.
+    scheduler = sending_scheduler
     sent = len(queued(redis_db, "probe"))
 
     # The lease lapsed while it was frozen and another beat took it.
@@ -268,17 +275,12 @@ def test_a_beat_that_loses_its_lease_between_its_check_and_the_send_sends_nothin
 
 
 def test_a_closed_beat_never_takes_the_lock_back_and_its_next_tick_ends_it(
-    redis_db: int, no_schedules: None, settings: Any
+    sending_scheduler: LockedDatabaseScheduler, redis_db: int, settings: Any
 ) -> None:
     # Beat's stop signal closes the scheduler and raises SystemExit; when the signal lands
     # in a finalizer Python swallows that SystemExit and beat's loop ticks again. Driven
     # in process: close, then the tick that follows.
-    settings.REDIS_URL = redis_url(redis_db)
-    app = Celery("beat-under-test", broker=redis_url(redis_db))
-    app.conf.task_default_queue = BACKGROUND_QUEUE
-    every_second("probe")
-    scheduler = LockedDatabaseScheduler(app=app)
-    wait_for(lambda: scheduler.tick() is not None and queued(redis_db, "probe"), "the first send")
+    scheduler = sending_scheduler
     sent = len(queued(redis_db, "probe"))
 
     scheduler.close()
