@@ -49,8 +49,15 @@ class BatchSender(Protocol):
 
 
 # What lets a template's output depend on its user: naming it, or a tag that could reach
-# it without naming it (a custom tag library, another template, the whole context).
-_MAY_READ_USER = ("user", "{% load", "{% include", "{% extends", "{% debug")
+# it without naming it (a custom tag library, another template, the whole context). Whole
+# words, not "{% include": Django also reads "{%include". A word in the text ("download")
+# only costs a render per user.
+_MAY_READ_USER = ("user", "load", "include", "extends", "debug")
+
+
+def template_reads_no_user(source: str) -> bool:
+    """Whether a template's output is the same whatever its user (by its source)."""
+    return not any(word in source for word in _MAY_READ_USER)
 
 
 def renders(channel: str, event: Event, part: str, users: Sequence[AbstractBaseUser]) -> list[str]:
@@ -59,7 +66,7 @@ def renders(channel: str, event: Event, part: str, users: Sequence[AbstractBaseU
     announcement's title: the same for 500 recipients)."""
     template = get_template(f"notifications/{channel}/{event.type}.{part}")
     source = str(getattr(getattr(template, "template", None), "source", "user"))
-    if not any(marker in source for marker in _MAY_READ_USER):
+    if template_reads_no_user(source):
         return [template.render({"event": event, "data": event.data, "user": None}).strip()] * len(users)
     return [template.render({"event": event, "data": event.data, "user": user}).strip() for user in users]
 

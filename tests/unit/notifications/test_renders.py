@@ -8,7 +8,7 @@ from django.template.backends import django as django_backend
 from django.utils import timezone
 
 from notifications.models import Event
-from notifications.providers.base import renders
+from notifications.providers.base import renders, template_reads_no_user
 
 pytestmark = pytest.mark.django_db
 
@@ -34,3 +34,19 @@ def test_a_template_that_cannot_read_its_user_is_rendered_once_for_all(
     assert [text.splitlines()[0] for text in greetings] == ["Hello ada,", "Hello bo,"]
     assert rendered == ["notifications/inapp/product.announcement.title.txt"] + [
         "notifications/email/product.announcement.txt"] * 2
+
+
+@pytest.mark.parametrize(
+    ("source", "same_for_all"),
+    [
+        ("{{ data.title }}", True),
+        ("Hello {{ user.get_username }}", False),
+        ('{%include "notifications/email/greeting.txt"%}', False),  # Django takes it without spaces
+        ("{% load humanize %}{{ data.count|intcomma }}", False),  # a tag library sees the whole context
+        ("{% debug %}", False),
+    ],
+)
+def test_only_a_template_that_names_no_user_and_reaches_no_other_code_is_rendered_once(
+    source: str, same_for_all: bool
+) -> None:
+    assert template_reads_no_user(source) is same_for_all
