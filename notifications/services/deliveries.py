@@ -54,17 +54,18 @@ def delivery_send(
         users = list(get_user_model().objects.filter(pk__in=ids).order_by("pk"))
     event_type = event_type_get(name=event.type, version=event.version)
     off = _preferences_off(event_type, subscriber, users)
+    skip_reason = f"{subscriber.channel} is off for {event_type.category}"
     # Sent at once (no batch window, no send rate to wait for, not cancelled): a new
     # delivery is created in the state its first attempt puts it in, not marked after.
     at_once = (subscriber.channel not in BATCH_SENDERS and event.cancelled_at is None
                and send_rate_configured(subscriber.channel) is None)
-    deliveries, born = _deliveries_open(event, subscriber, users, off=off, attempted=at_once)
+    deliveries, born = _deliveries_open(event, subscriber, users, off=off, skip_reason=skip_reason, attempted=at_once)
     if event.cancelled_at is not None:
         Delivery.objects.filter(pk__in=[d.pk for d in deliveries], status=Delivery.Status.PENDING).update(
             status=Delivery.Status.CANCELLED, last_error="the event was cancelled"
         )
         return deliveries
-    to_send = _preferences_apply(subscriber, [d for d in deliveries if d.status not in FINAL_STATUSES], off)
+    to_send = _preferences_apply([d for d in deliveries if d.status not in FINAL_STATUSES], off, skip_reason)
     if subscriber.channel in BATCH_SENDERS:
         refused = BATCH_SENDERS[subscriber.channel](to_send, waited=waited)
     else:
@@ -80,7 +81,7 @@ def delivery_send(
 
 
 def _deliveries_open(
-    event: Event, subscriber: Subscriber, users: list[Any], *, off: dict[int, str], attempted: bool
+    event: Event, subscriber: Subscriber, users: list[Any], *, off: set[int], skip_reason: str, attempted: bool
 ) -> tuple[list[Delivery], set[int]]:
     """The Delivery of each user, in the users' order: created, or the one an earlier run
     of this work created; and the keys of those created here as attempted.
@@ -94,7 +95,7 @@ def _deliveries_open(
         delivery = Delivery(event=event, subscriber=subscriber.name, recipient=f"user:{user.pk}",
                             channel=subscriber.channel, user_id=user.pk)
         if user.pk in off:
-            delivery.status, delivery.last_error = Delivery.Status.SKIPPED, off[user.pk]
+            delivery.status, delivery.last_error = Delivery.Status.SKIPPED, skip_reason
         elif attempted:
             delivery.status, delivery.attempts, delivery.attempt_started_at = Delivery.Status.SENDING, 1, now
         return delivery
@@ -112,22 +113,21 @@ def _deliveries_open(
     return deliveries, born
 
 
-def _preferences_off(event_type: EventType, subscriber: Subscriber, users: list[Any]) -> dict[int, str]:
-    """The users who switched this channel off for the category (one read), each with
-    why they are skipped. Mandatory categories skip nobody."""
+def _preferences_off(event_type: EventType, subscriber: Subscriber, users: list[Any]) -> set[int]:
+    """The users who switched this channel off for the category (one read). Mandatory
+    categories skip nobody."""
     if event_type.mandatory or not users:
-        return {}
-    off = preferences_disabled(user_ids=[user.pk for user in users], category=event_type.category,
-                               channel=subscriber.channel)
-    return dict.fromkeys(off, f"{subscriber.channel} is off for {event_type.category}")
+        return set()
+    return preferences_disabled(user_ids=[user.pk for user in users], category=event_type.category,
+                                channel=subscriber.channel)
 
 
-def _preferences_apply(subscriber: Subscriber, deliveries: list[Delivery], off: dict[int, str]) -> list[Delivery]:
+def _preferences_apply(deliveries: list[Delivery], off: set[int], skip_reason: str) -> list[Delivery]:
     """Skip the unfinished deliveries an earlier run created whose users have switched the
     channel off since (one update, only then); answer the rest."""
     skipped = [d.pk for d in deliveries if d.user_id in off]
-    if skipped:  # one reason for all of them: this channel, this category
-        Delivery.objects.filter(pk__in=skipped).update(status=Delivery.Status.SKIPPED, last_error=next(iter(off.values())))
+    if skipped:
+        Delivery.objects.filter(pk__in=skipped).update(status=Delivery.Status.SKIPPED, last_error=skip_reason)
     return [d for d in deliveries if d.user_id not in off]
 
 

@@ -274,6 +274,33 @@ def test_an_announcement_reaches_each_recipient_once_on_each_channel_and_respect
 
 
 @override_settings(CARILLON_BROADCAST_CHUNK_SIZE=5)
+def test_a_recipient_who_switches_the_channel_off_before_the_retry_is_skipped_not_sent(
+    users: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event = _announce(users)
+    delivery_send(event_id=str(event.pk), subscriber_name="announcement_email")
+    real = senders.SENDERS[Channel.EMAIL]
+    later = users[2].email
+
+    def busy_for_one(*, event: Event, items: list[Any]) -> list[Any]:
+        sent = iter(real(event=event, items=[i for i in items if i.user.email != later]))
+        return [ProviderTransientError("451 try later") if i.user.email == later else next(sent) for i in items]
+
+    monkeypatch.setitem(senders.SENDERS, Channel.EMAIL, busy_for_one)
+    with pytest.raises(ProviderTransientError):
+        delivery_send(event_id=str(event.pk), subscriber_name="announcement_email", chunk=0)
+    monkeypatch.setitem(senders.SENDERS, Channel.EMAIL, real)
+    # Between the attempt and its retry, the user turns product email off.
+    Preference.objects.create(user=users[2], category="product", channel=Channel.EMAIL, enabled=False)
+    delivery_send(event_id=str(event.pk), subscriber_name="announcement_email", chunk=0)
+
+    assert later not in [message.to[0] for message in mail.outbox]
+    assert len(mail.outbox) == 4
+    skipped = Delivery.objects.get(event=event, user=users[2])
+    assert (skipped.status, skipped.last_error) == ("skipped", "email is off for product")
+
+
+@override_settings(CARILLON_BROADCAST_CHUNK_SIZE=5)
 def test_a_partial_failure_retries_only_the_unsent_and_a_refusal_replays_only_its_chunk(
     users: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
