@@ -23,9 +23,7 @@ from django.conf import settings
 from kombu import Connection, Consumer, Exchange, Queue
 
 from benchmarks.clients import Recorder
-from benchmarks.hdr import (
-    histogram_record,
-)
+from benchmarks.hdr import histogram_record
 from benchmarks.loadgen import Link, Window, run_load, schedule, sync_open_loop
 from benchmarks.runner import LOG_DIR, Options, Series, ratio, report_write
 from benchmarks.scenarios.common import deliveries_received
