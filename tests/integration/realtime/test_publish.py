@@ -1,6 +1,7 @@
 """Publishing under a burst: more concurrent publishes than Redis connections in the pool."""
 
 import asyncio
+import json
 import uuid
 
 import pytest
@@ -9,12 +10,14 @@ from django.conf import settings
 from django.test import override_settings
 
 from realtime.exceptions import InvalidMessage, MessageTooLarge
+from realtime.history import history_append_many
 from realtime.services import (
     POOL_CONNECTIONS,
     arealtime_publish,
     realtime_publish,
     realtime_publish_many,
 )
+from realtime.topics import STATS_PUBLISHED_KEY, topic_parse
 from tests.integration.realtime.clients import latest_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.database_agnostic]
@@ -74,3 +77,20 @@ def test_a_redis_that_forgot_the_script_gets_it_again_and_each_message_once() ->
 
     assert realtime_publish_many([(topic, "e", {"n": 1}), (topic, "e", {"n": 2})]) == [1, 2]
     assert latest_id(topic) == 2
+
+
+def test_the_published_counter_counts_each_message_once() -> None:
+    # On a Redis database of its own (8: the suite's realtime data lives in 0, the beat
+    # tests take 9-15), where nothing else publishes: the exact count.
+    client = redis.Redis.from_url(settings.REALTIME_REDIS_URL, db=8)
+    client.flushdb()
+    try:
+        names = [f"user:{n}{uuid.uuid4().int % 10**9}" for n in (1, 2)]
+        topics = [topic_parse(name) for name in names]
+        bodies = [json.dumps({"topic": name, "event": "e", "data": {"n": n}}) for n, name in enumerate(names * 2)]
+
+        history_append_many(client, list(zip(topics * 2, bodies, strict=True)))
+
+        assert int(client.get(STATS_PUBLISHED_KEY) or 0) == 4
+    finally:
+        client.flushdb()

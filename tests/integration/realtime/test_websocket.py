@@ -265,7 +265,10 @@ def test_metrics_count_each_daphne_process_connections_and_the_messages_publishe
         before, after = asyncio.run(scenario())
     finally:
         process.stop()
-    assert after == before + 1
+    # The counter is the whole Redis's: presence changes of earlier tests' connections
+    # (an offline after its grace period) may land in the window too. That it counts each
+    # message exactly once is test_publish.py's, on a database of its own.
+    assert after >= before + 1
 
 
 @pytest.mark.parametrize("path", ["/ws/nope/", "/ws", "/events/"])
