@@ -273,23 +273,29 @@ def test_an_announcement_reaches_each_recipient_once_on_each_channel_and_respect
     assert (progress["email"]["sent"], progress["email"]["skipped"], progress["inapp"]["sent"]) == (4, 1, 5)
 
 
+def _email_failing(monkeypatch: pytest.MonkeyPatch, errors: dict[str, Exception]) -> None:
+    """Email answers these addresses with their error and really sends the rest, until
+    the monkeypatch is undone."""
+    real = senders.SENDERS[Channel.EMAIL]
+
+    def failing(*, event: Event, items: list[Any]) -> list[Any]:
+        sent = iter(real(event=event, items=[i for i in items if i.user.email not in errors]))
+        return [errors[i.user.email] if i.user.email in errors else next(sent) for i in items]
+
+    monkeypatch.setitem(senders.SENDERS, Channel.EMAIL, failing)
+
+
 @override_settings(CARILLON_BROADCAST_CHUNK_SIZE=5)
 def test_a_recipient_who_switches_the_channel_off_before_the_retry_is_skipped_not_sent(
     users: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     event = _announce(users)
     delivery_send(event_id=str(event.pk), subscriber_name="announcement_email")
-    real = senders.SENDERS[Channel.EMAIL]
     later = users[2].email
-
-    def busy_for_one(*, event: Event, items: list[Any]) -> list[Any]:
-        sent = iter(real(event=event, items=[i for i in items if i.user.email != later]))
-        return [ProviderTransientError("451 try later") if i.user.email == later else next(sent) for i in items]
-
-    monkeypatch.setitem(senders.SENDERS, Channel.EMAIL, busy_for_one)
-    with pytest.raises(ProviderTransientError):
-        delivery_send(event_id=str(event.pk), subscriber_name="announcement_email", chunk=0)
-    monkeypatch.setitem(senders.SENDERS, Channel.EMAIL, real)
+    with monkeypatch.context() as patched:
+        _email_failing(patched, {later: ProviderTransientError("451 try later")})
+        with pytest.raises(ProviderTransientError):
+            delivery_send(event_id=str(event.pk), subscriber_name="announcement_email", chunk=0)
     # Between the attempt and its retry, the user turns product email off.
     Preference.objects.create(user=users[2], category="product", channel=Channel.EMAIL, enabled=False)
     delivery_send(event_id=str(event.pk), subscriber_name="announcement_email", chunk=0)
@@ -306,23 +312,12 @@ def test_a_partial_failure_retries_only_the_unsent_and_a_refusal_replays_only_it
 ) -> None:
     event = _announce(users)
     delivery_send(event_id=str(event.pk), subscriber_name="announcement_email")
-    real = senders.SENDERS[Channel.EMAIL]
     refused, unlucky = users[1].email, users[3].email
-
-    def flaky(*, event: Event, items: list[Any]) -> list[Any]:
-        sent = real(event=event, items=[i for i in items if i.user.email not in (refused, unlucky)])
-        outcomes = iter(sent)
-        return [
-            ProviderPermanentError("550 no such mailbox") if i.user.email == refused
-            else ProviderTransientError("451 try later") if i.user.email == unlucky
-            else next(outcomes)
-            for i in items
-        ]
-
-    monkeypatch.setitem(senders.SENDERS, Channel.EMAIL, flaky)
-    with pytest.raises(ProviderTransientError, match="1 of 5 deliveries to retry"):
-        delivery_send(event_id=str(event.pk), subscriber_name="announcement_email", chunk=0)
-    monkeypatch.setitem(senders.SENDERS, Channel.EMAIL, real)
+    with monkeypatch.context() as patched:
+        _email_failing(patched, {refused: ProviderPermanentError("550 no such mailbox"),
+                                 unlucky: ProviderTransientError("451 try later")})
+        with pytest.raises(ProviderTransientError, match="1 of 5 deliveries to retry"):
+            delivery_send(event_id=str(event.pk), subscriber_name="announcement_email", chunk=0)
     with pytest.raises(ProviderPermanentError, match="1 of 5 deliveries refused"):
         delivery_send(event_id=str(event.pk), subscriber_name="announcement_email", chunk=0)  # the retry
     assert sorted(message.to[0] for message in mail.outbox) == sorted(u.email for u in users if u.email != refused)
