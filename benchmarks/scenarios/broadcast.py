@@ -295,7 +295,7 @@ def broadcast_scenario(options: Options) -> list[dict[str, Any]]:
                                          str(smtp_port), "--log-level", "WARNING"), env=env, log_dir=LOG_DIR),
         ManagedProcess("bulk-worker", python(
             "-m", "celery", "-A", "config.celery", "worker", "--loglevel", "WARNING", "--hostname", "bulk@%h",
-            "--queues", queues, "--concurrency", str(CONCURRENCY), "--include", "benchmarks.baseline_tasks",
+            "--queues", queues, "--concurrency", str(CONCURRENCY), "--prefetch-multiplier", "1", "--include", "benchmarks.baseline_tasks",
             "--without-mingle", "--without-gossip"), env=env, log_dir=LOG_DIR),
     ]
     if options.reset_rate:

@@ -140,8 +140,11 @@ CELERY_TASK_DEFAULT_QUEUE_TYPE = "quorum"
 CELERY_TASK_CREATE_MISSING_QUEUES = False
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
-# One unacknowledged message per worker process: a killed process hands back at most one.
-CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Unacknowledged messages per worker process: what a transactional worker may take
+# together in one batch when it falls behind (notifications/tasks/together.py). Broadcast
+# workers take one at a time (`--prefetch-multiplier 1`, platform/Procfile): a chunk is
+# long, and another worker should get the next one.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 16
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
@@ -329,6 +332,8 @@ LOGGING = {
 # Redeliveries of one message before RabbitMQ dead-letters it (quorum x-delivery-limit):
 # a message that kills its worker each time ends in the dead-letter queue, not a loop.
 CARILLON_DELIVERY_LIMIT = env.int("CARILLON_DELIVERY_LIMIT", default=5)
+# Transactional deliveries a worker sends together at most, when it holds that many.
+CARILLON_DELIVERY_BATCH_MAX = env.int("CARILLON_DELIVERY_BATCH_MAX", default=50)
 # Retries of a transient provider error: exponential backoff from this base, with jitter.
 CARILLON_DELIVERY_MAX_RETRIES = env.int("CARILLON_DELIVERY_MAX_RETRIES", default=6)
 CARILLON_RETRY_BACKOFF_SECONDS = env.int("CARILLON_RETRY_BACKOFF_SECONDS", default=2)

@@ -2,11 +2,15 @@
 a Delivery row per recipient, each handed to its channel's provider once."""
 
 import logging
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from contextlib import nullcontext
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -14,6 +18,7 @@ from core.errors import ProviderError, ProviderPermanentError, ProviderTransient
 from core.rows import rows_create
 from core.send_rate import send_rate_back_off, send_rate_configured, send_rate_take
 from notifications.events import EventType, event_type_get
+from notifications.exceptions import InvalidEvent
 from notifications.models import Delivery, DeliveryChunk, Event
 from notifications.providers.base import SendItem, SendResult
 from notifications.providers.senders import BATCH_SENDERS, SENDERS
@@ -23,7 +28,7 @@ from notifications.services.delivery_status import (
     FINAL_STATUSES,
     deliveries_mark_sent,
 )
-from notifications.subscribers import Subscriber, subscriber_get
+from notifications.subscribers import Subscriber, event_user, subscriber_get
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +85,86 @@ def delivery_send(
     return deliveries
 
 
+def deliveries_send_together(*, works: Sequence[tuple[str, str]]) -> list[bool]:
+    """Do several (event, subscriber) works at once, each for the event's own user: the
+    transactional case when a worker holds many messages. One read of the events, one of
+    their users, one of the preferences per category, one insert, one send per event and
+    channel, one record of the sends. Answer, for each work, whether it is done.
+
+    A work that is not done is left to `delivery_send`, run alone, which knows every other
+    case and retries or records failures: an audience, a send rate or batch window to
+    respect, a cancelled event, a recipient missing, a delivery that an earlier run
+    created, or one that did not end sent or skipped here (refused, or to retry).
+    """
+    events = Event.objects.in_bulk([key for key in (_uuid(event_id) for event_id, _ in works) if key])
+    planned: dict[int, tuple[Event, Subscriber, EventType]] = {}
+    for index, (event_id, name) in enumerate(works):
+        event, subscriber = events.get(_uuid(event_id)), _subscriber_or_none(name)  # type: ignore[arg-type]
+        if event is not None and subscriber is not None and _sent_together(event, subscriber):
+            planned[index] = (event, subscriber, event_type_get(name=event.type, version=event.version))
+    user_ids = {index: event.data.get("user_id") for index, (event, _, _) in planned.items()}
+    users = get_user_model().objects.in_bulk([pk for pk in user_ids.values() if isinstance(pk, int)])
+    planned = {index: work for index, work in planned.items() if user_ids[index] in users}
+
+    # Who switched each (category, channel) off: one read per pair among these works.
+    asked: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for index, (_, subscriber, event_type) in planned.items():
+        if not event_type.mandatory:
+            asked[(event_type.category, subscriber.channel)].append(user_ids[index])
+    off = {(category, channel): preferences_disabled(user_ids=ids, category=category, channel=channel)
+           for (category, channel), ids in asked.items()}
+    now = timezone.now()
+    deliveries = {
+        index: _delivery_new(
+            event, subscriber, user_ids[index], off=off.get((event_type.category, subscriber.channel), set()),
+            skip_reason=f"{subscriber.channel} is off for {event_type.category}", attempted_at=now,
+        )
+        for index, (event, subscriber, event_type) in planned.items()
+    }
+    try:
+        Delivery.objects.bulk_create(deliveries.values())
+    except IntegrityError:
+        return [False] * len(works)  # a rerun of some work: each goes alone, finding its rows
+
+    by_send: dict[tuple[str, uuid.UUID], list[SendItem]] = defaultdict(list)
+    for index, delivery in deliveries.items():
+        if delivery.status == Delivery.Status.SENDING:
+            event, subscriber, _ = planned[index]
+            by_send[(subscriber.channel, event.pk)].append(SendItem(delivery=delivery, user=users[user_ids[index]],
+                                                                    in_doubt_since=None))
+    items: list[SendItem] = []
+    results: list[SendResult | ProviderError] = []
+    for (channel, event_pk), group in by_send.items():
+        items += group
+        results += SENDERS[channel](event=events[event_pk], items=group)
+    with transaction.atomic() if len(items) > 1 else nullcontext():
+        _outcomes_record(items, results, [])
+    sent = {item.delivery.pk for item, result in zip(items, results, strict=True) if isinstance(result, SendResult)}
+    return [index in deliveries and (deliveries[index].status == Delivery.Status.SKIPPED or deliveries[index].pk in sent)
+            for index in range(len(works))]
+
+
+def _uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _sent_together(event: Event, subscriber: Subscriber) -> bool:
+    """Whether `deliveries_send_together` can do this work: one recipient named by the
+    event, sent at once."""
+    return (event.audience is None and event.cancelled_at is None and subscriber.recipients is event_user
+            and subscriber.channel in SENDERS and send_rate_configured(subscriber.channel) is None)
+
+
+def _subscriber_or_none(name: str) -> Subscriber | None:
+    try:
+        return subscriber_get(name)
+    except InvalidEvent:
+        return None
+
+
 def _deliveries_open(
     event: Event, subscriber: Subscriber, users: list[Any], *, off: set[int], skip_reason: str, attempted: bool
 ) -> tuple[list[Delivery], set[int]]:
@@ -90,18 +175,9 @@ def _deliveries_open(
     attempted now (`attempted`: it is sent right after) or pending.
     """
     now = timezone.now()
-
-    def new(user: Any) -> Delivery:
-        delivery = Delivery(event=event, subscriber=subscriber.name, recipient=f"user:{user.pk}",
-                            channel=subscriber.channel, user_id=user.pk)
-        if user.pk in off:
-            delivery.status, delivery.last_error = Delivery.Status.SKIPPED, skip_reason
-        elif attempted:
-            delivery.status, delivery.attempts, delivery.attempt_started_at = Delivery.Status.SENDING, 1, now
-        return delivery
-
     deliveries = rows_create(
-        [new(user) for user in users],
+        [_delivery_new(event, subscriber, user.pk, off=off, skip_reason=skip_reason, attempted_at=now if attempted else None)
+         for user in users],
         key=lambda delivery: delivery.recipient,
         stored=lambda: Delivery.objects.filter(
             event=event, subscriber=subscriber.name, recipient__in=[f"user:{user.pk}" for user in users]
@@ -111,6 +187,21 @@ def _deliveries_open(
     # attempt may have reached the provider) carries that run's.
     born = {d.pk for d in deliveries if attempted and d.status == Delivery.Status.SENDING and d.attempt_started_at == now}
     return deliveries, born
+
+
+def _delivery_new(
+    event: Event, subscriber: Subscriber, user_id: int, *, off: set[int], skip_reason: str,
+    attempted_at: datetime | None,
+) -> Delivery:
+    """A new delivery: skipped if its user switched the channel off, else attempted at
+    `attempted_at` (it is sent right after) or pending."""
+    delivery = Delivery(event=event, subscriber=subscriber.name, recipient=f"user:{user_id}",
+                        channel=subscriber.channel, user_id=user_id)
+    if user_id in off:
+        delivery.status, delivery.last_error = Delivery.Status.SKIPPED, skip_reason
+    elif attempted_at is not None:
+        delivery.status, delivery.attempts, delivery.attempt_started_at = Delivery.Status.SENDING, 1, attempted_at
+    return delivery
 
 
 def _preferences_off(event_type: EventType, subscriber: Subscriber, users: list[Any]) -> set[int]:
@@ -156,7 +247,7 @@ def _deliveries_attempt(
         results = SENDERS[channel](event=event, items=items)
         # One commit for the piece's outcomes; one item's is a single statement already.
         with transaction.atomic() if len(items) > 1 else nullcontext():
-            transient += _outcomes_record(event, channel, items, results, refused)
+            transient += _outcomes_record(items, results, refused)
         paused = max((exc.retry_after or 0 for exc in transient), default=0)
         if paused:
             send_rate_back_off(name=channel, seconds=paused)
@@ -185,8 +276,7 @@ def _attempts_begin(piece: list[tuple[Delivery, Any]], born: set[int]) -> list[S
 
 
 def _outcomes_record(
-    event: Event, channel: str, items: list[SendItem], results: list[SendResult | ProviderError],
-    refused: list[tuple[int, str]],
+    items: list[SendItem], results: list[SendResult | ProviderError], refused: list[tuple[int, str]],
 ) -> list[ProviderTransientError]:
     """Record each delivery's outcome (the sent ones together); add those refused for
     good to `refused`; answer the transient errors met."""
@@ -194,7 +284,9 @@ def _outcomes_record(
     sent = {item.delivery.pk: result for item, result in zip(items, results, strict=True) if isinstance(result, SendResult)}
     if sent:
         deliveries_mark_sent(sent)
-        logger.info("event %s: %s sent to %d recipients", event.id, channel, len(sent))
+        for (event_id, channel), count in Counter((item.delivery.event_id, item.delivery.channel) for item in items
+                                                  if item.delivery.pk in sent).items():
+            logger.info("event %s: %s sent to %d recipients", event_id, channel, count)
     for item, result in zip(items, results, strict=True):
         pk = item.delivery.pk
         if isinstance(result, SendResult):
@@ -210,5 +302,6 @@ def _outcomes_record(
                 status=Delivery.Status.FAILED, last_error=str(result), provider_response=result.response
             )
             refused.append((pk, str(result)))
-            logger.warning("delivery %s of event %s: %s refused: %s", pk, event.id, channel, result)
+            logger.warning("delivery %s of event %s: %s refused: %s", pk, item.delivery.event_id, item.delivery.channel,
+                           result)
     return transient

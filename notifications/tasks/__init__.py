@@ -1,5 +1,6 @@
 """Celery tasks of the critical app: per channel, a delivery task (one event's work for one
-subscriber; for a broadcast, its planning) and a chunk task (one chunk of a broadcast), all
+subscriber; for a broadcast, its planning; several taken together when the worker holds
+several, notifications/tasks/together.py) and a chunk task (one chunk of a broadcast), all
 over the shared machinery of DeliveryTask (autodiscovered by config/celery.py)."""
 
 from celery import Task
@@ -8,11 +9,12 @@ from config.celery import app
 from notifications.channels import Channel, Lane
 from notifications.queues import channel_queue_name, chunk_task_name, delivery_task_name
 from notifications.tasks.base import DeliveryTask
+from notifications.tasks.together import TogetherDeliveryTask
 
 
 def _delivery_task(channel: str) -> Task:
     @app.task(
-        base=DeliveryTask, bind=True, name=delivery_task_name(channel), queue=channel_queue_name(channel), shared=False
+        base=TogetherDeliveryTask, bind=True, name=delivery_task_name(channel), queue=channel_queue_name(channel), shared=False
     )
     def deliver(self: DeliveryTask, event_id: str, subscriber: str, waited: bool = False) -> None:
         """Send one event's notifications for one subscriber on this channel, or plan a

@@ -1,0 +1,164 @@
+"""Transactional deliveries sent together: a worker that holds several messages sends them
+in one batch, each exactly once, and leaves whatever a batch cannot finish to the
+ordinary task. Real RabbitMQ, workers, database and sandbox."""
+
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from core.errors import ProviderPermanentError
+from notifications.channels import Channel
+from notifications.models import Delivery, Preference
+from notifications.services.deliveries import deliveries_send_together, delivery_send
+from notifications.services.events import event_publish
+from sandbox.client import SandboxClient
+from tests.factories import EventFactory
+from tests.integration.test_pipeline import RESET_URL, make_user, statuses
+from tests.processes import ManagedProcess, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def users_made(count: int, prefix: str) -> list[Any]:
+    return [make_user(f"{prefix}{n}", phone=f"+1555300{n:04d}") for n in range(count)]
+
+
+def emails_seen(sandbox: SandboxClient) -> list[str]:
+    """Each email a mailbox shows, by recipient (the sandbox shows a Message-ID once)."""
+    return sorted(address for mail in sandbox.received("email") for address in mail["rcpt_to"])
+
+
+def emails_sent_here(outbox: list[Any]) -> list[str]:
+    """The recipients of what this test process sent (Django's test outbox)."""
+    return sorted(address for mail in outbox for address in mail.to)
+
+
+def statements_sending_together(works: list[tuple[str, str]]) -> tuple[list[bool], int]:
+    """What `deliveries_send_together` answers, and the SQL statements it ran (not
+    counting SQLite's BEGIN and COMMIT)."""
+    with CaptureQueriesContext(connection) as captured:
+        done = deliveries_send_together(works=works)
+    return done, sum(query["sql"] not in ("BEGIN IMMEDIATE", "COMMIT") for query in captured.captured_queries)
+
+
+def test_ten_works_sent_together_cost_the_statements_of_one(pipeline_settings: None, mailoutbox: list[Any]) -> None:
+    # The events, their users, their preferences, one insert, one record of the sends.
+    users = users_made(11, "together")
+    events = [EventFactory.create(type="account.created", data={"user_id": user.pk}) for user in users]
+
+    one = statements_sending_together([(str(events[0].id), "transactional_email")])
+    ten = statements_sending_together([(str(event.id), "transactional_email") for event in events[1:]])
+
+    assert one == ([True], 5)
+    assert ten == ([True] * 10, 5)
+    assert [statuses(event) for event in events] == [{"transactional_email": "sent"}] * 11
+    assert emails_sent_here(mailoutbox) == sorted(user.email for user in users)
+
+
+def test_works_a_batch_cannot_finish_are_left_to_run_alone(pipeline_settings: None, mailoutbox: list[Any]) -> None:
+    sent, switched_off, without_address, gone = users_made(4, "mixed")
+    Preference.objects.create(user=switched_off, category="account", channel=Channel.EMAIL, enabled=False)
+    get_user_model().objects.filter(pk=without_address.pk).update(email="")
+    announcement = EventFactory.create(type="product.announcement", data={}, audience={"users": [sent.pk]})
+    events = [EventFactory.create(type="account.created", data={"user_id": user.pk})
+              for user in (sent, switched_off, without_address, gone)]
+    get_user_model().objects.filter(pk=gone.pk).delete()
+    works = [
+        *((str(event.id), "transactional_email") for event in events),
+        (str(announcement.id), "announcement_email"),  # an audience: planned into chunks
+        (str(events[0].id), "no_such_subscriber"),
+        ("not-an-event-id", "transactional_email"),
+    ]
+
+    done = deliveries_send_together(works=works)
+
+    assert done == [True, True, False, False, False, False, False]
+    assert statuses(events[0]) == {"transactional_email": "sent"}
+    assert statuses(events[1]) == {"transactional_email": "skipped"}
+    assert statuses(events[2]) == {"transactional_email": "failed"}  # refused: the task alone records it
+    assert statuses(events[3]) == statuses(announcement) == {}
+    assert emails_sent_here(mailoutbox) == [sent.email]
+    with pytest.raises(ProviderPermanentError, match="has no email address"):
+        delivery_send(event_id=str(events[2].id), subscriber_name="transactional_email")
+
+
+def test_works_sent_together_and_run_again_send_nothing_twice(pipeline_settings: None, mailoutbox: list[Any]) -> None:
+    # A message redelivered after its batch sent it (the worker died before the ack).
+    users = users_made(3, "again")
+    works = [(str(EventFactory.create(type="account.created", data={"user_id": user.pk}).id), "transactional_email")
+             for user in users]
+    assert deliveries_send_together(works=works) == [True] * 3
+
+    assert deliveries_send_together(works=works) == [False] * 3
+    for event_id, subscriber in works:
+        delivery_send(event_id=event_id, subscriber_name=subscriber)
+
+    assert Delivery.objects.filter(status=Delivery.Status.SENT).count() == 3
+    assert len(mailoutbox) == 3
+
+
+def burst(users: list[Any]) -> list[Any]:
+    """A password reset for each user, published at once (email and SMS each)."""
+    with transaction.atomic():
+        return [event_publish(type="password.reset_requested", data={"user_id": user.pk, "reset_url": RESET_URL})
+                for user in users]
+
+
+def all_sent(events: list[Any]) -> bool:
+    """Each reset's email sent, its SMS sent (or already confirmed delivered by Twilio)."""
+    return all(
+        statuses(event).get("transactional_email") == "sent" and statuses(event).get("security_sms") in ("sent", "delivered")
+        for event in events
+    )
+
+
+def test_a_worker_that_falls_behind_sends_what_it_holds_together_each_once(
+    start_pipeline_worker: Callable[..., ManagedProcess], pipeline_settings: None, sandbox: SandboxClient
+) -> None:
+    start_pipeline_worker("together")
+    sandbox.set_knobs("email", latency_ms=200)  # the first sends are slow: the rest wait in the worker
+    users = users_made(30, "burst")
+
+    events = burst(users)
+
+    wait_for(lambda: all_sent(events), "every reset sent by email and SMS", timeout=60)
+    assert emails_seen(sandbox) == sorted(user.email for user in users)
+    assert sorted(sms["to"] for sms in sandbox.received("sms")) == [f"+1555300{n:04d}" for n in range(30)]
+    # Deliveries sent together were created together: fewer attempt start times than emails.
+    emails = Delivery.objects.filter(subscriber="transactional_email", event__in=events)
+    assert emails.values("attempt_started_at").distinct().count() < 30
+    assert set(emails.values_list("attempts", flat=True)) == {1}
+
+
+def test_a_pool_process_killed_mid_batch_loses_nothing_and_shows_nobody_a_duplicate(
+    start_pipeline_worker: Callable[..., ManagedProcess], pipeline_settings: None, sandbox: SandboxClient
+) -> None:
+    worker = start_pipeline_worker("doomed-batch")
+    sandbox.set_knobs("email", latency_ms=400)
+    users = users_made(20, "killed")
+    events = burst(users)
+
+    def batch_under_way() -> bool:
+        started = Delivery.objects.filter(subscriber="transactional_email", status=Delivery.Status.SENDING)
+        return started.values("attempt_started_at").distinct().count() < started.count() and bool(
+            sandbox.received("email"))
+
+    wait_for(batch_under_way, "a batch of emails half sent")
+    # The pool processes die, as an OOM kill would take them; the worker's main process,
+    # which holds the messages, lives on and runs each alone.
+    pool = subprocess.run(["pgrep", "-P", str(worker.process.pid)], capture_output=True, text=True, check=False)
+    for pid in map(int, pool.stdout.split()):
+        os.kill(pid, signal.SIGKILL)
+    sandbox.set_knobs("email", latency_ms=0)
+
+    wait_for(lambda: all_sent(events), "every reset sent after the kill", timeout=90)
+    assert emails_seen(sandbox) == sorted(user.email for user in users)
+    assert len(sandbox.received("sms")) == 20
+    assert worker.process.poll() is None
