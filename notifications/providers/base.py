@@ -22,21 +22,22 @@ class SendResult:
 
 @dataclass(frozen=True)
 class SendItem:
-    """One delivery to hand to the provider. `in_doubt_since` is set when an earlier
-    attempt started at that time and may have reached the provider before dying: check
-    before sending again, or send with the same idempotency key."""
+    """One delivery of an event to hand to the provider. `in_doubt_since` is set when an
+    earlier attempt started at that time and may have reached the provider before dying:
+    check before sending again, or send with the same idempotency key."""
 
+    event: Event
     delivery: Delivery
     user: AbstractBaseUser
     in_doubt_since: datetime | None
 
 
 class Sender(Protocol):
-    def __call__(self, *, event: Event, items: list[SendItem]) -> list[SendResult | ProviderError]:
-        """Hand deliveries of one event to the provider, together where the provider
-        allows (one SMTP connection, one bulk insert, a few requests at once); answer each
-        one's result or the error it met, in order. One item is the transactional case and
-        must cost no more than a single send."""
+    def __call__(self, *, items: list[SendItem]) -> list[SendResult | ProviderError]:
+        """Hand deliveries (of one event, or of several sent together) to the provider,
+        together where the provider allows (one SMTP connection, one bulk insert, a few
+        requests at once); answer each one's result or the error it met, in order. One
+        item is the transactional case and must cost no more than a single send."""
         ...
 
 
@@ -69,6 +70,20 @@ def renders(channel: str, event: Event, part: str, users: Sequence[AbstractBaseU
     if template_reads_no_user(source):
         return [template.render({"event": event, "data": event.data, "user": None}).strip()] * len(users)
     return [template.render({"event": event, "data": event.data, "user": user}).strip() for user in users]
+
+
+def renders_each(channel: str, part: str, items: Sequence[SendItem]) -> list[str]:
+    """`renders` for items of one or several events: each event's template rendered for
+    its own items, answered in the items' order."""
+    by_event: dict[Any, list[int]] = {}
+    for index, item in enumerate(items):
+        by_event.setdefault(item.event.pk, []).append(index)
+    texts = [""] * len(items)
+    for indexes in by_event.values():
+        event = items[indexes[0]].event
+        for index, text in zip(indexes, renders(channel, event, part, [items[i].user for i in indexes]), strict=True):
+            texts[index] = text
+    return texts
 
 
 def retry_after_seconds(value: str | None) -> float | None:

@@ -12,8 +12,8 @@ from django.core.mail.backends.base import BaseEmailBackend
 
 from core.errors import ProviderError, ProviderPermanentError, ProviderTransientError
 from notifications.events import Lane, event_type_get
-from notifications.models import Delivery, Event
-from notifications.providers.base import SendItem, SendResult, renders
+from notifications.models import Delivery
+from notifications.providers.base import SendItem, SendResult, renders_each
 from notifications.providers.postmark.client import (
     MAX_BATCH_MESSAGES,
     postmark_configured,
@@ -77,18 +77,18 @@ def email_message_send(
     return str(getattr(status, "message_id", None) or message_id)
 
 
-def email_send(*, event: Event, items: list[SendItem]) -> list[SendResult | ProviderError]:
-    """Send each delivery's email: to Postmark in a request per 500, or over one SMTP (or
-    ESP) connection.
+def email_send(*, items: list[SendItem]) -> list[SendResult | ProviderError]:
+    """Send each delivery's email, whichever event it is of: to Postmark in a request per
+    500, or over one SMTP (or ESP) connection.
 
     A connection lost midway leaves the rest unsent, each answered as a transient error:
     the retry sends only those. A resend of one in doubt is the same message (its
     Message-ID), which the mailbox shows once.
     """
     if postmark_configured():
-        return _email_send_postmark(event, items)
+        return _email_send_postmark(items)
     results: list[SendResult | ProviderError] = []
-    emails = _rendered(event, items)
+    emails = _rendered(items)
     connection = get_connection()
     try:
         connection.open()
@@ -108,19 +108,20 @@ def email_send(*, event: Event, items: list[SendItem]) -> list[SendResult | Prov
     return results + [unsent] * (len(items) - len(results))
 
 
-def _email_send_postmark(event: Event, items: list[SendItem]) -> list[SendResult | ProviderError]:
-    """Each delivery's email rendered for its user; those with an address sent in batches."""
-    bulk = event_type_get(name=event.type, version=event.version).lane == Lane.BULK
-    stream = settings.POSTMARK_BROADCAST_STREAM if bulk else settings.POSTMARK_TRANSACTIONAL_STREAM
+def _email_send_postmark(items: list[SendItem]) -> list[SendResult | ProviderError]:
+    """Each delivery's email rendered for its user; those with an address sent in batches,
+    a broadcast's in the broadcast stream."""
     results: list[SendResult | ProviderError | None] = [None] * len(items)
     messages: list[tuple[int, dict[str, object]]] = []
-    for index, (item, email) in enumerate(zip(items, _rendered(event, items), strict=True)):
+    for index, (item, email) in enumerate(zip(items, _rendered(items), strict=True)):
         try:
             address = _address(item)
         except ProviderPermanentError as exc:
             results[index] = exc
             continue
-        metadata = {"delivery": str(item.delivery.pk), "event": str(event.pk)}
+        bulk = event_type_get(name=item.event.type, version=item.event.version).lane == Lane.BULK
+        stream = settings.POSTMARK_BROADCAST_STREAM if bulk else settings.POSTMARK_TRANSACTIONAL_STREAM
+        metadata = {"delivery": str(item.delivery.pk), "event": str(item.event.pk)}
         messages.append((index, _postmark_message(to=address, **email, stream=stream, metadata=metadata)))
     sent = _postmark_send([message for _, message in messages])
     for (index, _), result in zip(messages, sent, strict=True):
@@ -174,10 +175,9 @@ def _address(item: SendItem) -> str:
     return address
 
 
-def _rendered(event: Event, items: list[SendItem]) -> list[dict[str, str]]:
+def _rendered(items: list[SendItem]) -> list[dict[str, str]]:
     """Each delivery's email for its user: subject, text and HTML, and its Message-ID."""
-    users = [item.user for item in items]
-    parts = {name: renders("email", event, part, users)
+    parts = {name: renders_each("email", part, items)
              for name, part in (("subject", "subject.txt"), ("text", "txt"), ("html", "html"))}
     return [
         {"subject": subject, "text": text, "html": html, "message_id": message_id(item.delivery)}

@@ -5,23 +5,22 @@ from redis.exceptions import RedisError
 
 from core.errors import ProviderError, ProviderTransientError
 from core.rows import rows_create
-from notifications.models import Event, Notification
-from notifications.providers.base import SendItem, SendResult, renders
+from notifications.models import Notification
+from notifications.providers.base import SendItem, SendResult, renders_each
 from notifications.selectors import notification_payloads
 from realtime.services import realtime_publish_many
 from realtime.topics import user_topic
 
 
-def inapp_send(*, event: Event, items: list[SendItem]) -> list[SendResult | ProviderError]:
-    """Insert the deliveries' notifications together (a retry keeps the rows it made) and
-    push them to their users in one round trip to Redis."""
-    users = [item.user for item in items]
-    titles, bodies = renders("inapp", event, "title.txt", users), renders("inapp", event, "txt", users)
+def inapp_send(*, items: list[SendItem]) -> list[SendResult | ProviderError]:
+    """Insert the deliveries' notifications together, whichever event each is of (a retry
+    keeps the rows it made), and push them to their users in one round trip to Redis."""
+    titles, bodies = renders_each("inapp", "title.txt", items), renders_each("inapp", "txt", items)
     notifications = rows_create(
         [
             Notification(
-                delivery=item.delivery, user_id=item.user.pk, event=event, kind=event.type, title=title, body=body,
-                data=event.data,
+                delivery=item.delivery, user_id=item.user.pk, event=item.event, kind=item.event.type, title=title,
+                body=body, data=item.event.data,
             )
             for item, title, body in zip(items, titles, bodies, strict=True)
         ],

@@ -88,8 +88,8 @@ def delivery_send(
 def deliveries_send_together(*, works: Sequence[tuple[str, str]]) -> list[bool]:
     """Do several (event, subscriber) works at once, each for the event's own user: the
     transactional case when a worker holds many messages. One read of the events, one of
-    their users, one of the preferences per category, one insert, one send per event and
-    channel, one record of the sends. Answer, for each work, whether it is done.
+    their users, one of the preferences per category, one insert, one send per channel
+    (one SMTP session for every email), one record of the sends. Answer, for each work, whether it is done.
 
     A work that is not done is left to `delivery_send`, run alone, which knows every other
     case and retries or records failures: an audience, a send rate or batch window to
@@ -126,17 +126,17 @@ def deliveries_send_together(*, works: Sequence[tuple[str, str]]) -> list[bool]:
     except IntegrityError:
         return [False] * len(works)  # a rerun of some work: each goes alone, finding its rows
 
-    by_send: dict[tuple[str, uuid.UUID], list[SendItem]] = defaultdict(list)
+    by_channel: dict[str, list[SendItem]] = defaultdict(list)
     for index, delivery in deliveries.items():
         if delivery.status == Delivery.Status.SENDING:
             event, subscriber, _ = planned[index]
-            by_send[(subscriber.channel, event.pk)].append(SendItem(delivery=delivery, user=users[user_ids[index]],
-                                                                    in_doubt_since=None))
+            by_channel[subscriber.channel].append(
+                SendItem(event=event, delivery=delivery, user=users[user_ids[index]], in_doubt_since=None))
     items: list[SendItem] = []
     results: list[SendResult | ProviderError] = []
-    for (channel, event_pk), group in by_send.items():
+    for channel, group in by_channel.items():  # one SMTP session, one insert of notifications...
         items += group
-        results += SENDERS[channel](event=events[event_pk], items=group)
+        results += SENDERS[channel](items=group)
     with transaction.atomic() if len(items) > 1 else nullcontext():
         _outcomes_record(items, results, [])
     sent = {item.delivery.pk for item, result in zip(items, results, strict=True) if isinstance(result, SendResult)}
@@ -243,8 +243,8 @@ def _deliveries_attempt(
                 status=Delivery.Status.CANCELLED, last_error="the event was cancelled"
             )
             break
-        items = _attempts_begin(piece, born)
-        results = SENDERS[channel](event=event, items=items)
+        items = _attempts_begin(event, piece, born)
+        results = SENDERS[channel](items=items)
         # One commit for the piece's outcomes; one item's is a single statement already.
         with transaction.atomic() if len(items) > 1 else nullcontext():
             transient += _outcomes_record(items, results, refused)
@@ -258,7 +258,7 @@ def _deliveries_attempt(
     return refused
 
 
-def _attempts_begin(piece: list[tuple[Delivery, Any]], born: set[int]) -> list[SendItem]:
+def _attempts_begin(event: Event, piece: list[tuple[Delivery, Any]], born: set[int]) -> list[SendItem]:
     """Mark attempts under way (one update; none for deliveries `born` attempted); each
     item carries when its previous attempt began if that one may have reached the
     provider (it died, or timed out, "sending")."""
@@ -268,7 +268,7 @@ def _attempts_begin(piece: list[tuple[Delivery, Any]], born: set[int]) -> list[S
             status=Delivery.Status.SENDING, attempts=F("attempts") + 1, attempt_started_at=timezone.now()
         )
     return [
-        SendItem(delivery=delivery, user=user,
+        SendItem(event=event, delivery=delivery, user=user,
                  in_doubt_since=delivery.attempt_started_at
                  if delivery.status == Delivery.Status.SENDING and delivery.pk not in born else None)
         for delivery, user in piece

@@ -16,6 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from core.errors import ProviderPermanentError
 from notifications.channels import Channel
 from notifications.models import Delivery, Preference
+from notifications.providers import email
 from notifications.services.deliveries import deliveries_send_together, delivery_send
 from notifications.services.events import event_publish
 from sandbox.client import SandboxClient
@@ -48,8 +49,19 @@ def statements_sending_together(works: list[tuple[str, str]]) -> tuple[list[bool
     return done, sum(query["sql"] not in ("BEGIN IMMEDIATE", "COMMIT") for query in captured.captured_queries)
 
 
-def test_ten_works_sent_together_cost_the_statements_of_one(pipeline_settings: None, mailoutbox: list[Any]) -> None:
-    # The events, their users, their preferences, one insert, one record of the sends.
+def test_ten_works_sent_together_cost_the_statements_and_the_smtp_session_of_one(
+    pipeline_settings: None, mailoutbox: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The events, their users, their preferences, one insert, one record of the sends;
+    # every email over one connection.
+    sessions: list[object] = []
+    real = email.get_connection
+
+    def get_connection() -> object:
+        sessions.append(real())
+        return sessions[-1]
+
+    monkeypatch.setattr(email, "get_connection", get_connection)
     users = users_made(11, "together")
     events = [EventFactory.create(type="account.created", data={"user_id": user.pk}) for user in users]
 
@@ -58,6 +70,7 @@ def test_ten_works_sent_together_cost_the_statements_of_one(pipeline_settings: N
 
     assert one == ([True], 5)
     assert ten == ([True] * 10, 5)
+    assert len(sessions) == 2
     assert [statuses(event) for event in events] == [{"transactional_email": "sent"}] * 11
     assert emails_sent_here(mailoutbox) == sorted(user.email for user in users)
 

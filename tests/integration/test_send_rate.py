@@ -28,7 +28,7 @@ def password_reset_emails(users: list[Any]) -> list[SendItem]:
     """A password reset for the first user, and an email delivery of it to each user."""
     event = EventFactory.create(type="password.reset_requested", data={"user_id": users[0].pk, "reset_url": "https://x.example/r"})
     return [
-        SendItem(delivery=Delivery.objects.create(event=event, subscriber="transactional_email", recipient=f"user:{user.pk}",
+        SendItem(event=event, delivery=Delivery.objects.create(event=event, subscriber="transactional_email", recipient=f"user:{user.pk}",
                                                   channel="email", user_id=user.pk), user=user, in_doubt_since=None)
         for user in users
     ]
@@ -86,7 +86,7 @@ def test_twilios_429_pauses_for_as_long_as_its_retry_after_says(
         event=event, subscriber="security_sms", recipient=f"user:{user.pk}", channel="sms", user_id=user.pk
     )
 
-    [result] = sms_send(event=event, items=[SendItem(delivery=delivery, user=user, in_doubt_since=None)])
+    [result] = sms_send(items=[SendItem(event=event, delivery=delivery, user=user, in_doubt_since=None)])
 
     assert isinstance(result, ProviderTransientError) and result.retry_after == 4
 
@@ -100,7 +100,7 @@ def test_an_smtp_421_pauses_email_and_sends_nothing_more_on_that_connection(
     sandbox.set_knobs("email", rate_limit_per_second=0.2)
     items = password_reset_emails([recipient_user(f"grace{n}") for n in range(3)])
 
-    results = email_send(event=items[0].delivery.event, items=items)
+    results = email_send(items=items)
 
     # SMTP has no Retry-After: the channel pauses for the configured time, and the rest
     # wait for it instead of each being refused in turn (a real server closes on 421).
@@ -120,8 +120,8 @@ def test_through_postmark_transactional_email_is_one_request_and_a_429_puts_it_o
     with override_settings(POSTMARK_SERVER_TOKEN="sandbox-postmark-token", POSTMARK_API_BASE_URL=sandbox.url):
         sandbox.set_knobs("email", rate_limit_per_second=1)
         first, again = password_reset_emails(users), password_reset_emails(users)
-        sent = email_send(event=first[0].delivery.event, items=first)
-        limited = email_send(event=again[0].delivery.event, items=again)
+        sent = email_send(items=first)
+        limited = email_send(items=again)
 
     assert [type(result).__name__ for result in sent] == ["SendResult", "SendResult", "ProviderPermanentError"]
     mails = sandbox.received("email")
@@ -143,7 +143,7 @@ def test_through_postmark_a_request_refused_for_its_rate_leaves_the_later_ones_u
     sandbox.set_knobs("email", rate_limit_per_second=1)
 
     with override_settings(POSTMARK_SERVER_TOKEN="sandbox-postmark-token", POSTMARK_API_BASE_URL=sandbox.url):
-        results = email_send(event=items[0].delivery.event, items=items)
+        results = email_send(items=items)
 
     assert [type(result).__name__ for result in results] == ["SendResult"] * 2 + ["ProviderTransientError"] * 3
     assert all(result.retry_after and not result.in_doubt for result in results[2:])  # type: ignore[union-attr]

@@ -11,8 +11,8 @@ from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.rest import Client
 
 from core.errors import ProviderError, ProviderPermanentError, ProviderTransientError
-from notifications.models import Delivery, Event, Recipient
-from notifications.providers.base import SendItem, SendResult, renders
+from notifications.models import Delivery, Recipient
+from notifications.providers.base import SendItem, SendResult, renders_each
 from notifications.providers.twilio.client import twilio_client
 
 logger = logging.getLogger(__name__)
@@ -37,14 +37,14 @@ def _already_sent(client: Client, to: str, body: str, since: datetime) -> str | 
     return None
 
 
-def sms_send(*, event: Event, items: list[SendItem]) -> list[SendResult | ProviderError]:
+def sms_send(*, items: list[SendItem]) -> list[SendResult | ProviderError]:
     """Send each delivery's SMS. Twilio has no batch endpoint: a few requests go at once
     (CARILLON_SMS_CONCURRENCY), each on its own; what the database knows is read first,
     in bulk, so the threads only talk to Twilio."""
     numbers = dict(
         Recipient.objects.filter(user_id__in=[item.user.pk for item in items]).values_list("user_id", "phone_number")
     )
-    bodies = renders("sms", event, "txt", [item.user for item in items])
+    bodies = renders_each("sms", "txt", items)
     requests = [
         (item, numbers.get(item.user.pk, ""), body, status_callback_url(item.delivery))
         for item, body in zip(items, bodies, strict=True)

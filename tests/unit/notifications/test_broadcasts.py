@@ -278,8 +278,8 @@ def _email_failing(monkeypatch: pytest.MonkeyPatch, errors: dict[str, Exception]
     the monkeypatch is undone."""
     real = senders.SENDERS[Channel.EMAIL]
 
-    def failing(*, event: Event, items: list[Any]) -> list[Any]:
-        sent = iter(real(event=event, items=[i for i in items if i.user.email not in errors]))
+    def failing(*, items: list[Any]) -> list[Any]:
+        sent = iter(real(items=[i for i in items if i.user.email not in errors]))
         return [errors[i.user.email] if i.user.email in errors else next(sent) for i in items]
 
     monkeypatch.setitem(senders.SENDERS, Channel.EMAIL, failing)
