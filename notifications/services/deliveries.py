@@ -18,7 +18,7 @@ from core.errors import ProviderError, ProviderPermanentError, ProviderTransient
 from core.rows import rows_create
 from core.send_rate import send_rate_back_off, send_rate_configured, send_rate_take
 from notifications.events import EventType, event_type_get
-from notifications.exceptions import InvalidEvent
+from notifications.exceptions import BatchPending, InvalidEvent
 from notifications.models import Delivery, DeliveryChunk, Event
 from notifications.providers.base import SendItem, SendResult
 from notifications.providers.senders import BATCH_SENDERS, SENDERS
@@ -89,7 +89,8 @@ def deliveries_send_together(*, works: Sequence[tuple[str, str]]) -> list[bool]:
     """Do several (event, subscriber) works at once, each for the event's own user: the
     transactional case when a worker holds many messages. One read of the events, one of
     their users, one of the preferences per category, one insert, one send per channel
-    (one SMTP session for every email), one record of the sends. Answer, for each work, whether it is done.
+    (one SMTP session for every email, one Mixpanel request for several analytics
+    events), one record of the sends. Answer, for each work, whether it is done.
 
     A work that is not done is left to `delivery_send`, run alone, which knows every other
     case and retries or records failures: an audience, a send rate or batch window to
@@ -102,6 +103,11 @@ def deliveries_send_together(*, works: Sequence[tuple[str, str]]) -> list[bool]:
         event, subscriber = events.get(_uuid(event_id)), _subscriber_or_none(name)  # type: ignore[arg-type]
         if event is not None and subscriber is not None and _sent_together(event, subscriber):
             planned[index] = (event, subscriber, event_type_get(name=event.type, version=event.version))
+    # Analytics of a lone event waits out its batch window (the ordinary task); several in
+    # one batch are a batch already, and go to Mixpanel in one request now.
+    lone = {channel for channel, count in Counter(s.channel for _, s, _ in planned.values()).items()
+            if channel in BATCH_SENDERS and count < 2}
+    planned = {index: work for index, work in planned.items() if work[1].channel not in lone}
     user_ids = {index: event.data.get("user_id") for index, (event, _, _) in planned.items()}
     users = get_user_model().objects.in_bulk([pk for pk in user_ids.values() if isinstance(pk, int)])
     planned = {index: work for index, work in planned.items() if user_ids[index] in users}
@@ -117,7 +123,8 @@ def deliveries_send_together(*, works: Sequence[tuple[str, str]]) -> list[bool]:
     deliveries = {
         index: _delivery_new(
             event, subscriber, user_ids[index], off=off.get((event_type.category, subscriber.channel), set()),
-            skip_reason=f"{subscriber.channel} is off for {event_type.category}", attempted_at=now,
+            skip_reason=f"{subscriber.channel} is off for {event_type.category}",
+            attempted_at=now if subscriber.channel in SENDERS else None,
         )
         for index, (event, subscriber, event_type) in planned.items()
     }
@@ -140,8 +147,26 @@ def deliveries_send_together(*, works: Sequence[tuple[str, str]]) -> list[bool]:
     with transaction.atomic() if len(items) > 1 else nullcontext():
         _outcomes_record(items, results, [])
     sent = {item.delivery.pk for item, result in zip(items, results, strict=True) if isinstance(result, SendResult)}
+    sent |= _batch_senders_deliver([d for d in deliveries.values() if d.channel in BATCH_SENDERS
+                                    and d.status == Delivery.Status.PENDING])
     return [index in deliveries and (deliveries[index].status == Delivery.Status.SKIPPED or deliveries[index].pk in sent)
             for index in range(len(works))]
+
+
+def _batch_senders_deliver(pending: list[Delivery]) -> set[int]:
+    """Hand the batch's deliveries of batching channels (analytics) to their sender at
+    once; answer those it sent. Those it refused, put off or could not send are left to
+    their tasks."""
+    sent: set[int] = set()
+    for channel in {delivery.channel for delivery in pending}:
+        own = [delivery for delivery in pending if delivery.channel == channel]
+        try:
+            refused = {pk for pk, _ in BATCH_SENDERS[channel](own, waited=True)}
+        except (BatchPending, ProviderTransientError) as exc:
+            logger.info("%s: %d deliveries left to their tasks: %s", channel, len(own), exc)
+            continue
+        sent |= {delivery.pk for delivery in own if delivery.pk not in refused}
+    return sent
 
 
 def _uuid(value: str) -> uuid.UUID | None:
@@ -155,7 +180,7 @@ def _sent_together(event: Event, subscriber: Subscriber) -> bool:
     """Whether `deliveries_send_together` can do this work: one recipient named by the
     event, sent at once."""
     return (event.audience is None and event.cancelled_at is None and subscriber.recipients is event_user
-            and subscriber.channel in SENDERS and send_rate_configured(subscriber.channel) is None)
+            and send_rate_configured(subscriber.channel) is None)
 
 
 def _subscriber_or_none(name: str) -> Subscriber | None:

@@ -117,6 +117,23 @@ def test_works_sent_together_and_run_again_send_nothing_twice(pipeline_settings:
     assert len(mailoutbox) == 3
 
 
+def test_analytics_of_a_batch_go_to_mixpanel_in_one_request_and_a_lone_one_waits_for_its_window(
+    pipeline_settings: None, sandbox: SandboxClient
+) -> None:
+    users = users_made(6, "liked")
+    events = [EventFactory.create(type="video.liked", data={"user_id": user.pk, "video_id": f"v{n}", "liked_by": "Bo"})
+              for n, user in enumerate(users)]
+
+    done = deliveries_send_together(works=[(str(event.id), "product_analytics") for event in events[:5]])
+    lone = deliveries_send_together(works=[(str(events[5].id), "product_analytics")])
+
+    assert done == [True] * 5
+    assert [statuses(event) for event in events[:5]] == [{"product_analytics": "sent"}] * 5
+    inbox = sandbox.inbox("mixpanel")
+    assert (inbox["accepted"], inbox["requests"]) == (5, 1)
+    assert lone == [False] and statuses(events[5]) == {}  # its task joins the next batch
+
+
 def burst(users: list[Any]) -> list[Any]:
     """A password reset for each user, published at once (email and SMS each)."""
     with transaction.atomic():
