@@ -6,9 +6,11 @@ import logging
 import threading
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from kombu.exceptions import KombuError, OperationalError
@@ -44,10 +46,27 @@ def outbox_claim(*, ids: list[int] | None = None, limit: int = 100) -> list[Outb
     chosen = list(candidates.order_by("pk").values_list("pk", flat=True)[:limit])
     if not chosen:
         return []
-    token = uuid.uuid4()
-    lease = now + timedelta(seconds=settings.CARILLON_CLAIM_LEASE_SECONDS)
+    token, lease = outbox_lease(now)
     OutboxMessage.objects.filter(free, pk__in=chosen).update(claim_token=token, claimed_until=lease)
     return list(OutboxMessage.objects.filter(claim_token=token, published_at__isnull=True).order_by("pk"))
+
+
+def outbox_lease(now: datetime | None = None) -> tuple[uuid.UUID, datetime]:
+    """A fresh claim: its token, and when its lease ends."""
+    return uuid.uuid4(), (now or timezone.now()) + timedelta(seconds=settings.CARILLON_CLAIM_LEASE_SECONDS)
+
+
+def outbox_write(rows: list[OutboxMessage]) -> list[OutboxMessage]:
+    """Write outbox rows in the caller's transaction and publish them once it commits
+    (the fast path). They are born claimed by this fast path: no relay takes them before
+    it has tried, and it needs no claim of its own (two statements fewer per event)."""
+    token, lease = outbox_lease()
+    for row in rows:
+        row.claim_token, row.claimed_until = token, lease
+    # bulk_create sets primary keys on SQLite 3.35+ and PostgreSQL.
+    written = OutboxMessage.objects.bulk_create(rows)
+    transaction.on_commit(partial(outbox_publish, claimed=written), robust=True)
+    return written
 
 
 def _publish(message: OutboxMessage, producer: object) -> None:
@@ -81,6 +100,14 @@ def _publish(message: OutboxMessage, producer: object) -> None:
         )
 
 
+def _give_back(messages: list[OutboxMessage], reason: str) -> None:
+    """Release unpublished rows at once rather than at lease expiry: the relay takes them."""
+    OutboxMessage.objects.filter(pk__in=[message.pk for message in messages], published_at__isnull=True).update(
+        claim_token=None, claimed_until=None, last_error=reason
+    )
+    logger.warning("outbox: %d rows left for the relay: %s", len(messages), reason)
+
+
 def outbox_publish_claimed(messages: list[OutboxMessage]) -> int:
     """Publish claimed rows in order; stop at the first broker error. Return how many went."""
     if not messages:
@@ -104,12 +131,7 @@ def outbox_publish_claimed(messages: list[OutboxMessage]) -> int:
                 _publish(message, producer)
                 published.append(message.pk)
     except (OperationalError, KombuError, OSError) as exc:
-        # Give the unpublished rows back at once rather than at lease expiry.
-        rest = [message.pk for message in messages[len(published):]]
-        OutboxMessage.objects.filter(pk__in=rest).update(
-            claim_token=None, claimed_until=None, last_error=f"{type(exc).__name__}: {exc}"
-        )
-        logger.warning("outbox: %d of %d rows left for the relay: %s", len(rest), len(messages), exc)
+        _give_back(messages[len(published):], f"{type(exc).__name__}: {exc}")
     # What RabbitMQ confirmed, marked in one statement. A publisher that dies before it
     # leaves these rows to the relay, which publishes them again: a task run twice finds
     # its deliveries done (one per recipient), and an envelope carries the event id as
@@ -122,16 +144,23 @@ def outbox_publish_claimed(messages: list[OutboxMessage]) -> int:
     return len(published)
 
 
-def outbox_publish(*, ids: list[int]) -> int:
-    """The fast path, run after commit: publish these rows now if the broker takes them.
+def outbox_publish(*, claimed: list[OutboxMessage]) -> int:
+    """The fast path, run after commit: publish these rows, which their writer claimed as
+    it wrote them, now if the broker takes them.
 
-    After a failure the fast path pauses for a few seconds and leaves rows to the relay,
-    so that requests during a broker outage do not each wait for a connection timeout.
+    Rows whose claim is more than half spent (a long transaction) are claimed again
+    first, so that a relay that may take them once the lease ends never publishes them
+    at the same time. After a failure the fast path pauses for a few seconds and gives the
+    rows to the relay, so that requests during a broker outage do not each wait for a
+    connection timeout.
     """
     global _fast_path_paused_until
     if time.monotonic() < _fast_path_paused_until:
+        _give_back(claimed, "the fast path is paused after a broker error")
         return 0
-    claimed = outbox_claim(ids=ids, limit=len(ids))
+    half = timedelta(seconds=settings.CARILLON_CLAIM_LEASE_SECONDS / 2)
+    if any(message.claimed_until is None or message.claimed_until - timezone.now() < half for message in claimed):
+        claimed = outbox_claim(ids=[message.pk for message in claimed], limit=len(claimed))
     published = outbox_publish_claimed(claimed)
     if published < len(claimed):
         # A broker that restarted leaves this process's pooled connection dead: the first

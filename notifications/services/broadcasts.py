@@ -10,7 +10,6 @@ same chunk (one chunk per index), so the loser stops and leaves the rest to the 
 """
 
 import logging
-from functools import partial
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -20,7 +19,7 @@ from notifications.audiences import AudienceSpec, recipient_id_pages
 from notifications.events import event_type_get
 from notifications.models import Broadcast, Delivery, DeliveryChunk, Event, OutboxMessage
 from notifications.queues import channel_queue_name, chunk_task_name
-from notifications.relay import outbox_publish
+from notifications.relay import outbox_write
 from notifications.subscribers import Subscriber
 
 logger = logging.getLogger(__name__)
@@ -63,16 +62,15 @@ def _chunk_write(broadcast: Broadcast, page: list[int] | None, *, queue: str) ->
         index = broadcast.chunks
         DeliveryChunk.objects.create(broadcast=broadcast, index=index, user_ids=page)
         args = [str(broadcast.event_id), broadcast.subscriber, index]
-        row = OutboxMessage.objects.create(
+        outbox_write([OutboxMessage(
             event_id=broadcast.event_id,
             kind=OutboxMessage.Kind.TASK,
             subscriber=broadcast.subscriber,
             queue=queue,
             payload={"task": chunk_task_name(broadcast.channel), "args": args, "queue": queue},
-        )
+        )])
         broadcast.cursor, broadcast.chunks, broadcast.recipients = page[-1], index + 1, broadcast.recipients + len(page)
         broadcast.save(update_fields=["cursor", "chunks", "recipients"])
-        transaction.on_commit(partial(outbox_publish, ids=[row.pk]), robust=True)
     return broadcast
 
 

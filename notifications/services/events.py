@@ -5,7 +5,6 @@ import hashlib
 import json
 import logging
 from datetime import datetime
-from functools import partial
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -18,7 +17,7 @@ from notifications.events import Envelope, event_data_validate, event_type_get
 from notifications.exceptions import IdempotencyKeyReused, InvalidEvent
 from notifications.models import Event, OutboxMessage
 from notifications.queues import channel_queue_name, delivery_task_name
-from notifications.relay import outbox_publish
+from notifications.relay import outbox_write
 from notifications.selectors import event_for_key, idempotency_scope
 from notifications.subscribers import subscribers_for
 
@@ -95,9 +94,7 @@ def event_publish(
         if existing is None:
             raise
         return _same_request(existing, request_hash)
-    ids = [row.pk for row in outbox]
-    transaction.on_commit(partial(outbox_publish, ids=ids), robust=True)
-    logger.info("event %s %s written with %d outbox rows", event.id, event.type, len(ids))
+    logger.info("event %s %s written with %d outbox rows", event.id, event.type, len(outbox))
     return event
 
 
@@ -130,6 +127,7 @@ def _same_request(first: Event, request_hash: str) -> Event:
 
 
 def _outbox_rows(event: Event, *, lane: str) -> list[OutboxMessage]:
+    """The event's envelope and one task per subscriber, published once the caller commits."""
     rows = [OutboxMessage(event=event, kind=OutboxMessage.Kind.ENVELOPE, payload=dict(event_envelope(event)))]
     for subscriber in subscribers_for(event.type):
         queue = channel_queue_name(subscriber.channel, lane)
@@ -146,5 +144,4 @@ def _outbox_rows(event: Event, *, lane: str) -> list[OutboxMessage]:
                 },
             )
         )
-    # bulk_create sets primary keys on SQLite 3.35+ and PostgreSQL.
-    return OutboxMessage.objects.bulk_create(rows)
+    return outbox_write(rows)

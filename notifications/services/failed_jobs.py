@@ -3,7 +3,6 @@ replays it through the normal path or discards it, saying why."""
 
 import logging
 import uuid
-from functools import partial
 from typing import Any
 
 from django.db import transaction
@@ -17,7 +16,7 @@ from notifications.models import (
     FailedJobAction,
     OutboxMessage,
 )
-from notifications.relay import outbox_publish
+from notifications.relay import outbox_write
 
 logger = logging.getLogger(__name__)
 
@@ -91,20 +90,19 @@ def failed_job_replay(*, failed_job_id: int, user_id: int | None) -> FailedJob:
             )
             failed = failed.filter(recipient__in=[f"user:{member}" for member in chunk.user_ids])
         reopened = failed.update(status=Delivery.Status.PENDING, last_error="")
-        row = OutboxMessage.objects.create(
+        [row] = outbox_write([OutboxMessage(
             event_id=event_id,
             kind=OutboxMessage.Kind.TASK,
             subscriber=subscriber_name,
             queue=failed_job.queue,
             payload={"task": failed_job.task_name, "args": failed_job.args, "queue": failed_job.queue},
-        )
+        )])
         failed_job.state = FailedJob.State.REPLAYED
         failed_job.save(update_fields=["state"])
         FailedJobAction.objects.create(
             failed_job=failed_job, kind=FailedJobAction.Kind.REPLAY, user_id=user_id,
             outcome=f"re-enqueued (outbox row {row.pk}); {reopened} failed deliveries re-opened",
         )
-    transaction.on_commit(partial(outbox_publish, ids=[row.pk]), robust=True)
     logger.info("failed job %s replayed by user %s", failed_job_id, user_id)
     return failed_job
 

@@ -31,6 +31,16 @@ def _answers(url: str) -> bool:
         return False
 
 
+@pytest.fixture(autouse=True)
+def _fast_path_unpaused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with this process's fast path publishing: a broker error in an
+    earlier test pauses it for a few seconds, which would leave this test's events to a
+    relay it may not run."""
+    from notifications import relay
+
+    monkeypatch.setattr(relay, "_fast_path_paused_until", 0.0)
+
+
 @pytest.fixture(scope="session")
 def sandbox_process(django_db_setup: None) -> Iterator[SandboxClient]:
     http_port, smtp_port = free_port(), free_port()

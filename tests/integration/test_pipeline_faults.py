@@ -76,8 +76,10 @@ def test_rabbitmq_stopped_while_events_are_published_loses_nothing(
         for user in users:
             with transaction.atomic():
                 events.append(event_publish(type="account.created", data={"user_id": user.pk}))
-        # The fast path could not publish: the rows wait in the outbox.
+        # The fast path could not publish (then paused): the rows wait in the outbox,
+        # given to the relay at once, not held until their claim's lease runs out.
         assert OutboxMessage.objects.filter(published_at__isnull=True).count() == 3 * 4
+        assert not OutboxMessage.objects.filter(claim_token__isnull=False).exists()
     finally:
         rabbitmqctl("start_app")
 
