@@ -123,7 +123,12 @@ class TogetherDeliveryTask(DeliveryTask):  # type: ignore[misc]  # celery is unt
 
     def Strategy(self, task: DeliveryTask, app: Celery, consumer: Consumer) -> Callable[..., None]:  # noqa: N802 - Celery's name
         ordinary = default_strategy(task, app, consumer)
-        if not hasattr(consumer, "delivery_batches"):
+        if hasattr(consumer, "delivery_batches"):
+            # The consumer started again after losing the broker: what it held came on the
+            # old channel, cannot be acknowledged there, and RabbitMQ gives it out again.
+            # (Celery drops its own reserved requests the same way.)
+            consumer.delivery_batches.held.clear()
+        else:
             consumer.delivery_batches = _Batches(consumer)
         batches: _Batches = consumer.delivery_batches
         revoked = consumer.controller.state.revoked
