@@ -1,14 +1,15 @@
 """A notification's text per recipient: rendered once for a whole chunk when the template
 cannot depend on its user, per user when it can."""
 
+import uuid
 from typing import Any
 
 import pytest
 from django.template.backends import django as django_backend
 from django.utils import timezone
 
-from notifications.models import Event
-from notifications.providers.base import renders, template_reads_no_user
+from notifications.models import Delivery, Event
+from notifications.providers.base import SendItem, renders, renders_each, template_reads_no_user
 
 pytestmark = pytest.mark.django_db
 
@@ -50,3 +51,17 @@ def test_only_a_template_that_names_no_user_and_reaches_no_other_code_is_rendere
     source: str, same_for_all: bool
 ) -> None:
     assert template_reads_no_user(source) is same_for_all
+
+
+def test_items_of_several_events_each_get_their_own_events_text(django_user_model: Any) -> None:
+    # A batch of transactional deliveries interleaves events: each text is its own
+    # event's, in the items' order.
+    ada, bo = django_user_model.objects.create_user("ada"), django_user_model.objects.create_user("bo")
+    first, second = (Event(pk=uuid.uuid4(), type="product.announcement", version=1, occurred_at=timezone.now(),
+                           data={"title": title, "body": "…"}) for title in ("Carillon 2", "Carillon 3"))
+    items = [SendItem(event=event, delivery=Delivery(), user=user, in_doubt_since=None)
+             for event, user in ((first, ada), (second, ada), (first, bo), (second, bo))]
+
+    assert renders_each("inapp", "title.txt", items) == ["Carillon 2", "Carillon 3", "Carillon 2", "Carillon 3"]
+    greetings = [text.splitlines()[0] for text in renders_each("email", "txt", items)]
+    assert greetings == ["Hello ada,", "Hello ada,", "Hello bo,", "Hello bo,"]
