@@ -22,21 +22,32 @@ def rows_create(
     """
     if not rows:
         return []
-    model = type(rows[0])
-    database = router.db_for_write(model)
-    # Inside a transaction a failed INSERT would poison it: try it in a savepoint there.
-    attempt = transaction.atomic(using=database) if transaction.get_connection(database).in_atomic_block else nullcontext()
     try:
-        with attempt:
-            if len(rows) == 1:
-                rows[0].save(force_insert=True, using=database)
-            else:
-                model._default_manager.db_manager(database).bulk_create(rows)
+        rows_insert(rows)
         return list(rows)
     except IntegrityError:
         for row in rows:  # the failed attempt may have set keys that were rolled back
             row.pk = None
             row._state.adding = True
+    model = type(rows[0])
+    database = router.db_for_write(model)
     model._default_manager.db_manager(database).bulk_create(rows, ignore_conflicts=True)
     by_key = {key(row): row for row in stored()}
     return [by_key[key(row)] for row in rows]
+
+
+def rows_insert(rows: Sequence[models.Model]) -> None:
+    """Insert new rows of one model in one INSERT that sets their primary keys: with no
+    transaction of its own for one row, in a savepoint inside a caller's transaction (a
+    failed INSERT would poison it). Raise IntegrityError, having inserted none, if a
+    unique constraint says one exists already."""
+    if not rows:
+        return
+    model = type(rows[0])
+    database = router.db_for_write(model)
+    attempt = transaction.atomic(using=database) if transaction.get_connection(database).in_atomic_block else nullcontext()
+    with attempt:
+        if len(rows) == 1:
+            rows[0].save(force_insert=True, using=database)
+        else:
+            model._default_manager.db_manager(database).bulk_create(rows)

@@ -15,7 +15,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from core.errors import ProviderError, ProviderPermanentError, ProviderTransientError
-from core.rows import rows_create
+from core.rows import rows_create, rows_insert
 from core.send_rate import send_rate_back_off, send_rate_configured, send_rate_take
 from notifications.events import EventType, event_type_get
 from notifications.exceptions import BatchPending, InvalidEvent
@@ -59,7 +59,7 @@ def delivery_send(
         users = list(get_user_model().objects.filter(pk__in=ids).order_by("pk"))
     event_type = event_type_get(name=event.type, version=event.version)
     off = _preferences_off(event_type, subscriber, users)
-    skip_reason = f"{subscriber.channel} is off for {event_type.category}"
+    skip_reason = _skip_reason(event_type, subscriber)
     # Sent at once (no batch window, no send rate to wait for, not cancelled): a new
     # delivery is created in the state its first attempt puts it in, not marked after.
     at_once = (subscriber.channel not in BATCH_SENDERS and event.cancelled_at is None
@@ -97,10 +97,11 @@ def deliveries_send_together(*, works: Sequence[tuple[str, str]]) -> list[bool]:
     respect, a cancelled event, a recipient missing, a delivery that an earlier run
     created, or one that did not end sent or skipped here (refused, or to retry).
     """
-    events = Event.objects.in_bulk([key for key in (_uuid(event_id) for event_id, _ in works) if key])
+    keys = [_uuid(event_id) for event_id, _ in works]
+    events = Event.objects.in_bulk([key for key in keys if key])
     planned: dict[int, tuple[Event, Subscriber, EventType]] = {}
-    for index, (event_id, name) in enumerate(works):
-        event, subscriber = events.get(_uuid(event_id)), _subscriber_or_none(name)  # type: ignore[arg-type]
+    for index, (key, (_, name)) in enumerate(zip(keys, works, strict=True)):
+        event, subscriber = events.get(key) if key else None, _subscriber_or_none(name)
         if event is not None and subscriber is not None and _sent_together(event, subscriber):
             planned[index] = (event, subscriber, event_type_get(name=event.type, version=event.version))
     # Analytics of a lone event waits out its batch window (the ordinary task); several in
@@ -123,16 +124,13 @@ def deliveries_send_together(*, works: Sequence[tuple[str, str]]) -> list[bool]:
     deliveries = {
         index: _delivery_new(
             event, subscriber, user_ids[index], off=off.get((event_type.category, subscriber.channel), set()),
-            skip_reason=f"{subscriber.channel} is off for {event_type.category}",
+            skip_reason=_skip_reason(event_type, subscriber),
             attempted_at=now if subscriber.channel in SENDERS else None,
         )
         for index, (event, subscriber, event_type) in planned.items()
     }
     try:
-        if len(deliveries) == 1:  # alone (a worker keeping up): no transaction around one INSERT
-            next(iter(deliveries.values())).save(force_insert=True)
-        else:
-            Delivery.objects.bulk_create(deliveries.values())
+        rows_insert(list(deliveries.values()))
     except IntegrityError:
         return [False] * len(works)  # a rerun of some work: each goes alone, finding its rows
 
@@ -147,9 +145,7 @@ def deliveries_send_together(*, works: Sequence[tuple[str, str]]) -> list[bool]:
     for channel, group in by_channel.items():  # one SMTP session, one insert of notifications...
         items += group
         results += SENDERS[channel](items=group)
-    with transaction.atomic() if len(items) > 1 else nullcontext():
-        _outcomes_record(items, results, [])
-    sent = {item.delivery.pk for item, result in zip(items, results, strict=True) if isinstance(result, SendResult)}
+    sent = _outcomes_record(items, results, [])[0]
     sent |= _batch_senders_deliver([d for d in deliveries.values() if d.channel in BATCH_SENDERS
                                     and d.status == Delivery.Status.PENDING])
     return [index in deliveries and (deliveries[index].status == Delivery.Status.SKIPPED or deliveries[index].pk in sent)
@@ -184,6 +180,10 @@ def _sent_together(event: Event, subscriber: Subscriber) -> bool:
     event, sent at once."""
     return (event.audience is None and event.cancelled_at is None and subscriber.recipients is event_user
             and send_rate_configured(subscriber.channel) is None)
+
+
+def _skip_reason(event_type: EventType, subscriber: Subscriber) -> str:
+    return f"{subscriber.channel} is off for {event_type.category}"
 
 
 def _subscriber_or_none(name: str) -> Subscriber | None:
@@ -273,9 +273,7 @@ def _deliveries_attempt(
             break
         items = _attempts_begin(event, piece, born)
         results = SENDERS[channel](items=items)
-        # One commit for the piece's outcomes; one item's is a single statement already.
-        with transaction.atomic() if len(items) > 1 else nullcontext():
-            transient += _outcomes_record(items, results, refused)
+        transient += _outcomes_record(items, results, refused)[1]
         paused = max((exc.retry_after or 0 for exc in transient), default=0)
         if paused:
             send_rate_back_off(name=channel, seconds=paused)
@@ -305,9 +303,18 @@ def _attempts_begin(event: Event, piece: list[tuple[Delivery, Any]], born: set[i
 
 def _outcomes_record(
     items: list[SendItem], results: list[SendResult | ProviderError], refused: list[tuple[int, str]],
-) -> list[ProviderTransientError]:
-    """Record each delivery's outcome (the sent ones together); add those refused for
-    good to `refused`; answer the transient errors met."""
+) -> tuple[set[int], list[ProviderTransientError]]:
+    """Record each delivery's outcome in one commit (the sent ones in one statement); add
+    those refused for good to `refused`; answer the keys of those sent, and the transient
+    errors met."""
+    # One item's outcome is a single statement already: no transaction of its own.
+    with transaction.atomic() if len(items) > 1 else nullcontext():
+        return _outcomes_write(items, results, refused)
+
+
+def _outcomes_write(
+    items: list[SendItem], results: list[SendResult | ProviderError], refused: list[tuple[int, str]],
+) -> tuple[set[int], list[ProviderTransientError]]:
     transient: list[ProviderTransientError] = []
     sent = {item.delivery.pk: result for item, result in zip(items, results, strict=True) if isinstance(result, SendResult)}
     if sent:
@@ -332,4 +339,4 @@ def _outcomes_record(
             refused.append((pk, str(result)))
             logger.warning("delivery %s of event %s: %s refused: %s", pk, item.delivery.event_id, item.delivery.channel,
                            result)
-    return transient
+    return set(sent), transient
