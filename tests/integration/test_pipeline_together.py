@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from core.errors import ProviderPermanentError
 from notifications.channels import Channel
@@ -77,23 +79,31 @@ def test_ten_works_sent_together_cost_the_statements_and_the_smtp_session_of_one
 
 
 def test_works_a_batch_cannot_finish_are_left_to_run_alone(pipeline_settings: None, mailoutbox: list[Any]) -> None:
-    sent, switched_off, without_address, gone = users_made(4, "mixed")
+    sent, switched_off, without_address, gone, cancelled_for = users_made(5, "mixed")
     Preference.objects.create(user=switched_off, category="account", channel=Channel.EMAIL, enabled=False)
     get_user_model().objects.filter(pk=without_address.pk).update(email="")
     announcement = EventFactory.create(type="product.announcement", data={}, audience={"users": [sent.pk]})
     events = [EventFactory.create(type="account.created", data={"user_id": user.pk})
               for user in (sent, switched_off, without_address, gone)]
     get_user_model().objects.filter(pk=gone.pk).delete()
+    cancelled = EventFactory.create(type="account.created", data={"user_id": cancelled_for.pk},
+                                    cancelled_at=timezone.now())
     works = [
         *((str(event.id), "transactional_email") for event in events),
         (str(announcement.id), "announcement_email"),  # an audience: planned into chunks
         (str(events[0].id), "no_such_subscriber"),
         ("not-an-event-id", "transactional_email"),
+        (str(cancelled.id), "transactional_email"),  # its task cancels it
     ]
 
     done = deliveries_send_together(works=works)
+    again = EventFactory.create(type="account.created", data={"user_id": sent.pk})
+    with override_settings(CARILLON_SEND_RATES={"email": 5}):  # sent at the channel's pace, by its task
+        paced = deliveries_send_together(works=[(str(again.id), "transactional_email")])
 
-    assert done == [True, True, False, False, False, False, False]
+    assert done == [True, True, False, False, False, False, False, False]
+    assert paced == [False] and statuses(again) == {}
+    assert statuses(cancelled) == {}
     assert statuses(events[0]) == {"transactional_email": "sent"}
     assert statuses(events[1]) == {"transactional_email": "skipped"}
     assert statuses(events[2]) == {"transactional_email": "failed"}  # refused: the task alone records it
@@ -142,6 +152,18 @@ def burst(users: list[Any]) -> list[Any]:
                 for user in users]
 
 
+def held_by(worker: Any, events: list[Any]) -> bool:
+    """Whether `celery inspect` lists email deliveries of these events as reserved or
+    active on `worker`."""
+    from config.celery import app as critical_app
+
+    inspect = critical_app.control.inspect(destination=[worker.hostname], timeout=2.0)
+    listed = [*((inspect.active() or {}).get(worker.hostname, [])),
+              *((inspect.reserved() or {}).get(worker.hostname, []))]
+    ids = {str(event.id) for event in events}
+    return any(task["name"] == "notifications.email.deliver" and task["args"][0] in ids for task in listed)
+
+
 def all_sent(events: list[Any]) -> bool:
     """Each reset's email sent, its SMS sent (or already confirmed delivered by Twilio)."""
     return all(
@@ -153,12 +175,14 @@ def all_sent(events: list[Any]) -> bool:
 def test_a_worker_that_falls_behind_sends_what_it_holds_together_each_once(
     start_pipeline_worker: Callable[..., ManagedProcess], pipeline_settings: None, sandbox: SandboxClient
 ) -> None:
-    start_pipeline_worker("together")
+    worker = start_pipeline_worker("together")
     sandbox.set_knobs("email", latency_ms=100)  # the first sends are slow: the rest wait in the worker
     users = users_made(20, "burst")
 
     events = burst(users)
 
+    # While they wait or are sent, `celery inspect` shows them (docs/architecture.md).
+    wait_for(lambda: held_by(worker, events), "the worker showing the resets it holds")
     wait_for(lambda: all_sent(events), "every reset sent by email and SMS", timeout=60)
     assert emails_seen(sandbox) == sorted(user.email for user in users)
     assert sorted(sms["to"] for sms in sandbox.received("sms")) == [f"+1555300{n:04d}" for n in range(20)]

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from notifications import relay
 from notifications.models import Event, OutboxMessage
-from notifications.relay import outbox_claim
+from notifications.relay import outbox_claim, outbox_write
 
 pytestmark = pytest.mark.django_db
 
@@ -89,3 +89,29 @@ def test_published_rows_are_never_claimed() -> None:
 
     assert pks(outbox_claim()) == [waiting.pk]
     assert outbox_claim(ids=[published.pk]) == []
+
+
+def test_rows_born_claimed_wait_for_their_fast_path_and_a_late_one_leaves_them_to_the_relay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The test's transaction never commits: the writer's fast path has not run yet (a long
+    # transaction), or never will (its process died).
+    event = Event.objects.create(type="video.liked", version=1, occurred_at=timezone.now(), data={})
+    written = outbox_write([OutboxMessage(event=event, kind="envelope", payload={"n": n}) for n in range(2)])
+    monkeypatch.setattr(relay, "_fast_path_paused_until", 0.0)
+    handed: list[OutboxMessage] = []
+
+    def publish_claimed(messages: list[OutboxMessage]) -> int:
+        handed.extend(messages)
+        return len(messages)
+
+    monkeypatch.setattr(relay, "outbox_publish_claimed", publish_claimed)
+
+    assert outbox_claim() == []  # no relay takes them while their writer may publish them
+    lease = timedelta(seconds=settings.CARILLON_CLAIM_LEASE_SECONDS)
+    with time_machine.travel(timezone.now() + lease + timedelta(seconds=1)):
+        taken = outbox_claim()  # the lease ran out: the relay takes them
+        late = relay.outbox_publish(claimed=written)  # and the fast path, come at last, does not
+
+    assert pks(taken) == pks(written)
+    assert late == 0 and handed == []
