@@ -38,3 +38,10 @@ class WebhookTimestampError(RoomError):
 
     code = "invalid_timestamp"
     status = 403
+
+
+class OwnerUnreachableError(RoomError):
+    """An input for a shard owner that RabbitMQ did not take: nothing was done, try again."""
+
+    code = "owner_unreachable"
+    status = 503

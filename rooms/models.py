@@ -7,9 +7,20 @@ every transition is a conditional UPDATE on the version it read (compare-and-set
 """
 
 import uuid
+import zlib
 
 from django.conf import settings
 from django.db import models
+
+# Rooms are spread over a fixed number of shards, each owned by one sequencer process at
+# a time (rooms/owner.py). Fixed: a room's shard is stored with it, and the shard queues
+# on RabbitMQ are named by number.
+SHARDS = 16
+
+
+def room_shard(*, provider_id: int, recipient: str) -> int:
+    """The shard of a room: a stable hash of what identifies it, known before its insert."""
+    return zlib.crc32(f"{provider_id}:{recipient}".encode()) % SHARDS
 
 
 class ChatProvider(models.Model):
@@ -48,6 +59,8 @@ class Room(models.Model):
     last_ack_at = models.DateTimeField(null=True, blank=True)
     timeouts = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Which sequencer shard owns the room (ROOMS_SEQUENCER = "shards"); set on the first save.
+    shard = models.PositiveSmallIntegerField(db_index=True, editable=False, default=0)
 
     class Meta:
         constraints = [
@@ -62,6 +75,29 @@ class Room(models.Model):
 
     def __str__(self) -> str:
         return f"room {self.pk} ({self.provider_id}:{self.recipient})"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if self._state.adding:
+            self.shard = room_shard(provider_id=self.provider_id, recipient=self.recipient)
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+
+class RoomShard(models.Model):
+    """Who owns a shard of rooms now: the record an owner process fences its writes with.
+
+    An owner that takes a shard bumps `epoch` and reads the shard's rooms back; every
+    write of its state checks the epoch it took in the same transaction, so an owner
+    that lost the shard (stalled, then replaced) writes nothing and stops.
+    """
+
+    shard = models.PositiveSmallIntegerField(primary_key=True)
+    epoch = models.PositiveBigIntegerField(default=0)
+    owner = models.CharField(max_length=255, blank=True, help_text="host:pid of the owner process")
+    taken_at = models.DateTimeField(null=True, blank=True)
+    flushed_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"shard {self.shard} (epoch {self.epoch}, {self.owner or 'no owner'})"
 
 
 class RoomMessage(models.Model):

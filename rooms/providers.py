@@ -1,8 +1,10 @@
-"""The chat platform's messaging API: send one message with its idempotency key."""
+"""The chat platform's messaging API: send one message with its idempotency key, or ask
+whether the platform holds one."""
 
 import hashlib
 import hmac
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -28,14 +30,27 @@ class ChatSendResult:
     duplicate: bool
 
 
-_session = requests.Session()
+_local = threading.local()
+
+
+def _session() -> requests.Session:
+    """This thread's session: its connections are kept alive between calls, and a
+    session is not shared between threads (the shard owner sends from a pool of them)."""
+    session: requests.Session | None = getattr(_local, "session", None)
+    if session is None:
+        session = _local.session = requests.Session()
+    return session
+
+
+def _messages_url() -> str:
+    return settings.ROOMS_CHAT_API_URL.rstrip("/") + "/chat/v1/messages"
 
 
 def chat_send(
     *, room: str, body: str, idempotency_key: str, sequence: int, callback_url: str
 ) -> ChatSendResult:
     """Hand one message to the chat platform; a repeated idempotency key is not resent."""
-    url = settings.ROOMS_CHAT_API_URL.rstrip("/") + "/chat/v1/messages"
+    url = _messages_url()
     payload: dict[str, str | int] = {
         "room": room,
         "body": body,
@@ -44,7 +59,7 @@ def chat_send(
         "callback_url": callback_url,
     }
     try:
-        response = _session.post(url, json=payload, timeout=settings.ROOMS_CHAT_API_TIMEOUT_SECONDS)
+        response = _session().post(url, json=payload, timeout=settings.ROOMS_CHAT_API_TIMEOUT_SECONDS)
     except requests.RequestException as exc:
         raise ProviderTransientError(f"chat platform unreachable at {url}: {exc}") from exc
     if response.status_code >= 500 or response.status_code == 429:
@@ -54,6 +69,22 @@ def chat_send(
                                      response=_reply(response))
     answer = response.json()
     return ChatSendResult(provider_message_id=str(answer["id"]), duplicate=bool(answer.get("duplicate")))
+
+
+def chat_lookup(*, idempotency_key: str) -> str | None:
+    """The platform's id of the message it holds under this key, or None if it has none."""
+    url = _messages_url()
+    try:
+        response = _session().get(url, params={"idempotency_key": idempotency_key},
+                                  timeout=settings.ROOMS_CHAT_API_TIMEOUT_SECONDS)
+    except requests.RequestException as exc:
+        raise ProviderTransientError(f"chat platform unreachable at {url}: {exc}") from exc
+    if response.status_code == 404:
+        return None
+    if response.status_code != 200:
+        raise ProviderTransientError(f"chat platform answered {response.status_code} to a lookup",
+                                     response=_reply(response))
+    return str(response.json()["id"])
 
 
 def _reply(response: requests.Response) -> dict[str, int | str]:

@@ -19,6 +19,10 @@ key is a duplicate. It also models what the recipient sees: each message reaches
 device when its ack is due (lost ack or not), so a message sent before the previous one
 reached the device can overtake it (`delivery_order_violations`: what a user of the chat sees out of order).
 `GET /api/chat/rooms` exposes all three; `?summary=1` leaves out the per-room detail.
+
+`GET /chat/v1/messages?idempotency_key=K` answers the message the platform holds under
+that key (200, as `POST` does) or 404: a sender that lost track of a send (its process
+died during the call) asks before sending again, so that it neither loses nor repeats it.
 """
 
 import asyncio
@@ -164,6 +168,17 @@ async def create_message(request: web.Request) -> web.Response:
     return web.json_response({**_resource(message), "duplicate": False}, status=201)
 
 
+async def find_message(request: web.Request) -> web.Response:
+    """GET /chat/v1/messages?idempotency_key=K: the message held under a key, or 404."""
+    key = request.query.get("idempotency_key")
+    if not key:
+        return _error(400, "invalid_query", "name the message by ?idempotency_key=")
+    message = request.app[STATE_KEY].by_key.get(key)
+    if message is None:
+        return _error(404, "not_found", f"no message with idempotency key {key}")
+    return web.json_response(_resource(message))
+
+
 def _resource(message: dict[str, Any]) -> dict[str, Any]:
     return {"id": message["id"], "room": message["room"], "status": "queued"}
 
@@ -235,5 +250,6 @@ async def set_room(request: web.Request) -> web.Response:
 def add_routes(app: web.Application, *, secret: str) -> None:
     app[STATE_KEY] = ChatState(secret=secret)
     app.router.add_post(MESSAGES_PATH, create_message)
+    app.router.add_get(MESSAGES_PATH, find_message)
     app.router.add_get("/api/chat/rooms", list_rooms)
     app.router.add_put("/api/chat/rooms/{room}", set_room)

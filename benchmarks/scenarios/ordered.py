@@ -6,7 +6,9 @@ its two baselines, in one run, against the sandbox's chat platform.
 - naive: the usual first fix, a fixed pause after every message (one task per room that
   sends, sleeps, sends): it holds a worker for every pause.
 - ordered: `room_message_enqueue` and the room state machine, acks by webhook through
-  daphne, lost acks ended by the ack timeout.
+  daphne, lost acks ended by the ack timeout; once per sequencer measured
+  (`--sequencer`): `tasks` (a Celery task per send, a compare-and-set per transition)
+  and `shards` (a shard owner process holding the rooms in memory, rooms/owner.py).
 
 Messages come as a burst per room (a room's messages one after the other, as a user
 types them), rooms one after the other. The first three phases enqueue everything at
@@ -31,12 +33,17 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import requests
 from django.conf import settings
+from django.db import connection
+from django.test import override_settings
 
 from benchmarks.hdr import (
     histogram_new,
@@ -60,6 +67,8 @@ ACK_JITTER_MS = 30
 ACK_LOSS_RATE = 0.05
 # The shortest timeout the delayed timeout check can express (rooms.tasks).
 ACK_TIMEOUT_MS = 1000
+# Threads enqueueing the saturated phases' messages (rooms split between them).
+ENQUEUERS = 4
 # The naive fix pauses as long as an ack usually takes.
 NAIVE_PAUSE_MS = ACK_DELAY_MS
 # The naive fix holds a worker for every pause: a few hundred rooms show its rate.
@@ -139,11 +148,11 @@ def bench_direct(chat: ChatPlatform, *, name: str, rooms: int, messages_per_room
     }
 
 
-def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, timeout: float,
+def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, timeout: float, sequencer: str,
                   rate: float | None = None) -> dict[str, Any]:
     """Ordered delivery through the room state machine, acks by webhook; all at once, or
     at a fixed `rate` of messages/s (the body carries each message's intended time)."""
-    from rooms.models import ChatProvider, Room, RoomMessage
+    from rooms.models import ChatProvider, Room, RoomMessage, room_shard
     from rooms.services.enqueue import room_message_enqueue
 
     chat.reset(**_knobs())
@@ -151,21 +160,34 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
         name=f"bench-{uuid.uuid4().hex[:8]}", ack_timeout_ms=ACK_TIMEOUT_MS,
         timeout_policy=ChatProvider.TimeoutPolicy.PROCEED,
     )
+    recipients = [f"{provider.name}-{n}" for n in range(rooms)]
     room_ids = [room.pk for room in Room.objects.bulk_create(
-        [Room(provider=provider, recipient=f"{provider.name}-{n}") for n in range(rooms)]
+        [Room(provider=provider, recipient=recipient, shard=room_shard(provider_id=provider.pk, recipient=recipient))
+         for recipient in recipients]
     )]
     if not all(room_ids):  # SQLite and PostgreSQL return bulk-created keys
         room_ids = list(Room.objects.filter(provider=provider).order_by("pk").values_list("pk", flat=True))
     total = rooms * messages_per_room
     started = time.time()
-    index = 0
-    for room_id in room_ids:
-        for _seq in range(messages_per_room):
-            intended = started + index / rate if rate else time.time()
-            if rate and intended > time.time():
-                time.sleep(intended - time.time())
-            room_message_enqueue(room_id=room_id, body=str(intended))
-            index += 1
+
+    def enqueue(room_ids: list[int]) -> None:
+        for room_id in room_ids:
+            for _seq in range(messages_per_room):
+                room_message_enqueue(room_id=room_id, body=str(time.time()))
+        connection.close()  # this thread's
+
+    if rate:  # one loop, each message at its intended time
+        index = 0
+        for room_id in room_ids:
+            for _seq in range(messages_per_room):
+                intended = started + index / rate
+                if intended > time.time():
+                    time.sleep(intended - time.time())
+                room_message_enqueue(room_id=room_id, body=str(intended))
+                index += 1
+    else:  # as several API processes would: each enqueue mostly waits (commit, confirm)
+        with ThreadPoolExecutor(ENQUEUERS) as pool:
+            list(pool.map(enqueue, [room_ids[n::ENQUEUERS] for n in range(ENQUEUERS)]))
     enqueued = time.time()
     done = (RoomMessage.Status.ACKED, RoomMessage.Status.TIMED_OUT, RoomMessage.Status.SKIPPED,
             RoomMessage.Status.FAILED)
@@ -198,8 +220,9 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
         histogram_record(to_provider, (sent_at - enqueued_at).total_seconds())
     seconds = last_finished - started
     timeouts = sum(Room.objects.filter(provider=provider).values_list("timeouts", flat=True))
+    name = f"ordered ({sequencer})" + (f" at {rate:.0f}/s" if rate else "")
     return {
-        "name": f"ordered at {rate:.0f}/s" if rate else "ordered", "rooms": rooms, "messages": total, "seconds": round(seconds, 2),
+        "name": name, "sequencer": sequencer, "rooms": rooms, "messages": total, "seconds": round(seconds, 2),
         "messages_per_second": round(total / seconds, 1),
         "enqueue_seconds": round(enqueued - started, 2), "ack_timeout_ms": ACK_TIMEOUT_MS,
         "statuses": statuses, "timeouts": timeouts, "sent_before_predecessor_ended": sent_early,
@@ -211,11 +234,15 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
     }
 
 
-def bench_ordered_scenario(*, rooms: int, messages_per_room: int, out: Path, quick: bool) -> dict[str, Any]:
-    """Run the unordered baseline, the naive fix and ordered delivery; write the results.
+def bench_ordered_scenario(
+    *, rooms: int, messages_per_room: int, out: Path, quick: bool, sequencers: tuple[str, ...],
+    sequencer_running: Callable[[str], AbstractContextManager[None]],
+) -> dict[str, Any]:
+    """Run the unordered baseline, the naive fix and ordered delivery by each sequencer
+    (inside `sequencer_running(name)`, which starts what it needs); write the results.
 
     Needs the platform's URL in CARILLON_BENCH_SANDBOX_URL and workers on carillon.rooms
-    (bench_ordered_isolated provides both). Returns a JSON-able summary.
+    (ordered_scenario provides both). Returns a JSON-able summary.
     """
     chat = ChatPlatform(os.environ.get(SANDBOX_URL_VARIABLE) or settings.ROOMS_CHAT_API_URL)
     timeout = 120.0 if quick else 3600.0
@@ -224,32 +251,39 @@ def bench_ordered_scenario(*, rooms: int, messages_per_room: int, out: Path, qui
                      timeout=timeout),
         bench_direct(chat, name="naive fixed pause", rooms=min(rooms, NAIVE_ROOMS),
                      messages_per_room=messages_per_room, pause_ms=NAIVE_PAUSE_MS, timeout=timeout),
-        bench_ordered(chat, rooms=rooms, messages_per_room=messages_per_room, timeout=timeout),
     ]
-    unordered, _naive, ordered = phases
-    # Below saturation, so that the overhead is ordering's and not the backlog's.
-    paced_rate = max(1.0, ordered["messages_per_second"] / 2)
-    paced_rooms = max(1, min(rooms, int(paced_rate * 60) // messages_per_room))  # about a minute
-    phases.append(bench_ordered(chat, rooms=paced_rooms, messages_per_room=messages_per_room, timeout=timeout,
-                                rate=paced_rate))
+    unordered = phases[0]
+    ratios: dict[str, float] = {}
+    overheads: dict[str, dict[str, float]] = {}
+    for sequencer in sequencers:
+        with sequencer_running(sequencer):
+            ordered = bench_ordered(chat, rooms=rooms, messages_per_room=messages_per_room, timeout=timeout,
+                                    sequencer=sequencer)
+            # Below saturation, so that the overhead is ordering's and not the backlog's.
+            paced_rate = max(1.0, ordered["messages_per_second"] / 2)
+            paced_rooms = max(1, min(rooms, int(paced_rate * 60) // messages_per_room))  # about a minute
+            paced = bench_ordered(chat, rooms=paced_rooms, messages_per_room=messages_per_room, timeout=timeout,
+                                  sequencer=sequencer, rate=paced_rate)
+        phases += [ordered, paced]
+        ratios[sequencer] = round(ordered["messages_per_second"] / unordered["messages_per_second"], 2)
+        overheads[sequencer] = paced["overhead_beyond_previous_ack_ms"]
     summary: dict[str, Any] = {
         "scenario": "ordered",
         "quick": quick,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform(),
+                    "load_average": os.getloadavg()},
         "database": str(settings.DATABASES["default"]["ENGINE"]).rsplit(".", 1)[-1],
         "platform_knobs": _knobs(),
         "results": [{k: v for k, v in phase.items() if not k.startswith("_")} for phase in phases],
-        "ordered_overhead_beyond_previous_ack_ms": phases[-1]["overhead_beyond_previous_ack_ms"],
-        "ordered_vs_unordered_throughput": round(
-            ordered["messages_per_second"] / unordered["messages_per_second"], 2
-        ),
+        "ordered_overhead_beyond_previous_ack_ms": overheads,
+        "ordered_vs_unordered_throughput": ratios,
     }
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (out / f"ordered-{stamp}.json").write_text(json.dumps(summary, indent=2))
     for phase in phases:
         for kind, histogram in phase["_histograms"].items():
-            name = f"ordered-{stamp}-{re.sub(r'[^a-z0-9]+', '-', phase['name'])}-{kind}.hgrm"
+            name = f"ordered-{stamp}-{re.sub(r'[^a-z0-9]+', '-', phase['name']).strip('-')}-{kind}.hgrm"
             histogram_write_hgrm(histogram, out / name)
     return summary
 
@@ -260,42 +294,68 @@ def summary_lines(summary: dict[str, Any]) -> Iterator[str]:
         latency = row.get("overhead_beyond_previous_ack_ms") or row["enqueue_to_provider_ms"]
         measure = "overhead beyond the previous ack" if "overhead_beyond_previous_ack_ms" in row else \
             "enqueue to provider"
-        yield (f"{row['name']:<18} {row['messages']:>7} msgs in {row['seconds']:>8.2f}s = "
+        yield (f"{row['name']:<28} {row['messages']:>7} msgs in {row['seconds']:>8.2f}s = "
                f"{row['messages_per_second']:>8.1f}/s; violations at the API "
                f"{row['platform']['order_violations']}, at the device {row['platform']['delivery_order_violations']}; "
                f"{measure} ms p50 {latency['p50']} p99 {latency['p99']} p99.9 {latency['p99.9']}")
-    yield f"ordered / unordered throughput: {summary['ordered_vs_unordered_throughput']}"
+    for sequencer, ratio in summary["ordered_vs_unordered_throughput"].items():
+        yield f"ordered ({sequencer}) / unordered throughput: {ratio}"
 
 
 def ordered_scenario(options: Options) -> list[dict[str, Any]]:
-    """`manage.py bench ordered`: start a sandbox, a daphne (the webhooks) and room workers
-    inside the run the command isolated (its own virtual host, database and Redis), then
-    measure. `--connections` is the number of live rooms (default 25,000)."""
+    """`manage.py bench ordered`: start a sandbox, a daphne per sequencer (the webhooks)
+    and room workers inside the run the command isolated (its own virtual host, database
+    and Redis), then measure; a shard owner runs during the `shards` phases only (it
+    would adopt the other phases' rooms). `--connections` is the number of live rooms
+    (default 25,000)."""
     from config.celery import ping
 
     rooms, messages_per_room = (20, 3) if options.quick else (options.connections or DEFAULT_ROOMS, 2)
     concurrency = options.servers or DEFAULT_WORKERS
-    sandbox_port, smtp_port, web_port = free_port(), free_port(), free_port()
-    sandbox_url, web_url = f"http://127.0.0.1:{sandbox_port}", f"http://127.0.0.1:{web_port}"
-    env = {"ROOMS_CHAT_API_URL": sandbox_url, "CARILLON_PUBLIC_URL": web_url, SANDBOX_URL_VARIABLE: sandbox_url}
+    sandbox_port, smtp_port = free_port(), free_port()
+    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+    web_urls = {sequencer: f"http://127.0.0.1:{free_port()}" for sequencer in ("tasks", "shards")}
+    env = {"ROOMS_CHAT_API_URL": sandbox_url, SANDBOX_URL_VARIABLE: sandbox_url}
     os.environ.update(env)
     processes: list[ManagedProcess] = []
+
+    def web_env(sequencer: str) -> dict[str, str]:
+        return {**env, "ROOMS_SEQUENCER": sequencer, "CARILLON_PUBLIC_URL": web_urls[sequencer]}
+
+    @contextmanager
+    def sequencer_running(sequencer: str) -> Iterator[None]:
+        owner = None
+        if sequencer == "shards":
+            owner = ManagedProcess("rooms-owner", python("manage.py", "rooms_owner"), env=web_env(sequencer),
+                                   log_dir=LOG_DIR)
+            owner.wait_for_log("consuming the shard queues")
+        try:
+            with override_settings(ROOMS_SEQUENCER=sequencer):
+                yield
+        finally:
+            if owner is not None:
+                processes_stop([owner])
+
     try:
         processes.append(ManagedProcess(
             "sandbox", python("-m", "sandbox", "--http-port", str(sandbox_port), "--smtp-port", str(smtp_port),
                               "--log-level", "WARNING"), env=env, log_dir=LOG_DIR))
         processes[-1].wait_until(lambda: _answers(f"{sandbox_url}/healthz"), "sandbox /healthz")
-        processes.append(ManagedProcess("daphne", python("-m", "daphne", "-b", "127.0.0.1", "-p", str(web_port),
-                                                         "config.asgi:application"), env=env, log_dir=LOG_DIR))
-        processes[-1].wait_until(lambda: _answers(f"{web_url}/healthz"), "daphne /healthz")
+        for sequencer, url in web_urls.items():
+            processes.append(ManagedProcess(f"daphne-{sequencer}", python(
+                "-m", "daphne", "-b", "127.0.0.1", "-p", url.rsplit(":", 1)[1], "config.asgi:application"),
+                env=web_env(sequencer), log_dir=LOG_DIR))
+            healthz = f"{url}/healthz"
+            processes[-1].wait_until(partial(_answers, healthz), "daphne /healthz")
         processes.append(ManagedProcess("worker", python(
             "-m", "celery", "-A", "config.celery", "worker", "--loglevel", "WARNING", "--queues",
             "carillon.rooms", "--concurrency", str(concurrency), "--include", "benchmarks.baseline_tasks",
             "--without-mingle", "--without-gossip",
-        ), env=env, log_dir=LOG_DIR))
+        ), env=web_env("tasks"), log_dir=LOG_DIR))
         ping.apply_async(queue="carillon.rooms").get(timeout=120)  # a worker is up
         summary = bench_ordered_scenario(rooms=rooms, messages_per_room=messages_per_room, out=options.out,
-                                         quick=options.quick)
+                                         quick=options.quick, sequencers=options.sequencers,
+                                         sequencer_running=sequencer_running)
     finally:
         processes_stop(processes)
     for line in summary_lines(summary):

@@ -317,6 +317,10 @@ POSTMARK_BROADCAST_STREAM = env("POSTMARK_BROADCAST_STREAM", default="broadcast"
 ROOMS_CHAT_API_URL = env("ROOMS_CHAT_API_URL", default="")
 ROOMS_CHAT_WEBHOOK_SECRET = env("ROOMS_CHAT_WEBHOOK_SECRET", default="")
 ROOMS_CHAT_API_TIMEOUT_SECONDS = env.float("ROOMS_CHAT_API_TIMEOUT_SECONDS", default=10.0)
+# Who sequences rooms (docs/ordered-delivery.md): "tasks", a Celery task per send and a
+# compare-and-set per transition on the room's row; or "shards", one owner process per
+# shard of rooms (`manage.py rooms_owner`) holding their state in memory.
+ROOMS_SEQUENCER = env("ROOMS_SEQUENCER", default="tasks")
 
 LOGGING = {
     "version": 1,

@@ -18,6 +18,7 @@ from core.parsers import json_loads
 from core.schema import error
 from rooms import selectors
 from rooms.exceptions import InvalidRequestError, RoomError
+from rooms.models import SHARDS
 from rooms.providers import SIGNATURE_HEADER, TIMESTAMP_HEADER, chat_webhook_verify
 from rooms.services.acks import room_message_ack
 from rooms.services.enqueue import room_message_enqueue
@@ -141,6 +142,25 @@ def chat_webhook_parse(event: Any) -> dict[str, Any] | None:
     return fields
 
 
+ACK_OUTCOME = inline_serializer(
+    "ChatAckOutcome",
+    {
+        "status": serializers.ChoiceField(choices=["applied", "ignored", "accepted"]),
+        "message": serializers.IntegerField(required=False, allow_null=True),
+        "reason": serializers.CharField(required=False),
+    },
+)
+
+
+def _owner_route(request: Request) -> tuple[int, int] | None:
+    """The (shard, room) a shard owner put in the callback URL (`?shard=&room=`), if both
+    are there and well formed; otherwise the ack is routed by a database read."""
+    shard, room = request.query_params.get("shard", ""), request.query_params.get("room", "")
+    if not (shard.isdecimal() and room.isdecimal() and len(room) < 19 and int(shard) < SHARDS):
+        return None
+    return int(shard), int(room)
+
+
 class ChatWebhookView(APIView):
     """The chat platform's delivery ack: verified by HMAC over a timestamp and the body, idempotent."""
 
@@ -156,18 +176,15 @@ class ChatWebhookView(APIView):
                              description='sha256=<hex HMAC-SHA256 of "<timestamp>." followed by the raw body>'),
         ],
         responses={
-            200: inline_serializer(
-                "ChatAckOutcome",
-                {
-                    "status": serializers.ChoiceField(choices=["applied", "ignored"]),
-                    "message": serializers.IntegerField(required=False, allow_null=True),
-                    "reason": serializers.CharField(required=False),
-                },
-            ),
+            200: ACK_OUTCOME,
+            202: ACK_OUTCOME,
             400: error("the body is not a valid webhook (`invalid_request`)"),
             403: error("`invalid_signature`, or `invalid_timestamp` (missing, or too old)"),
             413: error("the body is over DATA_UPLOAD_MAX_MEMORY_SIZE (`payload_too_large`)"),
+            503: error("the sharded sequencer could not be handed the ack (`owner_unreachable`): send it again"),
         },
+        description="200 `applied` or `ignored` (a repeated, late or unknown ack) when the ack is applied in the "
+        "request; 202 `accepted` when the room's shard owner applies it (ROOMS_SEQUENCER=shards), moments later.",
     )
     def post(self, request: Request) -> HttpResponse:
         try:
@@ -191,6 +208,9 @@ class ChatWebhookView(APIView):
         if ack is None:
             return Response({"status": "ignored", "reason": "not a delivery event"})
         outcome = room_message_ack(
-            idempotency_key=str(ack["idempotency_key"]), provider_message_id=ack.get("id") or ""
+            idempotency_key=str(ack["idempotency_key"]), provider_message_id=ack.get("id") or "",
+            route=_owner_route(request),
         )
+        if outcome.forwarded:
+            return Response({"status": "accepted", "message": outcome.message_id}, status=status.HTTP_202_ACCEPTED)
         return Response({"status": "applied" if outcome.applied else "ignored", "message": outcome.message_id})

@@ -4,6 +4,7 @@ import logging
 
 from django.db import IntegrityError, transaction
 from django.db.models import F
+from kombu.exceptions import KombuError
 
 from core.errors import IdempotencyKeyReusedError
 from rooms.exceptions import RoomNotFoundError
@@ -17,6 +18,7 @@ from rooms.services.transitions import (
     room_transition,
     send_after_commit,
 )
+from rooms.shards import shard_publish, sharded
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +74,14 @@ def room_message_enqueue(
                 room_id=room_id, sequence=room.last_sequence, body=body, request_scope=scope,
                 request_key=idempotency_key or "",
             )
+            if sharded():
+                # The shard's owner holds the room's state: tell it once this commits.
+                transaction.on_commit(lambda: _owner_tell(room, message))
             # An idle room puts its head in flight in this same transaction: one write
             # transaction per message instead of an enqueue and then a dispatch. A busy
             # room needs nothing: the transition that ends its in-flight message takes
             # the room's lock after this commit, and sees this message queued.
-            if room.in_flight_id is None:
+            elif room.in_flight_id is None:
                 dispatch = advance(room).send
                 if dispatch is not None:
                     send_after_commit(dispatch)
@@ -88,6 +93,22 @@ def room_message_enqueue(
         return _same_request(first, room_id=room_id, body=body)
     logger.info("room %s: enqueued message %s (#%s)", room_id, message.pk, message.sequence)
     return message
+
+
+def _owner_tell(room: Room, message: RoomMessage) -> None:
+    """Hand a committed message to its room's shard owner."""
+    try:
+        shard_publish(room.shard, {
+            "kind": "enqueued", "shard": room.shard, "room": room.pk, "provider": room.provider_id,
+            "recipient": room.recipient, "message": message.pk, "sequence": message.sequence,
+            "key": str(message.idempotency_key), "body": message.body,
+        })
+    except (KombuError, OSError) as exc:
+        # The message is committed: failing the caller would only make it enqueue again.
+        # The owner compares each room's last sequence with what it knows every few
+        # seconds, and reads this message then.
+        logger.warning("room %s: message %s not handed to its owner, left to its periodic check: %s",
+                       room.pk, message.pk, exc)
 
 
 def _same_request(first: RoomMessage, *, room_id: int, body: str) -> RoomMessage:

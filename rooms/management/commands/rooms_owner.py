@@ -1,0 +1,35 @@
+import logging
+import signal
+import threading
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from rooms.owner import Owner
+
+logger = logging.getLogger(__name__)
+
+
+class Command(BaseCommand):
+    help = ("Sequence rooms as the owner of the shards RabbitMQ gives this process "
+            "(ROOMS_SEQUENCER=shards); start several, the others stand by.")
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--send-threads", type=int, default=32,
+                            help="platform calls made at once (each is one room's in-flight message)")
+        parser.add_argument("--prefetch", type=int, default=2000, help="inputs read ahead of the group commit")
+
+    def handle(self, *args: Any, send_threads: int, prefetch: int, **options: Any) -> None:
+        if settings.ROOMS_SEQUENCER != "shards":
+            raise CommandError(f"ROOMS_SEQUENCER is {settings.ROOMS_SEQUENCER!r}: set it to \"shards\" to run owners")
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        owner = Owner(send_threads=send_threads, prefetch=prefetch)
+
+        def ready() -> None:
+            self.stdout.write(f"rooms owner {owner.name}: consuming the shard queues")
+            self.stdout.flush()
+
+        owner.run(stop, ready)

@@ -1,0 +1,359 @@
+"""The shard owner process (`manage.py rooms_owner`): sequences the rooms of the shards
+RabbitMQ gives it, with their state in memory (rooms/machine.py) and the database as
+the record, written by group commit.
+
+One loop on the main thread: read the inputs that arrived on the shard queues, take
+the outcomes of the platform calls made by a pool of threads, fire the timers that are
+due, then write everything decided since the last write in one transaction, fenced by
+the epoch of each shard it touches (`RoomShard`), and only then acknowledge the inputs
+to RabbitMQ and make the sends the transaction named. A crash anywhere therefore leaves
+either an input still on its queue (unacknowledged: the next owner reads it again) or
+its effect in the record (which the next owner reads back), never neither.
+
+Taking a shard: RabbitMQ's single-active-consumer delivers a shard's inputs to one owner
+at a time. The first input from a shard the owner does not hold (every owner publishes a
+`tick` to every shard each second, so one always comes) makes it take the shard: bump
+the shard's epoch, read its rooms back, and look up at the platform every send in doubt.
+"""
+
+import heapq
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.db.models import F
+from django.utils import timezone
+from kombu import Consumer, Message, Producer
+from kombu.exceptions import KombuError
+
+from config.celery import app as critical_app
+from core.errors import ProviderPermanentError
+from rooms.machine import Machine, Queued, RoomState, Send, provider_config
+from rooms.models import ChatProvider, Room, RoomMessage, RoomShard
+from rooms.providers import chat_lookup, chat_send
+from rooms.shards import SHARDS_EXCHANGE, shard_queues
+
+logger = logging.getLogger(__name__)
+
+Status = RoomMessage.Status
+
+TICK_EVERY_S = 1.0
+# How often the owner compares each room's last sequence in the database with what it
+# knows: the only way it learns of a message whose `enqueued` input was never published
+# (RabbitMQ away when the enqueue committed).
+CATCH_UP_EVERY_S = 10.0
+PROVIDERS_EVERY_S = 10.0
+
+
+class FencedError(Exception):
+    """Another owner took one of this owner's shards: this one must stop writing."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a platform call answered, handed from a sending thread to the main loop."""
+
+    send: Send
+    kind: str  # "sent", "absent" (a lookup found nothing), "refused", "transient"
+    value: str = ""  # the platform's message id, or the reason
+
+
+class Owner:
+    def __init__(self, *, name: str | None = None, prefetch: int = 2000, send_threads: int = 32) -> None:
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.prefetch = prefetch
+        self.send_threads = send_threads
+        self.machine = Machine()
+        self.epochs: dict[int, int] = {}
+        self.unacked: Message | None = None  # the last input read: acknowledged with all before it
+        self.outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self.calling: set[Send] = set()
+        self.pool = ThreadPoolExecutor(send_threads, thread_name_prefix="rooms-send")
+        self.callback_url = settings.CARILLON_PUBLIC_URL.rstrip("/") + "/api/webhooks/chat/"
+        self.next_tick = self.next_catch_up = self.next_providers = 0.0
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, ready: Callable[[], None] = lambda: None) -> None:
+        """Own shards until `stop` is set; reconnect when RabbitMQ goes away. `ready` is
+        called each time the owner consumes the shard queues."""
+        while not stop.is_set():
+            try:
+                with critical_app.connection_for_read(heartbeat=10) as connection:
+                    connection.ensure_connection(max_retries=1)
+                    self._serve(connection, stop, ready)
+            except (KombuError, OSError) as exc:
+                logger.warning("rooms owner %s: RabbitMQ connection lost (%s); reconnecting", self.name, exc)
+                self._release()
+                stop.wait(1.0)
+        self.pool.shutdown(wait=True)
+
+    def _serve(self, connection: Any, stop: threading.Event, ready: Callable[[], None]) -> None:
+        channel = connection.channel()
+        channel.basic_qos(0, self.prefetch, False)
+        ticks = Producer(connection.channel(), exchange=SHARDS_EXCHANGE, serializer="json")
+        consumer = Consumer(channel, queues=shard_queues(), callbacks=[self._on_input], accept=["json"])
+        consumer.consume()
+        logger.info("rooms owner %s: consuming the shard queues", self.name)
+        ready()
+        while not stop.is_set():
+            self._read(connection)
+            self._take_outcomes()
+            self._fire_timers()
+            self._flush()
+            self._periodic(ticks)
+        # A clean stop: record what the calls in progress answered, then let go of the
+        # shards (the standby owners take them at once).
+        self._drain_calls()
+        self._take_outcomes()
+        self._flush()
+        consumer.cancel()
+
+    def _read(self, connection: Any) -> None:
+        """Read what RabbitMQ has for us: wait a little when nothing is due sooner."""
+        wait = 0.002 if self.calling else self._idle_wait()
+        try:
+            connection.drain_events(timeout=wait)
+        except TimeoutError:
+            return
+        for _ in range(self.prefetch):  # everything already on the socket, without waiting
+            try:
+                connection.drain_events(timeout=0.0002)
+            except TimeoutError:
+                return
+
+    def _idle_wait(self) -> float:
+        if not self.machine.timers:
+            return 0.05
+        until = (self.machine.timers[0].at - timezone.now()).total_seconds()
+        return min(max(until, 0.0005), 0.05)
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def _on_input(self, body: dict[str, Any], message: Message) -> None:
+        self.unacked = message
+        shard = int(body["shard"])
+        if shard not in self.epochs:
+            self._take(shard)
+        now = timezone.now()
+        kind = body.get("kind")
+        if kind == "enqueued":
+            self._enqueued(body, now)
+        elif kind == "ack":
+            self.machine.acked(int(body["room"]), str(body["key"]), str(body.get("provider_message_id") or ""), now)
+        elif kind == "skip":
+            self.machine.skip(int(body["room"]), int(body["message"]), now)
+        elif kind == "retry":
+            self.machine.retry(int(body["room"]), int(body["message"]), now)
+        elif kind != "tick":
+            logger.warning("rooms owner %s: input of unknown kind %r dropped", self.name, kind)
+
+    def _enqueued(self, body: dict[str, Any], now: datetime) -> None:
+        room_id, sequence = int(body["room"]), int(body["sequence"])
+        room = RoomState(room_id, int(body["shard"]), int(body["provider"]), str(body["recipient"]), known=0)
+        self._ensure_provider(room.provider_id)
+        self._catch_up(room, sequence - 1)
+        self.machine.enqueued(room, Queued(sequence, int(body["message"]), str(body["key"]), str(body["body"])), now)
+
+    def _catch_up(self, room: RoomState, upto: int) -> None:
+        """Read from the database the room's messages the owner has not seen, up to `upto`."""
+        known = self.machine.rooms.get(room.room_id, room).known
+        if upto <= known:
+            return
+        rows = RoomMessage.objects.filter(room_id=room.room_id, sequence__gt=known, sequence__lte=upto).order_by(
+            "sequence").values("id", "sequence", "idempotency_key", "body", "status")
+        now = timezone.now()
+        for row in rows:
+            queued = Queued(row["sequence"], row["id"], str(row["idempotency_key"]), row["body"])
+            if row["status"] == Status.QUEUED:
+                self.machine.enqueued(room, queued, now)
+        self.machine.rooms.setdefault(room.room_id, room).known = max(known, upto)
+
+    # -- taking and losing shards ------------------------------------------------------
+
+    def _take(self, shard: int) -> None:
+        now = timezone.now()
+        with transaction.atomic():
+            RoomShard.objects.get_or_create(shard=shard)
+            RoomShard.objects.filter(shard=shard).update(epoch=F("epoch") + 1, owner=self.name, taken_at=now)
+            epoch = RoomShard.objects.values_list("epoch", flat=True).get(shard=shard)
+        self.epochs[shard] = epoch
+        self._load_providers()
+        # Rooms first, then their messages: a message committed in between is then read
+        # with the messages, or arrives as an input, and `known` covers it either way.
+        rooms = list(Room.objects.filter(shard=shard).values_list("pk", "provider_id", "recipient", "last_sequence"))
+        messages: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        rows = RoomMessage.objects.filter(room__shard=shard, status__in=(Status.QUEUED, Status.IN_FLIGHT)).order_by(
+            "room_id", "sequence").values("id", "room_id", "sequence", "idempotency_key", "body", "status",
+                                          "attempts", "sent_at", "provider_message_id")
+        for row in rows:
+            messages[row["room_id"]].append(dict(row))
+        doubt: list[Send] = []
+        for room_id, provider_id, recipient, last_sequence in rooms:
+            state = RoomState(room_id, shard, provider_id, recipient, known=last_sequence)
+            doubt += self.machine.load(state, messages.get(room_id, ()), now)
+        logger.info("rooms owner %s: took shard %s at epoch %s (%s rooms, %s sends in doubt)",
+                    self.name, shard, epoch, len(rooms), len(doubt))
+        for send in doubt:
+            self._call(send)
+
+    def _release(self) -> None:
+        """Forget every shard (the connection that held them is gone): wait for the calls
+        in progress, so that none lands after a new owner read the record."""
+        self._drain_calls()
+        self.machine = Machine()
+        self.outcomes = queue.SimpleQueue()
+        self.epochs.clear()
+        self.unacked = None
+
+    # -- the group commit --------------------------------------------------------------
+
+    def _flush(self) -> None:
+        record = self.machine.take_record()
+        if record:
+            now = timezone.now()
+            with transaction.atomic():
+                for shard in sorted(record.shards):
+                    if not RoomShard.objects.filter(shard=shard, epoch=self.epochs[shard]).update(flushed_at=now):
+                        raise FencedError(f"shard {shard} was taken by another owner since epoch {self.epochs[shard]}")
+                _bulk_update(RoomMessage, record.messages)
+                rooms = {room_id: {**changes, "version": F("version") + 1} for room_id, changes in record.rooms.items()}
+                for room_id, added in record.timeouts.items():
+                    rooms.setdefault(room_id, {"version": F("version") + 1})["timeouts"] = F("timeouts") + added
+                _bulk_update(Room, rooms)
+        if self.unacked is not None:
+            self.unacked.ack(multiple=True)
+            self.unacked = None
+        for send in record.sends:
+            self._call(send)
+
+    # -- calls to the platform ---------------------------------------------------------
+
+    def _call(self, send: Send) -> None:
+        """Send (or, for a send in doubt, look up) one attempt, in a sending thread."""
+        flight = self.machine.current(send)
+        if flight is None or send in self.calling:
+            return
+        self.calling.add(send)
+        if flight.doubt:
+            self.pool.submit(self._lookup, send, flight.message.key)
+            return
+        room = self.machine.room_of(send)
+        # The ack's webhook names the shard and room it is for, so that the web process
+        # hands it to this owner's queue without reading the database.
+        callback_url = f"{self.callback_url}?shard={room.shard}&room={room.room_id}"
+        self.pool.submit(self._send, send, room.recipient, flight.message, callback_url)
+
+    def _send(self, send: Send, recipient: str, message: Queued, callback_url: str) -> None:
+        self._answer(send, lambda: chat_send(
+            room=recipient, body=message.body, idempotency_key=message.key,
+            sequence=message.sequence, callback_url=callback_url,
+        ).provider_message_id)
+
+    def _lookup(self, send: Send, key: str) -> None:
+        self._answer(send, lambda: chat_lookup(idempotency_key=key))
+
+    def _answer(self, send: Send, call: Callable[[], str | None]) -> None:
+        try:
+            found = call()
+            outcome = Outcome(send, "absent") if found is None else Outcome(send, "sent", found)
+        except ProviderPermanentError as exc:
+            outcome = Outcome(send, "refused", str(exc))
+        except Exception as exc:  # noqa: BLE001 - the loop retries any other failure with backoff
+            outcome = Outcome(send, "transient", str(exc) or type(exc).__name__)
+        self.outcomes.put(outcome)
+
+    def _take_outcomes(self) -> None:
+        now = timezone.now()
+        while True:
+            try:
+                outcome = self.outcomes.get_nowait()
+            except queue.Empty:
+                return
+            self.calling.discard(outcome.send)
+            if outcome.kind == "sent":
+                self.machine.sent(outcome.send, outcome.value, now)
+            elif outcome.kind == "absent":
+                self.machine.absent(outcome.send)
+            elif outcome.kind == "refused":
+                logger.warning("room %s: message %s refused: %s", outcome.send.room_id, outcome.send.message_id,
+                               outcome.value)
+                self.machine.refused(outcome.send, outcome.value, now)
+            else:
+                logger.warning("room %s: message %s not sent, to try again: %s", outcome.send.room_id,
+                               outcome.send.message_id, outcome.value)
+                self.machine.failed_transiently(outcome.send, outcome.value, now)
+
+    def _drain_calls(self) -> None:
+        """Wait for the platform calls in progress to answer (each is bounded by its
+        timeout), keeping their outcomes for the machine."""
+        answered = []
+        while self.calling:
+            try:
+                outcome = self.outcomes.get(timeout=settings.ROOMS_CHAT_API_TIMEOUT_SECONDS + 5)
+            except queue.Empty:
+                break
+            self.calling.discard(outcome.send)
+            answered.append(outcome)
+        for outcome in answered:
+            self.outcomes.put(outcome)
+
+    # -- timers and periodic work ------------------------------------------------------
+
+    def _fire_timers(self) -> None:
+        now = timezone.now()
+        timers = self.machine.timers
+        while timers and timers[0].at <= now:
+            self.machine.fire(heapq.heappop(timers), now)
+
+    def _periodic(self, ticks: Producer) -> None:
+        clock = time.monotonic()
+        if clock >= self.next_tick:
+            self.next_tick = clock + TICK_EVERY_S
+            for queue_ in shard_queues():
+                ticks.publish({"kind": "tick", "shard": int(queue_.routing_key.split(".")[1])},
+                              routing_key=queue_.routing_key, expiration=5, declare=[queue_], retry=False)
+        if clock >= self.next_providers:
+            self.next_providers = clock + PROVIDERS_EVERY_S
+            self._load_providers()
+            close_old_connections()
+        if clock >= self.next_catch_up and self.epochs:
+            self.next_catch_up = clock + CATCH_UP_EVERY_S
+            self._catch_up_all()
+
+    def _catch_up_all(self) -> None:
+        rooms = Room.objects.filter(shard__in=list(self.epochs)).values_list(
+            "pk", "shard", "provider_id", "recipient", "last_sequence")
+        for room_id, shard, provider_id, recipient, last_sequence in rooms:
+            known = self.machine.rooms.get(room_id)
+            if known is None or known.known < last_sequence:
+                self._ensure_provider(provider_id)
+                self._catch_up(RoomState(room_id, shard, provider_id, recipient, known=0), last_sequence)
+
+    def _load_providers(self) -> None:
+        self.machine.providers = {provider.pk: provider_config(provider) for provider in ChatProvider.objects.all()}
+
+    def _ensure_provider(self, provider_id: int) -> None:
+        if provider_id not in self.machine.providers:
+            self._load_providers()
+
+
+def _bulk_update(model: Any, changes: dict[int, dict[str, Any]]) -> None:
+    """Write each row's changed fields: one UPDATE per set of fields changed together."""
+    groups: dict[frozenset[str], list[Any]] = defaultdict(list)
+    for pk, fields in changes.items():
+        groups[frozenset(fields)].append(model(pk=pk, **fields))
+    for names, objects in groups.items():
+        model.objects.bulk_update(objects, sorted(names), batch_size=500)
+

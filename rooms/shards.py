@@ -1,0 +1,77 @@
+"""The shard queues of the sharded sequencer: how an input reaches the owner of its room.
+
+Every room belongs to one of SHARDS shards (`Room.shard`). Each shard has a durable
+quorum queue `carillon.rooms.shard.NN` with single-active-consumer, bound to the direct
+exchange `carillon.rooms.shards` by its number: however many owner processes consume
+it, RabbitMQ hands its messages to one at a time, in order, and to the next one when
+that one's connection drops (its unacknowledged inputs go back to the queue first).
+
+Inputs are small JSON objects with a `kind`:
+- `enqueued`: a message was committed to a room's FIFO (room, provider, recipient,
+  message, sequence, key, body), published after the enqueue commits;
+- `ack`: the platform acknowledged a message (room, key, provider_message_id), published
+  by whichever web process received the webhook;
+- `skip`, `retry`: an operator's action on a message (room, message);
+- `tick`: sent every second by every owner, so that a standby that became a shard's
+  active consumer learns it at once, even when nothing else is sent to the shard.
+"""
+
+import logging
+from typing import Any
+
+from django.conf import settings
+from kombu import Exchange, Queue
+
+from config.celery import app as critical_app
+from rooms.models import SHARDS
+
+logger = logging.getLogger(__name__)
+
+SHARDS_EXCHANGE = Exchange("carillon.rooms.shards", type="direct", durable=True)
+
+
+def shard_queue(shard: int) -> Queue:
+    """One shard's input queue. Its delivery limit stops an input that kills every owner
+    that reads it from taking the shard down forever (the record in the database is what
+    a new owner resumes from, so a dropped input is at worst a message left queued, which
+    the owner's periodic check finds)."""
+    return Queue(
+        f"carillon.rooms.shard.{shard:02d}",
+        SHARDS_EXCHANGE,
+        routing_key=f"shard.{shard:02d}",
+        durable=True,
+        queue_arguments={
+            "x-queue-type": "quorum",
+            "x-single-active-consumer": True,
+            "x-delivery-limit": settings.CARILLON_DELIVERY_LIMIT,
+        },
+    )
+
+
+def shard_queues() -> list[Queue]:
+    return [shard_queue(shard) for shard in range(SHARDS)]
+
+
+def sharded() -> bool:
+    """Whether rooms are sequenced by shard owners (else by a Celery task per send)."""
+    return bool(settings.ROOMS_SEQUENCER == "shards")
+
+
+def shard_publish(shard: int, payload: dict[str, Any], *, producer: Any = None) -> None:
+    """Publish one input to a shard's owner, and wait for RabbitMQ's confirm.
+
+    Raises kombu's and the socket's errors: the caller decides whether its work is done
+    without this input (everything an input says is also in the database, which the
+    owner reads back on its periodic check and when it takes a shard).
+    """
+    queue = shard_queue(shard)
+    with critical_app.producer_or_acquire(producer) as pooled:
+        pooled.publish(
+            payload,
+            exchange=SHARDS_EXCHANGE,
+            routing_key=queue.routing_key,
+            serializer="json",
+            delivery_mode=2,
+            declare=[queue],
+            retry=False,
+        )
