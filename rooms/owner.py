@@ -70,8 +70,12 @@ class Outcome:
 
 
 class Owner:
-    def __init__(self, *, name: str | None = None, prefetch: int = 2000, send_threads: int = 32) -> None:
+    def __init__(
+        self, *, name: str | None = None, prefetch: int = 2000, send_threads: int = 32,
+        catch_up_every: float = CATCH_UP_EVERY_S,
+    ) -> None:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.catch_up_every = catch_up_every
         self.prefetch = prefetch
         self.send_threads = send_threads
         self.machine = Machine()
@@ -329,7 +333,7 @@ class Owner:
             self._load_providers()
             close_old_connections()
         if clock >= self.next_catch_up and self.epochs:
-            self.next_catch_up = clock + CATCH_UP_EVERY_S
+            self.next_catch_up = clock + self.catch_up_every
             self._catch_up_all()
 
     def _catch_up_all(self) -> None:

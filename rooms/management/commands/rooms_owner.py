@@ -6,7 +6,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from rooms.owner import Owner
+from rooms.owner import CATCH_UP_EVERY_S, Owner
 
 logger = logging.getLogger(__name__)
 
@@ -19,14 +19,16 @@ class Command(BaseCommand):
         parser.add_argument("--send-threads", type=int, default=32,
                             help="platform calls made at once (each is one room's in-flight message)")
         parser.add_argument("--prefetch", type=int, default=2000, help="inputs read ahead of the group commit")
+        parser.add_argument("--catch-up-every", type=float, default=CATCH_UP_EVERY_S,
+                            help="seconds between checks for messages whose input was never published")
 
-    def handle(self, *args: Any, send_threads: int, prefetch: int, **options: Any) -> None:
+    def handle(self, *args: Any, send_threads: int, prefetch: int, catch_up_every: float, **options: Any) -> None:
         if settings.ROOMS_SEQUENCER != "shards":
             raise CommandError(f"ROOMS_SEQUENCER is {settings.ROOMS_SEQUENCER!r}: set it to \"shards\" to run owners")
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
-        owner = Owner(send_threads=send_threads, prefetch=prefetch)
+        owner = Owner(send_threads=send_threads, prefetch=prefetch, catch_up_every=catch_up_every)
 
         def ready() -> None:
             self.stdout.write(f"rooms owner {owner.name}: consuming the shard queues")

@@ -1,0 +1,245 @@
+"""Ordered per-room delivery by the sharded sequencer, end to end: shard owner processes
+(`manage.py rooms_owner`, one active, one standing by), two daphne web processes that
+hand acks to the owners, the sandbox's chat platform counting arrival order, duplicates
+and the order at the device. Owners start for each test: the database is emptied
+between tests, and an owner holds its shards' rooms in memory. No timing assertion:
+every wait has a deadline that only turns a hang into a failure."""
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from django.test import override_settings
+
+from rooms.models import Room, RoomMessage, RoomShard
+from rooms.services import enqueue
+from rooms.services.enqueue import room_message_enqueue
+from rooms.services.operator import room_message_retry, room_message_skip
+from sandbox.client import SandboxClient
+from tests.integration.conftest import daphne_wait, start_daphne
+from tests.integration.test_ordered import (
+    ROOMS_TIMEOUT,
+    Status,
+    all_done,
+    make_rooms,
+    post_ack,
+    statuses,
+)
+from tests.processes import ManagedProcess, processes_stop, python, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+SHARDED = {"ROOMS_SEQUENCER": "shards"}
+
+
+@pytest.fixture(scope="module")
+def shard_web_urls(django_db_setup: None) -> Iterator[list[str]]:
+    """Two daphne processes with the sharded sequencer: either hands an ack to its owner."""
+    webs = [start_daphne(f"daphne-shards-{index}", env=SHARDED, wait=False) for index in range(2)]
+    try:
+        for process, url in webs:
+            daphne_wait(process, url)
+        yield [url for _, url in webs]
+    finally:
+        processes_stop([process for process, _ in webs])
+
+
+@dataclass
+class Owners:
+    """Owner processes; the n-th gives the platform the callback URL of web process n % 2."""
+
+    sandbox_url: str
+    web_urls: list[str]
+    processes: list[ManagedProcess] = field(default_factory=list)
+
+    def start(self) -> ManagedProcess:
+        index = len(self.processes)
+        process = ManagedProcess(f"rooms-owner-{index}", python("manage.py", "rooms_owner", "--catch-up-every", "1"),
+                                 env={**SHARDED, "ROOMS_CHAT_API_URL": self.sandbox_url,
+                                      "CARILLON_PUBLIC_URL": self.web_urls[index % 2]})
+        self.processes.append(process)
+        process.wait_for_log("consuming the shard queues")
+        return process
+
+
+@pytest.fixture
+def owners(sandbox: SandboxClient, shard_web_urls: list[str], transactional_db: None) -> Iterator[Owners]:
+    """One owner running (more are started by the tests), the test process enqueueing
+    with the sharded sequencer, a platform that acks within ~50 ms."""
+    sandbox.set_knobs("chat", callback_delay_ms=30, callback_jitter_ms=20)
+    running = Owners(sandbox.url, shard_web_urls)
+    with override_settings(**SHARDED):
+        running.start()
+        try:
+            yield running
+        finally:
+            processes_stop(running.processes)  # before the database is emptied
+
+
+def enqueue_all(rooms: list[Room], count: int, start: int = 0) -> None:
+    for n in range(start, start + count):  # interleaved, as concurrent API requests would
+        for room in rooms:
+            room_message_enqueue(room_id=room.pk, body=f"message {n}")
+
+
+def test_order_is_kept_in_every_room_and_a_clean_stop_hands_the_shards_over(
+    owners: Owners, sandbox: SandboxClient
+) -> None:
+    first, standby = owners.processes[0], owners.start()
+    rooms = make_rooms(20)
+    enqueue_all(rooms, 4)
+    wait_for(lambda: RoomMessage.objects.filter(status=Status.ACKED).count() >= 20, "some messages acked",
+             ROOMS_TIMEOUT)
+
+    first.stop()  # SIGTERM: it records what it has, and RabbitMQ gives its shards to the standby
+    enqueue_all(rooms, 4, start=4)
+    wait_for(lambda: all_done(rooms), "every message acked", ROOMS_TIMEOUT)
+
+    seen = sandbox.chat_rooms()
+    assert (seen["order_violations"], seen["delivery_order_violations"], seen["duplicates"]) == (0, 0, 0)
+    for room in rooms:
+        assert seen["rooms"][room.recipient]["arrivals"] == list(range(1, 9))
+        assert statuses(room) == [Status.ACKED] * 8
+    assert "took shard" in standby.log()
+    # Every shard the standby took was taken again, at a newer epoch than the first owner's.
+    taken = RoomShard.objects.filter(owner__endswith=f":{standby.process.pid}")
+    assert taken.exists() and all(shard.epoch >= 2 for shard in taken)
+
+
+def test_a_killed_owner_s_rooms_go_on_from_the_standby_with_no_duplicate(
+    owners: Owners, sandbox: SandboxClient
+) -> None:
+    # The platform takes the message at once but answers after 2 s and acks after 3 s:
+    # the owner is killed after the platform has the first message, before it heard so.
+    # The standby finds the send in doubt, asks the platform, and does not send it again.
+    active = owners.processes[0]
+    standby = owners.start()
+    sandbox.set_knobs("chat", latency_ms=2000, callback_delay_ms=3000, callback_jitter_ms=0)
+    (room,) = make_rooms(1)
+    enqueue_all([room], 3)
+    wait_for(lambda: room.recipient in sandbox.chat_rooms()["rooms"], "first message at the platform", ROOMS_TIMEOUT)
+
+    active.kill()
+    sandbox.set_knobs("chat", latency_ms=0, callback_delay_ms=30)
+    wait_for(lambda: all_done([room]), "every message acked", ROOMS_TIMEOUT)
+
+    seen = sandbox.chat_rooms()
+    assert seen["rooms"][room.recipient]["arrivals"] == [1, 2, 3]
+    assert (seen["order_violations"], seen["duplicates"]) == (0, 0)
+    assert statuses(room) == [Status.ACKED] * 3
+    assert "1 sends in doubt" in standby.log()
+    # The first ack went to the dead owner's web process, the others to the standby's:
+    # both handed them to whichever process owns the room's shard.
+    assert RoomMessage.objects.filter(room=room).exclude(provider_message_id="").count() == 3
+
+
+def test_a_lost_ack_times_out_then_the_next_message_goes(owners: Owners, sandbox: SandboxClient) -> None:
+    sandbox.set_knobs("chat", callback_loss_rate=1.0)
+    (proceed_room,) = make_rooms(1, ack_timeout_ms=300, policy="proceed")
+    (resend_room,) = make_rooms(1, ack_timeout_ms=300, policy="resend", resends=1)
+    enqueue_all([proceed_room, resend_room], 3)
+
+    wait_for(lambda: all_done([proceed_room, resend_room]), "every message timed out", ROOMS_TIMEOUT)
+
+    seen = sandbox.chat_rooms()["rooms"]
+    for room in (proceed_room, resend_room):
+        assert statuses(room) == [Status.TIMED_OUT] * 3
+        assert Room.objects.get(pk=room.pk).timeouts == 3
+        assert seen[room.recipient]["arrivals"] == [1, 2, 3]
+    assert seen[proceed_room.recipient]["duplicates"] == 0
+    # One resend per message, deduplicated by the platform on the idempotency key.
+    assert seen[resend_room.recipient]["duplicates"] == 3
+
+
+def test_duplicate_and_late_acks_change_nothing(
+    owners: Owners, sandbox: SandboxClient, shard_web_urls: list[str]
+) -> None:
+    (room,) = make_rooms(1, ack_timeout_ms=300)
+    first = room_message_enqueue(room_id=room.pk, body="acked")
+    wait_for(lambda: all_done([room]), "first message acked", ROOMS_TIMEOUT)
+    sandbox.set_knobs("chat", callback_loss_rate=1.0)
+    late = room_message_enqueue(room_id=room.pk, body="times out")
+    wait_for(lambda: all_done([room]), "second message timed out", ROOMS_TIMEOUT)
+    waiting = room_message_enqueue(room_id=room.pk, body="waits for its ack")
+    wait_for(lambda: RoomMessage.objects.get(pk=waiting.pk).attempts, "third message in flight", ROOMS_TIMEOUT)
+    finished = {m.pk: (m.status, m.finished_at) for m in (RoomMessage.objects.get(pk=first.pk),
+                                                           RoomMessage.objects.get(pk=late.pk))}
+
+    answers = [post_ack(url, message) for url in shard_web_urls for message in (first, late)]
+    # The third message's ack comes after them on the shard's queue: once it is applied,
+    # the owner has read the four before it.
+    assert post_ack(shard_web_urls[0], RoomMessage.objects.get(pk=waiting.pk)).status_code == 202
+    wait_for(lambda: all_done([room]), "third message acked", ROOMS_TIMEOUT)
+
+    assert [(answer.status_code, answer.json()["status"]) for answer in answers] == [(202, "accepted")] * 4
+    assert statuses(room) == [Status.ACKED, Status.TIMED_OUT, Status.ACKED]
+    assert {m.pk: (m.status, m.finished_at) for m in RoomMessage.objects.filter(pk__in=finished)} == finished
+
+
+def test_forged_webhooks_get_403_and_reach_no_owner(owners: Owners, sandbox: SandboxClient,
+                                                     shard_web_urls: list[str]) -> None:
+    sandbox.set_knobs("chat", callback_loss_rate=1.0)
+    (room,) = make_rooms(1)
+    message = room_message_enqueue(room_id=room.pk, body="waits")
+    wait_for(lambda: RoomMessage.objects.get(pk=message.pk).sent_at, "message sent", ROOMS_TIMEOUT)
+
+    forged = [post_ack(url, message, secret="guessed") for url in shard_web_urls]
+
+    assert [r.status_code for r in forged] == [403, 403]
+    assert {r.json()["error"] for r in forged} == {"invalid_signature"}
+    assert statuses(room) == [Status.IN_FLIGHT]
+
+
+def test_a_slow_room_does_not_hold_back_the_others(owners: Owners, sandbox: SandboxClient) -> None:
+    slow = make_rooms(3, ack_timeout_ms=600_000)
+    fast = make_rooms(8)
+    for room in slow:
+        sandbox.set_chat_room(room.recipient, callback_delay_ms=300_000)
+    enqueue_all([*slow, *fast], 4)
+
+    wait_for(lambda: all_done(fast), "every fast room done", ROOMS_TIMEOUT)
+
+    seen = sandbox.chat_rooms()
+    for room in fast:
+        assert seen["rooms"][room.recipient]["arrivals"] == [1, 2, 3, 4]
+    for room in slow:  # each still waits for its first ack, the rest queued behind it
+        assert statuses(room) == [Status.IN_FLIGHT, Status.QUEUED, Status.QUEUED, Status.QUEUED]
+        assert seen["rooms"][room.recipient]["arrivals"] == [1]
+
+
+def test_operators_retry_and_skip_through_the_owner(owners: Owners, sandbox: SandboxClient) -> None:
+    (room,) = make_rooms(1)
+    sandbox.set_chat_room(room.recipient, callback_delay_ms=300_000)
+    first, second = (room_message_enqueue(room_id=room.pk, body=f"m{n}") for n in range(2))
+    wait_for(lambda: RoomMessage.objects.get(pk=first.pk).sent_at, "first message sent", ROOMS_TIMEOUT)
+
+    assert room_message_retry(message_id=first.pk)
+    wait_for(lambda: RoomMessage.objects.get(pk=first.pk).attempts == 2, "first message resent", ROOMS_TIMEOUT)
+    assert room_message_skip(message_id=first.pk)
+    wait_for(lambda: statuses(room) == [Status.SKIPPED, Status.IN_FLIGHT], "second message in flight",
+             ROOMS_TIMEOUT)
+
+    seen = sandbox.chat_rooms()["rooms"][room.recipient]
+    assert seen["arrivals"] == [1, 2]
+    assert seen["duplicates"] == 1  # the retry, deduplicated by the platform on its key
+    assert not room_message_retry(message_id=first.pk)  # skipped: nothing to ask
+    assert room_message_skip(message_id=second.pk)
+
+
+def test_a_message_whose_input_was_never_published_is_found_and_sent(
+    owners: Owners, sandbox: SandboxClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (room,) = make_rooms(1)
+
+    def broker_away(*args: object, **kwargs: object) -> None:
+        raise OSError("connection refused")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(enqueue, "shard_publish", broker_away)
+        message = room_message_enqueue(room_id=room.pk, body="committed, never announced")
+    assert statuses(room) == [Status.QUEUED]
+
+    wait_for(lambda: all_done([room]), "the owner's periodic check sends it", ROOMS_TIMEOUT)
+
+    assert RoomMessage.objects.get(pk=message.pk).status == Status.ACKED
+    assert sandbox.chat_rooms()["rooms"][room.recipient]["arrivals"] == [1]
