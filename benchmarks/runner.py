@@ -40,6 +40,7 @@ class Options:
     baseline_tasks: int | None = None  # broadcast: no-op tasks in the raw baseline (the recipients)
     reset_rate: float | None = None  # broadcast: password resets a second while it runs (none)
     sequencers: tuple[str, ...] = ("tasks", "shards")  # ordered: the room sequencers measured, in turn
+    kill_every: float | None = None  # ordered: seconds between SIGKILLs of the active shard owner (never)
 
 
 @dataclass

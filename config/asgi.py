@@ -15,11 +15,14 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from realtime.auth import SessionUserMiddleware  # noqa: E402
 from realtime.connections import TransportBacklogMiddleware  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
+from rooms.api.receiver import ChatAckReceiver  # noqa: E402
 
 # TransportBacklogMiddleware: WebSocket and SSE connections bound what daphne holds unsent.
+# ChatAckReceiver: the chat platform's acks for shard owners, forwarded without Django's
+# request cycle (rooms/api/receiver.py).
 application = ProtocolTypeRouter(
     {
-        "http": TransportBacklogMiddleware(django_asgi_app),
+        "http": TransportBacklogMiddleware(ChatAckReceiver(django_asgi_app)),
         "websocket": TransportBacklogMiddleware(
             AllowedHostsOriginValidator(SessionUserMiddleware(URLRouter(websocket_urlpatterns)))
         ),

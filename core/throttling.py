@@ -189,7 +189,7 @@ def _login_refusal(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
-def _refusal(request: HttpRequest, scope: str | None) -> HttpResponse | None:
+def request_refusal(request: HttpRequest, scope: str | None) -> HttpResponse | None:
     """The answer that refuses `request`, or None to let it through."""
     if scope == LOGIN:
         return _login_refusal(request) if request.method == "POST" else None
@@ -247,7 +247,7 @@ class ThrottleMiddleware:
         scope = _scope(request)
         if scope is None and not request.headers.get("Authorization"):
             return self.get_response(request)
-        refusal = _refusal(request, scope)
+        refusal = request_refusal(request, scope)
         if refusal is not None:
             return refusal
         response: HttpResponse = self.get_response(request)
@@ -259,7 +259,7 @@ class ThrottleMiddleware:
         scope = _scope(request)
         if scope is None and not request.headers.get("Authorization"):
             return await get_response(request)
-        refusal = await sync_to_async(_refusal)(request, scope)
+        refusal = await sync_to_async(request_refusal)(request, scope)
         if refusal is not None:
             return refusal
         response = await get_response(request)

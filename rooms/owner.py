@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from kombu import Consumer, Message, Producer
@@ -231,11 +231,13 @@ class Owner:
                 for shard in sorted(record.shards):
                     if not RoomShard.objects.filter(shard=shard, epoch=self.epochs[shard]).update(flushed_at=now):
                         raise FencedError(f"shard {shard} was taken by another owner since epoch {self.epochs[shard]}")
-                _bulk_update(RoomMessage, record.messages)
-                rooms = {room_id: {**changes, "version": F("version") + 1} for room_id, changes in record.rooms.items()}
-                for room_id, added in record.timeouts.items():
-                    rooms.setdefault(room_id, {"version": F("version") + 1})["timeouts"] = F("timeouts") + added
-                _bulk_update(Room, rooms)
+                _rows_update(RoomMessage, record.messages)
+                rooms: dict[int, dict[str, Any]] = {room_id: {} for room_id in record.timeouts}
+                rooms.update(record.rooms)
+                # Each write bumps the room's version, as the other sequencer's compare-and-set
+                # does: a stray write of that sequencer's services then fails its check.
+                _rows_update(Room, rooms, "version = version + 1, timeouts = timeouts + %s",
+                             lambda room_id: [record.timeouts.get(room_id, 0)])
         if self.unacked is not None:
             self.unacked.ack(multiple=True)
             self.unacked = None
@@ -353,11 +355,26 @@ class Owner:
             self._load_providers()
 
 
-def _bulk_update(model: Any, changes: dict[int, dict[str, Any]]) -> None:
-    """Write each row's changed fields: one UPDATE per set of fields changed together."""
-    groups: dict[frozenset[str], list[Any]] = defaultdict(list)
-    for pk, fields in changes.items():
-        groups[frozenset(fields)].append(model(pk=pk, **fields))
-    for names, objects in groups.items():
-        model.objects.bulk_update(objects, sorted(names), batch_size=500)
-
+def _rows_update(
+    model: Any, changes: dict[int, dict[str, Any]], extra_sql: str = "",
+    extra_params: Callable[[int], list[Any]] = lambda pk: [],
+) -> None:
+    """Write each row's changed fields: one statement per set of fields changed together,
+    executed for all its rows at once (pipelined on PostgreSQL). Plain SQL: building the
+    same UPDATEs as ORM expressions (bulk_update's CASE per field and row) took three
+    quarters of an owner's CPU."""
+    groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
+    for pk, changed in changes.items():
+        groups[tuple(sorted(changed))].append(pk)
+    quote = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        for names, pks in groups.items():
+            fields: list[Any] = [model._meta.get_field(name) for name in names]  # "in_flight_id" finds in_flight
+            assignments = [f"{quote(field.column)} = %s" for field in fields] + ([extra_sql] if extra_sql else [])
+            # Identifiers from the model's metadata, every value a parameter.
+            sql = f"UPDATE {quote(model._meta.db_table)} SET {', '.join(assignments)} WHERE id = %s"  # noqa: S608
+            cursor.executemany(sql, [
+                [field.get_db_prep_save(changes[pk][name], connection)
+                 for name, field in zip(names, fields, strict=True)] + extra_params(pk) + [pk]
+                for pk in pks
+            ])

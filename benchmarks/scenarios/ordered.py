@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -236,7 +237,7 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
 
 def bench_ordered_scenario(
     *, rooms: int, messages_per_room: int, out: Path, quick: bool, sequencers: tuple[str, ...],
-    sequencer_running: Callable[[str], AbstractContextManager[None]],
+    sequencer_running: Callable[[str], AbstractContextManager[None]], kills: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Run the unordered baseline, the naive fix and ordered delivery by each sequencer
     (inside `sequencer_running(name)`, which starts what it needs); write the results.
@@ -277,6 +278,8 @@ def bench_ordered_scenario(
         "results": [{k: v for k, v in phase.items() if not k.startswith("_")} for phase in phases],
         "ordered_overhead_beyond_previous_ack_ms": overheads,
         "ordered_vs_unordered_throughput": ratios,
+        # With --kill-every: how many shard owners were SIGKILLed during the shards phases.
+        **(kills or {}),
     }
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -324,17 +327,41 @@ def ordered_scenario(options: Options) -> list[dict[str, Any]]:
 
     @contextmanager
     def sequencer_running(sequencer: str) -> Iterator[None]:
-        owner = None
-        if sequencer == "shards":
-            owner = ManagedProcess("rooms-owner", python("manage.py", "rooms_owner"), env=web_env(sequencer),
-                                   log_dir=LOG_DIR)
-            owner.wait_for_log("consuming the shard queues")
+        if sequencer != "shards":
+            with override_settings(ROOMS_SEQUENCER=sequencer):
+                yield
+            return
+        # An owner and a standby; with --kill-every, the active one (the oldest alive:
+        # RabbitMQ gives each shard to its first consumer) is SIGKILLed every so often and
+        # a new standby started in its place.
+        owners = [owner_start(0), owner_start(1)]
+        stop = threading.Event()
+        killer = threading.Thread(target=owners_kill, args=(owners, stop, options.kill_every or 0), daemon=True)
+        if options.kill_every:
+            killer.start()
         try:
             with override_settings(ROOMS_SEQUENCER=sequencer):
                 yield
         finally:
-            if owner is not None:
-                processes_stop([owner])
+            stop.set()
+            if killer.is_alive():
+                killer.join()
+            processes_stop(owners)
+            kills["owners_killed"] = len(owners) - 2
+
+    def owner_start(index: int) -> ManagedProcess:
+        owner = ManagedProcess(f"rooms-owner-{index}", python("manage.py", "rooms_owner"), env=web_env("shards"),
+                               log_dir=LOG_DIR)
+        owner.wait_for_log("consuming the shard queues")
+        return owner
+
+    def owners_kill(owners: list[ManagedProcess], stop: threading.Event, every: float) -> None:
+        while not stop.wait(every):
+            active = next(owner for owner in owners if owner.process.poll() is None)
+            active.kill()
+            owners.append(owner_start(len(owners)))
+
+    kills: dict[str, int] = {}
 
     try:
         processes.append(ManagedProcess(
@@ -355,7 +382,7 @@ def ordered_scenario(options: Options) -> list[dict[str, Any]]:
         ping.apply_async(queue="carillon.rooms").get(timeout=120)  # a worker is up
         summary = bench_ordered_scenario(rooms=rooms, messages_per_room=messages_per_room, out=options.out,
                                          quick=options.quick, sequencers=options.sequencers,
-                                         sequencer_running=sequencer_running)
+                                         sequencer_running=sequencer_running, kills=kills)
     finally:
         processes_stop(processes)
     for line in summary_lines(summary):

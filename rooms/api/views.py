@@ -1,6 +1,7 @@
 """Rooms API: enqueue a message, read a room's state, receive the chat platform's acks."""
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -152,10 +153,10 @@ ACK_OUTCOME = inline_serializer(
 )
 
 
-def _owner_route(request: Request) -> tuple[int, int] | None:
+def _owner_route(query: Mapping[str, str]) -> tuple[int, int] | None:
     """The (shard, room) a shard owner put in the callback URL (`?shard=&room=`), if both
     are there and well formed; otherwise the ack is routed by a database read."""
-    shard, room = request.query_params.get("shard", ""), request.query_params.get("room", "")
+    shard, room = query.get("shard", ""), query.get("room", "")
     if not (shard.isdecimal() and room.isdecimal() and len(room) < 19 and int(shard) < SHARDS):
         return None
     return int(shard), int(room)
@@ -190,27 +191,37 @@ class ChatWebhookView(APIView):
         try:
             raw = request.body
         except RequestDataTooBig:
-            raise RoomError(
-                "a webhook body may be at most DATA_UPLOAD_MAX_MEMORY_SIZE bytes",
-                code="payload_too_large", status=413,
-                detail={"limit": settings.DATA_UPLOAD_MAX_MEMORY_SIZE},
-            ) from None
-        chat_webhook_verify(
-            body=raw,
-            signature=request.headers.get(SIGNATURE_HEADER, ""),
-            timestamp=request.headers.get(TIMESTAMP_HEADER, ""),
+            raise payload_too_large() from None
+        status_code, answer = chat_webhook_answer(
+            raw, signature=request.headers.get(SIGNATURE_HEADER, ""),
+            timestamp=request.headers.get(TIMESTAMP_HEADER, ""), route=_owner_route(request.query_params),
         )
-        try:
-            event = json_loads(raw)
-        except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError)
-            raise InvalidRequestError("a webhook body is JSON in UTF-8", detail={"body": ["not JSON"]}) from None
-        ack = chat_webhook_parse(event)
-        if ack is None:
-            return Response({"status": "ignored", "reason": "not a delivery event"})
-        outcome = room_message_ack(
-            idempotency_key=str(ack["idempotency_key"]), provider_message_id=ack.get("id") or "",
-            route=_owner_route(request),
-        )
-        if outcome.forwarded:
-            return Response({"status": "accepted", "message": outcome.message_id}, status=status.HTTP_202_ACCEPTED)
-        return Response({"status": "applied" if outcome.applied else "ignored", "message": outcome.message_id})
+        return Response(answer, status=status_code)
+
+
+def payload_too_large() -> RoomError:
+    return RoomError(
+        "a webhook body may be at most DATA_UPLOAD_MAX_MEMORY_SIZE bytes",
+        code="payload_too_large", status=413, detail={"limit": settings.DATA_UPLOAD_MAX_MEMORY_SIZE},
+    )
+
+
+def chat_webhook_answer(
+    raw: bytes, *, signature: str, timestamp: str, route: tuple[int, int] | None
+) -> tuple[int, dict[str, Any]]:
+    """Verify, parse and apply (or hand over) one chat webhook: its status and body.
+    Raises the rooms app's errors (each one the API's error body)."""
+    chat_webhook_verify(body=raw, signature=signature, timestamp=timestamp)
+    try:
+        event = json_loads(raw)
+    except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError)
+        raise InvalidRequestError("a webhook body is JSON in UTF-8", detail={"body": ["not JSON"]}) from None
+    ack = chat_webhook_parse(event)
+    if ack is None:
+        return 200, {"status": "ignored", "reason": "not a delivery event"}
+    outcome = room_message_ack(
+        idempotency_key=str(ack["idempotency_key"]), provider_message_id=ack.get("id") or "", route=route,
+    )
+    if outcome.forwarded:
+        return 202, {"status": "accepted", "message": outcome.message_id}
+    return 200, {"status": "applied" if outcome.applied else "ignored", "message": outcome.message_id}

@@ -92,6 +92,8 @@ class Command(BaseCommand):
                                  "worker of their own; their publish -> provider latency is reported (none)")
         parser.add_argument("--sequencer", choices=["tasks", "shards", "both"], default="both",
                             help="ordered: the room sequencer(s) measured, each beside the same baselines (both)")
+        parser.add_argument("--kill-every", type=_positive(float), metavar="SECONDS",
+                            help="ordered: SIGKILL the active shard owner this often; a standby takes over (never)")
         parser.add_argument("--database", metavar="URL",
                             help="a PostgreSQL server (postgres://user@host:port/db) to run on instead of SQLite: "
                                  "the run creates a database of its own there and drops it at the end")
@@ -116,6 +118,7 @@ class Command(BaseCommand):
             chunk_size=options["chunk_size"], email_via=options["email_via"], baseline_tasks=options["baseline_tasks"],
             reset_rate=options["reset_rate"],
             sequencers=("tasks", "shards") if options["sequencer"] == "both" else (options["sequencer"],),
+            kill_every=options["kill_every"],
         )
         call_command("migrate", verbosity=0)
         for name in names:
