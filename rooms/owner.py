@@ -31,7 +31,8 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import DatabaseError, close_old_connections, transaction
+from django.db import connection as db_connection
 from django.db.models import F
 from django.utils import timezone
 from kombu import Consumer, Message, Producer
@@ -90,16 +91,25 @@ class Owner:
     # -- the loop ----------------------------------------------------------------------
 
     def run(self, stop: threading.Event, ready: Callable[[], None] = lambda: None) -> None:
-        """Own shards until `stop` is set; reconnect when RabbitMQ goes away. `ready` is
-        called each time the owner consumes the shard queues."""
+        """Own shards until `stop` is set. `ready` is called each time the owner consumes
+        the shard queues.
+
+        When RabbitMQ or the database goes away, or another owner took one of its shards,
+        the owner lets go of everything and starts again: closing its connection returns
+        its unacknowledged inputs to their queues, for whichever owner RabbitMQ gives the
+        shards to next (a standby, or this one once it is back), which reads the record.
+        """
+        broker = critical_app.connection_for_read()  # not connected: for its error classes
+        lost = (*broker.connection_errors, *broker.channel_errors, KombuError, OSError, DatabaseError, FencedError)
         while not stop.is_set():
             try:
                 with critical_app.connection_for_read(heartbeat=10) as connection:
                     connection.ensure_connection(max_retries=1)
                     self._serve(connection, stop, ready)
-            except (KombuError, OSError) as exc:
-                logger.warning("rooms owner %s: RabbitMQ connection lost (%s); reconnecting", self.name, exc)
+            except lost as exc:
+                logger.warning("rooms owner %s: letting go of its shards and starting again: %r", self.name, exc)
                 self._release()
+                db_connection.close()
                 stop.wait(1.0)
         self.pool.shutdown(wait=True)
 
@@ -116,7 +126,7 @@ class Owner:
             self._take_outcomes()
             self._fire_timers()
             self._flush()
-            self._periodic(ticks)
+            self._periodic(connection, ticks)
         # A clean stop: record what the calls in progress answered, then let go of the
         # shards (the standby owners take them at once).
         self._drain_calls()
@@ -323,10 +333,11 @@ class Owner:
         while timers and timers[0].at <= now:
             self.machine.fire(heapq.heappop(timers), now)
 
-    def _periodic(self, ticks: Producer) -> None:
+    def _periodic(self, connection: Any, ticks: Producer) -> None:
         clock = time.monotonic()
         if clock >= self.next_tick:
             self.next_tick = clock + TICK_EVERY_S
+            connection.heartbeat_check()  # a RabbitMQ that stopped answering fails here
             for queue_ in shard_queues():
                 ticks.publish({"kind": "tick", "shard": int(queue_.routing_key.split(".")[1])},
                               routing_key=queue_.routing_key, expiration=5, declare=[queue_], retry=False)
@@ -366,15 +377,15 @@ def _rows_update(
     groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for pk, changed in changes.items():
         groups[tuple(sorted(changed))].append(pk)
-    quote = connection.ops.quote_name
-    with connection.cursor() as cursor:
+    quote = db_connection.ops.quote_name
+    with db_connection.cursor() as cursor:
         for names, pks in groups.items():
             fields: list[Any] = [model._meta.get_field(name) for name in names]  # "in_flight_id" finds in_flight
             assignments = [f"{quote(field.column)} = %s" for field in fields] + ([extra_sql] if extra_sql else [])
             # Identifiers from the model's metadata, every value a parameter.
             sql = f"UPDATE {quote(model._meta.db_table)} SET {', '.join(assignments)} WHERE id = %s"  # noqa: S608
             cursor.executemany(sql, [
-                [field.get_db_prep_save(changes[pk][name], connection)
+                [field.get_db_prep_save(changes[pk][name], db_connection)
                  for name, field in zip(names, fields, strict=True)] + extra_params(pk) + [pk]
                 for pk in pks
             ])

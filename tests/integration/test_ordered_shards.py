@@ -25,7 +25,7 @@ from tests.integration.test_ordered import (
     post_ack,
     statuses,
 )
-from tests.processes import ManagedProcess, processes_stop, python, wait_for
+from tests.processes import ManagedProcess, processes_stop, python, rabbitmqctl, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -243,3 +243,29 @@ def test_a_message_whose_input_was_never_published_is_found_and_sent(
 
     assert RoomMessage.objects.get(pk=message.pk).status == Status.ACKED
     assert sandbox.chat_rooms()["rooms"][room.recipient]["arrivals"] == [1]
+
+
+def test_rabbitmq_restarted_under_the_owners_loses_nothing_and_reorders_nothing(
+    owners: Owners, sandbox: SandboxClient
+) -> None:
+    # Enqueues while RabbitMQ is away are committed and found by the owners' periodic
+    # check; acks the web processes could not hand over are answered 503 (the sandbox
+    # does not retry them), so their messages end by timeout, in order.
+    owners.start()
+    rooms = make_rooms(6, ack_timeout_ms=1000)
+    enqueue_all(rooms, 2)
+
+    rabbitmqctl("stop_app")
+    try:
+        enqueue_all(rooms[:2], 1, start=2)  # each waits for the publish to fail: two are enough
+    finally:
+        rabbitmqctl("start_app")
+    enqueue_all(rooms, 2, start=3)
+
+    wait_for(lambda: all_done(rooms), "every message acked or timed out", ROOMS_TIMEOUT)
+
+    seen = sandbox.chat_rooms()
+    assert (seen["order_violations"], seen["delivery_order_violations"], seen["duplicates"]) == (0, 0, 0)
+    for room in rooms:
+        assert seen["rooms"][room.recipient]["arrivals"] == list(range(1, 6 if room in rooms[:2] else 5))
+        assert set(statuses(room)) <= {Status.ACKED, Status.TIMED_OUT}
