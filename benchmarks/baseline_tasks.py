@@ -27,8 +27,8 @@ def bench_noop(due: float, sent: float) -> None:
     _redis().rpush(RECEIPTS_KEY, f"{time.time()} {due} {sent}")
 
 
-# Named rooms.* so that the settings' route puts it on carillon.rooms, beside real sends.
-@app.task(name="rooms.bench_send_direct", shared=False)
+# On the default queue, which the bench's worker consumes.
+@app.task(name="carillon.bench_send_direct", shared=False)
 def bench_room_send_direct(recipient: str, messages: list[list[Any]], pause_ms: int) -> None:
     """The baselines of `manage.py bench ordered`: call the platform with no room state.
 

@@ -39,7 +39,6 @@ class Options:
     email_via: str = "smtp"  # broadcast: "smtp" or "postmark" (the sandbox's batch API)
     baseline_tasks: int | None = None  # broadcast: no-op tasks in the raw baseline (the recipients)
     reset_rate: float | None = None  # broadcast: password resets a second while it runs (none)
-    sequencers: tuple[str, ...] = ("tasks", "shards")  # ordered: the room sequencers measured, in turn
     kill_every: float | None = None  # ordered: seconds between SIGKILLs of the active shard owner (never)
 
 

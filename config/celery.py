@@ -22,8 +22,7 @@ app = Celery("carillon")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 # Filled by the apps' ready(): Django is set up before a worker picks its -Q queues.
 app.conf.task_queues = []
-# The guard first (it raises for a background task), then the routes of the settings
-# (CELERY_TASK_ROUTES: rooms.* to carillon.rooms).
+# The guard first (it raises for a background task), then the routes of the settings.
 app.conf.task_routes = (critical_route_guard, app.conf.task_routes)
 app.autodiscover_tasks(related_name="tasks")
 

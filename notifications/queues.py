@@ -10,7 +10,8 @@
   exchange and routing key, so a fanned-out message would be retried into every queue.
 - `carillon.dlx` (topic): where channel queues dead-letter (rejected, or past the
   delivery limit); one quorum dead-letter queue per channel, bound by `dead.<channel>`.
-- `carillon.rooms` (on `carillon.tasks`): ordered per-room delivery, see rooms/queues.py.
+- `carillon.rooms.shards` (direct): ordered per-room delivery's shard queues, declared
+  by their publishers and owners (rooms/shards.py), not consumed by Celery.
 
 Each Django app declares its queues with `queue_declare` when it is ready; the critical
 app's workers consume among them (`-Q`) and declare the whole topology at start-up.

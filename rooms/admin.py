@@ -4,14 +4,30 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from rooms.models import ChatProvider, Room, RoomMessage
-from rooms.services.enqueue import room_dispatch
+from rooms.models import ChatProvider, Room, RoomMessage, RoomShard
 from rooms.services.operator import room_message_retry, room_message_skip
+
+# The room's shard owner applies the action moments later (rooms/owner.py).
+ASKED = "asked the rooms' owners to {action} {asked} message(s); refresh to see them move"
 
 
 @admin.register(ChatProvider)
 class ChatProviderAdmin(admin.ModelAdmin):
     list_display = ["name", "ack_timeout_ms", "timeout_policy", "max_resends"]
+
+
+@admin.register(RoomShard)
+class RoomShardAdmin(admin.ModelAdmin):
+    """Which owner process holds each shard; written by the owners alone."""
+
+    list_display = ["shard", "owner", "epoch", "taken_at", "flushed_at"]
+    readonly_fields = ["shard", "owner", "epoch", "taken_at", "flushed_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
 
 
 class RoomMessageInline(admin.TabularInline):
@@ -41,22 +57,17 @@ class RoomAdmin(admin.ModelAdmin):
 
     @admin.action(description="Skip the in-flight message (the next one goes out)", permissions=["operate"])
     def skip_in_flight(self, request: HttpRequest, queryset: QuerySet[Room]) -> None:
-        done = sum(
+        asked = sum(
             room_message_skip(message_id=room.in_flight_id) for room in queryset if room.in_flight_id
         )
-        self.message_user(request, f"skipped {done} message(s)", messages.SUCCESS)
+        self.message_user(request, ASKED.format(asked=asked, action="skip"), messages.SUCCESS)
 
-    @admin.action(
-        description="Retry the in-flight message (same idempotency key), or send the head", permissions=["operate"]
-    )
+    @admin.action(description="Retry the in-flight message (same idempotency key)", permissions=["operate"])
     def retry_in_flight(self, request: HttpRequest, queryset: QuerySet[Room]) -> None:
-        done = 0
-        for room in queryset:
-            if room.in_flight_id:
-                done += room_message_retry(message_id=room.in_flight_id)
-            else:
-                done += room_dispatch(room_id=room.pk) is not None
-        self.message_user(request, f"retried {done} room(s)", messages.SUCCESS)
+        asked = sum(
+            room_message_retry(message_id=room.in_flight_id) for room in queryset if room.in_flight_id
+        )
+        self.message_user(request, ASKED.format(asked=asked, action="retry"), messages.SUCCESS)
 
 
 @admin.register(RoomMessage)
@@ -71,10 +82,10 @@ class RoomMessageAdmin(admin.ModelAdmin):
 
     @admin.action(description="Skip these messages", permissions=["operate"])
     def skip(self, request: HttpRequest, queryset: QuerySet[RoomMessage]) -> None:
-        done = sum(room_message_skip(message_id=m.pk) for m in queryset)
-        self.message_user(request, f"skipped {done} message(s)", messages.SUCCESS)
+        asked = sum(room_message_skip(message_id=m.pk) for m in queryset)
+        self.message_user(request, ASKED.format(asked=asked, action="skip"), messages.SUCCESS)
 
     @admin.action(description="Retry these messages if in flight", permissions=["operate"])
     def retry(self, request: HttpRequest, queryset: QuerySet[RoomMessage]) -> None:
-        done = sum(room_message_retry(message_id=m.pk) for m in queryset)
-        self.message_user(request, f"retried {done} message(s)", messages.SUCCESS)
+        asked = sum(room_message_retry(message_id=m.pk) for m in queryset)
+        self.message_user(request, ASKED.format(asked=asked, action="retry"), messages.SUCCESS)

@@ -1,12 +1,11 @@
-"""The sharded sequencer's state machine: the rooms of the shards one owner holds, in memory.
+"""The rooms' state machine: the rooms of the shards one owner holds, in memory.
 
 Pure: no database, broker or network here. Inputs come in as method calls (a message
 enqueued, an ack, a send's outcome, a timer, an operator's action); what they decide
 goes out as a `Record` (the rows to write in the next group commit, and the sends to
 make once it committed) and as timers. The owner process (rooms/owner.py) does the I/O.
 
-The rules are those of the row-per-room sequencer (docs/ordered-delivery.md, "States and
-transitions"): one message in flight per room; the next one on the ack, or on the ack
+The rules (docs/ordered-delivery.md, "States and transitions"): one message in flight per room; the next one on the ack, or on the ack
 timeout under the provider's `proceed` / `resend` policy; duplicate and late acks change
 nothing. Two more, which make a crash at any point safe:
 - **A send is made only once the state that names it is written.** A new owner reading

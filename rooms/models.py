@@ -1,9 +1,10 @@
 """Rooms: one conversation with one external recipient on one chat provider, whose
 outbound messages reach the provider strictly one after the other.
 
-The room row is the state machine (docs/ordered-delivery.md): `in_flight` and `attempt`
-say which message the provider holds now, `version` is bumped by every transition, and
-every transition is a conditional UPDATE on the version it read (compare-and-set).
+The state of a room lives in the memory of its shard's owner process (rooms/owner.py);
+these rows are its record, written by the owner's group commits and read back by the
+next owner: `in_flight` and `attempt` say which message the provider holds, `version`
+counts the writes of the room's state (docs/ordered-delivery.md).
 """
 
 import uuid
@@ -59,7 +60,7 @@ class Room(models.Model):
     last_ack_at = models.DateTimeField(null=True, blank=True)
     timeouts = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
-    # Which sequencer shard owns the room (ROOMS_SEQUENCER = "shards"); set on the first save.
+    # The shard whose owner sequences the room; set when the room is created.
     shard = models.PositiveSmallIntegerField(db_index=True, editable=False, default=0)
 
     class Meta:

@@ -244,8 +244,7 @@ class Owner:
                 _rows_update(RoomMessage, record.messages)
                 rooms: dict[int, dict[str, Any]] = {room_id: {} for room_id in record.timeouts}
                 rooms.update(record.rooms)
-                # Each write bumps the room's version, as the other sequencer's compare-and-set
-                # does: a stray write of that sequencer's services then fails its check.
+                # `version` counts the writes of a room's state (shown by the room's API).
                 _rows_update(Room, rooms, "version = version + 1, timeouts = timeouts + %s",
                              lambda room_id: [record.timeouts.get(room_id, 0)])
         if self.unacked is not None:

@@ -1,4 +1,4 @@
-"""The shard queues of the sharded sequencer: how an input reaches the owner of its room.
+"""The shard queues: how an input reaches the owner of its room.
 
 Every room belongs to one of SHARDS shards (`Room.shard`). Each shard has a durable
 quorum queue `carillon.rooms.shard.NN` with single-active-consumer, bound to the direct
@@ -50,11 +50,6 @@ def shard_queue(shard: int) -> Queue:
 
 def shard_queues() -> list[Queue]:
     return [shard_queue(shard) for shard in range(SHARDS)]
-
-
-def sharded() -> bool:
-    """Whether rooms are sequenced by shard owners (else by a Celery task per send)."""
-    return bool(settings.ROOMS_SEQUENCER == "shards")
 
 
 def shard_publish(shard: int, payload: dict[str, Any], *, producer: Any = None) -> None:

@@ -5,10 +5,8 @@ its two baselines, in one run, against the sandbox's chat platform.
   state): the capacity of the send path, and the order violations that ordering exists to prevent.
 - naive: the usual first fix, a fixed pause after every message (one task per room that
   sends, sleeps, sends): it holds a worker for every pause.
-- ordered: `room_message_enqueue` and the room state machine, acks by webhook through
-  daphne, lost acks ended by the ack timeout; once per sequencer measured
-  (`--sequencer`): `tasks` (a Celery task per send, a compare-and-set per transition)
-  and `shards` (a shard owner process holding the rooms in memory, rooms/owner.py).
+- ordered: `room_message_enqueue`, the shard owner (rooms/owner.py, with a standby),
+  acks by webhook through daphne, lost acks ended by the ack timeout.
 
 Messages come as a burst per room (a room's messages one after the other, as a user
 types them), rooms one after the other. The first three phases enqueue everything at
@@ -37,14 +35,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import requests
 from django.conf import settings
 from django.db import connection
-from django.test import override_settings
 
 from benchmarks.hdr import (
     histogram_new,
@@ -149,7 +145,7 @@ def bench_direct(chat: ChatPlatform, *, name: str, rooms: int, messages_per_room
     }
 
 
-def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, timeout: float, sequencer: str,
+def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, timeout: float,
                   rate: float | None = None) -> dict[str, Any]:
     """Ordered delivery through the room state machine, acks by webhook; all at once, or
     at a fixed `rate` of messages/s (the body carries each message's intended time)."""
@@ -182,8 +178,7 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
         for room_id in room_ids:
             for _seq in range(messages_per_room):
                 intended = started + index / rate
-                if intended > time.time():
-                    time.sleep(intended - time.time())
+                time.sleep(max(0.0, intended - time.time()))
                 room_message_enqueue(room_id=room_id, body=str(intended))
                 index += 1
     else:  # as several API processes would: each enqueue mostly waits (commit, confirm)
@@ -195,7 +190,7 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
     pending = RoomMessage.objects.filter(room__provider=provider).exclude(status__in=done)
     _wait(lambda: not pending.exists(), f"ordered: {total} messages acked or timed out", timeout)
 
-    overhead, to_provider = histogram_new(), histogram_new()
+    overhead, to_provider, idle_to_provider = histogram_new(), histogram_new(), histogram_new()
     rows = (RoomMessage.objects.filter(room__provider=provider).order_by("room_id", "sequence")
             .values_list("room_id", "body", "sent_at", "finished_at", "status"))
     previous_room, previous_finished = None, None
@@ -206,7 +201,8 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
         statuses[status] = statuses.get(status, 0) + 1
         enqueued_at = datetime.fromtimestamp(float(body), tz=UTC)
         ready = enqueued_at
-        if room_id == previous_room and previous_finished is not None:
+        first_of_room = room_id != previous_room  # enqueued into a room with nothing in flight
+        if not first_of_room and previous_finished is not None:
             ready = max(enqueued_at, previous_finished)
         previous_room, previous_finished = room_id, finished_at
         if finished_at is not None:
@@ -219,31 +215,34 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
             continue
         histogram_record(overhead, (sent_at - ready).total_seconds())
         histogram_record(to_provider, (sent_at - enqueued_at).total_seconds())
+        if first_of_room:
+            histogram_record(idle_to_provider, (sent_at - enqueued_at).total_seconds())
     seconds = last_finished - started
     timeouts = sum(Room.objects.filter(provider=provider).values_list("timeouts", flat=True))
-    name = f"ordered ({sequencer})" + (f" at {rate:.0f}/s" if rate else "")
     return {
-        "name": name, "sequencer": sequencer, "rooms": rooms, "messages": total, "seconds": round(seconds, 2),
+        "name": f"ordered at {rate:.0f}/s" if rate else "ordered", "rooms": rooms, "messages": total, "seconds": round(seconds, 2),
         "messages_per_second": round(total / seconds, 1),
         "enqueue_seconds": round(enqueued - started, 2), "ack_timeout_ms": ACK_TIMEOUT_MS,
         "statuses": statuses, "timeouts": timeouts, "sent_before_predecessor_ended": sent_early,
         "send_not_recorded": unsent,
         "overhead_beyond_previous_ack_ms": histogram_percentiles_ms(overhead),
         "enqueue_to_provider_ms": histogram_percentiles_ms(to_provider),
+        "enqueue_to_provider_idle_room_ms": histogram_percentiles_ms(idle_to_provider),
         "platform": chat.counts(),
-        "_histograms": {"overhead": overhead, "enqueue-to-provider": to_provider},
+        "_histograms": {"overhead": overhead, "enqueue-to-provider": to_provider,
+                        "enqueue-to-provider-idle-room": idle_to_provider},
     }
 
 
 def bench_ordered_scenario(
-    *, rooms: int, messages_per_room: int, out: Path, quick: bool, sequencers: tuple[str, ...],
-    sequencer_running: Callable[[str], AbstractContextManager[None]], kills: dict[str, int] | None = None,
+    *, rooms: int, messages_per_room: int, out: Path, quick: bool,
+    owners_running: Callable[[], AbstractContextManager[dict[str, int]]],
 ) -> dict[str, Any]:
-    """Run the unordered baseline, the naive fix and ordered delivery by each sequencer
-    (inside `sequencer_running(name)`, which starts what it needs); write the results.
+    """Run the unordered baseline, the naive fix and ordered delivery (inside
+    `owners_running()`, which starts the shard owners); write the results.
 
-    Needs the platform's URL in CARILLON_BENCH_SANDBOX_URL and workers on carillon.rooms
-    (ordered_scenario provides both). Returns a JSON-able summary.
+    Needs the platform's URL in CARILLON_BENCH_SANDBOX_URL and a worker on the default
+    queue (ordered_scenario provides both). Returns a JSON-able summary.
     """
     chat = ChatPlatform(os.environ.get(SANDBOX_URL_VARIABLE) or settings.ROOMS_CHAT_API_URL)
     timeout = 120.0 if quick else 3600.0
@@ -254,20 +253,14 @@ def bench_ordered_scenario(
                      messages_per_room=messages_per_room, pause_ms=NAIVE_PAUSE_MS, timeout=timeout),
     ]
     unordered = phases[0]
-    ratios: dict[str, float] = {}
-    overheads: dict[str, dict[str, float]] = {}
-    for sequencer in sequencers:
-        with sequencer_running(sequencer):
-            ordered = bench_ordered(chat, rooms=rooms, messages_per_room=messages_per_room, timeout=timeout,
-                                    sequencer=sequencer)
-            # Below saturation, so that the overhead is ordering's and not the backlog's.
-            paced_rate = max(1.0, ordered["messages_per_second"] / 2)
-            paced_rooms = max(1, min(rooms, int(paced_rate * 60) // messages_per_room))  # about a minute
-            paced = bench_ordered(chat, rooms=paced_rooms, messages_per_room=messages_per_room, timeout=timeout,
-                                  sequencer=sequencer, rate=paced_rate)
-        phases += [ordered, paced]
-        ratios[sequencer] = round(ordered["messages_per_second"] / unordered["messages_per_second"], 2)
-        overheads[sequencer] = paced["overhead_beyond_previous_ack_ms"]
+    with owners_running() as owners:
+        ordered = bench_ordered(chat, rooms=rooms, messages_per_room=messages_per_room, timeout=timeout)
+        # Below saturation, so that the overhead is ordering's and not the backlog's.
+        paced_rate = max(1.0, ordered["messages_per_second"] / 2)
+        paced_rooms = max(1, min(rooms, int(paced_rate * 60) // messages_per_room))  # about a minute
+        paced = bench_ordered(chat, rooms=paced_rooms, messages_per_room=messages_per_room, timeout=timeout,
+                              rate=paced_rate)
+    phases += [ordered, paced]
     summary: dict[str, Any] = {
         "scenario": "ordered",
         "quick": quick,
@@ -276,10 +269,12 @@ def bench_ordered_scenario(
         "database": str(settings.DATABASES["default"]["ENGINE"]).rsplit(".", 1)[-1],
         "platform_knobs": _knobs(),
         "results": [{k: v for k, v in phase.items() if not k.startswith("_")} for phase in phases],
-        "ordered_overhead_beyond_previous_ack_ms": overheads,
-        "ordered_vs_unordered_throughput": ratios,
-        # With --kill-every: how many shard owners were SIGKILLed during the shards phases.
-        **(kills or {}),
+        "ordered_overhead_beyond_previous_ack_ms": paced["overhead_beyond_previous_ack_ms"],
+        "ordered_enqueue_to_provider_idle_room_ms": paced["enqueue_to_provider_idle_room_ms"],
+        "ordered_vs_unordered_throughput": round(
+            ordered["messages_per_second"] / unordered["messages_per_second"], 2),
+        # With --kill-every: how many shard owners were SIGKILLed during the ordered phases.
+        **owners,
     }
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -301,88 +296,73 @@ def summary_lines(summary: dict[str, Any]) -> Iterator[str]:
                f"{row['messages_per_second']:>8.1f}/s; violations at the API "
                f"{row['platform']['order_violations']}, at the device {row['platform']['delivery_order_violations']}; "
                f"{measure} ms p50 {latency['p50']} p99 {latency['p99']} p99.9 {latency['p99.9']}")
-    for sequencer, ratio in summary["ordered_vs_unordered_throughput"].items():
-        yield f"ordered ({sequencer}) / unordered throughput: {ratio}"
+    yield f"ordered / unordered throughput: {summary['ordered_vs_unordered_throughput']}"
 
 
 def ordered_scenario(options: Options) -> list[dict[str, Any]]:
-    """`manage.py bench ordered`: start a sandbox, a daphne per sequencer (the webhooks)
-    and room workers inside the run the command isolated (its own virtual host, database
-    and Redis), then measure; a shard owner runs during the `shards` phases only (it
-    would adopt the other phases' rooms). `--connections` is the number of live rooms
-    (default 25,000)."""
+    """`manage.py bench ordered`: start a sandbox, a daphne (the webhooks), a worker for
+    the baselines and, for the ordered phases, two shard owners, inside the run the
+    command isolated (its own virtual host, database and Redis), then measure.
+    `--connections` is the number of live rooms (default 25,000)."""
     from config.celery import ping
 
     rooms, messages_per_room = (20, 3) if options.quick else (options.connections or DEFAULT_ROOMS, 2)
     concurrency = options.servers or DEFAULT_WORKERS
-    sandbox_port, smtp_port = free_port(), free_port()
-    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
-    web_urls = {sequencer: f"http://127.0.0.1:{free_port()}" for sequencer in ("tasks", "shards")}
-    env = {"ROOMS_CHAT_API_URL": sandbox_url, SANDBOX_URL_VARIABLE: sandbox_url}
+    sandbox_port, smtp_port, web_port = free_port(), free_port(), free_port()
+    sandbox_url, web_url = f"http://127.0.0.1:{sandbox_port}", f"http://127.0.0.1:{web_port}"
+    env = {"ROOMS_CHAT_API_URL": sandbox_url, "CARILLON_PUBLIC_URL": web_url, SANDBOX_URL_VARIABLE: sandbox_url}
     os.environ.update(env)
     processes: list[ManagedProcess] = []
 
-    def web_env(sequencer: str) -> dict[str, str]:
-        return {**env, "ROOMS_SEQUENCER": sequencer, "CARILLON_PUBLIC_URL": web_urls[sequencer]}
-
-    @contextmanager
-    def sequencer_running(sequencer: str) -> Iterator[None]:
-        if sequencer != "shards":
-            with override_settings(ROOMS_SEQUENCER=sequencer):
-                yield
-            return
-        # An owner and a standby; with --kill-every, the active one (the oldest alive:
-        # RabbitMQ gives each shard to its first consumer) is SIGKILLed every so often and
-        # a new standby started in its place.
-        owners = [owner_start(0), owner_start(1)]
-        stop = threading.Event()
-        killer = threading.Thread(target=owners_kill, args=(owners, stop, options.kill_every or 0), daemon=True)
-        if options.kill_every:
-            killer.start()
-        try:
-            with override_settings(ROOMS_SEQUENCER=sequencer):
-                yield
-        finally:
-            stop.set()
-            if killer.is_alive():
-                killer.join()
-            processes_stop(owners)
-            kills["owners_killed"] = len(owners) - 2
-
     def owner_start(index: int) -> ManagedProcess:
-        owner = ManagedProcess(f"rooms-owner-{index}", python("manage.py", "rooms_owner"), env=web_env("shards"),
-                               log_dir=LOG_DIR)
+        owner = ManagedProcess(f"rooms-owner-{index}", python("manage.py", "rooms_owner"), env=env, log_dir=LOG_DIR)
         owner.wait_for_log("consuming the shard queues")
         return owner
 
     def owners_kill(owners: list[ManagedProcess], stop: threading.Event, every: float) -> None:
+        """SIGKILL the active owner (the oldest alive: RabbitMQ gives each shard to its
+        first consumer) every so often, and start a new standby in its place."""
         while not stop.wait(every):
             active = next(owner for owner in owners if owner.process.poll() is None)
             active.kill()
             owners.append(owner_start(len(owners)))
 
-    kills: dict[str, int] = {}
+    @contextmanager
+    def owners_running() -> Iterator[dict[str, int]]:
+        """An owner and a standby; with --kill-every, the active one killed every so often."""
+        owners = [owner_start(0), owner_start(1)]
+        counts: dict[str, int] = {}
+        stop = threading.Event()
+        killer = threading.Thread(target=owners_kill, args=(owners, stop, options.kill_every or 0), daemon=True)
+        if options.kill_every:
+            killer.start()
+        try:
+            yield counts
+        finally:
+            stop.set()
+            if killer.is_alive():
+                killer.join()
+            processes_stop(owners)
+            if options.kill_every:
+                counts["owners_killed"] = len(owners) - 2
 
     try:
         processes.append(ManagedProcess(
             "sandbox", python("-m", "sandbox", "--http-port", str(sandbox_port), "--smtp-port", str(smtp_port),
                               "--log-level", "WARNING"), env=env, log_dir=LOG_DIR))
         processes[-1].wait_until(lambda: _answers(f"{sandbox_url}/healthz"), "sandbox /healthz")
-        for sequencer, url in web_urls.items():
-            processes.append(ManagedProcess(f"daphne-{sequencer}", python(
-                "-m", "daphne", "-b", "127.0.0.1", "-p", url.rsplit(":", 1)[1], "config.asgi:application"),
-                env=web_env(sequencer), log_dir=LOG_DIR))
-            healthz = f"{url}/healthz"
-            processes[-1].wait_until(partial(_answers, healthz), "daphne /healthz")
+        processes.append(ManagedProcess("daphne", python("-m", "daphne", "-b", "127.0.0.1", "-p", str(web_port),
+                                                         "config.asgi:application"), env=env, log_dir=LOG_DIR))
+        processes[-1].wait_until(lambda: _answers(f"{web_url}/healthz"), "daphne /healthz")
+        # The baselines' sends.
         processes.append(ManagedProcess("worker", python(
             "-m", "celery", "-A", "config.celery", "worker", "--loglevel", "WARNING", "--queues",
-            "carillon.rooms", "--concurrency", str(concurrency), "--include", "benchmarks.baseline_tasks",
+            "carillon.default", "--concurrency", str(concurrency), "--include", "benchmarks.baseline_tasks",
             "--without-mingle", "--without-gossip",
-        ), env=web_env("tasks"), log_dir=LOG_DIR))
-        ping.apply_async(queue="carillon.rooms").get(timeout=120)  # a worker is up
+        ), env=env, log_dir=LOG_DIR))
+        ping.apply_async(queue="carillon.default").get(timeout=120)  # a worker is up
         summary = bench_ordered_scenario(rooms=rooms, messages_per_room=messages_per_room, out=options.out,
-                                         quick=options.quick, sequencers=options.sequencers,
-                                         sequencer_running=sequencer_running, kills=kills)
+                                         quick=options.quick, owners_running=owners_running)
     finally:
         processes_stop(processes)
     for line in summary_lines(summary):

@@ -158,8 +158,7 @@ CELERY_WORKER_CONSUMER = "config.worker:CriticalConsumer"
 # most, config/worker.py) rather than exit after Celery's 100 attempts.
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_WORKER_POOL = "config.worker:CheckedTaskPool"
-# Ordered room delivery (rooms/) runs on a quorum queue of its own (rooms/queues.py).
-CELERY_TASK_ROUTES = {"rooms.*": {"queue": "carillon.rooms", "routing_key": "carillon.rooms"}}
+CELERY_TASK_ROUTES: dict[str, dict[str, str]] = {}
 
 # The background Celery app (config/background.py) reads BACKGROUND_CELERY_* settings.
 BACKGROUND_CELERY_BROKER_URL = celery_redis_url(REDIS_URL, REDIS_SENTINELS)
@@ -317,10 +316,6 @@ POSTMARK_BROADCAST_STREAM = env("POSTMARK_BROADCAST_STREAM", default="broadcast"
 ROOMS_CHAT_API_URL = env("ROOMS_CHAT_API_URL", default="")
 ROOMS_CHAT_WEBHOOK_SECRET = env("ROOMS_CHAT_WEBHOOK_SECRET", default="")
 ROOMS_CHAT_API_TIMEOUT_SECONDS = env.float("ROOMS_CHAT_API_TIMEOUT_SECONDS", default=10.0)
-# Who sequences rooms (docs/ordered-delivery.md): "tasks", a Celery task per send and a
-# compare-and-set per transition on the room's row; or "shards", one owner process per
-# shard of rooms (`manage.py rooms_owner`) holding their state in memory.
-ROOMS_SEQUENCER = env("ROOMS_SEQUENCER", default="tasks")
 
 LOGGING = {
     "version": 1,

@@ -1,15 +1,12 @@
-"""The chat platform's acks, received without Django's request cycle when shard owners
-sequence the rooms.
+"""The chat platform's acks, received without Django's request cycle.
 
-With the sharded sequencer an ack is only forwarded: its signature checked, its body
-parsed, and the ack published to the queue of the shard named in the callback URL,
-without a database read. Through Django's middleware and a DRF view that cost a daphne
+An ack is only forwarded: its signature checked, its body parsed, and the ack published
+to the queue of the shard named in the callback URL, without a database read. Through Django's middleware and a DRF view that cost a daphne
 process about 8 ms of CPU per webhook (about 125 acks a second), when daphne itself
 answers an ASGI request in a fraction of a millisecond, and the acks are half of the
 ordered path's requests. This ASGI wrapper answers those webhooks itself, with the same
 checks, rate limit and answers as the view (`chat_webhook_answer`); every other request,
-and a webhook without the owner's route (sent before the sequencer changed), goes on to
-Django.
+and a webhook without the owner's route, goes on to Django.
 """
 
 import io
@@ -28,7 +25,6 @@ from core.errors import ApplicationError, application_error_response, error_resp
 from core.throttling import request_refusal
 from rooms.api.views import _owner_route, chat_webhook_answer, payload_too_large
 from rooms.providers import SIGNATURE_HEADER, TIMESTAMP_HEADER
-from rooms.shards import sharded
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +45,7 @@ class ChatAckReceiver:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = None
-        if scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "POST" and sharded():
+        if scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "POST":
             route = _owner_route(dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"))))
         if route is None:
             await self.app(scope, receive, send)

@@ -146,7 +146,7 @@ def chat_webhook_parse(event: Any) -> dict[str, Any] | None:
 ACK_OUTCOME = inline_serializer(
     "ChatAckOutcome",
     {
-        "status": serializers.ChoiceField(choices=["applied", "ignored", "accepted"]),
+        "status": serializers.ChoiceField(choices=["accepted", "ignored"]),
         "message": serializers.IntegerField(required=False, allow_null=True),
         "reason": serializers.CharField(required=False),
     },
@@ -163,7 +163,9 @@ def _owner_route(query: Mapping[str, str]) -> tuple[int, int] | None:
 
 
 class ChatWebhookView(APIView):
-    """The chat platform's delivery ack: verified by HMAC over a timestamp and the body, idempotent."""
+    """The chat platform's delivery ack: verified by HMAC over a timestamp and the body, and
+    handed to the room's shard owner. Acks that name their route are answered in front of
+    Django (rooms/api/receiver.py) by the same `chat_webhook_answer`."""
 
     authentication_classes: list[type] = []
     permission_classes = [AllowAny]
@@ -182,10 +184,10 @@ class ChatWebhookView(APIView):
             400: error("the body is not a valid webhook (`invalid_request`)"),
             403: error("`invalid_signature`, or `invalid_timestamp` (missing, or too old)"),
             413: error("the body is over DATA_UPLOAD_MAX_MEMORY_SIZE (`payload_too_large`)"),
-            503: error("the sharded sequencer could not be handed the ack (`owner_unreachable`): send it again"),
+            503: error("RabbitMQ did not take the ack for the room's sequencer (`owner_unreachable`): send it again"),
         },
-        description="200 `applied` or `ignored` (a repeated, late or unknown ack) when the ack is applied in the "
-        "request; 202 `accepted` when the room's shard owner applies it (ROOMS_SEQUENCER=shards), moments later.",
+        description="202 `accepted`: handed to the room's shard owner, which applies it moments later (or ignores "
+        "a repeated or late ack). 200 `ignored`: not a delivery event, or no message has this idempotency key.",
     )
     def post(self, request: Request) -> HttpResponse:
         try:
@@ -224,4 +226,4 @@ def chat_webhook_answer(
     )
     if outcome.forwarded:
         return 202, {"status": "accepted", "message": outcome.message_id}
-    return 200, {"status": "applied" if outcome.applied else "ignored", "message": outcome.message_id}
+    return 200, {"status": "ignored", "reason": "no message has this idempotency key"}

@@ -1,4 +1,4 @@
-"""Filling a room's FIFO: create the room, append a message, put the head in flight."""
+"""Filling a room's FIFO: create the room, append a message and tell the room's owner."""
 
 import logging
 
@@ -10,15 +10,7 @@ from core.errors import IdempotencyKeyReusedError
 from rooms.exceptions import RoomNotFoundError
 from rooms.models import ChatProvider, Room, RoomMessage
 from rooms.selectors import caller_scope, room_message_for_key
-from rooms.services.transitions import (
-    Dispatch,
-    Outcome,
-    Transition,
-    advance,
-    room_transition,
-    send_after_commit,
-)
-from rooms.shards import shard_publish, sharded
+from rooms.shards import shard_publish
 
 logger = logging.getLogger(__name__)
 
@@ -31,22 +23,6 @@ def room_create(*, provider_name: str, recipient: str, owner_id: int | None = No
     return room
 
 
-def room_dispatch(*, room_id: int) -> Dispatch | None:
-    """Put the room's oldest queued message in flight if the room is idle."""
-    # A room seen busy needs nothing: the transition that ends its in-flight message puts
-    # the next queued one in flight. (An enqueue dispatches in its own transaction, so
-    # this is for a room whose dispatch was lost: the recovery sweep, an operator.)
-    if Room.objects.filter(pk=room_id, in_flight__isnull=False).exists():
-        return None
-
-    def decide(room: Room) -> Transition:
-        if room.in_flight_id is not None:
-            return Transition(Outcome.UNCHANGED)
-        return advance(room)
-
-    return room_transition(room_id=room_id, decide=decide).send
-
-
 def room_message_enqueue(
     *, room_id: int, body: str, caller_id: int | None = None, idempotency_key: str | None = None
 ) -> RoomMessage:
@@ -55,7 +31,7 @@ def room_message_enqueue(
     With an `idempotency_key`, a repeat by the same caller returns the first message and
     enqueues nothing; the same key for another room or body raises
     IdempotencyKeyReusedError. Once this returns, the message is committed: if RabbitMQ
-    cannot take its send now, the recovery sweep sends it later.
+    cannot take the owner's input now, the owner finds the message on its periodic check.
     """
     scope = caller_scope(caller_id)
     if idempotency_key:
@@ -65,8 +41,8 @@ def room_message_enqueue(
     try:
         with transaction.atomic():
             # The increment takes the room's row lock (PostgreSQL; SQLite's write lock is
-            # taken at BEGIN) before anything else, as every transition does, and holds it
-            # to the commit: the room read next cannot move under this transaction.
+            # taken at BEGIN) and holds it to the commit: sequences are gapless and commit
+            # in order, which the owner relies on to know it has seen every message.
             if not Room.objects.filter(pk=room_id).update(last_sequence=F("last_sequence") + 1):
                 raise RoomNotFoundError(f"room {room_id} does not exist", detail={"room_id": room_id})
             room = Room.objects.get(pk=room_id)
@@ -74,17 +50,8 @@ def room_message_enqueue(
                 room_id=room_id, sequence=room.last_sequence, body=body, request_scope=scope,
                 request_key=idempotency_key or "",
             )
-            if sharded():
-                # The shard's owner holds the room's state: tell it once this commits.
-                transaction.on_commit(lambda: _owner_tell(room, message))
-            # An idle room puts its head in flight in this same transaction: one write
-            # transaction per message instead of an enqueue and then a dispatch. A busy
-            # room needs nothing: the transition that ends its in-flight message takes
-            # the room's lock after this commit, and sees this message queued.
-            elif room.in_flight_id is None:
-                dispatch = advance(room).send
-                if dispatch is not None:
-                    send_after_commit(dispatch)
+            # The shard's owner holds the room's state: tell it once this commits.
+            transaction.on_commit(lambda: _owner_tell(room, message))
     except IntegrityError:
         # The same key enqueued concurrently: the other transaction won.
         first = room_message_for_key(scope=scope, key=idempotency_key) if idempotency_key else None

@@ -20,6 +20,7 @@ from rest_framework.authtoken.models import Token
 
 from config.celery import app as critical_app
 from notifications.queues import task_queues, topology_declare
+from rooms.shards import shard_queues
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -50,7 +51,8 @@ def purge_task_queues() -> Iterator[None]:
     yield
     with critical_app.connection_for_write() as connection:
         topology_declare(connection)
-        for queue in task_queues():
+        for queue in (*task_queues(), *shard_queues()):
+            queue(connection.default_channel).declare()
             queue(connection.default_channel).purge()
 
 

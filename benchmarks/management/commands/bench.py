@@ -90,8 +90,6 @@ class Command(BaseCommand):
         parser.add_argument("--reset-rate", type=_positive(float),
                             help="broadcast: password resets published a second while it runs, to a critical "
                                  "worker of their own; their publish -> provider latency is reported (none)")
-        parser.add_argument("--sequencer", choices=["tasks", "shards", "both"], default="both",
-                            help="ordered: the room sequencer(s) measured, each beside the same baselines (both)")
         parser.add_argument("--kill-every", type=_positive(float), metavar="SECONDS",
                             help="ordered: SIGKILL the active shard owner this often; a standby takes over (never)")
         parser.add_argument("--database", metavar="URL",
@@ -117,7 +115,6 @@ class Command(BaseCommand):
             uvicorn=options["uvicorn"], recipients=options["recipients"], channels=options["channels"],
             chunk_size=options["chunk_size"], email_via=options["email_via"], baseline_tasks=options["baseline_tasks"],
             reset_rate=options["reset_rate"],
-            sequencers=("tasks", "shards") if options["sequencer"] == "both" else (options["sequencer"],),
             kill_every=options["kill_every"],
         )
         call_command("migrate", verbosity=0)

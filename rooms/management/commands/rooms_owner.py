@@ -3,8 +3,7 @@ import signal
 import threading
 from typing import Any
 
-from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 
 from rooms.owner import CATCH_UP_EVERY_S, Owner
 
@@ -12,8 +11,7 @@ logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
-    help = ("Sequence rooms as the owner of the shards RabbitMQ gives this process "
-            "(ROOMS_SEQUENCER=shards); start several, the others stand by.")
+    help = "Sequence rooms as the owner of the shards RabbitMQ gives this process; start several, the others stand by."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--send-threads", type=int, default=32,
@@ -23,8 +21,6 @@ class Command(BaseCommand):
                             help="seconds between checks for messages whose input was never published")
 
     def handle(self, *args: Any, send_threads: int, prefetch: int, catch_up_every: float, **options: Any) -> None:
-        if settings.ROOMS_SEQUENCER != "shards":
-            raise CommandError(f"ROOMS_SEQUENCER is {settings.ROOMS_SEQUENCER!r}: set it to \"shards\" to run owners")
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())

@@ -1,29 +1,42 @@
-"""State-machine tests: real database, the send task's publish captured instead of sent."""
+"""Rooms tests: real database, the inputs for the shard owners captured instead of sent."""
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
-from rooms.models import ChatProvider, Room
+from rooms.models import ChatProvider, Room, RoomMessage
 from rooms.services.enqueue import room_create
 
 
 @dataclass
-class SentTasks:
-    calls: list[tuple[int, int]] = field(default_factory=list)
+class Inputs:
+    """What the services handed to the rooms' shard owners: (shard, input) pairs."""
 
-    def publish(self, message_id: int, attempt: int) -> None:
-        self.calls.append((message_id, attempt))
+    calls: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+
+    def publish(self, shard: int, payload: dict[str, Any], **kwargs: Any) -> None:
+        self.calls.append((shard, payload))
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [payload for _, payload in self.calls if payload["kind"] == kind]
 
 
 @pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> SentTasks:
-    """Publishing crosses a process boundary (RabbitMQ): record (message_id, attempt)."""
-    from rooms import queues
+def sent(monkeypatch: pytest.MonkeyPatch) -> Inputs:
+    """Publishing crosses a process boundary (RabbitMQ, then an owner): record the inputs."""
+    from rooms.services import acks, enqueue, operator
 
-    recorder = SentTasks()
-    monkeypatch.setattr(queues, "room_send_publish", recorder.publish)
+    recorder = Inputs()
+    for module in (acks, enqueue, operator):
+        monkeypatch.setattr(module, "shard_publish", recorder.publish)
     return recorder
+
+
+def owner_puts_in_flight(message: RoomMessage, attempt: int = 1) -> None:
+    """Write what a room's owner records when it hands a message to the platform."""
+    RoomMessage.objects.filter(pk=message.pk).update(status=RoomMessage.Status.IN_FLIGHT, attempts=attempt)
+    Room.objects.filter(pk=message.room_id).update(in_flight=message, attempt=attempt)
 
 
 @pytest.fixture

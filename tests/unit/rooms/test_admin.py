@@ -8,7 +8,7 @@ from django.test import Client
 
 from rooms.models import Room, RoomMessage
 from rooms.services.enqueue import room_message_enqueue
-from tests.unit.rooms.conftest import SentTasks
+from tests.unit.rooms.conftest import Inputs, owner_puts_in_flight
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -25,42 +25,49 @@ def staff_client(django_user_model: Any, *, can_operate: bool) -> Client:
     return client
 
 
+def stuck_room(room: Room) -> tuple[RoomMessage, RoomMessage]:
+    first, second = (room_message_enqueue(room_id=room.pk, body=b) for b in ("a", "b"))
+    owner_puts_in_flight(first)
+    return first, second
+
+
 def test_staff_without_the_permission_can_watch_but_not_skip(
-    room: Room, sent: SentTasks, django_user_model: Any
+    room: Room, sent: Inputs, django_user_model: Any
 ) -> None:
-    first, _second = (room_message_enqueue(room_id=room.pk, body=b) for b in ("a", "b"))
+    stuck_room(room)
     viewer = staff_client(django_user_model, can_operate=False)
 
     page = viewer.get("/admin/rooms/room/")
     viewer.post("/admin/rooms/room/", {"action": "skip_in_flight", "_selected_action": [room.pk]})
 
     assert page.status_code == 200 and b"skip_in_flight" not in page.content
-    assert Room.objects.get(pk=room.pk).in_flight_id == first.pk
-    assert RoomMessage.objects.get(pk=first.pk).status == Status.IN_FLIGHT
+    assert sent.of_kind("skip") == []
 
 
-def test_an_operator_skips_the_stuck_message_and_the_next_goes_out(
-    room: Room, sent: SentTasks, django_user_model: Any
+def test_an_operator_asks_the_owner_to_skip_the_stuck_message(
+    room: Room, sent: Inputs, django_user_model: Any
 ) -> None:
-    first, second = (room_message_enqueue(room_id=room.pk, body=b) for b in ("a", "b"))
+    first, _second = stuck_room(room)
     operator = staff_client(django_user_model, can_operate=True)
 
     page = operator.get("/admin/rooms/room/")
-    response = operator.post("/admin/rooms/room/", {"action": "skip_in_flight", "_selected_action": [room.pk]})
+    response = operator.post("/admin/rooms/room/", {"action": "skip_in_flight", "_selected_action": [room.pk]},
+                             follow=True)
 
     assert b"skip_in_flight" in page.content
-    assert response.status_code == 302
-    assert RoomMessage.objects.get(pk=first.pk).status == Status.SKIPPED
-    assert Room.objects.get(pk=room.pk).in_flight_id == second.pk
-    assert sent.calls == [(first.pk, 1), (second.pk, 1)]
+    assert b"asked the rooms&#x27; owners to skip 1 message(s)" in response.content
+    assert sent.of_kind("skip") == [{"kind": "skip", "shard": room.shard, "room": room.pk, "message": first.pk}]
 
 
-def test_an_operator_retries_the_in_flight_message_at_the_next_attempt(
-    room: Room, sent: SentTasks, django_user_model: Any
+def test_an_operator_asks_the_owner_to_retry_and_a_finished_message_is_not_asked_for(
+    room: Room, sent: Inputs, django_user_model: Any
 ) -> None:
-    first = room_message_enqueue(room_id=room.pk, body="a")
+    first, second = stuck_room(room)
+    RoomMessage.objects.filter(pk=second.pk).update(status=Status.ACKED)
     operator = staff_client(django_user_model, can_operate=True)
 
     operator.post("/admin/rooms/room/", {"action": "retry_in_flight", "_selected_action": [room.pk]})
+    operator.post("/admin/rooms/roommessage/", {"action": "skip", "_selected_action": [second.pk]})
 
-    assert (Room.objects.get(pk=room.pk).attempt, sent.calls) == (2, [(first.pk, 1), (first.pk, 2)])
+    assert sent.of_kind("retry") == [{"kind": "retry", "shard": room.shard, "room": room.pk, "message": first.pk}]
+    assert sent.of_kind("skip") == []

@@ -66,7 +66,6 @@ def ack(key: str) -> bytes:
     return json.dumps({"type": "message.delivered", "id": "chm_9", "idempotency_key": key}).encode()
 
 
-@override_settings(ROOMS_SEQUENCER="shards")
 def test_a_signed_ack_is_handed_to_the_shard_named_in_its_callback_url(
     shard_inputs: Callable[[], list[dict[str, Any]]]
 ) -> None:
@@ -77,7 +76,6 @@ def test_a_signed_ack_is_handed_to_the_shard_named_in_its_callback_url(
     assert shard_inputs() == [{"kind": "ack", "shard": SHARD, "room": ROOM, "key": key, "provider_message_id": "chm_9"}]
 
 
-@override_settings(ROOMS_SEQUENCER="shards")
 def test_forged_oversized_and_malformed_acks_are_refused_and_reach_no_owner(
     shard_inputs: Callable[[], list[dict[str, Any]]]
 ) -> None:
