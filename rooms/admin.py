@@ -8,7 +8,7 @@ from rooms.models import ChatProvider, Room, RoomMessage, RoomShard
 from rooms.services.operator import room_message_retry, room_message_skip
 
 # The room's shard owner applies the action moments later (rooms/owner.py).
-ASKED = "asked the rooms' owners to {action} {asked} message(s); refresh to see them move"
+ASKED = "asked the rooms' owner to {action} {asked} message(s); refresh to see them move"
 
 
 @admin.register(ChatProvider)
