@@ -64,7 +64,7 @@ ACK_JITTER_MS = 30
 ACK_LOSS_RATE = 0.05
 # The shortest timeout the delayed timeout check can express (rooms.tasks).
 ACK_TIMEOUT_MS = 1000
-# Threads enqueueing the saturated phases' messages (rooms split between them).
+# Threads enqueueing the ordered phases' messages (rooms split between them).
 ENQUEUERS = 4
 # The naive fix pauses as long as an ack usually takes.
 NAIVE_PAUSE_MS = ACK_DELAY_MS
@@ -167,23 +167,21 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
     total = rooms * messages_per_room
     started = time.time()
 
-    def enqueue(room_ids: list[int]) -> None:
-        for room_id in room_ids:
-            for _seq in range(messages_per_room):
-                room_message_enqueue(room_id=room_id, body=str(time.time()))
+    def enqueue(thread: int) -> None:
+        """This thread's rooms (every ENQUEUERS-th), each room's messages in order; at a
+        `rate`, each message at its intended time (the n-th of all at started + n / rate),
+        which its body carries."""
+        for position in range(thread, len(room_ids), ENQUEUERS):
+            for seq in range(messages_per_room):
+                intended = started + (position * messages_per_room + seq) / rate if rate else time.time()
+                time.sleep(max(0.0, intended - time.time()))
+                room_message_enqueue(room_id=room_ids[position], body=str(intended))
         connection.close()  # this thread's
 
-    if rate:  # one loop, each message at its intended time
-        index = 0
-        for room_id in room_ids:
-            for _seq in range(messages_per_room):
-                intended = started + index / rate
-                time.sleep(max(0.0, intended - time.time()))
-                room_message_enqueue(room_id=room_id, body=str(intended))
-                index += 1
-    else:  # as several API processes would: each enqueue mostly waits (commit, confirm)
-        with ThreadPoolExecutor(ENQUEUERS) as pool:
-            list(pool.map(enqueue, [room_ids[n::ENQUEUERS] for n in range(ENQUEUERS)]))
+    # As several API processes would: an enqueue mostly waits (its commit, its confirm),
+    # and one loop alone fell behind the paced rate on a loaded machine.
+    with ThreadPoolExecutor(ENQUEUERS) as pool:
+        list(pool.map(enqueue, range(ENQUEUERS)))
     enqueued = time.time()
     done = (RoomMessage.Status.ACKED, RoomMessage.Status.TIMED_OUT, RoomMessage.Status.SKIPPED,
             RoomMessage.Status.FAILED)
