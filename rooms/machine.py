@@ -5,9 +5,9 @@ enqueued, an ack, a send's outcome, a timer, an operator's action); what they de
 goes out as a `Record` (the rows to write in the next group commit, and the sends to
 make once it committed) and as timers. The owner process (rooms/owner.py) does the I/O.
 
-The rules (docs/ordered-delivery.md, "States and transitions"): one message in flight per room; the next one on the ack, or on the ack
-timeout under the provider's `proceed` / `resend` policy; duplicate and late acks change
-nothing. Two more, which make a crash at any point safe:
+The rules (docs/ordered-delivery.md, "States and transitions"): one message in flight
+per room; the next one on the ack, or on the ack timeout under the provider's `proceed`
+/ `resend` policy; duplicate and late acks change nothing. Two more, which make a crash at any point safe:
 - **A send is made only once the state that names it is written.** A new owner reading
   the record back therefore knows of every send that might have happened: a message in
   flight whose send is not recorded is *in doubt*, and the owner asks the platform

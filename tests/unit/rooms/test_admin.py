@@ -6,7 +6,7 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.test import Client
 
-from rooms.models import Room, RoomMessage
+from rooms.models import Room, RoomMessage, RoomShard
 from rooms.services.enqueue import room_message_enqueue
 from tests.unit.rooms.conftest import Inputs, owner_puts_in_flight
 
@@ -72,3 +72,18 @@ def test_an_operator_asks_the_owner_to_retry_and_a_finished_message_is_not_asked
 
     assert sent.of_kind("retry") == [{"kind": "retry", "shard": room.shard, "room": room.pk, "message": first.pk}]
     assert sent.of_kind("skip") == []
+
+
+def test_staff_see_which_owner_holds_each_shard_and_cannot_change_it(django_user_model: Any) -> None:
+    RoomShard.objects.update_or_create(shard=3, defaults={"epoch": 7, "owner": "host-a:4242"})
+    admin_user = django_user_model.objects.create_superuser("root", password="x-not-used-x")
+    client = Client()
+    client.force_login(admin_user)
+
+    page = client.get("/admin/rooms/roomshard/")
+    change = client.post("/admin/rooms/roomshard/3/change/", {"epoch": 1, "owner": "me"})
+
+    assert page.status_code == 200 and b"host-a:4242" in page.content
+    assert change.status_code in (200, 302, 403)  # a read-only form: shown again, or refused
+    shard = RoomShard.objects.get(shard=3)
+    assert (shard.epoch, shard.owner) == (7, "host-a:4242")
