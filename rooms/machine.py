@@ -173,13 +173,6 @@ class Machine:
 
     # -- inputs ------------------------------------------------------------------------
 
-    def gap(self, room_id: int, sequence: int) -> tuple[int, int] | None:
-        """The sequences (after, before) to read before `sequence` can be added, if any."""
-        room = self.rooms.get(room_id)
-        if room is None or sequence <= room.known + 1:
-            return None
-        return room.known, sequence
-
     def enqueued(self, room: RoomState, message: Queued, now: datetime) -> bool:
         """A message committed to the room's FIFO; False if already known (a repeat)."""
         room = self.rooms.setdefault(room.room_id, room)
