@@ -254,9 +254,12 @@ def test_operators_retry_and_skip_through_the_owner(owners: Owners, sandbox: San
     wait_for(lambda: statuses(room) == [Status.SKIPPED, Status.IN_FLIGHT], "second message in flight",
              ROOMS_TIMEOUT)
 
-    seen = sandbox.chat_rooms()["rooms"][room.recipient]
-    assert seen["arrivals"] == [1, 2]
-    assert seen["duplicates"] == 1  # the retry, deduplicated by the platform on its key
+    # The owner records the state before it calls the platform: wait for the calls.
+    # The retry is deduplicated by the platform on the message's key.
+    wait_for(lambda: sandbox.chat_rooms()["rooms"][room.recipient] | {"callback_delay_ms": None}
+             == {"arrivals": [1, 2], "duplicates": 1, "order_violations": 0, "delivery_order_violations": 0,
+                 "callback_delay_ms": None},
+             "the retry and the second message at the platform", ROOMS_TIMEOUT)
     assert not room_message_retry(message_id=first.pk)  # skipped: nothing to ask
     assert room_message_skip(message_id=second.pk)
 
