@@ -167,9 +167,10 @@ class Machine:
             doubt.append(Send(room.room_id, flight.message.message_id, flight.attempt))
         return doubt
 
-    def drop_shard(self, shard: int) -> None:
-        self.rooms = {room_id: room for room_id, room in self.rooms.items() if room.shard != shard}
-        self.timers = [due for due in self.timers if due.room_id in self.rooms]
+    def forget(self, room_id: int) -> None:
+        """A room deleted from the record: nothing more is sent for it (its timers and
+        the outcomes of its calls then find no room, and change nothing)."""
+        self.rooms.pop(room_id, None)
 
     # -- inputs ------------------------------------------------------------------------
 

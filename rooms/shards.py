@@ -68,5 +68,10 @@ def shard_publish(shard: int, payload: dict[str, Any], *, producer: Any = None) 
             serializer="json",
             delivery_mode=2,
             declare=[queue],
-            retry=False,
+            # Once, at once, on a new connection: a pooled connection that outlived a
+            # RabbitMQ restart fails its first publish. A RabbitMQ really away fails the
+            # second try too, and the caller decides (inputs are idempotent, so a publish
+            # that went through before the error does no harm when repeated).
+            retry=True,
+            retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0},
         )

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 
 import pytest
 import requests
+from django.db import connection as db_connection
 
 from config.celery import app as critical_app
 from rooms.models import ChatProvider, Room, RoomMessage, RoomShard
 from rooms.services import enqueue
 from rooms.services.enqueue import room_create, room_message_enqueue
 from rooms.services.operator import room_message_retry, room_message_skip
-from rooms.shards import shard_queues
+from rooms.shards import shard_publish, shard_queues
 from sandbox.chat import chat_signed_headers
 from sandbox.client import SandboxClient
 from tests.integration.conftest import daphne_wait, start_daphne
@@ -86,7 +87,9 @@ class Owners:
         index = len(self.processes)
         process = ManagedProcess(f"rooms-owner-{index}", python("manage.py", "rooms_owner", "--catch-up-every", "1"),
                                  env={"ROOMS_CHAT_API_URL": self.sandbox_url,
-                                      "CARILLON_PUBLIC_URL": self.web_urls[index % 2]})
+                                      "CARILLON_PUBLIC_URL": self.web_urls[index % 2],
+                                      # names its PostgreSQL sessions, for a test to cut them
+                                      "PGAPPNAME": "carillon-rooms-owner"})
         self.processes.append(process)
         process.wait_for_log("consuming the shard queues")
         return process
@@ -242,6 +245,32 @@ def test_a_slow_room_does_not_hold_back_the_others(owners: Owners, sandbox: Sand
         assert seen["rooms"][room.recipient]["arrivals"] == [1]
 
 
+def test_a_room_deleted_with_a_message_in_flight_sends_nothing_more(
+    owners: Owners, sandbox: SandboxClient
+) -> None:
+    # The deleted room's first message times out at 1.5 s, which would put its second
+    # in flight; the marker room's first times out a second later, after it, on the same
+    # owner's clock. Once the marker's second message is at the platform, the deleted
+    # room's would have been too.
+    (deleted,) = make_rooms(1, ack_timeout_ms=1500)
+    (marker,) = make_rooms(1, ack_timeout_ms=2500)
+    for room in (deleted, marker):
+        sandbox.set_chat_room(room.recipient, callback_delay_ms=300_000)
+    enqueue_all([deleted], 3)
+    wait_for(lambda: RoomMessage.objects.filter(room=deleted, sent_at__isnull=False).exists(),
+             "the first message sent", ROOMS_TIMEOUT)
+
+    Room.objects.filter(pk=deleted.pk).delete()  # as the admin does, with its messages
+    enqueue_all([marker], 2)
+    wait_for(lambda: sandbox.chat_rooms()["rooms"].get(marker.recipient, {}).get("arrivals") == [1, 2],
+             "the marker room's second message at the platform", ROOMS_TIMEOUT)
+
+    assert sandbox.chat_rooms()["rooms"][deleted.recipient]["arrivals"] == [1]
+    owner = owners.processes[0]
+    assert f"room {deleted.pk} was deleted" in owner.log()
+    assert "letting go" not in owner.log()
+
+
 def test_operators_retry_and_skip_through_the_owner(owners: Owners, sandbox: SandboxClient) -> None:
     (room,) = make_rooms(1)
     sandbox.set_chat_room(room.recipient, callback_delay_ms=300_000)
@@ -283,6 +312,17 @@ def test_a_message_whose_input_was_never_published_is_found_and_sent(
     assert sandbox.chat_rooms()["rooms"][room.recipient]["arrivals"] == [1]
 
 
+def test_the_first_input_after_rabbitmq_restarted_is_taken(transactional_db: None) -> None:
+    # A process's pooled connection outlives a RabbitMQ restart, dead: an ack handed over
+    # on it must not be answered 503 (a platform that does not retry would lose it).
+    tick = {"kind": "tick", "shard": 0}
+    shard_publish(0, tick)  # the pooled connection is open
+    rabbitmqctl("stop_app")
+    rabbitmqctl("start_app")
+
+    shard_publish(0, tick)
+
+
 def test_rabbitmq_restarted_under_the_owners_loses_nothing_and_reorders_nothing(
     owners: Owners, sandbox: SandboxClient
 ) -> None:
@@ -307,3 +347,32 @@ def test_rabbitmq_restarted_under_the_owners_loses_nothing_and_reorders_nothing(
     for room in rooms:
         assert seen["rooms"][room.recipient]["arrivals"] == list(range(1, 6 if room in rooms[:2] else 5))
         assert set(statuses(room)) <= {Status.ACKED, Status.TIMED_OUT}
+
+
+def test_the_owners_database_connection_cut_loses_nothing_and_reorders_nothing(
+    owners: Owners, sandbox: SandboxClient
+) -> None:
+    # What a PostgreSQL restart or failover does to an owner: its session ends under it.
+    # The owner lets go of its shards and takes them again from the record; its inputs
+    # not yet acknowledged come back from RabbitMQ, its sends in doubt are looked up.
+    if db_connection.vendor != "postgresql":
+        pytest.skip("SQLite is embedded: there is no server whose sessions end")
+    owners.start()
+    rooms = make_rooms(6, ack_timeout_ms=1000)
+    cut = []
+    for n in range(4):
+        enqueue_all(rooms, 2, start=2 * n)
+        with db_connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                           ["carillon-rooms-owner"])
+            cut += [ended for (ended,) in cursor.fetchall()]
+
+    wait_for(lambda: all_done(rooms), "every message acked", ROOMS_TIMEOUT)
+
+    assert cut and all(cut)
+    seen = sandbox.chat_rooms()
+    assert (seen["order_violations"], seen["delivery_order_violations"], seen["duplicates"]) == (0, 0, 0)
+    for room in rooms:
+        assert seen["rooms"][room.recipient]["arrivals"] == list(range(1, 9))
+        assert statuses(room) == [Status.ACKED] * 8
+    assert any("letting go" in process.log() for process in owners.processes)
