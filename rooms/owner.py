@@ -33,7 +33,7 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, transaction
 from django.db import connection as db_connection
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 from kombu import Consumer, Message, Producer
 from kombu.exceptions import KombuError
@@ -244,12 +244,7 @@ class Owner:
         if record.shards:  # rows to write (a retry's send alone writes nothing)
             now = timezone.now()
             with transaction.atomic():
-                # One statement for every shard the commit touches (a round trip each cost
-                # the owner's loop more than the rows themselves at a few shards a commit).
-                held = Q()
-                for shard in record.shards:
-                    held |= Q(shard=shard, epoch=self.epochs[shard])
-                if RoomShard.objects.filter(held).update(flushed_at=now) != len(record.shards):
+                if _fence(now, {shard: self.epochs[shard] for shard in record.shards}) != len(record.shards):
                     raise FencedError(f"one of shards {sorted(record.shards)} was taken by another owner")
                 _rows_update(RoomMessage, record.messages)
                 rooms: dict[int, dict[str, Any]] = {room_id: {} for room_id in record.timeouts}
@@ -384,6 +379,22 @@ class Owner:
             self._load_providers()
 
 
+def _fence(now: datetime, epochs: dict[int, int]) -> int:
+    """Mark the shards written at `now` where each still has the epoch this owner took it
+    at; return how many did. One statement for every shard a commit touches (a round trip
+    each cost the loop more than the rows themselves), in plain SQL (the ORM's version of
+    it took a third of a small commit's time)."""
+    pairs = ", ".join(["(%s, %s)"] * len(epochs))
+    table, quote = RoomShard._meta.db_table, db_connection.ops.quote_name
+    with db_connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {quote(table)} SET flushed_at = %s WHERE (shard, epoch) IN ({pairs})",  # noqa: S608
+            [RoomShard._meta.get_field("flushed_at").get_db_prep_save(now, db_connection),
+             *[value for pair in epochs.items() for value in pair]],
+        )
+        return int(cursor.rowcount)
+
+
 def _rows_update(
     model: Any, changes: dict[int, dict[str, Any]], extra_sql: str = "",
     extra_params: Callable[[int], list[Any]] = lambda pk: [],
@@ -403,11 +414,17 @@ def _rows_update(
             assignments = [f"{quote(field.column)} = %s" for field in fields] + ([extra_sql] if extra_sql else [])
             # Identifiers from the model's metadata, every value a parameter.
             sql = f"UPDATE {quote(model._meta.db_table)} SET {', '.join(assignments)} WHERE id = %s"  # noqa: S608
-            cursor.executemany(sql, [
+            rows = [
                 [field.get_db_prep_save(changes[pk][name], db_connection)
                  for name, field in zip(names, fields, strict=True)] + extra_params(pk) + [pk]
                 for pk in pks
-            ])
+            ]
+            # A row alone (the common case below saturation) is cheaper without the
+            # pipeline psycopg sets up for executemany.
+            if len(rows) == 1:
+                cursor.execute(sql, rows[0])
+            else:
+                cursor.executemany(sql, rows)
             # The sum over the rows for executemany, on SQLite and on psycopg alike.
             written += cursor.rowcount
     return written
