@@ -107,6 +107,26 @@ def test_email_sent_through_django_smtp_backend_is_received_and_listed(sandbox_s
     assert "<b>Ada</b>" in received["html"]
 
 
+def test_email_headers_are_listed_decoded_and_unfolded(sandbox_settings: SandboxClient) -> None:
+    # A subject long enough to fold, in encoded words, as Django sends non-ASCII text.
+    subject = "Bienvenue à Carillon, Adélaïde — " + "un sujet assez long pour être replié " * 3
+    email = EmailMultiAlternatives(
+        subject=subject, body="Bonjour Adélaïde", from_email="Carillon Équipe <noreply@carillon.local>",
+        to=["Adélaïde <ada@example.com>"], headers={"X-Campaign": "rentrée"},
+    )
+    email.attach_alternative("<p>Bonjour <b>Adélaïde</b></p>", "text/html")
+
+    assert email.send() == 1
+
+    [received] = sandbox_settings.received("email")
+    assert received["subject"] == subject
+    assert received["from"] == "Carillon Équipe <noreply@carillon.local>"
+    assert received["to"] == "Adélaïde <ada@example.com>"
+    assert received["headers"]["X-Campaign"] == "rentrée"
+    assert received["text"].strip() == "Bonjour Adélaïde"
+    assert "<b>Adélaïde</b>" in received["html"]
+
+
 def test_email_refused_by_the_server_raises_its_smtp_code(sandbox_settings: SandboxClient) -> None:
     sandbox_settings.set_knobs("email", fail_next=1, error_status=451)
     connection = get_connection(fail_silently=False)
