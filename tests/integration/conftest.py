@@ -210,10 +210,13 @@ def _worker_busy(hostname: str) -> bool:
     for its ETA. No answer counts as busy."""
     from config.celery import app as critical_app
 
-    inspect = critical_app.control.inspect(destination=[hostname], timeout=5.0, limit=1)
-    for held in (inspect.active(), inspect.reserved(), inspect.scheduled()):
-        if not held or held.get(hostname):
-            return True
+    # A connection of its own: a pooled one may have died with a RabbitMQ an earlier
+    # test restarted, and nothing else of the test process's may have replaced it.
+    with critical_app.connection_for_write() as connection:
+        inspect = critical_app.control.inspect(destination=[hostname], timeout=5.0, limit=1, connection=connection)
+        for held in (inspect.active(), inspect.reserved(), inspect.scheduled()):
+            if not held or held.get(hostname):
+                return True
     return False
 
 

@@ -8,10 +8,15 @@ import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.utils import timezone
+from kombu import Queue
 
 import tests.integration.poison_subscribers  # noqa: F401 - declares test.poison here too
+from config.celery import app as critical_app
 from notifications.dead_letters import dead_letter_drain
-from notifications.models import Delivery, FailedJob, OutboxMessage
+from notifications.models import Delivery, Event, FailedJob, OutboxMessage
+from notifications.queues import EVENTS_EXCHANGE
+from notifications.relay import outbox_claim, outbox_publish_claimed
 from notifications.services.events import event_publish
 from sandbox.client import SandboxClient
 from tests.integration.test_pipeline import RESET_URL, make_user, statuses
@@ -60,6 +65,30 @@ def test_after_a_rabbitmq_restart_the_next_event_is_published_at_once(
 
     # No relay runs here: only the fast path can have published it.
     assert not OutboxMessage.objects.filter(event=after, published_at__isnull=True).exists()
+
+
+def test_rows_rabbitmq_refuses_are_left_to_the_relay_and_the_others_are_marked_published() -> None:
+    # A full queue that refuses new messages (overflow reject-publish) makes RabbitMQ
+    # answer a publish with a nack: that row, and only it, waits for a later relay pass.
+    refusing = Queue("test.refusing", EVENTS_EXCHANGE, routing_key="test.refused", auto_delete=True,
+                     queue_arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+    with critical_app.connection_for_write() as connection:
+        refusing(connection.default_channel).declare()
+        try:
+            event = Event.objects.create(type="test.refused", version=1, occurred_at=timezone.now(), data={})
+            rows = [OutboxMessage.objects.create(event=event, kind=OutboxMessage.Kind.ENVELOPE,
+                                                 payload={"id": str(uuid), "type": kind})
+                    for uuid, kind in ((1, "test.unrouted"), (2, "test.refused"), (3, "test.unrouted"))]
+
+            published = outbox_publish_claimed(outbox_claim(limit=10))
+        finally:
+            refusing(connection.default_channel).delete()
+
+    assert published == 2
+    first, refused, last = (OutboxMessage.objects.get(pk=row.pk) for row in rows)
+    assert first.published_at and last.published_at
+    assert refused.published_at is None and refused.claim_token is None
+    assert "refused" in refused.last_error
 
 
 def test_rabbitmq_stopped_while_events_are_published_loses_nothing(
