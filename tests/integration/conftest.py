@@ -4,6 +4,8 @@ and Carillon's own processes started here."""
 import os
 import socket
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import requests
@@ -205,15 +207,21 @@ def channel_workers_kill(workers: Iterable[ManagedProcess]) -> None:
              "the channel queues without consumers", timeout=30)
 
 
+@contextmanager
+def worker_inspect(hostname: str, **options: Any) -> Iterator[Any]:
+    """`celery inspect` of one worker, on a connection of its own: a pooled one may have
+    died with a RabbitMQ an earlier test restarted, and nothing else of the test process
+    may have replaced it since."""
+    from config.celery import app as critical_app
+
+    with critical_app.connection_for_write() as connection:
+        yield critical_app.control.inspect(destination=[hostname], connection=connection, **options)
+
+
 def _worker_busy(hostname: str) -> bool:
     """Whether the worker holds a task: running, prefetched (unacknowledged) or waiting
     for its ETA. No answer counts as busy."""
-    from config.celery import app as critical_app
-
-    # A connection of its own: a pooled one may have died with a RabbitMQ an earlier
-    # test restarted, and nothing else of the test process's may have replaced it.
-    with critical_app.connection_for_write() as connection:
-        inspect = critical_app.control.inspect(destination=[hostname], timeout=5.0, limit=1, connection=connection)
+    with worker_inspect(hostname, timeout=5.0, limit=1) as inspect:
         for held in (inspect.active(), inspect.reserved(), inspect.scheduled()):
             if not held or held.get(hostname):
                 return True

@@ -23,6 +23,7 @@ from notifications.services.deliveries import deliveries_send_together, delivery
 from notifications.services.events import event_publish
 from sandbox.client import SandboxClient
 from tests.factories import EventFactory
+from tests.integration.conftest import worker_inspect
 from tests.integration.test_pipeline import RESET_URL, make_user, statuses
 from tests.processes import ManagedProcess, wait_for
 
@@ -155,11 +156,9 @@ def burst(users: list[Any]) -> list[Any]:
 def held_by(worker: Any, events: list[Any]) -> bool:
     """Whether `celery inspect` lists email deliveries of these events as reserved or
     active on `worker`."""
-    from config.celery import app as critical_app
-
-    inspect = critical_app.control.inspect(destination=[worker.hostname], timeout=2.0)
-    listed = [*((inspect.active() or {}).get(worker.hostname, [])),
-              *((inspect.reserved() or {}).get(worker.hostname, []))]
+    with worker_inspect(worker.hostname, timeout=2.0) as inspect:
+        listed = [*((inspect.active() or {}).get(worker.hostname, [])),
+                  *((inspect.reserved() or {}).get(worker.hostname, []))]
     ids = {str(event.id) for event in events}
     return any(task["name"] == "notifications.email.deliver" and task["args"][0] in ids for task in listed)
 
