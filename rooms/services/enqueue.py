@@ -2,8 +2,7 @@
 
 import logging
 
-from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db import IntegrityError, connection, transaction
 from kombu.exceptions import KombuError
 
 from core.errors import IdempotencyKeyReusedError
@@ -43,9 +42,7 @@ def room_message_enqueue(
             # The increment takes the room's row lock (PostgreSQL; SQLite's write lock is
             # taken at BEGIN) and holds it to the commit: sequences are gapless and commit
             # in order, which the owner relies on to know it has seen every message.
-            if not Room.objects.filter(pk=room_id).update(last_sequence=F("last_sequence") + 1):
-                raise RoomNotFoundError(f"room {room_id} does not exist", detail={"room_id": room_id})
-            room = Room.objects.get(pk=room_id)
+            room = _room_next_sequence(room_id)
             message = RoomMessage.objects.create(
                 room_id=room_id, sequence=room.last_sequence, body=body, request_scope=scope,
                 request_key=idempotency_key or "",
@@ -60,6 +57,22 @@ def room_message_enqueue(
         return _same_request(first, room_id=room_id, body=body)
     logger.info("room %s: enqueued message %s (#%s)", room_id, message.pk, message.sequence)
     return message
+
+
+def _room_next_sequence(room_id: int) -> Room:
+    """Number the room's next message: its row, with `last_sequence` incremented, in one
+    statement (an UPDATE and a read of the row were a fifth of an enqueue's time)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {connection.ops.quote_name(Room._meta.db_table)} SET last_sequence = last_sequence + 1 "  # noqa: S608
+            "WHERE id = %s RETURNING last_sequence, shard, provider_id, recipient",
+            [room_id],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise RoomNotFoundError(f"room {room_id} does not exist", detail={"room_id": room_id})
+    last_sequence, shard, provider_id, recipient = row
+    return Room(pk=room_id, last_sequence=last_sequence, shard=shard, provider_id=provider_id, recipient=recipient)
 
 
 def _owner_tell(room: Room, message: RoomMessage) -> None:
