@@ -33,7 +33,6 @@ FAST_PATH_PAUSE_SECONDS = 5.0
 _fast_path_paused_until = 0.0
 
 
-
 class _Confirmed:
     """This process's publishing channel: rows are published one after the other without
     waiting, then their confirms are awaited together, so that an event's task messages
@@ -44,7 +43,6 @@ class _Confirmed:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.connection: Any = None
-        self.channel: Any = None
         self.producer: Producer | None = None
         self.published = 0  # the channel's delivery tags: the n-th publish is tag n
         self.waiting: set[int] = set()  # tags published and not yet answered
@@ -68,12 +66,12 @@ class _Confirmed:
         if not self.declared:
             topology_declare(self.connection)
             self.declared = True
-        self.channel = self.connection.channel()
-        self.channel.events["basic_ack"].add(partial(self._answer, True))
-        self.channel.events["basic_nack"].add(partial(self._answer, False))
-        self.channel.confirm_select()
+        channel = self.connection.channel()
+        channel.events["basic_ack"].add(partial(self._answer, True))
+        channel.events["basic_nack"].add(partial(self._answer, False))
+        channel.confirm_select()
         self.published, self.waiting, self.answers = 0, set(), {}
-        self.producer = Producer(self.channel)
+        self.producer = Producer(channel)
         return self.producer
 
     def _answer(self, confirmed: bool, tag: int, multiple: bool) -> None:
@@ -103,7 +101,7 @@ class _Confirmed:
         """Forget the connection after a broker error: the next publish opens a new one."""
         if self.connection is not None:
             self.connection.collect()  # a dead socket cannot be closed politely
-        self.connection = self.channel = self.producer = None
+        self.connection = self.producer = None
         self.declared = False
 
 
