@@ -319,8 +319,12 @@ def test_the_first_input_after_rabbitmq_restarted_is_taken(transactional_db: Non
     shard_publish(0, tick)  # the pooled connection is open
     rabbitmqctl("stop_app")
     rabbitmqctl("start_app")
+    with critical_app.connection_for_write() as connection:
+        queued = shard_queues()[0](connection.default_channel).queue_declare(passive=True).message_count
 
-    shard_publish(0, tick)
+        shard_publish(0, tick)
+
+        assert shard_queues()[0](connection.default_channel).queue_declare(passive=True).message_count == queued + 1
 
 
 def test_rabbitmq_restarted_under_the_owners_loses_nothing_and_reorders_nothing(

@@ -77,8 +77,8 @@ def test_rows_rabbitmq_refuses_are_left_to_the_relay_and_the_others_are_marked_p
         try:
             event = Event.objects.create(type="test.refused", version=1, occurred_at=timezone.now(), data={})
             rows = [OutboxMessage.objects.create(event=event, kind=OutboxMessage.Kind.ENVELOPE,
-                                                 payload={"id": str(uuid), "type": kind})
-                    for uuid, kind in ((1, "test.unrouted"), (2, "test.refused"), (3, "test.unrouted"))]
+                                                 payload={"id": str(number), "type": kind})
+                    for number, kind in ((1, "test.unrouted"), (2, "test.refused"), (3, "test.unrouted"))]
 
             published = outbox_publish_claimed(outbox_claim(limit=10))
         finally:
