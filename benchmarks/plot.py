@@ -21,8 +21,9 @@ def _curve(histogram: HdrHistogram) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
-def percentile_plot(series: dict[str, HdrHistogram], *, title: str, path: Path) -> None:
-    """Overlay each named histogram's percentile curve in one PNG."""
+def percentile_plot(series: dict[str, HdrHistogram], *, title: str, path: Path,
+                    y: str = "latency from intended send time (ms, log)") -> None:
+    """Overlay each named histogram's percentile curve in one PNG; `y` says what was measured."""
     figure, axes = _figure(9, 5.5)
     for name, histogram in series.items():
         if histogram.get_total_count():
@@ -34,7 +35,7 @@ def percentile_plot(series: dict[str, HdrHistogram], *, title: str, path: Path) 
     axes.set_xticks(ticks)
     axes.set_xticklabels(["0%"] + [f"{100 - 10 ** (2 - n):.{max(0, n - 2)}f}%" for n in range(1, MAX_NINES + 1)])
     axes.set_xlim(1, 10.0**MAX_NINES)
-    _save(figure, axes, x="percentile", y="latency from intended send time (ms, log)", title=title, path=path)
+    _save(figure, axes, x="percentile", y=y, title=title, path=path)
 
 
 def timeline_plot(

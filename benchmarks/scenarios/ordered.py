@@ -48,6 +48,7 @@ from benchmarks.hdr import (
     histogram_record,
     histogram_write_hgrm,
 )
+from benchmarks.plot import percentile_plot
 from benchmarks.runner import Options
 from config.env import BASE_DIR
 from core.processes import ManagedProcess, free_port, processes_stop, python
@@ -276,11 +277,26 @@ def bench_ordered_scenario(
     }
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out / f"ordered-{stamp}.json").write_text(json.dumps(summary, indent=2))
+    files = []
     for phase in phases:
         for kind, histogram in phase["_histograms"].items():
             name = f"ordered-{stamp}-{re.sub(r'[^a-z0-9]+', '-', phase['name']).strip('-')}-{kind}.hgrm"
             histogram_write_hgrm(histogram, out / name)
+            files.append(name)
+    # Two plots: every phase's enqueue -> provider (what a user waits, ordered or not),
+    # and what ordering itself adds in the ordered phases.
+    plots = {
+        "enqueue-to-provider": ({phase["name"]: phase["_histograms"]["enqueue-to-provider"] for phase in phases},
+                                "enqueue → provider accepted"),
+        "overhead": ({phase["name"]: phase["_histograms"]["overhead"] for phase in (ordered, paced)},
+                     "overhead beyond the previous ack"),
+    }
+    for kind, (series, what) in plots.items():
+        name = f"ordered-{stamp}-{kind}.png"
+        percentile_plot(series, title=f"ordered, {rooms:,} rooms: {what}", path=out / name, y=f"{what} (ms, log)")
+        files.append(name)
+    summary["files"] = files
+    (out / f"ordered-{stamp}.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -365,7 +381,7 @@ def ordered_scenario(options: Options) -> list[dict[str, Any]]:
         processes_stop(processes)
     for line in summary_lines(summary):
         print(line)  # noqa: T201 - the command's terminal output
-    return []  # written above in its own format (ordered-*.json, one .hgrm per phase)
+    return []  # written above in its own format (ordered-*.json, an .hgrm per histogram, two plots)
 
 
 def _answers(url: str) -> bool:

@@ -73,6 +73,9 @@ def ordered_results_hold(summary: dict[str, Any], out: Path) -> None:
     assert {"p50", "p99", "p99.9", "p99.99", "p99.9999", "max"} <= set(summary["ordered_overhead_beyond_previous_ack_ms"])
     assert set(summary["ordered_enqueue_to_provider_idle_room_ms"]) == set(summary["ordered_overhead_beyond_previous_ack_ms"])
     assert len(list(out.glob("ordered-*.hgrm"))) == 8
+    plots = sorted(path.name for path in out.glob("ordered-*.png"))
+    assert [name.rsplit("-", 1)[-1] for name in plots] == ["provider.png", "overhead.png"]
+    assert set(plots) <= set(summary["files"])
 
 
 def broadcast_results_hold(summary: dict[str, Any]) -> None:
