@@ -18,11 +18,16 @@ per room; the next one on the ack, or on the ack timeout under the provider's `p
   to number a message), so when an input names sequence s > known + 1 the messages in
   between are already committed, and the owner reads them before going on. The head of
   the FIFO is then always the lowest sequence queued.
+
+Idle rooms (nothing queued, nothing in flight) are kept only up to a bound, the oldest
+idle first to go (`evict`): the owner calls it once their state is written, and reads a
+room back from the record on its next input.
 """
 
 import bisect
 import enum
 import heapq
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -130,6 +135,8 @@ class Machine:
 
     def __init__(self) -> None:
         self.rooms: dict[int, RoomState] = {}
+        # Rooms with nothing queued or in flight, the longest idle first.
+        self.idle: OrderedDict[int, None] = OrderedDict()
         self.providers: dict[int, Provider] = {}
         self.record = Record()
         self.timers: list[Due] = []  # a heap, read by the owner
@@ -158,8 +165,7 @@ class Machine:
                                      provider_message_id=row["provider_message_id"])
         flight = room.flight
         if flight is None:
-            if room.queue:
-                self._advance(room, now)
+            self._advance(room, now, write=False)
         elif flight.sent:
             self._arm(room, flight, now)
         else:
@@ -168,9 +174,28 @@ class Machine:
         return doubt
 
     def forget(self, room_id: int) -> None:
-        """A room deleted from the record: nothing more is sent for it (its timers and
-        the outcomes of its calls then find no room, and change nothing)."""
+        """Stop holding a room (deleted from the record, or handed to another owner):
+        nothing more is sent for it (its timers and the outcomes of its calls then find
+        no room, and change nothing)."""
         self.rooms.pop(room_id, None)
+        self.idle.pop(room_id, None)
+
+    def let_go(self, shard: int) -> None:
+        """Stop holding a shard's rooms (handed to another owner, their state written)."""
+        for room_id in [room_id for room_id, room in self.rooms.items() if room.shard == shard]:
+            self.forget(room_id)
+
+    def evict(self, keep: int) -> int:
+        """Drop the longest-idle rooms beyond `keep` idle ones; return how many went.
+
+        Only once their state is written: the owner then reads such a room back from the
+        record on its next input, as one it never held."""
+        evicted = 0
+        while len(self.idle) > keep:
+            room_id, _ = self.idle.popitem(last=False)
+            self.rooms.pop(room_id, None)
+            evicted += 1
+        return evicted
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -311,11 +336,16 @@ class Machine:
         room.flight = None
         self._advance(room, now)
 
-    def _advance(self, room: RoomState, now: datetime) -> None:
-        """Put the FIFO's head in flight, or leave the room idle."""
+    def _advance(self, room: RoomState, now: datetime, *, write: bool = True) -> None:
+        """Put the FIFO's head in flight, or leave the room idle (`write`: record it so;
+        False for a room read back idle, whose record already says it)."""
         if not room.queue:
-            self.record.room(room, in_flight_id=None, attempt=0)
+            if write:
+                self.record.room(room, in_flight_id=None, attempt=0)
+            self.idle[room.room_id] = None
+            self.idle.move_to_end(room.room_id)
             return
+        self.idle.pop(room.room_id, None)
         head = room.queue.pop(0)
         room.flight = Flight(head, attempt=1)
         self.record.message(room, head.message_id, status=Status.IN_FLIGHT, attempts=1, dispatched_at=now)

@@ -13,27 +13,35 @@ its effect in the record (which the next owner reads back), never neither.
 Taking a shard: RabbitMQ's single-active-consumer delivers a shard's inputs to one owner
 at a time. The first input from a shard the owner does not hold (every owner publishes a
 `tick` to every shard each second, so one always comes) makes it take the shard: bump
-the shard's epoch, read its rooms back, and look up at the platform every send in doubt.
+the shard's epoch, read back its rooms with messages queued or in flight, and look up
+at the platform every send in doubt. The other rooms, and those idle for long once
+more than `idle_rooms` are idle, are not held: a room's next message reads it back.
+
+Sharing the shards: RabbitMQ makes the first consumer of a queue its active one, so the
+first owner started would hold every shard. The ticks name their owner, so an owner
+knows how many are alive; one holding more than its share hands a shard a second over
+to the next owner waiting on its queue, by cancelling its consumer there.
 """
 
 import heapq
 import logging
+import math
 import os
 import queue
 import socket
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, transaction
 from django.db import connection as db_connection
-from django.db.models import F
+from django.db.models import F, Max, QuerySet
 from django.utils import timezone
 from kombu import Consumer, Message, Producer
 from kombu.exceptions import KombuError
@@ -41,9 +49,9 @@ from kombu.exceptions import KombuError
 from config.celery import app as critical_app
 from core.errors import ProviderPermanentError
 from rooms.machine import Machine, Queued, RoomState, Send, provider_config
-from rooms.models import ChatProvider, Room, RoomMessage, RoomShard
+from rooms.models import SHARDS, ChatProvider, Room, RoomMessage, RoomShard
 from rooms.providers import chat_lookup, chat_send
-from rooms.shards import SHARDS_EXCHANGE, shard_queues
+from rooms.shards import SHARDS_EXCHANGE, shard_queue, shard_queues
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +62,15 @@ TICK_EVERY_S = 1.0
 # knows: the only way it learns of a message whose `enqueued` input was never published
 # (RabbitMQ away when the enqueue committed).
 CATCH_UP_EVERY_S = 10.0
+# A message younger than this is left to its input, which is on its way.
+CATCH_UP_GRACE_S = 2.0
+# Idle rooms kept in memory (a few hundred bytes each); beyond, the longest idle go.
+IDLE_ROOMS = 100_000
+# How often an owner holding more than its share of the shards hands one over.
+BALANCE_EVERY_S = 1.0
+# An owner whose last tick was sent this long ago is no longer counted among the owners
+# (by the tick's own time: a tick waits in its queue up to 5 s, and may outlive its owner).
+OWNER_SILENT_S = 3.0
 PROVIDERS_EVERY_S = 10.0
 
 
@@ -73,20 +90,28 @@ class Outcome:
 class Owner:
     def __init__(
         self, *, name: str | None = None, prefetch: int = 2000, send_threads: int = 32,
-        catch_up_every: float = CATCH_UP_EVERY_S,
+        catch_up_every: float = CATCH_UP_EVERY_S, idle_rooms: int = IDLE_ROOMS,
+        balance_every: float = BALANCE_EVERY_S,
     ) -> None:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.catch_up_every = catch_up_every
+        self.idle_rooms = idle_rooms
+        self.balance_every = balance_every  # 0: never hand a shard over
+        self.consumers: dict[int, Consumer] = {}  # shard -> this owner's consumer of its queue
+        self.leaving: set[int] = set()  # shards being handed over: no new send for their rooms
+        self.peers: dict[str, float] = {}  # other owners -> when they sent their last tick (epoch seconds)
         self.prefetch = prefetch
         self.send_threads = send_threads
         self.machine = Machine()
         self.epochs: dict[int, int] = {}
         self.unacked: Message | None = None  # the last input read: acknowledged with all before it
+        self.inputs: list[dict[str, Any]] = []  # read, not yet applied
         self.outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self.calling: set[Send] = set()
         self.pool = ThreadPoolExecutor(send_threads, thread_name_prefix="rooms-send")
         self.callback_url = settings.CARILLON_PUBLIC_URL.rstrip("/") + "/api/webhooks/chat/"
         self.next_tick = self.next_catch_up = self.next_providers = 0.0
+        self.next_balance = time.monotonic() + OWNER_SILENT_S  # once the other owners' ticks came
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -123,8 +148,8 @@ class Owner:
         channel = connection.channel()
         channel.basic_qos(0, self.prefetch, False)
         ticks = Producer(unconfirmed.channel(), exchange=SHARDS_EXCHANGE, serializer="json")
-        consumer = Consumer(channel, queues=shard_queues(), callbacks=[self._on_input], accept=["json"])
-        consumer.consume()
+        for shard in range(SHARDS):
+            self._consume(channel, shard)
         logger.info("rooms owner %s: consuming the shard queues", self.name)
         ready()
         while not stop.is_set():
@@ -133,25 +158,35 @@ class Owner:
             self._fire_timers()
             self._flush()
             self._periodic(connection, ticks)
+            self._balance(channel)
         # A clean stop: record what the calls in progress answered, then let go of the
         # shards (the standby owners take them at once).
         self._drain_calls()
         self._take_outcomes()
         self._flush()
-        consumer.cancel()
+        for consumer in self.consumers.values():
+            consumer.cancel()
+
+    def _consume(self, channel: Any, shard: int) -> None:
+        """Consume a shard's queue: its active consumer if no other owner is, else waiting
+        for its turn."""
+        consumer = Consumer(channel, queues=[shard_queue(shard)], accept=["json"])
+        consumer.register_callback(lambda body, message: self._on_input(consumer, shard, body, message))
+        # Known before it consumes: the inputs of the shards already consumed keep coming
+        # while RabbitMQ confirms this consumer, and one of this shard's may come at once.
+        self.consumers[shard] = consumer
+        consumer.consume()
 
     def _read(self, connection: Any) -> None:
         """Read what RabbitMQ has for us: wait a little when nothing is due sooner."""
         wait = 0.002 if self.calling else self._idle_wait()
         try:
             connection.drain_events(timeout=wait)
-        except TimeoutError:
-            return
-        for _ in range(self.prefetch):  # everything already on the socket, without waiting
-            try:
+            for _ in range(self.prefetch):  # everything already on the socket, without waiting
                 connection.drain_events(timeout=0.0002)
-            except TimeoutError:
-                return
+        except TimeoutError:
+            pass
+        self._apply_inputs()
 
     def _idle_wait(self) -> float:
         if not self.machine.timers:
@@ -161,34 +196,76 @@ class Owner:
 
     # -- inputs ------------------------------------------------------------------------
 
-    def _on_input(self, body: dict[str, Any], message: Message) -> None:
+    def _on_input(self, consumer: Consumer, shard: int, body: dict[str, Any], message: Message) -> None:
+        if self.consumers.get(shard) is not consumer:
+            # Delivered to the consumer this owner cancelled to hand the shard over, before
+            # RabbitMQ confirmed the cancel: back to the queue, for the shard's next owner.
+            message.reject(requeue=True)
+            return
         self.unacked = message
-        shard = int(body["shard"])
-        if shard not in self.epochs:
-            self._take(shard)
+        self.inputs.append(body)
+
+    def _apply_inputs(self) -> None:
+        """Apply the inputs read, in their order, once the shards they come from are taken
+        and the rooms of their messages that the owner does not hold are read back (in
+        one read for all of them)."""
+        inputs, self.inputs = self.inputs, []
+        for body in inputs:
+            if int(body["shard"]) not in self.epochs:
+                self._take(int(body["shard"]))
+        unheld: dict[int, tuple[RoomState, int]] = {}
+        for body in inputs:
+            if body.get("kind") == "enqueued" and int(body["room"]) not in self.machine.rooms:
+                room, upto = unheld.get(int(body["room"]), (_room_state(body), 0))
+                unheld[room.room_id] = (room, max(upto, int(body["sequence"])))
+        if unheld:
+            self._adopt(unheld.values())
         now = timezone.now()
-        kind = body.get("kind")
-        if kind == "enqueued":
-            self._enqueued(body, now)
-        elif kind == "ack":
-            self.machine.acked(int(body["room"]), str(body["key"]), str(body.get("provider_message_id") or ""), now)
-        elif kind == "skip":
-            self.machine.skip(int(body["room"]), int(body["message"]), now)
-        elif kind == "retry":
-            self.machine.retry(int(body["room"]), int(body["message"]), now)
-        elif kind != "tick":
-            logger.warning("rooms owner %s: input of unknown kind %r dropped", self.name, kind)
+        for body in inputs:
+            kind = body.get("kind")
+            if kind == "enqueued":
+                self._enqueued(body, now)
+            elif kind == "ack":
+                self.machine.acked(int(body["room"]), str(body["key"]), str(body.get("provider_message_id") or ""),
+                                   now)
+            elif kind == "skip":
+                self.machine.skip(int(body["room"]), int(body["message"]), now)
+            elif kind == "retry":
+                self.machine.retry(int(body["room"]), int(body["message"]), now)
+            elif kind == "tick":
+                if body.get("owner") and body["owner"] != self.name:
+                    owner = str(body["owner"])
+                    self.peers[owner] = max(self.peers.get(owner, 0.0), float(body.get("sent_at") or 0.0))
+            else:
+                logger.warning("rooms owner %s: input of unknown kind %r dropped", self.name, kind)
 
     def _enqueued(self, body: dict[str, Any], now: datetime) -> None:
-        room_id, sequence = int(body["room"]), int(body["sequence"])
-        room = RoomState(room_id, int(body["shard"]), int(body["provider"]), str(body["recipient"]), known=0)
-        self._ensure_provider(room.provider_id)
+        """A message committed to a room the owner holds (read back before if it did not)."""
+        room, sequence = self.machine.rooms.get(int(body["room"])) or _room_state(body), int(body["sequence"])
         self._catch_up(room, sequence - 1)
         self.machine.enqueued(room, Queued(sequence, int(body["message"]), str(body["key"]), str(body["body"])), now)
 
+    def _adopt(self, rooms: Iterable[tuple[RoomState, int]]) -> None:
+        """Hold rooms the owner does not, each told of up to a sequence: read their queued
+        and in-flight messages up to it, in one read for all of them. Every message up to
+        that sequence is then known (done, or read), so that an input repeated after its
+        message ended changes nothing, however long ago the owner last held the room."""
+        wanted = {room.room_id: (room, upto) for room, upto in rooms}
+        messages: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for row in _pending(RoomMessage.objects.filter(room_id__in=list(wanted))):
+            if row["sequence"] <= wanted[row["room_id"]][1]:
+                messages[row["room_id"]].append(row)
+        now = timezone.now()
+        for room_id, (room, upto) in wanted.items():
+            self._ensure_provider(room.provider_id)
+            room.known = upto
+            for send in self.machine.load(room, messages.get(room_id, ()), now):
+                self._call(send)
+
     def _catch_up(self, room: RoomState, upto: int) -> None:
-        """Read from the database the room's messages the owner has not seen, up to `upto`."""
-        known = self.machine.rooms.get(room.room_id, room).known
+        """Read from the database the messages of a room the owner holds that it has not
+        seen, up to `upto`."""
+        known = room.known
         if upto <= known:
             return
         rows = RoomMessage.objects.filter(room_id=room.room_id, sequence__gt=known, sequence__lte=upto).order_by(
@@ -198,7 +275,7 @@ class Owner:
             queued = Queued(row["sequence"], row["id"], str(row["idempotency_key"]), row["body"])
             if row["status"] == Status.QUEUED:
                 self.machine.enqueued(room, queued, now)
-        self.machine.rooms.setdefault(room.room_id, room).known = max(known, upto)
+        room.known = max(room.known, upto)
 
     # -- taking and losing shards ------------------------------------------------------
 
@@ -209,29 +286,67 @@ class Owner:
             RoomShard.objects.filter(shard=shard).update(epoch=F("epoch") + 1, owner=self.name, taken_at=now)
             epoch = RoomShard.objects.values_list("epoch", flat=True).get(shard=shard)
         self.epochs[shard] = epoch
+        # Shards change hands when an owner starts, stops or dies: hand none over until
+        # the ticks have told who is still there (else a dead owner's last ticks would
+        # have shards handed back and forth to this very owner, the only one waiting).
+        self.next_balance = max(self.next_balance, time.monotonic() + OWNER_SILENT_S)
         self._load_providers()
-        # Rooms first, then their messages: a message committed in between is then read
-        # with the messages, or arrives as an input, and `known` covers it either way.
-        rooms = list(Room.objects.filter(shard=shard).values_list("pk", "provider_id", "recipient", "last_sequence"))
+        # The rooms with messages queued or in flight, in one read: a room's messages are
+        # numbered and committed in order, so a message committed after it has a higher
+        # sequence than any read, and arrives as an input. The rooms left out are idle,
+        # and read back by their next message.
         messages: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        rows = RoomMessage.objects.filter(room__shard=shard, status__in=(Status.QUEUED, Status.IN_FLIGHT)).order_by(
-            "room_id", "sequence").values("id", "room_id", "sequence", "idempotency_key", "body", "status",
-                                          "attempts", "sent_at", "provider_message_id")
-        for row in rows:
-            messages[row["room_id"]].append(dict(row))
+        for row in _pending(RoomMessage.objects.filter(room__shard=shard)):
+            messages[row["room_id"]].append(row)
         doubt: list[Send] = []
-        for room_id, provider_id, recipient, last_sequence in rooms:
-            state = RoomState(room_id, shard, provider_id, recipient, known=last_sequence)
-            doubt += self.machine.load(state, messages.get(room_id, ()), now)
-        logger.info("rooms owner %s: took shard %s at epoch %s (%s rooms, %s sends in doubt)",
-                    self.name, shard, epoch, len(rooms), len(doubt))
+        for room_id, rows in messages.items():
+            state = RoomState(room_id, shard, rows[0]["room__provider_id"], rows[0]["room__recipient"], known=0)
+            doubt += self.machine.load(state, rows, now)
+        logger.info("rooms owner %s: took shard %s at epoch %s (%s rooms with messages, %s sends in doubt)",
+                    self.name, shard, epoch, len(messages), len(doubt))
         for send in doubt:
             self._call(send)
+
+    def _balance(self, channel: Any) -> None:
+        """Hand a shard over when this owner holds more than its share: the shards divided
+        among the owners whose ticks came in the last seconds. One at a time, so that the
+        counts settle between moves."""
+        clock = time.monotonic()
+        if not self.balance_every or clock < self.next_balance:
+            return
+        self.next_balance = clock + self.balance_every
+        owners = 1 + sum(1 for at in self.peers.values() if time.time() - at < OWNER_SILENT_S)
+        if len(self.epochs) > math.ceil(SHARDS / owners):
+            shard = max(self.epochs)
+            self._hand_over(shard, channel)
+            logger.info("rooms owner %s: handed shard %s over (%s owners, holding %s shards)", self.name, shard,
+                        owners, len(self.epochs))
+
+    def _hand_over(self, shard: int, channel: Any) -> None:
+        """Let the next owner waiting on a shard's queue have it. Everything decided is
+        written first, with no send made for the shard's rooms meanwhile (one recorded
+        but not made is in doubt for the next owner, which asks the platform before
+        sending it), and the inputs read are acknowledged; then this owner's consumer is
+        cancelled, RabbitMQ makes the next one active, and this owner waits in line."""
+        self.leaving.add(shard)
+        self._drain_calls()
+        self._take_outcomes()
+        self._flush()
+        self.consumers.pop(shard).cancel()
+        self.machine.let_go(shard)
+        del self.epochs[shard]
+        self.leaving.discard(shard)
+        self._consume(channel, shard)
 
     def _release(self) -> None:
         """Forget every shard (the connection that held them is gone): wait for the calls
         in progress, so that none lands after a new owner read the record."""
         self._drain_calls()
+        self.consumers = {}
+        # Read on the connection now gone: RabbitMQ gives them again to whichever owner
+        # consumes their shard next. Applied here, they would make this one take shards
+        # it no longer receives the inputs of.
+        self.inputs = []
         self.machine = Machine()
         self.outcomes = queue.SimpleQueue()
         self.epochs.clear()
@@ -264,6 +379,7 @@ class Owner:
         if self.unacked is not None:
             self.unacked.ack(multiple=True)
             self.unacked = None
+        self.machine.evict(self.idle_rooms)  # their state is written
         for send in record.sends:
             self._call(send)
 
@@ -274,11 +390,13 @@ class Owner:
         flight = self.machine.current(send)
         if flight is None or send in self.calling:
             return
+        room = self.machine.room_of(send)
+        if room.shard in self.leaving:
+            return  # handed over: in doubt for the next owner
         self.calling.add(send)
         if flight.doubt:
             self.pool.submit(self._lookup, send, flight.message.key)
             return
-        room = self.machine.room_of(send)
         # The ack's webhook names the shard and room it is for, so that the web process
         # hands it to this owner's queue without reading the database.
         callback_url = f"{self.callback_url}?shard={room.shard}&room={room.room_id}"
@@ -352,7 +470,8 @@ class Owner:
             self.next_tick = clock + TICK_EVERY_S
             connection.heartbeat_check()  # a RabbitMQ that stopped answering fails here
             for queue_ in shard_queues():
-                ticks.publish({"kind": "tick", "shard": int(queue_.routing_key.split(".")[1])},
+                ticks.publish({"kind": "tick", "shard": int(queue_.routing_key.split(".")[1]), "owner": self.name,
+                               "sent_at": time.time()},
                               routing_key=queue_.routing_key, expiration=5, declare=[queue_], retry=False)
         if clock >= self.next_providers:
             self.next_providers = clock + PROVIDERS_EVERY_S
@@ -363,13 +482,25 @@ class Owner:
             self._catch_up_all()
 
     def _catch_up_all(self) -> None:
-        rooms = Room.objects.filter(shard__in=list(self.epochs)).values_list(
-            "pk", "shard", "provider_id", "recipient", "last_sequence")
-        for room_id, shard, provider_id, recipient, last_sequence in rooms:
-            known = self.machine.rooms.get(room_id)
-            if known is None or known.known < last_sequence:
-                self._ensure_provider(provider_id)
-                self._catch_up(RoomState(room_id, shard, provider_id, recipient, known=0), last_sequence)
+        """Find the messages whose input never came (RabbitMQ away when the enqueue
+        committed, or its process killed in between): in the rooms of this owner's shards
+        with a message queued for a while, beyond what the owner knows. One grouped read
+        of the queued messages: it costs what is queued, however many rooms there are."""
+        queued = RoomMessage.objects.filter(
+            status=Status.QUEUED, room__shard__in=list(self.epochs),
+            enqueued_at__lt=timezone.now() - timedelta(seconds=CATCH_UP_GRACE_S),
+        ).order_by().values("room_id", "room__shard", "room__provider_id", "room__recipient").annotate(
+            upto=Max("sequence"))
+        unheld = []
+        for row in queued:
+            room = self.machine.rooms.get(row["room_id"])
+            if room is None:
+                unheld.append((RoomState(row["room_id"], row["room__shard"], row["room__provider_id"],
+                                         row["room__recipient"], known=0), row["upto"]))
+            elif room.known < row["upto"]:
+                self._catch_up(room, row["upto"])
+        if unheld:
+            self._adopt(unheld)
 
     def _load_providers(self) -> None:
         self.machine.providers = {provider.pk: provider_config(provider) for provider in ChatProvider.objects.all()}
@@ -377,6 +508,20 @@ class Owner:
     def _ensure_provider(self, provider_id: int) -> None:
         if provider_id not in self.machine.providers:
             self._load_providers()
+
+
+def _room_state(body: dict[str, Any]) -> RoomState:
+    """The room an `enqueued` input names, before the owner knows any of its messages."""
+    return RoomState(int(body["room"]), int(body["shard"]), int(body["provider"]), str(body["recipient"]), known=0)
+
+
+def _pending(messages: "QuerySet[RoomMessage]") -> list[dict[str, Any]]:
+    """The queued and in-flight messages among `messages`, by room and sequence, with
+    what the machine loads a room from."""
+    rows = messages.filter(status__in=(Status.QUEUED, Status.IN_FLIGHT)).order_by("room_id", "sequence").values(
+        "id", "room_id", "sequence", "idempotency_key", "body", "status", "attempts", "sent_at",
+        "provider_message_id", "room__provider_id", "room__recipient")
+    return [dict(row) for row in rows]
 
 
 def _fence(now: datetime, epochs: dict[int, int]) -> int:

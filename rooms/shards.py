@@ -13,7 +13,8 @@ Inputs are small JSON objects with a `kind`:
   by whichever web process received the webhook;
 - `skip`, `retry`: an operator's action on a message (room, message);
 - `tick`: sent every second by every owner, so that a standby that became a shard's
-  active consumer learns it at once, even when nothing else is sent to the shard.
+  active consumer learns it at once, even when nothing else is sent to the shard; it
+  names its owner and when it was sent, so that owners count each other.
 """
 
 import logging

@@ -5,7 +5,7 @@ its two baselines, in one run, against the sandbox's chat platform.
   state): the capacity of the send path, and the order violations that ordering exists to prevent.
 - naive: the usual first fix, a fixed pause after every message (one task per room that
   sends, sleeps, sends): it holds a worker for every pause.
-- ordered: `room_message_enqueue`, the shard owner (rooms/owner.py, with a standby),
+- ordered: `room_message_enqueue`, the shard owners (rooms/owner.py, two sharing the shards),
   acks by webhook through daphne, lost acks ended by the ack timeout.
 
 Messages come as a burst per room (a room's messages one after the other, as a user
@@ -334,8 +334,8 @@ def ordered_scenario(options: Options) -> list[dict[str, Any]]:
         return owner
 
     def owners_kill(owners: list[ManagedProcess], stop: threading.Event, every: float) -> None:
-        """SIGKILL the active owner (the oldest alive: RabbitMQ gives each shard to its
-        first consumer) every so often, and start a new standby in its place."""
+        """SIGKILL the oldest owner alive (holding its share of the shards) every so
+        often, and start a new one in its place, which the others hand shards to."""
         while not stop.wait(every):
             active = next(owner for owner in owners if owner.process.poll() is None)
             active.kill()
@@ -343,7 +343,7 @@ def ordered_scenario(options: Options) -> list[dict[str, Any]]:
 
     @contextmanager
     def owners_running() -> Iterator[dict[str, int]]:
-        """An owner and a standby; with --kill-every, the active one killed every so often."""
+        """Two owners sharing the shards; with --kill-every, the oldest killed every so often."""
         owners = [owner_start(0), owner_start(1)]
         counts: dict[str, int] = {}
         stop = threading.Event()

@@ -6,16 +6,23 @@ owner holds its shards' rooms in memory. No timing assertion: every wait has a d
 that only turns a hang into a failure."""
 
 import json
+import re
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import pytest
 import requests
 from django.db import connection as db_connection
+from django.utils import timezone
 
 from config.celery import app as critical_app
+from rooms.machine import Send
 from rooms.models import ChatProvider, Room, RoomMessage, RoomShard
+from rooms.owner import Owner
 from rooms.services import enqueue
 from rooms.services.enqueue import room_create, room_message_enqueue
 from rooms.services.operator import room_message_retry, room_message_skip
@@ -83,9 +90,13 @@ class Owners:
     web_urls: list[str]
     processes: list[ManagedProcess] = field(default_factory=list)
 
-    def start(self) -> ManagedProcess:
+    def start(self, *options: str) -> ManagedProcess:
+        """An owner that keeps the shards it is given (the tests that kill "the active
+        owner" need one), unless `options` say otherwise."""
         index = len(self.processes)
-        process = ManagedProcess(f"rooms-owner-{index}", python("manage.py", "rooms_owner", "--catch-up-every", "1"),
+        process = ManagedProcess(f"rooms-owner-{index}",
+                                 python("manage.py", "rooms_owner", "--catch-up-every", "1", "--balance-every", "0",
+                                        *options),
                                  env={"ROOMS_CHAT_API_URL": self.sandbox_url,
                                       "CARILLON_PUBLIC_URL": self.web_urls[index % 2],
                                       # names its PostgreSQL sessions, for a test to cut them
@@ -167,6 +178,60 @@ def test_a_killed_owner_s_rooms_go_on_from_the_standby_with_no_duplicate(
     # The first ack went to the dead owner's web process, the others to the standby's:
     # both handed them to whichever process owns the room's shard.
     assert RoomMessage.objects.filter(room=room).exclude(provider_message_id="").count() == 3
+
+
+def shards_held() -> dict[int, int]:
+    """How many shards each owner process (by pid) took last."""
+    held: dict[int, int] = {}
+    for owner in RoomShard.objects.values_list("owner", flat=True):
+        pid = int(owner.rsplit(":", 1)[1])
+        held[pid] = held.get(pid, 0) + 1
+    return held
+
+
+def test_two_owners_share_the_shards_while_messages_flow_and_a_killed_one_s_share_goes_to_the_other(
+    owners: Owners, sandbox: SandboxClient
+) -> None:
+    processes_stop(owners.processes)
+    first = owners.start("--balance-every", "0.2")
+    # Slow sends and acks and a message into every room every 0.3 s until the shards are
+    # shared, so that they change hands with messages queued and calls in progress.
+    sandbox.set_knobs("chat", latency_ms=150, callback_delay_ms=150, callback_jitter_ms=0)
+    rooms = make_rooms(20)
+    shared = threading.Event()
+
+    def keep_enqueuing() -> int:
+        rounds = 0
+        while not shared.is_set():
+            enqueue_all(rooms, 1, start=rounds)
+            rounds += 1
+            shared.wait(0.3)
+        db_connection.close()  # this thread's
+        return rounds
+
+    with ThreadPoolExecutor(1) as pool:
+        enqueuing = pool.submit(keep_enqueuing)
+        try:
+            second = owners.start("--balance-every", "0.2")
+            pids = (first.process.pid, second.process.pid)
+            wait_for(lambda: shards_held() == dict.fromkeys(pids, 8), "8 shards each", ROOMS_TIMEOUT)
+        finally:
+            shared.set()
+        rounds = enqueuing.result()
+    assert "handed shard 8 over (2 owners" in first.log()
+    assert re.search(r"took shard \d+ at epoch 2 \([1-9]\d* rooms with messages", second.log())
+
+    first.kill()
+    sandbox.set_knobs("chat", latency_ms=0, callback_delay_ms=30)
+    enqueue_all(rooms, 3, start=rounds)
+    wait_for(lambda: all_done(rooms), "every message acked", ROOMS_TIMEOUT)
+
+    seen = sandbox.chat_rooms()
+    assert (seen["order_violations"], seen["delivery_order_violations"], seen["duplicates"]) == (0, 0, 0)
+    for room in rooms:
+        assert seen["rooms"][room.recipient]["arrivals"] == list(range(1, rounds + 4))
+        assert statuses(room) == [Status.ACKED] * (rounds + 3)
+    assert shards_held() == {second.process.pid: 16}
 
 
 def test_a_lost_ack_times_out_then_the_next_message_goes(owners: Owners, sandbox: SandboxClient) -> None:
@@ -310,6 +375,57 @@ def test_a_message_whose_input_was_never_published_is_found_and_sent(
 
     assert RoomMessage.objects.get(pk=message.pk).status == Status.ACKED
     assert sandbox.chat_rooms()["rooms"][room.recipient]["arrivals"] == [1]
+
+
+def test_rooms_let_go_of_when_idle_go_on_from_the_record_and_a_repeated_input_sends_nothing(
+    owners: Owners, sandbox: SandboxClient
+) -> None:
+    processes_stop(owners.processes)
+    owners.start("--idle-rooms", "0")  # every room leaves memory once idle and written
+    rooms = make_rooms(3)
+    for round_ in range(3):
+        enqueue_all(rooms, 1, start=round_)
+        wait_for(lambda: all_done(rooms), f"round {round_} acked", ROOMS_TIMEOUT)
+    # The input of a message long acked, again (a publish retried after its confirm was
+    # lost): the owner no longer holds the room and reads it back; nothing is resent.
+    first = RoomMessage.objects.get(room=rooms[0], sequence=1)
+    enqueue._owner_tell(rooms[0], first)
+    enqueue_all(rooms, 1, start=3)
+    wait_for(lambda: all_done(rooms), "the last round acked", ROOMS_TIMEOUT)
+
+    seen = sandbox.chat_rooms()
+    assert (seen["order_violations"], seen["delivery_order_violations"], seen["duplicates"]) == (0, 0, 0)
+    for room in rooms:
+        assert seen["rooms"][room.recipient]["arrivals"] == [1, 2, 3, 4]
+        assert statuses(room) == [Status.ACKED] * 4
+
+
+def test_an_owner_holds_only_busy_rooms_and_finds_a_missed_message_by_what_is_queued(
+    transactional_db: None,
+) -> None:
+    """In this process, no broker: taking a shard reads back only its rooms with messages
+    queued or in flight, and the periodic check reads the queued messages, not the rooms."""
+    rooms = make_rooms(5)
+    Room.objects.filter(pk__in=[room.pk for room in rooms]).update(shard=3)
+    for room in rooms:
+        room.refresh_from_db()
+        room_message_enqueue(room_id=room.pk, body="first")
+    idle, queued, sent = rooms[:3], rooms[3], rooms[4]
+    RoomMessage.objects.filter(room__in=idle).update(status=Status.ACKED)
+    RoomMessage.objects.filter(room=sent).update(status=Status.IN_FLIGHT, attempts=1, sent_at=timezone.now())
+    owner = Owner(idle_rooms=0, send_threads=1)
+    try:
+        owner._take(3)
+        assert sorted(owner.machine.rooms) == sorted([queued.pk, sent.pk])
+
+        # Committed, its input never published, in a room the owner does not hold.
+        missed = room_message_enqueue(room_id=idle[0].pk, body="missed")
+        RoomMessage.objects.filter(pk=missed.pk).update(enqueued_at=timezone.now() - timedelta(minutes=1))
+        owner._catch_up_all()
+        assert sorted(owner.machine.rooms) == sorted([idle[0].pk, queued.pk, sent.pk])
+        assert Send(idle[0].pk, missed.pk, 1) in owner.machine.record.sends
+    finally:
+        owner.pool.shutdown()
 
 
 def test_the_first_input_after_rabbitmq_restarted_is_taken(transactional_db: None) -> None:

@@ -91,7 +91,7 @@ class Command(BaseCommand):
                             help="broadcast: password resets published a second while it runs, to a critical "
                                  "worker of their own; their publish -> provider latency is reported (none)")
         parser.add_argument("--kill-every", type=_positive(float), metavar="SECONDS",
-                            help="ordered: SIGKILL the active shard owner this often; a standby takes over (never)")
+                            help="ordered: SIGKILL the oldest shard owner this often; the other takes over (never)")
         parser.add_argument("--database", metavar="URL",
                             help="a PostgreSQL server (postgres://user@host:port/db) to run on instead of SQLite: "
                                  "the run creates a database of its own there and drops it at the end")

@@ -5,7 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from rooms.owner import CATCH_UP_EVERY_S, Owner
+from rooms.owner import BALANCE_EVERY_S, CATCH_UP_EVERY_S, IDLE_ROOMS, Owner
 
 logger = logging.getLogger(__name__)
 
@@ -19,12 +19,19 @@ class Command(BaseCommand):
         parser.add_argument("--prefetch", type=int, default=2000, help="inputs read ahead of the group commit")
         parser.add_argument("--catch-up-every", type=float, default=CATCH_UP_EVERY_S,
                             help="seconds between checks for messages whose input was never published")
+        parser.add_argument("--idle-rooms", type=int, default=IDLE_ROOMS,
+                            help="idle rooms kept in memory; beyond, the longest idle are read back when needed")
+        parser.add_argument("--balance-every", type=float, default=BALANCE_EVERY_S,
+                            help="seconds between shards handed to other owners while this one holds more than "
+                                 "its share (0: never)")
 
-    def handle(self, *args: Any, send_threads: int, prefetch: int, catch_up_every: float, **options: Any) -> None:
+    def handle(self, *args: Any, send_threads: int, prefetch: int, catch_up_every: float, idle_rooms: int,
+               balance_every: float, **options: Any) -> None:
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
-        owner = Owner(send_threads=send_threads, prefetch=prefetch, catch_up_every=catch_up_every)
+        owner = Owner(send_threads=send_threads, prefetch=prefetch, catch_up_every=catch_up_every, idle_rooms=idle_rooms,
+                      balance_every=balance_every)
 
         def ready() -> None:
             self.stdout.write(f"rooms owner {owner.name}: consuming the shard queues")
