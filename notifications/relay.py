@@ -94,7 +94,10 @@ class _Confirmed:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise OperationalError(f"RabbitMQ did not confirm within {CONFIRM_TIMEOUT_SECONDS:g} s")
-            self.connection.drain_events(timeout=remaining)
+            try:
+                self.connection.drain_events(timeout=remaining)
+            except TimeoutError:
+                continue  # the deadline, said as such above (a blocked broker, not a dead one)
         return {tag for tag in tags if self.answers.pop(tag)}
 
     def reset(self) -> None:

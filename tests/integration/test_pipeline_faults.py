@@ -13,10 +13,11 @@ from kombu import Queue
 
 import tests.integration.poison_subscribers  # noqa: F401 - declares test.poison here too
 from config.celery import app as critical_app
+from notifications import relay
 from notifications.dead_letters import dead_letter_drain
 from notifications.models import Delivery, Event, FailedJob, OutboxMessage
 from notifications.queues import EVENTS_EXCHANGE
-from notifications.relay import outbox_claim, outbox_publish_claimed
+from notifications.relay import outbox_claim, outbox_publish_claimed, outbox_relay_once
 from notifications.services.events import event_publish
 from sandbox.client import SandboxClient
 from tests.integration.test_pipeline import RESET_URL, make_user, statuses
@@ -89,6 +90,32 @@ def test_rows_rabbitmq_refuses_are_left_to_the_relay_and_the_others_are_marked_p
     assert first.published_at and last.published_at
     assert refused.published_at is None and refused.claim_token is None
     assert "refused" in refused.last_error
+
+
+def test_rows_rabbitmq_never_confirms_are_left_to_the_relay_and_published_once_it_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A memory alarm (threshold 0) makes RabbitMQ block every connection that publishes:
+    # it stops reading from it, so no confirm comes. The publisher gives up after its
+    # confirm timeout and leaves the rows to the relay, which publishes them once the
+    # alarm is over.
+    monkeypatch.setattr(relay, "CONFIRM_TIMEOUT_SECONDS", 1.0)
+    event = Event.objects.create(type="test.blocked", version=1, occurred_at=timezone.now(), data={})
+    rows = [OutboxMessage.objects.create(event=event, kind=OutboxMessage.Kind.ENVELOPE,
+                                         payload={"id": str(number), "type": "test.unrouted"}) for number in (1, 2)]
+    rabbitmqctl("set_vm_memory_high_watermark", "0")
+    try:
+        published = outbox_publish_claimed(outbox_claim(limit=10))
+    finally:
+        rabbitmqctl("set_vm_memory_high_watermark", "0.4")
+
+    assert published == 0
+    for row in rows:
+        row.refresh_from_db()
+        assert row.published_at is None and row.claim_token is None
+        assert row.last_error == "OperationalError: RabbitMQ did not confirm within 1 s"
+    assert outbox_relay_once(limit=10) == (2, 2)
+    assert not OutboxMessage.objects.filter(published_at__isnull=True).exists()
 
 
 def test_rabbitmq_stopped_while_events_are_published_loses_nothing(
