@@ -315,7 +315,9 @@ class Owner:
         if not self.balance_every or clock < self.next_balance:
             return
         self.next_balance = clock + self.balance_every
-        owners = 1 + sum(1 for at in self.peers.values() if time.time() - at < OWNER_SILENT_S)
+        now = time.time()
+        self.peers = {owner: at for owner, at in self.peers.items() if now - at < OWNER_SILENT_S}
+        owners = 1 + len(self.peers)
         if len(self.epochs) > math.ceil(SHARDS / owners):
             shard = max(self.epochs)
             self._hand_over(shard, channel)
@@ -343,6 +345,7 @@ class Owner:
         in progress, so that none lands after a new owner read the record."""
         self._drain_calls()
         self.consumers = {}
+        self.leaving.clear()  # a hand-over that failed half way: its shard is gone too
         # Read on the connection now gone: RabbitMQ gives them again to whichever owner
         # consumes their shard next. Applied here, they would make this one take shards
         # it no longer receives the inputs of.

@@ -428,6 +428,24 @@ def test_an_owner_holds_only_busy_rooms_and_finds_a_missed_message_by_what_is_qu
         owner.pool.shutdown()
 
 
+def test_a_hand_over_cut_short_leaves_the_owner_sending_when_it_holds_the_shard_again(
+    transactional_db: None, sandbox: SandboxClient
+) -> None:
+    """In this process: an owner loses its connection while handing a shard over (its
+    commit fails, say). Once it holds the shard again, it sends for its rooms."""
+    (room,) = make_rooms(1)
+    message = room_message_enqueue(room_id=room.pk, body="after the cut")
+    owner = Owner(send_threads=1)
+    try:
+        owner.leaving.add(room.shard)  # where `_hand_over` was when its commit failed
+        owner._release()
+        owner._take(room.shard)
+        owner._flush()
+        assert Send(room.pk, message.pk, 1) in owner.calling
+    finally:
+        owner.pool.shutdown()
+
+
 def test_the_first_input_after_rabbitmq_restarted_is_taken(transactional_db: None) -> None:
     # A process's pooled connection outlives a RabbitMQ restart, dead: an ack handed over
     # on it must not be answered 503 (a platform that does not retry would lose it).
