@@ -21,6 +21,12 @@ Sharing the shards: RabbitMQ makes the first consumer of a queue its active one,
 first owner started would hold every shard. The ticks name their owner, so an owner
 knows how many are alive; one holding more than its share hands a shard a second over
 to the next owner waiting on its queue, by cancelling its consumer there.
+
+Ack timeouts wait for the queue: an ack is an input like the others, and while the owner
+is behind, one that the platform sent in time waits behind the backlog. So a timeout
+that falls due fires only once the owner has read, from the room's shard queue, a tick
+of its own sent after the deadline (it sends one to the shard at once, a "mark"): every
+ack that reached the queue before the deadline has then been read.
 """
 
 import heapq
@@ -48,10 +54,10 @@ from kombu.exceptions import KombuError
 
 from config.celery import app as critical_app
 from core.errors import ProviderPermanentError
-from rooms.machine import Machine, Queued, RoomState, Send, provider_config
+from rooms.machine import Due, Machine, Queued, RoomState, Send, Timer, provider_config
 from rooms.models import SHARDS, ChatProvider, Room, RoomMessage, RoomShard
 from rooms.providers import chat_lookup, chat_send
-from rooms.shards import SHARDS_EXCHANGE, shard_queue, shard_queues
+from rooms.shards import SHARDS_EXCHANGE, shard_queue
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +77,9 @@ BALANCE_EVERY_S = 1.0
 # An owner whose last tick was sent this long ago is no longer counted among the owners
 # (by the tick's own time: a tick waits in its queue up to 5 s, and may outlive its owner).
 OWNER_SILENT_S = 3.0
+# A mark published to a shard and not read back after this long is published again (a
+# tick sent without a confirm may be lost).
+MARK_AGAIN_S = 5.0
 PROVIDERS_EVERY_S = 10.0
 
 
@@ -112,6 +121,10 @@ class Owner:
         self.callback_url = settings.CARILLON_PUBLIC_URL.rstrip("/") + "/api/webhooks/chat/"
         self.next_tick = self.next_catch_up = self.next_providers = 0.0
         self.next_balance = time.monotonic() + OWNER_SILENT_S  # once the other owners' ticks came
+        self.ticks: Producer | None = None  # publishes ticks and marks
+        self.read_upto: dict[int, float] = {}  # shard -> send time of its last tick of ours read back
+        self.marked: dict[int, float] = {}  # shard -> send time of the last mark published to it
+        self.waiting: list[Due] = []  # ack timeouts due, waiting for their shard's mark
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -147,7 +160,7 @@ class Owner:
     def _serve(self, connection: Any, unconfirmed: Any, stop: threading.Event, ready: Callable[[], None]) -> None:
         channel = connection.channel()
         channel.basic_qos(0, self.prefetch, False)
-        ticks = Producer(unconfirmed.channel(), exchange=SHARDS_EXCHANGE, serializer="json")
+        self.ticks = Producer(unconfirmed.channel(), exchange=SHARDS_EXCHANGE, serializer="json")
         for shard in range(SHARDS):
             self._consume(channel, shard)
         logger.info("rooms owner %s: consuming the shard queues", self.name)
@@ -157,7 +170,7 @@ class Owner:
             self._take_outcomes()
             self._fire_timers()
             self._flush()
-            self._periodic(connection, ticks)
+            self._periodic(connection)
             self._balance(channel)
         # A clean stop: record what the calls in progress answered, then let go of the
         # shards (the standby owners take them at once).
@@ -233,9 +246,12 @@ class Owner:
             elif kind == "retry":
                 self.machine.retry(int(body["room"]), int(body["message"]), now)
             elif kind == "tick":
-                if body.get("owner") and body["owner"] != self.name:
-                    owner = str(body["owner"])
-                    self.peers[owner] = max(self.peers.get(owner, 0.0), float(body.get("sent_at") or 0.0))
+                owner, sent_at = str(body.get("owner") or ""), float(body.get("sent_at") or 0.0)
+                if owner == self.name:
+                    shard = int(body["shard"])
+                    self.read_upto[shard] = max(self.read_upto.get(shard, 0.0), sent_at)
+                elif owner:
+                    self.peers[owner] = max(self.peers.get(owner, 0.0), sent_at)
             else:
                 logger.warning("rooms owner %s: input of unknown kind %r dropped", self.name, kind)
 
@@ -354,6 +370,7 @@ class Owner:
         self.outcomes = queue.SimpleQueue()
         self.epochs.clear()
         self.unacked = None
+        self.waiting, self.read_upto, self.marked = [], {}, {}
 
     # -- the group commit --------------------------------------------------------------
 
@@ -462,20 +479,58 @@ class Owner:
     # -- timers and periodic work ------------------------------------------------------
 
     def _fire_timers(self) -> None:
+        """Fire the timers due; an ack timeout only once its shard's queue was read past
+        its deadline (module docstring), asking for a mark where none is on its way."""
         now = timezone.now()
         timers = self.machine.timers
         while timers and timers[0].at <= now:
-            self.machine.fire(heapq.heappop(timers), now)
+            self.waiting.append(heapq.heappop(timers))
+        waiting, self.waiting = self.waiting, []
+        for due in waiting:
+            shard = self._waits_for(due)
+            if shard is None:
+                self.machine.fire(due, now)
+            else:
+                self.waiting.append(due)
+                self._mark(shard, due.at.timestamp())
 
-    def _periodic(self, connection: Any, ticks: Producer) -> None:
+    def _waits_for(self, due: Due) -> int | None:
+        """The shard whose queue an ack timeout still waits to read past; None to fire it
+        (a send to retry, a timeout read past, or one whose message is no longer in flight)."""
+        if due.timer is not Timer.ACK_TIMEOUT:
+            return None
+        send = Send(due.room_id, due.message_id, due.attempt)
+        if self.machine.current(send) is None:
+            return None
+        shard = self.machine.room_of(send).shard
+        return None if self.read_upto.get(shard, 0.0) >= due.at.timestamp() else shard
+
+    def _mark(self, shard: int, deadline: float) -> None:
+        """Publish a tick to a shard unless one sent after `deadline` is on its way."""
+        marked = self.marked.get(shard, 0.0)
+        if marked >= deadline and time.time() - marked < MARK_AGAIN_S:
+            return
+        self.marked[shard] = self._tick(shard)
+
+    def _tick(self, shard: int) -> float:
+        """Publish a tick to a shard; return the time it names. No expiry: a tick that
+        waits behind a backlog is still the mark of its time when it is read (they are
+        few, and read by whichever owner holds the shard)."""
+        if self.ticks is None:
+            raise RuntimeError("ticks are published only while the owner serves")
+        sent_at = time.time()
+        queue_ = shard_queue(shard)
+        self.ticks.publish({"kind": "tick", "shard": shard, "owner": self.name, "sent_at": sent_at},
+                           routing_key=queue_.routing_key, declare=[queue_], retry=False)
+        return sent_at
+
+    def _periodic(self, connection: Any) -> None:
         clock = time.monotonic()
         if clock >= self.next_tick:
             self.next_tick = clock + TICK_EVERY_S
             connection.heartbeat_check()  # a RabbitMQ that stopped answering fails here
-            for queue_ in shard_queues():
-                ticks.publish({"kind": "tick", "shard": int(queue_.routing_key.split(".")[1]), "owner": self.name,
-                               "sent_at": time.time()},
-                              routing_key=queue_.routing_key, expiration=5, declare=[queue_], retry=False)
+            for shard in range(SHARDS):
+                self._tick(shard)
         if clock >= self.next_providers:
             self.next_providers = clock + PROVIDERS_EVERY_S
             self._load_providers()

@@ -14,7 +14,9 @@ Inputs are small JSON objects with a `kind`:
 - `skip`, `retry`: an operator's action on a message (room, message);
 - `tick`: sent every second by every owner, so that a standby that became a shard's
   active consumer learns it at once, even when nothing else is sent to the shard; it
-  names its owner and when it was sent, so that owners count each other.
+  names its owner and when it was sent, so that owners count each other. An owner also
+  sends one to a shard when an ack timeout there falls due (a "mark"): reading its own
+  tick back tells it every input that reached the queue before has been read.
 """
 
 import logging

@@ -6,7 +6,9 @@ owner holds its shards' rooms in memory. No timing assertion: every wait has a d
 that only turns a hang into a failure."""
 
 import json
+import os
 import re
+import signal
 import threading
 import uuid
 from collections.abc import Iterator
@@ -254,6 +256,38 @@ def test_a_lost_ack_times_out_then_the_next_message_goes(owners: Owners, sandbox
     assert seen[proceed_room.recipient]["duplicates"] == 0
     # One resend per message, deduplicated by the platform on the idempotency key.
     assert seen[resend_room.recipient]["duplicates"] == 3
+
+
+def test_an_ack_sent_before_the_timeout_but_queued_behind_other_inputs_is_taken_not_timed_out(
+    owners: Owners, sandbox: SandboxClient, shard_web_urls: list[str]
+) -> None:
+    # An owner reading one input at a time, frozen while three inputs and then the ack
+    # reach its shard's queue before the deadline: it reads the ack only after the
+    # deadline has passed. The ack came in time, so the message is acked.
+    processes_stop(owners.processes)
+    owner = owners.start("--prefetch", "1")
+    sandbox.set_knobs("chat", callback_loss_rate=1.0)
+    rooms = make_rooms(4, ack_timeout_ms=2000)
+    Room.objects.filter(pk__in=[room.pk for room in rooms]).update(shard=rooms[0].shard)
+    target, others = rooms[0], rooms[1:]
+    message = room_message_enqueue(room_id=target.pk, body="acked in time")
+    sent_at = wait_for(lambda: RoomMessage.objects.get(pk=message.pk).sent_at, "message sent", ROOMS_TIMEOUT)
+    deadline = sent_at + timedelta(milliseconds=2000)
+
+    os.kill(owner.process.pid, signal.SIGSTOP)
+    try:
+        for room in others:
+            room_message_enqueue(room_id=room.pk, body="ahead of the ack")
+        answer = post_ack(shard_web_urls[0], RoomMessage.objects.get(pk=message.pk))
+        assert timezone.now() < deadline, "the ack must reach the queue before the deadline"
+        wait_for(lambda: timezone.now() > deadline + timedelta(milliseconds=200), "the deadline passed", 10)
+    finally:
+        os.kill(owner.process.pid, signal.SIGCONT)
+    wait_for(lambda: all_done(rooms), "every message ended", ROOMS_TIMEOUT)
+
+    assert answer.status_code == 202
+    assert statuses(target) == [Status.ACKED]
+    assert Room.objects.get(pk=target.pk).timeouts == 0
 
 
 def test_duplicate_and_late_acks_change_nothing(
