@@ -3,114 +3,32 @@ process for whatever the fast path missed (slow path). Both publish with confirm
 persistent messages, so a row is marked published only once RabbitMQ has it."""
 
 import logging
-import os
 import threading
 import time
 import uuid
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
-from kombu import Producer
 from kombu.exceptions import KombuError, OperationalError
 
 from config.celery import app as critical_app
+from core.confirms import ConfirmedPublisher
 from notifications.models import OutboxMessage
 from notifications.queues import EVENTS_EXCHANGE, topology_declare
 
 logger = logging.getLogger(__name__)
 
 RELAY_BACKOFF_MAX_SECONDS = 30.0
-CONNECT_TIMEOUT_SECONDS = 2.0
-# How long a publisher waits for RabbitMQ to confirm what it published before it leaves
-# the rows to the relay (a broker under memory or disk alarm holds publishers).
-CONFIRM_TIMEOUT_SECONDS = 10.0
 FAST_PATH_PAUSE_SECONDS = 5.0
 _fast_path_paused_until = 0.0
-
-
-class _Confirmed:
-    """This process's publishing channel: rows are published one after the other without
-    waiting, then their confirms are awaited together, so that an event's task messages
-    and envelope (or a relay pass's hundred rows) cost one wait for RabbitMQ instead of
-    one each. Its own connection: the pooled ones wait for each confirm as they publish.
-    One at a time (a lock): py-amqp connections are not safe to share between threads."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.connection: Any = None
-        self.producer: Producer | None = None
-        self.published = 0  # the channel's delivery tags: the n-th publish is tag n
-        self.waiting: set[int] = set()  # tags published and not yet answered
-        self.answers: dict[int, bool] = {}  # tag -> confirmed (True) or refused (False)
-        # Declared once per connection before the first publish: a task published
-        # before any worker declared its queue would be unroutable, and dropped.
-        self.declared = False
-
-    def open(self) -> Producer:
-        if self.producer is not None:
-            return self.producer
-        self.connection = critical_app.connection_for_write(transport_options={"confirm_publish": False})
-        # Fail at once when the broker is away, instead of Celery's connection retries:
-        # the fast path runs inside a caller's request, and the relay has its own backoff.
-        # Each failed try moves kombu on to the next node of a cluster (RABBITMQ_URL
-        # naming several): one try per node, so a dead node is passed over at once.
-        nodes = len(self.connection.alt)
-        self.connection.ensure_connection(
-            max_retries=max(1, nodes - 1), interval_start=0, timeout=CONNECT_TIMEOUT_SECONDS
-        )
-        if not self.declared:
-            topology_declare(self.connection)
-            self.declared = True
-        channel = self.connection.channel()
-        channel.events["basic_ack"].add(partial(self._answer, True))
-        channel.events["basic_nack"].add(partial(self._answer, False))
-        channel.confirm_select()
-        self.published, self.waiting, self.answers = 0, set(), {}
-        self.producer = Producer(channel)
-        return self.producer
-
-    def _answer(self, confirmed: bool, tag: int, multiple: bool) -> None:
-        """RabbitMQ's answer to one tag, or with `multiple` to every tag up to it."""
-        answered = {t for t in self.waiting if t <= tag} if multiple else {tag} & self.waiting
-        self.waiting -= answered
-        self.answers.update(dict.fromkeys(answered, confirmed))
-
-    def publish(self, message: OutboxMessage) -> int:
-        """Publish one row; return its delivery tag."""
-        _publish(message, self.open())
-        self.published += 1
-        self.waiting.add(self.published)
-        return self.published
-
-    def wait(self, tags: list[int]) -> set[int]:
-        """Wait for RabbitMQ's answers to these tags; return those it confirmed."""
-        deadline = time.monotonic() + CONFIRM_TIMEOUT_SECONDS
-        while any(tag not in self.answers for tag in tags):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise OperationalError(f"RabbitMQ did not confirm within {CONFIRM_TIMEOUT_SECONDS:g} s")
-            try:
-                self.connection.drain_events(timeout=remaining)
-            except TimeoutError:
-                continue  # the deadline, said as such above (a blocked broker, not a dead one)
-        return {tag for tag in tags if self.answers.pop(tag)}
-
-    def reset(self) -> None:
-        """Forget the connection after a broker error: the next publish opens a new one."""
-        if self.connection is not None:
-            self.connection.collect()  # a dead socket cannot be closed politely
-        self.connection = self.producer = None
-        self.declared = False
-
-
-_confirmed = _Confirmed()
-# A forked child (a Celery worker's pool process) must not use its parent's socket.
-os.register_at_fork(after_in_child=lambda: globals().update(_confirmed=_Confirmed()))
+# Rows are published with the process's other publishes and their confirms awaited
+# together: an event's task messages and envelope, or a relay pass's hundred rows, and
+# those of the requests publishing at the same time, cost one wait for RabbitMQ.
+_publisher = ConfirmedPublisher(declare=topology_declare)
 
 
 def outbox_claim(*, ids: list[int] | None = None, limit: int = 100) -> list[OutboxMessage]:
@@ -196,19 +114,14 @@ def outbox_publish_claimed(messages: list[OutboxMessage]) -> int:
     if not messages:
         return 0
     published: list[int] = []
-    with _confirmed.lock:
-        tags: dict[int, int] = {}
-        try:
-            for message in messages:
-                tags[_confirmed.publish(message)] = message.pk
-            confirmed = _confirmed.wait(list(tags))
-            published = [pk for tag, pk in tags.items() if tag in confirmed]
-            refused = "RabbitMQ refused the message (nack)"
-        except (OperationalError, KombuError, OSError) as exc:
-            # What RabbitMQ took before the error is not known: the relay publishes it
-            # again, and a copy is harmless (below).
-            _confirmed.reset()
-            refused = f"{type(exc).__name__}: {exc}"
+    try:
+        answers = _publisher.publish([partial(_publish, message) for message in messages])
+        published = [message.pk for message, confirmed in zip(messages, answers, strict=True) if confirmed]
+        refused = "RabbitMQ refused the message (nack)"
+    except (OperationalError, KombuError, OSError) as exc:
+        # What RabbitMQ took before the error is not known: the relay publishes it
+        # again, and a copy is harmless (below).
+        refused = f"{type(exc).__name__}: {exc}"
     if len(published) < len(messages):
         done = set(published)
         _give_back([message for message in messages if message.pk not in done], refused)

@@ -23,14 +23,18 @@ import logging
 from typing import Any
 
 from django.conf import settings
-from kombu import Exchange, Queue
+from kombu import Exchange, Producer, Queue
+from kombu.exceptions import KombuError, OperationalError
 
-from config.celery import app as critical_app
+from core.confirms import ConfirmedPublisher, ConfirmTimeoutError
 from rooms.models import SHARDS
 
 logger = logging.getLogger(__name__)
 
 SHARDS_EXCHANGE = Exchange("carillon.rooms.shards", type="direct", durable=True)
+# The inputs a process publishes (enqueues, acks from webhooks, operators' actions) have
+# their confirms awaited together: a web process forwarding acks waits once per group.
+_publisher = ConfirmedPublisher()
 
 
 def shard_queue(shard: int) -> Queue:
@@ -55,26 +59,29 @@ def shard_queues() -> list[Queue]:
     return [shard_queue(shard) for shard in range(SHARDS)]
 
 
-def shard_publish(shard: int, payload: dict[str, Any], *, producer: Any = None) -> None:
-    """Publish one input to a shard's owner, and wait for RabbitMQ's confirm.
+def shard_publish(shard: int, payload: dict[str, Any]) -> None:
+    """Publish one input to a shard's owner, and wait for RabbitMQ's confirm (together
+    with the process's other publishes).
 
     Raises kombu's and the socket's errors: the caller decides whether its work is done
     without this input (everything an input says is also in the database, which the
     owner reads back on its periodic check and when it takes a shard).
     """
     queue = shard_queue(shard)
-    with critical_app.producer_or_acquire(producer) as pooled:
-        pooled.publish(
-            payload,
-            exchange=SHARDS_EXCHANGE,
-            routing_key=queue.routing_key,
-            serializer="json",
-            delivery_mode=2,
-            declare=[queue],
-            # Once, at once, on a new connection: a pooled connection that outlived a
-            # RabbitMQ restart fails its first publish. A RabbitMQ really away fails the
-            # second try too, and the caller decides (inputs are idempotent, so a publish
-            # that went through before the error does no harm when repeated).
-            retry=True,
-            retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0},
-        )
+
+    def publish(producer: Producer) -> None:
+        producer.publish(payload, exchange=SHARDS_EXCHANGE, routing_key=queue.routing_key, serializer="json",
+                         delivery_mode=2, declare=[queue], retry=False)
+
+    try:
+        (confirmed,) = _publisher.publish([publish])
+    except ConfirmTimeoutError:
+        raise
+    except (KombuError, OSError):
+        # Once more, at once, on a new connection: one that outlived a RabbitMQ restart
+        # fails its first publish. A RabbitMQ really away fails the second try too, and
+        # the caller decides (inputs are idempotent, so a publish that went through
+        # before the error does no harm when repeated).
+        (confirmed,) = _publisher.publish([publish])
+    if not confirmed:
+        raise OperationalError(f"RabbitMQ refused the input to {queue.name} (nack)")

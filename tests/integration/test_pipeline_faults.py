@@ -13,7 +13,7 @@ from kombu import Queue
 
 import tests.integration.poison_subscribers  # noqa: F401 - declares test.poison here too
 from config.celery import app as critical_app
-from notifications import relay
+from core import confirms
 from notifications.dead_letters import dead_letter_drain
 from notifications.models import Delivery, Event, FailedJob, OutboxMessage
 from notifications.queues import EVENTS_EXCHANGE
@@ -99,7 +99,7 @@ def test_rows_rabbitmq_never_confirms_are_left_to_the_relay_and_published_once_i
     # it stops reading from it, so no confirm comes. The publisher gives up after its
     # confirm timeout and leaves the rows to the relay, which publishes them once the
     # alarm is over.
-    monkeypatch.setattr(relay, "CONFIRM_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(confirms, "CONFIRM_TIMEOUT_SECONDS", 1.0)
     event = Event.objects.create(type="test.blocked", version=1, occurred_at=timezone.now(), data={})
     rows = [OutboxMessage.objects.create(event=event, kind=OutboxMessage.Kind.ENVELOPE,
                                          payload={"id": str(number), "type": "test.unrouted"}) for number in (1, 2)]
@@ -113,7 +113,7 @@ def test_rows_rabbitmq_never_confirms_are_left_to_the_relay_and_published_once_i
     for row in rows:
         row.refresh_from_db()
         assert row.published_at is None and row.claim_token is None
-        assert row.last_error == "OperationalError: RabbitMQ did not confirm within 1 s"
+        assert row.last_error == "ConfirmTimeoutError: RabbitMQ did not confirm within 1 s"
     assert outbox_relay_once(limit=10) == (2, 2)
     assert not OutboxMessage.objects.filter(published_at__isnull=True).exists()
 
