@@ -46,7 +46,12 @@ def test_callers_that_come_while_a_group_is_confirmed_are_published_together_and
     publisher = ConfirmedPublisher()
     waits: list[int] = []
     wait = publisher._wait
-    monkeypatch.setattr(publisher, "_wait", lambda tags: (waits.append(len(tags)), wait(tags))[1])
+
+    def counted(tags: list[int]) -> None:
+        waits.append(len(tags))
+        wait(tags)
+
+    monkeypatch.setattr(publisher, "_wait", counted)
     publisher.publish([to(queue, "first")])  # the connection is open
 
     with ThreadPoolExecutor(CALLERS) as pool:
