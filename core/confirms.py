@@ -57,12 +57,16 @@ class ConfirmedPublisher:
         """`declare` runs once on every new connection, before its first publish (a task
         published before any worker declared its queue would be unroutable, and dropped)."""
         self.declare = declare
+        self._start()
+        # A forked child (a Celery worker's pool process) must not use its parent's
+        # socket, nor inherit a lock that a thread of the parent held at the fork.
+        os.register_at_fork(after_in_child=self._start)
+
+    def _start(self) -> None:
         self.lock = threading.Lock()  # held by the caller publishing a group
         self.handed = threading.Lock()  # guards `pending`
         self.pending: list[_Group] = []
         self._forget()
-        # A forked child (a Celery worker's pool process) must not use its parent's socket.
-        os.register_at_fork(after_in_child=self._forget)
 
     def _forget(self) -> None:
         self.connection: Any = None

@@ -1,6 +1,8 @@
 """The process's confirmed publisher against the real RabbitMQ: concurrent callers share
 one wait for confirms, and one caller's bad message fails only that caller."""
 
+import os
+import signal
 import threading
 import uuid
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ from kombu.exceptions import EncodeError
 
 from config.celery import app as critical_app
 from core.confirms import ConfirmedPublisher, Publish
+from tests.processes import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -86,3 +89,37 @@ def test_a_message_that_does_not_serialize_fails_its_caller_alone(queue: Queue) 
     # gets an error does not know what RabbitMQ took, and publishes again if it must).
     assert message_count(queue) == 4
     assert publisher.publish([to(queue, "next")]) == [True]
+
+
+def test_a_process_forked_while_a_thread_of_its_parent_publishes_publishes_on_a_connection_of_its_own(
+    queue: Queue,
+) -> None:
+    publisher = ConfirmedPublisher()
+    publisher.publish([to(queue, "from the parent")])
+    parent_connection = publisher.connection
+
+    with publisher.lock:  # a thread of the parent publishing a group at the fork
+        pid = os.fork()
+        if pid == 0:  # the child: answer by exit code, skip every cleanup of the parent's
+            try:
+                ok = publisher.publish([to(queue, "from the child")]) == [True]
+                os._exit(0 if ok and publisher.connection is not parent_connection else 1)
+            except BaseException:  # noqa: BLE001 - any failure is the exit code
+                os._exit(2)
+
+    reaped: list[int] = []
+
+    def exited() -> bool:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            reaped.append(os.waitstatus_to_exitcode(status))
+        return bool(done)
+
+    try:
+        wait_for(exited, "the child published", 30)
+    finally:
+        if not reaped:  # stuck on the lock its parent's thread held
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert reaped == [0]
+    assert message_count(queue) == 2
