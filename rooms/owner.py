@@ -492,7 +492,7 @@ class Owner:
                 self.machine.fire(due, now)
             else:
                 self.waiting.append(due)
-                self._mark(shard, due.at.timestamp())
+                self._mark(shard)
 
     def _waits_for(self, due: Due) -> int | None:
         """The shard whose queue an ack timeout still waits to read past; None to fire it
@@ -505,10 +505,13 @@ class Owner:
         shard = self.machine.room_of(send).shard
         return None if self.read_upto.get(shard, 0.0) >= due.at.timestamp() else shard
 
-    def _mark(self, shard: int, deadline: float) -> None:
-        """Publish a tick to a shard unless one sent after `deadline` is on its way."""
+    def _mark(self, shard: int) -> None:
+        """Publish a mark to a shard unless one is on its way: one at a time per shard.
+        Once it is read back, the timeouts it serves fire, and the next one due asks for
+        the next mark; behind a backlog that is one mark per pass over the backlog,
+        however many timeouts fall due meanwhile."""
         marked = self.marked.get(shard, 0.0)
-        if marked >= deadline and time.time() - marked < MARK_AGAIN_S:
+        if marked > self.read_upto.get(shard, 0.0) and time.time() - marked < MARK_AGAIN_S:
             return
         self.marked[shard] = self._tick(shard)
 

@@ -37,13 +37,13 @@ def owner() -> Iterator[Owner]:
         owner.pool.shutdown()
 
 
-def in_flight(owner: Owner, room_id: int, shard: int = SHARD) -> Send:
-    """A room whose message was sent 2 s ago: its 1 s ack timeout is due."""
-    room = RoomState(room_id, shard, provider_id=1, recipient=f"r{room_id}", known=0)
+def in_flight(owner: Owner, room_id: int, sent_ago: float = 2.0) -> Send:
+    """A room whose message was sent `sent_ago` s ago: past 1 s, its ack timeout is due."""
+    room = RoomState(room_id, SHARD, provider_id=1, recipient=f"r{room_id}", known=0)
     queued = Queued(1, room_id * 10, f"k{room_id}", "hi")
-    owner.machine.enqueued(room, queued, timezone.now() - timedelta(seconds=2))
+    owner.machine.enqueued(room, queued, timezone.now() - timedelta(seconds=sent_ago))
     send = Send(room_id, queued.message_id, 1)
-    owner.machine.sent(send, "chm", timezone.now() - timedelta(seconds=2))
+    owner.machine.sent(send, "chm", timezone.now() - timedelta(seconds=sent_ago))
     owner.machine.take_record()
     return send
 
@@ -76,6 +76,26 @@ def test_a_due_ack_timeout_fires_only_once_a_mark_of_its_own_is_read_back_and_on
     assert not any(owner.machine.current(send) for send in sends)
     assert {changes["status"] for changes in owner.machine.record.messages.values()} == {"timed_out"}
     assert len(published(owner)) == 1
+
+
+def test_one_mark_at_a_time_per_shard_the_next_once_it_is_read_back(owner: Owner) -> None:
+    served = in_flight(owner, 1)  # due 1 s ago
+    owner._fire_timers()
+    (mark,) = published(owner)
+    mark["sent_at"] -= 0.5  # as if sent half a second ago
+    owner.marked[SHARD] = mark["sent_at"]
+    later = in_flight(owner, 2, sent_ago=1.2)  # due 0.2 s ago: after the mark was sent
+
+    owner._fire_timers()
+    assert len(published(owner)) == 1  # the mark on its way serves, or asks for the next
+
+    owner.inputs = [mark]
+    owner._apply_inputs()
+    owner._fire_timers()
+
+    assert owner.machine.current(served) is None
+    assert owner.machine.current(later)
+    assert len(published(owner)) == 2
 
 
 def test_a_mark_not_read_back_is_published_again(owner: Owner, monkeypatch: pytest.MonkeyPatch) -> None:
