@@ -37,7 +37,7 @@ import queue
 import socket
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -75,7 +75,7 @@ IDLE_ROOMS = 100_000
 # How often an owner holding more than its share of the shards hands one over.
 BALANCE_EVERY_S = 1.0
 # An owner whose last tick was sent this long ago is no longer counted among the owners
-# (by the tick's own time: a tick waits in its queue up to 5 s, and may outlive its owner).
+# (by the tick's own time: a tick may wait in its queue behind a backlog, and outlive its owner).
 OWNER_SILENT_S = 3.0
 # A mark published to a shard and not read back after this long is published again (a
 # tick sent without a confirm may be lost).
@@ -124,7 +124,7 @@ class Owner:
         self.ticks: Producer | None = None  # publishes ticks and marks
         self.read_upto: dict[int, float] = {}  # shard -> send time of its last tick of ours read back
         self.marked: dict[int, float] = {}  # shard -> send time of the last mark published to it
-        self.waiting: list[Due] = []  # ack timeouts due, waiting for their shard's mark
+        self.waiting: dict[int, deque[Due]] = {}  # shard -> ack timeouts due, waiting for its mark
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -370,7 +370,7 @@ class Owner:
         self.outcomes = queue.SimpleQueue()
         self.epochs.clear()
         self.unacked = None
-        self.waiting, self.read_upto, self.marked = [], {}, {}
+        self.waiting, self.read_upto, self.marked = {}, {}, {}
 
     # -- the group commit --------------------------------------------------------------
 
@@ -480,30 +480,34 @@ class Owner:
 
     def _fire_timers(self) -> None:
         """Fire the timers due; an ack timeout only once its shard's queue was read past
-        its deadline (module docstring), asking for a mark where none is on its way."""
+        its deadline (module docstring), asking for a mark where none is on its way. The
+        timeouts waiting for a shard are kept in deadline order, so each pass looks only
+        at the front of each shard's line, however many wait behind a backlog."""
         now = timezone.now()
         timers = self.machine.timers
         while timers and timers[0].at <= now:
-            self.waiting.append(heapq.heappop(timers))
-        waiting, self.waiting = self.waiting, []
-        for due in waiting:
+            due = heapq.heappop(timers)
             shard = self._waits_for(due)
             if shard is None:
                 self.machine.fire(due, now)
             else:
-                self.waiting.append(due)
+                self.waiting.setdefault(shard, deque()).append(due)  # popped in deadline order
+        for shard, line in self.waiting.items():
+            read_upto = self.read_upto.get(shard, 0.0)
+            while line and line[0].at.timestamp() <= read_upto:
+                self.machine.fire(line.popleft(), now)  # "stale" for a message no longer in flight
+            if line:
                 self._mark(shard)
 
     def _waits_for(self, due: Due) -> int | None:
-        """The shard whose queue an ack timeout still waits to read past; None to fire it
-        (a send to retry, a timeout read past, or one whose message is no longer in flight)."""
+        """The shard whose queue an ack timeout waits to read past; None to fire it now
+        (a send to retry, or a timeout whose message is no longer in flight)."""
         if due.timer is not Timer.ACK_TIMEOUT:
             return None
         send = Send(due.room_id, due.message_id, due.attempt)
         if self.machine.current(send) is None:
             return None
-        shard = self.machine.room_of(send).shard
-        return None if self.read_upto.get(shard, 0.0) >= due.at.timestamp() else shard
+        return self.machine.room_of(send).shard
 
     def _mark(self, shard: int) -> None:
         """Publish a mark to a shard unless one is on its way: one at a time per shard.

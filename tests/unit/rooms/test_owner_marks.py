@@ -117,5 +117,5 @@ def test_a_timeout_whose_message_already_ended_is_dropped_without_a_mark(owner: 
     owner._fire_timers()
 
     assert published(owner) == []
-    assert owner.waiting == []
+    assert not any(owner.waiting.values())
     assert owner.machine.current(send) is None
