@@ -77,7 +77,8 @@ class ConfirmedPublisher:
 
     def publish(self, publishes: list[Publish]) -> list[bool]:
         """Publish these messages and wait for RabbitMQ's answers: for each, whether it
-        confirmed it. Raises kombu's and the socket's errors, and OperationalError when no
+        confirmed it. A connection found broken is replaced and the messages published
+        once more. Raises kombu's and the socket's errors, and OperationalError when no
         answer came in time (ConfirmTimeoutError); what RabbitMQ took before such an error
         is then not known."""
         group = _Group(publishes)
@@ -94,22 +95,21 @@ class ConfirmedPublisher:
 
     def _publish_groups(self, groups: list[_Group]) -> None:
         try:
-            producer = self._open()
-            broken = (*self.connection.connection_errors, *self.connection.channel_errors, OSError)
-            tags: list[list[int]] = []
-            for group in groups:
-                group_tags: list[int] = []
-                tags.append(group_tags)
-                try:
-                    for publish in group.publishes:
-                        group_tags.append(self._publish_one(producer, publish))
-                except broken:
-                    raise  # the connection: every group fails with it
-                except Exception as exc:  # noqa: BLE001 - this caller's message (one that does not serialize, say)
-                    group.error = exc
-            self._wait([tag for group_tags in tags for tag in group_tags])
-            for group, group_tags in zip(groups, tags, strict=True):
-                group.answers = [self.answers.pop(tag) for tag in group_tags]
+            reused = self.producer is not None
+            try:
+                self._send(groups)
+            except ConfirmTimeoutError:
+                raise  # a broker that holds its publishers: a new connection waits as long
+            except Exception as exc:
+                if not reused or not isinstance(exc, self._broken()):
+                    raise
+                # Once more, at once, on a new connection: one that outlived a RabbitMQ
+                # restart (or a node's failure) fails its first publish. A broker really
+                # away fails the new connection at once. What the broken connection took
+                # before it failed may reach RabbitMQ twice: every caller's messages are
+                # idempotent inputs, or carry the id a consumer drops a second copy by.
+                self._reset()
+                self._send([group for group in groups if group.error is None])
         except BaseException as exc:
             self._reset()
             for group in groups:
@@ -119,6 +119,29 @@ class ConfirmedPublisher:
         finally:
             for group in groups:
                 group.done.set()
+
+    def _broken(self) -> tuple[type[BaseException], ...]:
+        """The errors that say the connection is gone (not the caller's message)."""
+        return (*self.connection.connection_errors, *self.connection.channel_errors, OSError)
+
+    def _send(self, groups: list[_Group]) -> None:
+        """Publish the groups' messages, wait for RabbitMQ's answers to all of them, and
+        hand each group its own."""
+        producer = self._open()
+        tags: list[list[int]] = []
+        for group in groups:
+            group_tags: list[int] = []
+            tags.append(group_tags)
+            try:
+                for publish in group.publishes:
+                    group_tags.append(self._publish_one(producer, publish))
+            except self._broken():
+                raise  # the connection: every group fails with it
+            except Exception as exc:  # noqa: BLE001 - this caller's message (one that does not serialize, say)
+                group.error = exc
+        self._wait([tag for group_tags in tags for tag in group_tags])
+        for group, group_tags in zip(groups, tags, strict=True):
+            group.answers = [self.answers.pop(tag) for tag in group_tags]
 
     def _open(self) -> Producer:
         if self.producer is not None:

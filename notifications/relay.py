@@ -156,12 +156,6 @@ def outbox_publish(*, claimed: list[OutboxMessage]) -> int:
         claimed = outbox_claim(ids=[message.pk for message in claimed], limit=len(claimed))
     published = outbox_publish_claimed(claimed)
     if published < len(claimed):
-        # A broker that restarted leaves this process's pooled connection dead: the first
-        # publish on it fails, and kombu reconnects on the next. Try once more before
-        # leaving the rows to the relay; a broker really away fails this at once too.
-        rest = outbox_claim(ids=[message.pk for message in claimed[published:]], limit=len(claimed))
-        published += outbox_publish_claimed(rest)
-    if published < len(claimed):
         _fast_path_paused_until = time.monotonic() + FAST_PATH_PAUSE_SECONDS
     return published
 

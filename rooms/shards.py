@@ -24,9 +24,9 @@ from typing import Any
 
 from django.conf import settings
 from kombu import Exchange, Producer, Queue
-from kombu.exceptions import KombuError, OperationalError
+from kombu.exceptions import OperationalError
 
-from core.confirms import ConfirmedPublisher, ConfirmTimeoutError
+from core.confirms import ConfirmedPublisher
 from rooms.models import SHARDS
 
 logger = logging.getLogger(__name__)
@@ -73,15 +73,6 @@ def shard_publish(shard: int, payload: dict[str, Any]) -> None:
         producer.publish(payload, exchange=SHARDS_EXCHANGE, routing_key=queue.routing_key, serializer="json",
                          delivery_mode=2, declare=[queue], retry=False)
 
-    try:
-        (confirmed,) = _publisher.publish([publish])
-    except ConfirmTimeoutError:
-        raise
-    except (KombuError, OSError):
-        # Once more, at once, on a new connection: one that outlived a RabbitMQ restart
-        # fails its first publish. A RabbitMQ really away fails the second try too, and
-        # the caller decides (inputs are idempotent, so a publish that went through
-        # before the error does no harm when repeated).
-        (confirmed,) = _publisher.publish([publish])
+    (confirmed,) = _publisher.publish([publish])
     if not confirmed:
         raise OperationalError(f"RabbitMQ refused the input to {queue.name} (nack)")

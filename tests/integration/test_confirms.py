@@ -3,6 +3,7 @@ one wait for confirms, and one caller's bad message fails only that caller."""
 
 import os
 import signal
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -122,4 +123,19 @@ def test_a_process_forked_while_a_thread_of_its_parent_publishes_publishes_on_a_
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
     assert reaped == [0]
+    assert message_count(queue) == 2
+
+
+def test_a_connection_that_broke_since_the_last_publish_is_replaced_and_the_messages_go_on_the_new_one(
+    queue: Queue,
+) -> None:
+    publisher = ConfirmedPublisher()
+    publisher.publish([to(queue, "before")])
+    broken = publisher.connection
+    # What a RabbitMQ restart leaves behind: a connection that looks open until used.
+    broken.connection.sock.shutdown(socket.SHUT_RDWR)
+
+    assert publisher.publish([to(queue, "after")]) == [True]
+
+    assert publisher.connection is not broken
     assert message_count(queue) == 2
