@@ -15,11 +15,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import requests
 from django.db import connection as db_connection
 from django.utils import timezone
+from kombu import Consumer
 
 from config.celery import app as critical_app
 from rooms.machine import Send
@@ -490,6 +492,52 @@ def test_a_hand_over_cut_short_leaves_the_owner_sending_when_it_holds_the_shard_
         assert Send(room.pk, message.pk, 1) in owner.calling
     finally:
         owner.pool.shutdown()
+
+
+def test_inputs_delivered_to_an_owner_while_it_hands_a_shard_over_go_in_order_to_the_next_owner(
+    transactional_db: None,
+) -> None:
+    """In this process: RabbitMQ goes on delivering a shard's inputs to the owner handing
+    it over until it confirms the cancel. Those inputs go back to the queue unapplied,
+    and the owner next in line reads all of them, in their order."""
+    shard, count = 5, 3
+    queue = shard_queues()[shard]
+    owner = Owner(send_threads=1, balance_every=0)
+    with critical_app.connection_for_read() as connection, critical_app.connection_for_read() as standby:
+        queue(connection.default_channel).declare()
+        queue(connection.default_channel).purge()
+        channel = connection.channel()
+        channel.basic_qos(0, owner.prefetch, False)
+        owner._take(shard)
+        owner._consume(channel, shard)  # the queue's active consumer: the first
+        read: list[dict[str, Any]] = []
+
+        def next_owner(body: dict[str, Any], message: Any) -> None:
+            read.append(body)
+            message.ack()
+
+        with Consumer(standby.channel(), queues=[queue], accept=["json"], callbacks=[next_owner]):
+            for n in range(count):
+                shard_publish(shard, {"kind": "tick", "shard": shard, "owner": f"input-{n}", "sent_at": n})
+            # Delivered to the owner, which has not read them yet: they wait on its socket
+            # and come while it waits for RabbitMQ to confirm the cancel.
+            wait_for(lambda: queue(standby.default_channel).queue_declare(passive=True).message_count == 0,
+                     "the inputs delivered to the owner", ROOMS_TIMEOUT)
+            owner._hand_over(shard, channel)
+
+            def all_read() -> bool:
+                try:
+                    standby.drain_events(timeout=0.5)
+                except TimeoutError:
+                    pass
+                return len(read) >= count
+
+            wait_for(all_read, "the next owner read the inputs", ROOMS_TIMEOUT)
+    owner.pool.shutdown()
+
+    assert [body["owner"] for body in read] == [f"input-{n}" for n in range(count)]
+    assert owner.inputs == []  # none applied by the owner that handed the shard over
+    assert shard not in owner.epochs
 
 
 def test_the_first_input_after_rabbitmq_restarted_is_taken(transactional_db: None) -> None:
