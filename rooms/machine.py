@@ -185,16 +185,17 @@ class Machine:
         for room_id in [room_id for room_id, room in self.rooms.items() if room.shard == shard]:
             self.forget(room_id)
 
-    def evict(self, keep: int) -> int:
-        """Drop the longest-idle rooms beyond `keep` idle ones; return how many went.
+    def evict(self, keep: int) -> list[RoomState]:
+        """Drop the longest-idle rooms beyond `keep` idle ones; return those that went.
 
         Only once their state is written: the owner then reads such a room back from the
         record on its next input, as one it never held."""
-        evicted = 0
+        evicted = []
         while len(self.idle) > keep:
             room_id, _ = self.idle.popitem(last=False)
-            self.rooms.pop(room_id, None)
-            evicted += 1
+            room = self.rooms.pop(room_id, None)
+            if room is not None:
+                evicted.append(room)
         return evicted
 
     # -- inputs ------------------------------------------------------------------------

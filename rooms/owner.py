@@ -113,6 +113,9 @@ class Owner:
         self.send_threads = send_threads
         self.machine = Machine()
         self.epochs: dict[int, int] = {}
+        # shard -> the highest room id that may have a past this owner does not know: the
+        # newest room when it took the shard, or a room it has since let go from memory.
+        self.known_before: dict[int, int] = {}
         self.unacked: Message | None = None  # the last input read: acknowledged with all before it
         self.inputs: list[dict[str, Any]] = []  # read, not yet applied
         self.outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
@@ -228,7 +231,8 @@ class Owner:
                 self._take(int(body["shard"]))
         unheld: dict[int, tuple[RoomState, int]] = {}
         for body in inputs:
-            if body.get("kind") == "enqueued" and int(body["room"]) not in self.machine.rooms:
+            if body.get("kind") == "enqueued" and int(body["room"]) not in self.machine.rooms \
+                    and int(body["room"]) <= self.known_before[int(body["shard"])]:
                 room, upto = unheld.get(int(body["room"]), (_room_state(body), 0))
                 unheld[room.room_id] = (room, max(upto, int(body["sequence"])))
         if unheld:
@@ -256,8 +260,10 @@ class Owner:
                 logger.warning("rooms owner %s: input of unknown kind %r dropped", self.name, kind)
 
     def _enqueued(self, body: dict[str, Any], now: datetime) -> None:
-        """A message committed to a room the owner holds (read back before if it did not)."""
+        """A message committed to a room the owner holds, read back before if it did not,
+        or created since the owner took its shard (no past to read: below)."""
         room, sequence = self.machine.rooms.get(int(body["room"])) or _room_state(body), int(body["sequence"])
+        self._ensure_provider(room.provider_id)
         self._catch_up(room, sequence - 1)
         self.machine.enqueued(room, Queued(sequence, int(body["message"]), str(body["key"]), str(body["body"])), now)
 
@@ -302,6 +308,11 @@ class Owner:
             RoomShard.objects.filter(shard=shard).update(epoch=F("epoch") + 1, owner=self.name, taken_at=now)
             epoch = RoomShard.objects.values_list("epoch", flat=True).get(shard=shard)
         self.epochs[shard] = epoch
+        # A room created after this (a higher id: ids only grow) has no past for this
+        # owner to read back on its first input: no other owner can have written a send
+        # for it, since the epoch just taken fences theirs, and this one holds it from its
+        # first message on, until it lets it go from memory (`_flush` raises this bound).
+        self.known_before[shard] = Room.objects.aggregate(newest=Max("id"))["newest"] or 0
         # Shards change hands when an owner starts, stops or dies: hand none over until
         # the ticks have told who is still there (else a dead owner's last ticks would
         # have shards handed back and forth to this very owner, the only one waiting).
@@ -353,6 +364,7 @@ class Owner:
         self.consumers.pop(shard).cancel()
         self.machine.let_go(shard)
         del self.epochs[shard]
+        del self.known_before[shard]
         self.leaving.discard(shard)
         self._consume(channel, shard)
 
@@ -369,6 +381,7 @@ class Owner:
         self.machine = Machine()
         self.outcomes = queue.SimpleQueue()
         self.epochs.clear()
+        self.known_before.clear()
         self.unacked = None
         self.waiting, self.read_upto, self.marked = {}, {}, {}
 
@@ -399,7 +412,9 @@ class Owner:
         if self.unacked is not None:
             self.unacked.ack(multiple=True)
             self.unacked = None
-        self.machine.evict(self.idle_rooms)  # their state is written
+        for room in self.machine.evict(self.idle_rooms):  # their state is written
+            # Its next input is read back, repeats of inputs already applied included.
+            self.known_before[room.shard] = max(self.known_before[room.shard], room.room_id)
         for send in record.sends:
             self._call(send)
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import requests
 from django.db import connection as db_connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from kombu import Consumer
 
@@ -473,6 +474,66 @@ def test_an_owner_holds_only_busy_rooms_lets_idle_ones_go_and_finds_a_missed_mes
         assert sorted(owner.machine.rooms) == sorted([idle[0].pk, queued.pk])
         assert Send(idle[0].pk, missed.pk, 1) in owner.machine.record.sends
     finally:
+        owner.pool.shutdown()
+
+
+def enqueued_input(message: RoomMessage) -> dict[str, Any]:
+    """The input the enqueue publishes for a message (rooms.services.enqueue)."""
+    room = message.room
+    return {"kind": "enqueued", "shard": room.shard, "room": room.pk, "provider": room.provider_id,
+            "recipient": room.recipient, "message": message.pk, "sequence": message.sequence,
+            "key": str(message.idempotency_key), "body": message.body}
+
+
+def message_reads(queries: CaptureQueriesContext) -> list[str]:
+    table = RoomMessage._meta.db_table
+    return [query["sql"] for query in queries if query["sql"].startswith("SELECT") and table in query["sql"]]
+
+
+def test_an_owner_reads_back_only_rooms_that_have_a_past_it_may_not_know(
+    transactional_db: None, sandbox: SandboxClient
+) -> None:
+    """In this process: the first input of a room created after the owner took its shard
+    is applied without reading the record (no owner can have sent for it before); a room
+    that existed, or that the owner let go from memory, is read back, and a repeated input
+    of a message already done sends nothing."""
+    (before,) = make_rooms(1)
+    Room.objects.filter(pk=before.pk).update(shard=3)
+    done = room_message_enqueue(room_id=before.pk, body="done before the take")
+    RoomMessage.objects.filter(pk=done.pk).update(status=Status.ACKED)
+    owner = Owner(idle_rooms=0, send_threads=1)
+    try:
+        owner._take(3)
+        (fresh,) = make_rooms(1)
+        Room.objects.filter(pk=fresh.pk).update(shard=3)
+        first = room_message_enqueue(room_id=fresh.pk, body="first of a new room")
+
+        with CaptureQueriesContext(db_connection) as queries:
+            owner.inputs = [enqueued_input(first)]
+            owner._apply_inputs()
+        assert message_reads(queries) == []
+        assert Send(fresh.pk, first.pk, 1) in owner.machine.record.sends
+
+        # Redelivered after its message was done (an owner that died before acknowledging it).
+        with CaptureQueriesContext(db_connection) as queries:
+            owner.inputs = [enqueued_input(done)]
+            owner._apply_inputs()
+        assert len(message_reads(queries)) == 1
+        assert not [send for send in owner.machine.record.sends if send.room_id == before.pk]
+
+        # The new room's message acked, the room let go from memory once idle: a repeat of
+        # its input is read back, and sends nothing.
+        owner._flush()
+        assert owner.machine.acked(fresh.pk, str(first.idempotency_key), "chm_1", timezone.now())
+        owner._flush()
+        assert fresh.pk not in owner.machine.rooms
+        with CaptureQueriesContext(db_connection) as queries:
+            owner.inputs = [enqueued_input(first)]
+            owner._apply_inputs()
+        assert len(message_reads(queries)) == 1
+        assert not owner.machine.record.sends
+    finally:
+        owner._drain_calls()
         owner.pool.shutdown()
 
 
