@@ -4,7 +4,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from rooms.models import ChatProvider, Room, RoomMessage, RoomShard
+from rooms.models import ChatProvider, Room, RoomMessage, RoomSequence, RoomShard
 from rooms.services.operator import room_message_retry, room_message_skip
 
 # The room's shard owner applies the action moments later (rooms/owner.py).
@@ -51,6 +51,12 @@ class RoomAdmin(admin.ModelAdmin):
     readonly_fields = ["in_flight", "attempt", "version", "last_sequence", "last_ack_at", "timeouts"]
     inlines = [RoomMessageInline]
     actions = ["skip_in_flight", "retry_in_flight"]
+
+    @admin.display(description="last sequence")
+    def last_sequence(self, room: Room) -> int:
+        """The number of the room's last message (0: none yet)."""
+        counter = RoomSequence.objects.filter(room=room).values_list("last_sequence", flat=True).first()
+        return counter or 0
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("rooms.operate_room")

@@ -56,7 +56,6 @@ class Room(models.Model):
     )
     attempt = models.PositiveSmallIntegerField(default=0)
     version = models.PositiveBigIntegerField(default=0)
-    last_sequence = models.PositiveBigIntegerField(default=0)
     last_ack_at = models.DateTimeField(null=True, blank=True)
     timeouts = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -99,6 +98,19 @@ class RoomShard(models.Model):
 
     def __str__(self) -> str:
         return f"shard {self.shard} (epoch {self.epoch}, {self.owner or 'no owner'})"
+
+
+class RoomSequence(models.Model):
+    """The number of a room's last message. Apart from the room's row, which its owner
+    writes at each send: an enqueue holds this row's lock until it commits (that is what
+    makes sequences gapless and committed in order), and on the room's row that lock
+    made the owner's group commit wait for enqueues in progress."""
+
+    room = models.OneToOneField(Room, primary_key=True, on_delete=models.CASCADE, related_name="sequence")
+    last_sequence = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"room {self.room_id}: #{self.last_sequence}"
 
 
 class RoomMessage(models.Model):

@@ -7,7 +7,7 @@ from kombu.exceptions import KombuError
 
 from core.errors import IdempotencyKeyReusedError
 from rooms.exceptions import RoomNotFoundError
-from rooms.models import ChatProvider, Room, RoomMessage
+from rooms.models import ChatProvider, Room, RoomMessage, RoomSequence
 from rooms.selectors import caller_scope, room_message_for_key
 from rooms.shards import shard_publish
 
@@ -39,17 +39,19 @@ def room_message_enqueue(
             return _same_request(first, room_id=room_id, body=body)
     try:
         with transaction.atomic():
-            # The increment takes the room's row lock (PostgreSQL; SQLite's write lock is
-            # taken at BEGIN) and holds it to the commit: sequences are gapless and commit
-            # in order, which the owner relies on to know it has seen every message.
-            room = _room_next_sequence(room_id)
+            # The increment takes the room counter's row lock (PostgreSQL; SQLite's write
+            # lock is taken at BEGIN) and holds it to the commit: sequences are gapless and
+            # commit in order, which the owner relies on to know it has seen every message.
+            room, sequence = _room_next_sequence(room_id)
             message = RoomMessage.objects.create(
-                room_id=room_id, sequence=room.last_sequence, body=body, request_scope=scope,
+                room_id=room_id, sequence=sequence, body=body, request_scope=scope,
                 request_key=idempotency_key or "",
             )
             # The shard's owner holds the room's state: tell it once this commits.
             transaction.on_commit(lambda: _owner_tell(room, message))
     except IntegrityError:
+        if not Room.objects.filter(pk=room_id).exists():  # deleted while this enqueue ran
+            raise RoomNotFoundError(f"room {room_id} does not exist", detail={"room_id": room_id}) from None
         # The same key enqueued concurrently: the other transaction won.
         first = room_message_for_key(scope=scope, key=idempotency_key) if idempotency_key else None
         if first is None:
@@ -59,21 +61,23 @@ def room_message_enqueue(
     return message
 
 
-def _room_next_sequence(room_id: int) -> Room:
-    """Number the room's next message: `last_sequence` incremented, and the room's fields
-    its owner's input names, in one statement (an UPDATE and a read of the row were a
-    fifth of an enqueue's time)."""
+def _room_next_sequence(room_id: int) -> tuple[Room, int]:
+    """The room's fields its owner's input names, and its next message's number: the
+    room's counter incremented (created at 1 by its first message). The counter's row
+    stays locked until the enqueue commits; the room's own row, which its owner writes
+    at every send, is only read."""
+    room = Room.objects.filter(pk=room_id).only("shard", "provider_id", "recipient").first()
+    if room is None:
+        raise RoomNotFoundError(f"room {room_id} does not exist", detail={"room_id": room_id})
+    table = connection.ops.quote_name(RoomSequence._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {connection.ops.quote_name(Room._meta.db_table)} SET last_sequence = last_sequence + 1 "  # noqa: S608
-            "WHERE id = %s RETURNING last_sequence, shard, provider_id, recipient",
+            f"INSERT INTO {table} (room_id, last_sequence) VALUES (%s, 1) ON CONFLICT (room_id) "  # noqa: S608
+            f"DO UPDATE SET last_sequence = {table}.last_sequence + 1 RETURNING last_sequence",
             [room_id],
         )
-        row = cursor.fetchone()
-    if row is None:
-        raise RoomNotFoundError(f"room {room_id} does not exist", detail={"room_id": room_id})
-    last_sequence, shard, provider_id, recipient = row
-    return Room(pk=room_id, last_sequence=last_sequence, shard=shard, provider_id=provider_id, recipient=recipient)
+        (sequence,) = cursor.fetchone()
+    return room, int(sequence)
 
 
 def _owner_tell(room: Room, message: RoomMessage) -> None:

@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import requests
 from django.db import connection as db_connection
+from django.db import transaction
+from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from kombu import Consumer
@@ -535,6 +537,37 @@ def test_an_owner_reads_back_only_rooms_that_have_a_past_it_may_not_know(
     finally:
         owner._drain_calls()
         owner.pool.shutdown()
+
+
+@pytest.mark.skipif(db_connection.vendor != "postgresql", reason="SQLite serialises every write transaction")
+def test_an_enqueue_in_progress_does_not_hold_up_the_owner_writing_its_room(transactional_db: None) -> None:
+    """The enqueue keeps its room's counter locked until it commits; the owner's group
+    commit, which writes the room's state at every send, must not wait for it."""
+    (room,) = make_rooms(1)
+    holding, release = threading.Event(), threading.Event()
+
+    def enqueue_held_open() -> None:
+        try:
+            with transaction.atomic():
+                room_message_enqueue(room_id=room.pk, body="committed late")
+                holding.set()
+                release.wait(ROOMS_TIMEOUT)
+        finally:
+            db_connection.close()  # this thread's
+
+    enqueuing = threading.Thread(target=enqueue_held_open)
+    enqueuing.start()
+    try:
+        assert holding.wait(ROOMS_TIMEOUT)
+        with transaction.atomic():
+            with db_connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '2s'")  # a wait fails the test
+            # What the owner's commit writes of a room at a send.
+            assert Room.objects.filter(pk=room.pk).update(attempt=1, version=F("version") + 1) == 1
+    finally:
+        release.set()
+        enqueuing.join()
+    assert RoomMessage.objects.get(room=room).sequence == 1
 
 
 def test_a_hand_over_cut_short_leaves_the_owner_sending_when_it_holds_the_shard_again(
