@@ -65,10 +65,12 @@ def _room_next_sequence(room_id: int) -> tuple[Room, int]:
     """The room's fields its owner's input names, and its next message's number: the
     room's counter incremented (created at 1 by its first message). The counter's row
     stays locked until the enqueue commits; the room's own row, which its owner writes
-    at every send, is only read."""
-    room = Room.objects.filter(pk=room_id).only("shard", "provider_id", "recipient").first()
-    if room is None:
-        raise RoomNotFoundError(f"room {room_id} does not exist", detail={"room_id": room_id})
+    at every send, is only read.
+
+    The write comes first: on SQLite a transaction that reads first and then writes waits
+    for the write lock while holding a read lock, which holds up every other writer's
+    commit (SQLite's busy handler then sleeps, for up to tens of milliseconds each time).
+    A counter written for a room that does not exist is rolled back with the enqueue."""
     table = connection.ops.quote_name(RoomSequence._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(
@@ -77,6 +79,9 @@ def _room_next_sequence(room_id: int) -> tuple[Room, int]:
             [room_id],
         )
         (sequence,) = cursor.fetchone()
+    room = Room.objects.filter(pk=room_id).only("shard", "provider_id", "recipient").first()
+    if room is None:
+        raise RoomNotFoundError(f"room {room_id} does not exist", detail={"room_id": room_id})
     return room, int(sequence)
 
 

@@ -27,6 +27,7 @@ from django.utils import timezone
 from kombu import Consumer
 
 from config.celery import app as critical_app
+from rooms.exceptions import RoomNotFoundError
 from rooms.machine import Send
 from rooms.models import ChatProvider, Room, RoomMessage, RoomShard
 from rooms.owner import Owner
@@ -568,6 +569,43 @@ def test_an_enqueue_in_progress_does_not_hold_up_the_owner_writing_its_room(tran
         release.set()
         enqueuing.join()
     assert RoomMessage.objects.get(room=room).sequence == 1
+
+
+@pytest.mark.skipif(db_connection.vendor != "postgresql", reason="SQLite serialises every write transaction")
+def test_an_enqueue_into_a_room_deleted_meanwhile_says_the_room_does_not_exist(
+    transactional_db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (room,) = make_rooms(1)
+    numbered, release = threading.Event(), threading.Event()
+    number = enqueue._room_next_sequence
+
+    def numbered_then_held(room_id: int) -> tuple[Room, int]:
+        answer = number(room_id)
+        numbered.set()
+        release.wait(ROOMS_TIMEOUT)
+        return answer
+
+    monkeypatch.setattr(enqueue, "_room_next_sequence", numbered_then_held)
+    raised: list[BaseException] = []
+
+    def enqueue_now() -> None:
+        try:
+            room_message_enqueue(room_id=room.pk, body="into a room being deleted")
+        except BaseException as exc:  # noqa: BLE001 - what the caller would get, checked below
+            raised.append(exc)
+        finally:
+            db_connection.close()  # this thread's
+
+    enqueuing = threading.Thread(target=enqueue_now)
+    enqueuing.start()
+    try:
+        assert numbered.wait(ROOMS_TIMEOUT)
+        Room.objects.filter(pk=room.pk).delete()
+    finally:
+        release.set()
+        enqueuing.join()
+    assert [type(exc) for exc in raised] == [RoomNotFoundError]
+    assert not RoomMessage.objects.filter(room_id=room.pk).exists()
 
 
 def test_a_hand_over_cut_short_leaves_the_owner_sending_when_it_holds_the_shard_again(
