@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -540,42 +541,11 @@ def test_an_owner_reads_back_only_rooms_that_have_a_past_it_may_not_know(
         owner.pool.shutdown()
 
 
-@pytest.mark.skipif(db_connection.vendor != "postgresql", reason="SQLite serialises every write transaction")
-def test_an_enqueue_in_progress_does_not_hold_up_the_owner_writing_its_room(transactional_db: None) -> None:
-    """The enqueue keeps its room's counter locked until it commits; the owner's group
-    commit, which writes the room's state at every send, must not wait for it."""
-    (room,) = make_rooms(1)
-    holding, release = threading.Event(), threading.Event()
-
-    def enqueue_held_open() -> None:
-        try:
-            with transaction.atomic():
-                room_message_enqueue(room_id=room.pk, body="committed late")
-                holding.set()
-                release.wait(ROOMS_TIMEOUT)
-        finally:
-            db_connection.close()  # this thread's
-
-    enqueuing = threading.Thread(target=enqueue_held_open)
-    enqueuing.start()
-    try:
-        assert holding.wait(ROOMS_TIMEOUT)
-        with transaction.atomic():
-            with db_connection.cursor() as cursor:
-                cursor.execute("SET LOCAL lock_timeout = '2s'")  # a wait fails the test
-            # What the owner's commit writes of a room at a send.
-            assert Room.objects.filter(pk=room.pk).update(attempt=1, version=F("version") + 1) == 1
-    finally:
-        release.set()
-        enqueuing.join()
-    assert RoomMessage.objects.get(room=room).sequence == 1
-
-
-@pytest.mark.skipif(db_connection.vendor != "postgresql", reason="SQLite serialises every write transaction")
-def test_an_enqueue_into_a_room_deleted_meanwhile_says_the_room_does_not_exist(
-    transactional_db: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (room,) = make_rooms(1)
+@contextmanager
+def enqueue_in_progress(room: Room, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[BaseException]]:
+    """An enqueue into `room`, in a thread of its own, held between numbering its message
+    and committing while the block runs; then let go. Yields what it raised, filled once
+    the block is over."""
     numbered, release = threading.Event(), threading.Event()
     number = enqueue._room_next_sequence
 
@@ -590,8 +560,8 @@ def test_an_enqueue_into_a_room_deleted_meanwhile_says_the_room_does_not_exist(
 
     def enqueue_now() -> None:
         try:
-            room_message_enqueue(room_id=room.pk, body="into a room being deleted")
-        except BaseException as exc:  # noqa: BLE001 - what the caller would get, checked below
+            room_message_enqueue(room_id=room.pk, body="held before its commit")
+        except BaseException as exc:  # noqa: BLE001 - what the caller would get, for the test
             raised.append(exc)
         finally:
             db_connection.close()  # this thread's
@@ -600,10 +570,36 @@ def test_an_enqueue_into_a_room_deleted_meanwhile_says_the_room_does_not_exist(
     enqueuing.start()
     try:
         assert numbered.wait(ROOMS_TIMEOUT)
-        Room.objects.filter(pk=room.pk).delete()
+        yield raised
     finally:
         release.set()
         enqueuing.join()
+
+
+@pytest.mark.skipif(db_connection.vendor != "postgresql", reason="SQLite serialises every write transaction")
+def test_an_enqueue_in_progress_does_not_hold_up_the_owner_writing_its_room(
+    transactional_db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The enqueue keeps its room's counter locked until it commits; the owner's group
+    commit, which writes the room's state at every send, must not wait for it."""
+    (room,) = make_rooms(1)
+    with enqueue_in_progress(room, monkeypatch) as raised:
+        with transaction.atomic():
+            with db_connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '2s'")  # a wait fails the test
+            # What the owner's commit writes of a room at a send.
+            assert Room.objects.filter(pk=room.pk).update(attempt=1, version=F("version") + 1) == 1
+    assert raised == []
+    assert RoomMessage.objects.get(room=room).sequence == 1
+
+
+@pytest.mark.skipif(db_connection.vendor != "postgresql", reason="SQLite serialises every write transaction")
+def test_an_enqueue_into_a_room_deleted_meanwhile_says_the_room_does_not_exist(
+    transactional_db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (room,) = make_rooms(1)
+    with enqueue_in_progress(room, monkeypatch) as raised:
+        Room.objects.filter(pk=room.pk).delete()
     assert [type(exc) for exc in raised] == [RoomNotFoundError]
     assert not RoomMessage.objects.filter(room_id=room.pk).exists()
 
