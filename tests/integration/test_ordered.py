@@ -23,6 +23,7 @@ import requests
 from django.db import connection as db_connection
 from django.db import transaction
 from django.db.models import F
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from kombu import Consumer
@@ -478,7 +479,7 @@ def test_an_owner_holds_only_busy_rooms_lets_idle_ones_go_and_finds_a_missed_mes
         assert sorted(owner.machine.rooms) == sorted([idle[0].pk, queued.pk])
         assert Send(idle[0].pk, missed.pk, 1) in owner.machine.record.sends
     finally:
-        owner.pool.shutdown()
+        owner.close()
 
 
 def enqueued_input(message: RoomMessage) -> dict[str, Any]:
@@ -538,7 +539,7 @@ def test_an_owner_reads_back_only_rooms_that_have_a_past_it_may_not_know(
         assert not owner.machine.record.sends
     finally:
         owner._drain_calls()
-        owner.pool.shutdown()
+        owner.close()
 
 
 @contextmanager
@@ -619,7 +620,48 @@ def test_a_hand_over_cut_short_leaves_the_owner_sending_when_it_holds_the_shard_
         owner._flush()
         assert Send(room.pk, message.pk, 1) in owner.calling
     finally:
-        owner.pool.shutdown()
+        owner.close()
+
+
+def test_while_a_call_is_out_the_owner_sleeps_until_its_answer_wakes_it(
+    transactional_db: None, sandbox: SandboxClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In this process: the loop waits on RabbitMQ's socket, and the sending thread with
+    an answer wakes it. A loop that polled for answers every 2 ms woke ~250 times during
+    this half-second call, for nothing."""
+    sandbox.set_knobs("chat", latency_ms=500)
+    (room,) = make_rooms(1)
+    message = room_message_enqueue(room_id=room.pk, body="answered slowly")
+    owner = Owner(send_threads=1, balance_every=0)
+    reads_while_calling: list[int] = []
+    read = owner._read
+
+    def counted(connection: Any) -> None:
+        reads_while_calling.extend([1] if owner.calling else [])
+        read(connection)
+
+    monkeypatch.setattr(owner, "_read", counted)
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            owner.run(stop)
+        finally:
+            db_connection.close()  # this thread's
+
+    with override_settings(ROOMS_CHAT_API_URL=sandbox.url):
+        running = threading.Thread(target=run)
+        running.start()
+        try:
+            wait_for(lambda: RoomMessage.objects.filter(pk=message.pk, sent_at__isnull=False).exists(),
+                     "the platform's answer recorded", ROOMS_TIMEOUT)
+        finally:
+            stop.set()
+            running.join(ROOMS_TIMEOUT)
+    assert len(sandbox.received("chat")) == 1
+    # Woken by the 16 shards' ticks each second, by the answer, and at most every 50 ms
+    # when nothing comes (its longest wait): a few dozen at most.
+    assert 0 < len(reads_while_calling) < 60
 
 
 def test_inputs_delivered_to_an_owner_while_it_hands_a_shard_over_go_in_order_to_the_next_owner(
@@ -661,7 +703,7 @@ def test_inputs_delivered_to_an_owner_while_it_hands_a_shard_over_go_in_order_to
                 return len(read) >= count
 
             wait_for(all_read, "the next owner read the inputs", ROOMS_TIMEOUT)
-    owner.pool.shutdown()
+    owner.close()
 
     assert [body["owner"] for body in read] == [f"input-{n}" for n in range(count)]
     assert owner.inputs == []  # none applied by the owner that handed the shard over

@@ -34,7 +34,7 @@ def owner() -> Iterator[Owner]:
     try:
         yield owner
     finally:
-        owner.pool.shutdown()
+        owner.close()
 
 
 def in_flight(owner: Owner, room_id: int, sent_ago: float = 2.0) -> Send:
