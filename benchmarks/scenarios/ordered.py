@@ -12,7 +12,8 @@ Messages come as a burst per room (a room's messages one after the other, as a u
 types them), rooms one after the other. The first three phases enqueue everything at
 once: their messages/s are the sustained throughput at saturation, and their latencies
 include queueing behind the whole backlog. A fourth phase, ordered at a fixed rate
-(open loop: intended times fixed in advance) of half the saturated ordered throughput, measures the *overhead*
+(open loop: intended times fixed in advance) of half the saturated ordered throughput (or
+`--rate`), measures the *overhead*
 of a message: from the later of its intended enqueue time and the end of its
 predecessor (ack or timeout recorded) to the platform's answer for it (`sent_at`), i.e.
 what ordering costs beyond the wait for the previous ack. The platform's order counts come
@@ -235,7 +236,7 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
 
 def bench_ordered_scenario(
     *, rooms: int, messages_per_room: int, out: Path, quick: bool,
-    owners_running: Callable[[], AbstractContextManager[dict[str, int]]],
+    owners_running: Callable[[], AbstractContextManager[dict[str, int]]], paced_rate: float | None = None,
 ) -> dict[str, Any]:
     """Run the unordered baseline, the naive fix and ordered delivery (inside
     `owners_running()`, which starts the shard owners); write the results.
@@ -254,8 +255,9 @@ def bench_ordered_scenario(
     unordered = phases[0]
     with owners_running() as owners:
         ordered = bench_ordered(chat, rooms=rooms, messages_per_room=messages_per_room, timeout=timeout)
-        # Below saturation, so that the overhead is ordering's and not the backlog's.
-        paced_rate = max(1.0, ordered["messages_per_second"] / 2)
+        # Below saturation, so that the overhead is ordering's and not the backlog's; a
+        # rate given (--rate) compares runs at the same load.
+        paced_rate = paced_rate or max(1.0, ordered["messages_per_second"] / 2)
         paced_rooms = max(1, min(rooms, int(paced_rate * 60) // messages_per_room))  # about a minute
         paced = bench_ordered(chat, rooms=paced_rooms, messages_per_room=messages_per_room, timeout=timeout,
                               rate=paced_rate)
@@ -376,7 +378,8 @@ def ordered_scenario(options: Options) -> list[dict[str, Any]]:
         ), env=env, log_dir=LOG_DIR))
         ping.apply_async(queue="carillon.default").get(timeout=120)  # a worker is up
         summary = bench_ordered_scenario(rooms=rooms, messages_per_room=messages_per_room, out=options.out,
-                                         quick=options.quick, owners_running=owners_running)
+                                         quick=options.quick, owners_running=owners_running,
+                                         paced_rate=options.rate)
     finally:
         processes_stop(processes)
     for line in summary_lines(summary):
