@@ -516,10 +516,6 @@ class Owner:
             answered.append(outcome)
         for outcome in answered:
             self.outcomes.put(outcome)
-        try:
-            self.wake_write.send(b"\0")
-        except BlockingIOError:
-            pass  # the loop has wake-ups waiting already
 
     # -- timers and periodic work ------------------------------------------------------
 
