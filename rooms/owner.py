@@ -42,7 +42,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -96,6 +96,7 @@ class Outcome:
     send: Send
     kind: str  # "sent", "absent" (a lookup found nothing), "refused", "transient"
     value: str = ""  # the platform's message id, or the reason
+    at: datetime = field(default_factory=timezone.now)  # when the platform answered
 
 
 class Owner:
@@ -183,7 +184,10 @@ class Owner:
         ready()
         while not stop.is_set():
             self._read(connection)
+            # Answers before inputs: an ack read in this pass may be for a send whose
+            # answer is already here, and the send is recorded before its ack.
             self._take_outcomes()
+            self._apply_inputs()
             self._fire_timers()
             self._flush()
             self._periodic(connection)
@@ -224,7 +228,6 @@ class Owner:
                     connection.drain_events(timeout=0.0002)
             except TimeoutError:
                 pass
-        self._apply_inputs()
 
     def _idle_wait(self) -> float:
         if not self.machine.timers:
@@ -477,13 +480,19 @@ class Owner:
         except Exception as exc:  # noqa: BLE001 - the loop retries any other failure with backoff
             outcome = Outcome(send, "transient", str(exc) or type(exc).__name__)
         self.outcomes.put(outcome)
+        if outcome.kind == "sent":
+            # Only the record changes (when it was sent, the platform's id) and the ack
+            # timeout is armed from `at`: the loop takes it on its next pass (an input, a
+            # timer, 50 ms at most), and writes it with that pass's commit. Woken for it,
+            # the loop made a commit per send, and the saturated throughput fell by a
+            # fifth (bench ordered, 2,000 rooms: 85 against 104-112 messages/s).
+            return
         try:
             self.wake_write.send(b"\0")
         except BlockingIOError:
             pass  # the loop has wake-ups waiting already
 
     def _take_outcomes(self) -> None:
-        now = timezone.now()
         while True:
             try:
                 outcome = self.outcomes.get_nowait()
@@ -491,17 +500,17 @@ class Owner:
                 return
             self.calling.discard(outcome.send)
             if outcome.kind == "sent":
-                self.machine.sent(outcome.send, outcome.value, now)
+                self.machine.sent(outcome.send, outcome.value, outcome.at)
             elif outcome.kind == "absent":
                 self.machine.absent(outcome.send)
             elif outcome.kind == "refused":
                 logger.warning("room %s: message %s refused: %s", outcome.send.room_id, outcome.send.message_id,
                                outcome.value)
-                self.machine.refused(outcome.send, outcome.value, now)
+                self.machine.refused(outcome.send, outcome.value, outcome.at)
             else:
                 logger.warning("room %s: message %s not sent, to try again: %s", outcome.send.room_id,
                                outcome.send.message_id, outcome.value)
-                self.machine.failed_transiently(outcome.send, outcome.value, now)
+                self.machine.failed_transiently(outcome.send, outcome.value, outcome.at)
 
     def _drain_calls(self) -> None:
         """Wait for the platform calls in progress to answer (each is bounded by its
