@@ -32,7 +32,7 @@ from config.celery import app as critical_app
 from rooms.exceptions import RoomNotFoundError
 from rooms.machine import Send
 from rooms.models import ChatProvider, Room, RoomMessage, RoomShard
-from rooms.owner import Owner
+from rooms.owner import FencedError, Owner
 from rooms.services import enqueue
 from rooms.services.enqueue import room_create, room_message_enqueue
 from rooms.services.operator import room_message_retry, room_message_skip
@@ -229,9 +229,10 @@ def test_two_owners_share_the_shards_while_messages_flow_and_a_killed_one_s_shar
             shared.set()
         rounds = enqueuing.result()
     # (Which shards the first handed over, and in how many steps, depends on when it
-    # stopped counting the fixture's owner, stopped just before: only that it did.)
+    # stopped counting the fixture's owner, stopped just before: only that it did. So
+    # does the epoch the second takes one at: 3 if the fixture's owner had taken it.)
     assert "handed shard" in first.log()
-    assert re.search(r"took shard \d+ at epoch 2 \([1-9]\d* rooms with messages", second.log())
+    assert re.search(r"took shard \d+ at epoch \d+ \([1-9]\d* rooms with messages", second.log())
 
     first.kill()
     sandbox.set_knobs("chat", latency_ms=0, callback_delay_ms=30)
@@ -618,6 +619,32 @@ def test_a_hand_over_cut_short_leaves_the_owner_sending_when_it_holds_the_shard_
         owner._release()
         owner._take(room.shard)
         owner._flush()
+        assert Send(room.pk, message.pk, 1) in owner.calling
+    finally:
+        owner.close()
+
+
+def test_an_owner_whose_shard_was_taken_writes_nothing_and_calls_nothing(transactional_db: None) -> None:
+    """In this process: the group commit checks the shards' epochs in the transaction
+    that writes their rows. An owner whose shard another took since (a higher epoch)
+    raises, and neither the room nor its message changes; once it takes the shard
+    again, the same decision is written and the call made."""
+    (room,) = make_rooms(1)
+    message = room_message_enqueue(room_id=room.pk, body="fenced")
+    owner = Owner(send_threads=1)
+    try:
+        owner._take(room.shard)  # reads the room back: its queued message goes in flight
+        RoomShard.objects.filter(shard=room.shard).update(epoch=F("epoch") + 1)  # another owner took it
+        with pytest.raises(FencedError):
+            owner._flush()
+        assert owner.calling == set()
+        assert Room.objects.values_list("version", "in_flight_id").get(pk=room.pk) == (room.version, None)
+        assert RoomMessage.objects.values_list("status", "attempts").get(pk=message.pk) == (Status.QUEUED, 0)
+
+        owner._release()
+        owner._take(room.shard)
+        owner._flush()
+        assert Room.objects.values_list("version", "in_flight_id").get(pk=room.pk) == (room.version + 1, message.pk)
         assert Send(room.pk, message.pk, 1) in owner.calling
     finally:
         owner.close()
