@@ -40,9 +40,8 @@ import ssl
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -417,22 +416,15 @@ class Owner:
         record = self.machine.take_record()
         if record.shards:  # rows to write (a retry's send alone writes nothing)
             now = timezone.now()
-            rooms: dict[int, dict[str, Any]] = {room_id: {} for room_id in record.timeouts}
-            rooms.update(record.rooms)
             with transaction.atomic():
-                # The fence and the rows in one round trip, the commit in a second: a fenced
-                # owner's rows are rolled back with the FencedError, never committed.
-                with _one_round_trip():
-                    fence = _fence(now, {shard: self.epochs[shard] for shard in record.shards})
-                    messages = _rows_update(RoomMessage, record.messages)
-                    # `version` counts the writes of a room's state (shown by the room's API).
-                    rooms_written = _rows_update(Room, rooms, "version = version + 1, timeouts = timeouts + %s",
-                                                 lambda room_id: [record.timeouts.get(room_id, 0)])
-                fenced = _rows(fence) != len(record.shards)
-                written = _rows(rooms_written)
-                _rows(messages)
-                if fenced:
+                if _fence(now, {shard: self.epochs[shard] for shard in record.shards}) != len(record.shards):
                     raise FencedError(f"one of shards {sorted(record.shards)} was taken by another owner")
+                _rows_update(RoomMessage, record.messages)
+                rooms: dict[int, dict[str, Any]] = {room_id: {} for room_id in record.timeouts}
+                rooms.update(record.rooms)
+                # `version` counts the writes of a room's state (shown by the room's API).
+                written = _rows_update(Room, rooms, "version = version + 1, timeouts = timeouts + %s",
+                                       lambda room_id: [record.timeouts.get(room_id, 0)])
                 # Fewer rows than rooms: some were deleted (with their messages) while the
                 # owner held them. Every new send writes its room, so forgetting them here
                 # keeps the owner from sending their queued messages.
@@ -653,74 +645,52 @@ def _pending(messages: "QuerySet[RoomMessage]") -> list[dict[str, Any]]:
     return [dict(row) for row in rows]
 
 
-def _fence(now: datetime, epochs: dict[int, int]) -> list[Any]:
+def _fence(now: datetime, epochs: dict[int, int]) -> int:
     """Mark the shards written at `now` where each still has the epoch this owner took it
     at; return how many did. One statement for every shard a commit touches (a round trip
     each cost the loop more than the rows themselves), in plain SQL (the ORM's version of
-    it took a third of a small commit's time). Returns its cursor, for `_rows`."""
+    it took a third of a small commit's time)."""
     pairs = ", ".join(["(%s, %s)"] * len(epochs))
     table, quote = RoomShard._meta.db_table, db_connection.ops.quote_name
-    cursor = db_connection.cursor()
-    cursor.execute(
-        f"UPDATE {quote(table)} SET flushed_at = %s WHERE (shard, epoch) IN ({pairs})",  # noqa: S608
-        [RoomShard._meta.get_field("flushed_at").get_db_prep_save(now, db_connection),
-         *[value for pair in epochs.items() for value in pair]],
-    )
-    return [cursor]
-
-
-@contextmanager
-def _one_round_trip() -> Iterator[None]:
-    """Send the statements executed inside in one round trip on PostgreSQL (psycopg's
-    pipeline mode: their results come back at the end of the block, so row counts are
-    read after it, with `_rows`); one by one on SQLite, which has no round trips. The
-    group commit's five round trips (BEGIN, fence, messages, rooms, COMMIT) were most of
-    an owner's time waiting for PostgreSQL."""
-    if db_connection.vendor != "postgresql":
-        yield
-        return
-    # Errors that arrive at the end of the block are turned into Django's, as they are
-    # for a statement executed on its own (the owner lets go on a DatabaseError).
-    with db_connection.wrap_database_errors, db_connection.connection.pipeline():
-        yield
-
-
-def _rows(cursors: list[Any]) -> int:
-    """How many rows the statements of these cursors wrote; closes them."""
-    written = 0
-    for cursor in cursors:
-        written += cursor.rowcount  # for executemany, the sum over its rows, on SQLite and psycopg alike
-        cursor.close()
-    return written
+    with db_connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {quote(table)} SET flushed_at = %s WHERE (shard, epoch) IN ({pairs})",  # noqa: S608
+            [RoomShard._meta.get_field("flushed_at").get_db_prep_save(now, db_connection),
+             *[value for pair in epochs.items() for value in pair]],
+        )
+        return int(cursor.rowcount)
 
 
 def _rows_update(
     model: Any, changes: dict[int, dict[str, Any]], extra_sql: str = "",
     extra_params: Callable[[int], list[Any]] = lambda pk: [],
-) -> list[Any]:
+) -> int:
     """Write each row's changed fields: one statement per set of fields changed together,
-    executed for all its rows at once. Plain SQL: building the same UPDATEs as ORM
-    expressions (bulk_update's CASE per field and row) took three quarters of an owner's
-    CPU. Returns a cursor per statement (their results may not be in yet), for `_rows`."""
+    executed for all its rows at once (pipelined on PostgreSQL). Plain SQL: building the
+    same UPDATEs as ORM expressions (bulk_update's CASE per field and row) took three
+    quarters of an owner's CPU. Return how many rows were written."""
     groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for pk, changed in changes.items():
         groups[tuple(sorted(changed))].append(pk)
     quote = db_connection.ops.quote_name
-    cursors = []
-    for names, pks in groups.items():
-        fields: list[Any] = [model._meta.get_field(name) for name in names]  # "in_flight_id" finds in_flight
-        assignments = [f"{quote(field.column)} = %s" for field in fields] + ([extra_sql] if extra_sql else [])
-        # Identifiers from the model's metadata, every value a parameter.
-        sql = f"UPDATE {quote(model._meta.db_table)} SET {', '.join(assignments)} WHERE id = %s"  # noqa: S608
-        rows = [
-            [field.get_db_prep_save(changes[pk][name], db_connection)
-             for name, field in zip(names, fields, strict=True)] + extra_params(pk) + [pk]
-            for pk in pks
-        ]
-        cursor = db_connection.cursor()
-        cursors.append(cursor)
-        if len(rows) == 1:  # the common case below saturation: cheaper than executemany's batch
-            cursor.execute(sql, rows[0])
-        else:
-            cursor.executemany(sql, rows)
-    return cursors
+    written = 0
+    with db_connection.cursor() as cursor:
+        for names, pks in groups.items():
+            fields: list[Any] = [model._meta.get_field(name) for name in names]  # "in_flight_id" finds in_flight
+            assignments = [f"{quote(field.column)} = %s" for field in fields] + ([extra_sql] if extra_sql else [])
+            # Identifiers from the model's metadata, every value a parameter.
+            sql = f"UPDATE {quote(model._meta.db_table)} SET {', '.join(assignments)} WHERE id = %s"  # noqa: S608
+            rows = [
+                [field.get_db_prep_save(changes[pk][name], db_connection)
+                 for name, field in zip(names, fields, strict=True)] + extra_params(pk) + [pk]
+                for pk in pks
+            ]
+            # A row alone (the common case below saturation) is cheaper without the
+            # pipeline psycopg sets up for executemany.
+            if len(rows) == 1:
+                cursor.execute(sql, rows[0])
+            else:
+                cursor.executemany(sql, rows)
+            # The sum over the rows for executemany, on SQLite and on psycopg alike.
+            written += cursor.rowcount
+    return written
