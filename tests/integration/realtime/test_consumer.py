@@ -4,9 +4,11 @@ import asyncio
 import contextlib
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
+from django.db import connections
 
 from realtime.auth import realtime_token_create
 from realtime.consumers import CLOSE_BAD_FRAME, RealtimeConsumer
@@ -64,6 +66,10 @@ def test_a_connection_cancelled_while_subscribing_leaves_nothing_in_the_hub() ->
         with contextlib.suppress(asyncio.CancelledError):
             await application
         await asyncio.sleep(0)  # the cancelled writer task finishes
+        # The token's user was read through Django's async ORM, on asgiref's own thread:
+        # close that thread's connection, or it outlives the session and PostgreSQL
+        # refuses to drop the test database at the end.
+        await sync_to_async(connections.close_all)()
         return hub, sent
 
     hub, sent = asyncio.run(scenario())
