@@ -12,7 +12,6 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from realtime.auth import SessionUserMiddleware  # noqa: E402
 from realtime.connections import TransportBacklogMiddleware  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 from rooms.api.receiver import ChatAckReceiver  # noqa: E402
@@ -24,7 +23,7 @@ application = ProtocolTypeRouter(
     {
         "http": TransportBacklogMiddleware(ChatAckReceiver(django_asgi_app)),
         "websocket": TransportBacklogMiddleware(
-            AllowedHostsOriginValidator(SessionUserMiddleware(URLRouter(websocket_urlpatterns)))
+            AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns))
         ),
     }
 )

@@ -3,7 +3,7 @@
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -19,14 +19,16 @@ logger = logging.getLogger(__name__)
 MAX_TOPICS_PER_CONNECTION = 100
 
 
-async def connection_user_id(*, user: Any, token: str | None) -> int | None:
-    """The user a connection acts for: a token wins over the session; None when anonymous."""
+async def connection_user_id(*, session_user: Callable[[], Awaitable[Any]], token: str | None) -> int | None:
+    """The user a connection acts for: a token wins over the session (read only without a
+    token); None when anonymous. Both read the database: its errors reach the caller."""
     if token is not None:
         user_id = realtime_token_user_id(token)
         if not await get_user_model().objects.filter(pk=user_id, is_active=True).aexists():
             raise InvalidToken("the token's user no longer exists or is inactive")
         return user_id
-    if user is not None and user.is_authenticated:
+    user = await session_user()
+    if user.is_authenticated:
         return int(user.pk)
     return None
 

@@ -8,6 +8,7 @@ Server frames: `message` {topic, id, event, data}, `subscribed` {topic, id},
 """
 
 import asyncio
+import functools
 import logging
 from typing import Any
 from urllib.parse import parse_qs
@@ -17,8 +18,10 @@ from channels.db import aclose_old_connections
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from core.middleware import DATABASE_UNREACHABLE
 from core.parsers import json_loads
 from core.parsing import MAX_ID
+from realtime.auth import websocket_session_user
 from realtime.connections import (
     MAX_TOPICS_PER_CONNECTION,
     connection_user_id,
@@ -37,6 +40,8 @@ CLOSE_BAD_FRAME = 4400
 CLOSE_BAD_TOKEN = 4401
 CLOSE_NOT_FOUND = 4404
 CLOSE_SLOW_CONSUMER = 4408
+# HTTP's 503 in the application's range: the WebSocket server may send only 1000 or 3000-4999.
+CLOSE_UNAVAILABLE = 4503
 MAX_FRAME_BYTES = 4096
 
 
@@ -77,8 +82,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels closes stale database connections before every message it dispatches,
         a hop to its database thread and back per client frame (21 % of daphne's CPU during
-        a connection ramp, py-spy). Only the connect touches the database here (the token's
-        user), so only the connect pays for it."""
+        a connection ramp, py-spy). Only the connect touches the database here (who is
+        connecting), so only the connect pays for it."""
         if message["type"] == "websocket.connect":
             await aclose_old_connections()
         handler = getattr(self, get_handler_name(message), None)
@@ -93,11 +98,20 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         token = parse_qs(self.scope.get("query_string", b"").decode()).get("token", [None])[0]
         await self.accept()
         try:
-            self.user_id = await connection_user_id(user=self.scope.get("user"), token=token)
+            self.user_id = await connection_user_id(
+                session_user=functools.partial(websocket_session_user, self.scope), token=token
+            )
         except InvalidToken as exc:
             logger.info("websocket refused: %s", exc)
             self.closing = True
             await self.close(code=CLOSE_BAD_TOKEN, reason=str(exc)[:120])
+            return
+        except DATABASE_UNREACHABLE as exc:
+            # Who is connecting cannot be read just now (the database down or restarting):
+            # a refusal the client retries after a moment, not an internal error (1011).
+            logger.warning("websocket refused: database unreachable: %s", exc)
+            self.closing = True
+            await self.close(code=CLOSE_UNAVAILABLE, reason="database unreachable: reconnect in a few seconds")
             return
         self.writer = asyncio.create_task(self._write_loop())
         self.hub = get_hub()

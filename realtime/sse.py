@@ -141,9 +141,7 @@ class SseConnection:
 async def events(request: HttpRequest) -> HttpResponseBase:
     """Stream the requested topics; 400/401/403 with a JSON body when it cannot."""
     try:
-        user_id = await connection_user_id(
-            user=await request.auser(), token=request.GET.get("token")
-        )
+        user_id = await connection_user_id(session_user=request.auser, token=request.GET.get("token"))
     except InvalidToken as exc:
         return application_error_response(exc)
     names = request.GET.getlist("topic")

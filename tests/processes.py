@@ -13,7 +13,7 @@ from django.conf import settings
 from core.processes import ManagedProcess as BaseManagedProcess
 from core.processes import free_port, processes_stop, python
 
-__all__ = ["ManagedProcess", "free_port", "processes_stop", "python", "rabbitmqctl", "subprocess_database_url", "wait_for", "await_for"]
+__all__ = ["ManagedProcess", "free_port", "processes_stop", "python", "postgres_ctl", "rabbitmqctl", "subprocess_database_url", "wait_for", "await_for"]
 
 T = TypeVar("T")
 
@@ -73,3 +73,15 @@ def rabbitmqctl(*args: str) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr}")
     return result.stdout
+
+
+def postgres_ctl(action: str) -> None:
+    """`pg_ctl stop` or `restart` on the suite's own PostgreSQL (platform/test names its
+    directory); `restart` also starts a stopped server with the options it last had."""
+    script = f'source platform/lib.sh && as_service_user postgres "$(postgres_bin)/pg_ctl" -D "$1" -l "$1/server.log" -m fast -w {action}'
+    result = subprocess.run(
+        ["bash", "-c", script, "pg_ctl", os.environ["CARILLON_TEST_POSTGRES_DIR"]],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"pg_ctl {action} failed: {result.stdout} {result.stderr}")

@@ -1,6 +1,7 @@
 """Integration fixtures: the real RabbitMQ, Redis and database started by platform/test,
 and Carillon's own processes started here."""
 
+import asyncio
 import os
 import socket
 from collections.abc import Callable, Iterable, Iterator
@@ -9,6 +10,8 @@ from typing import Any
 
 import pytest
 import requests
+from asgiref.sync import sync_to_async
+from django.db import connections
 from django.test import override_settings
 
 from sandbox.client import SandboxClient
@@ -23,6 +26,16 @@ def _require_services() -> None:
             "(it passes its arguments to pytest, e.g. ./platform/test tests/integration -k sandbox)",
             pytrace=False,
         )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _async_orm_connection_closed(django_db_setup: None) -> Iterator[None]:
+    """A test that runs its own event loop and reads the database from it (a consumer run
+    in-process, Django's async ORM) does so on asgiref's one database thread, whose
+    connection nothing else closes: close it before the test database is dropped, which
+    PostgreSQL refuses while any session is open on it."""
+    yield
+    asyncio.run(sync_to_async(connections.close_all)())
 
 
 def _answers(url: str) -> bool:
@@ -380,3 +393,4 @@ def second_daphne_url(django_db_setup: None) -> Iterator[str]:
     process, url = start_daphne("daphne-2")
     yield url
     process.stop()
+

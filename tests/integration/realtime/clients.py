@@ -24,8 +24,8 @@ class WsClient:
         self.ws = ws
 
     @classmethod
-    async def connect(cls, base_url: str, token: str | None = None) -> "WsClient":
-        session = aiohttp.ClientSession()
+    async def connect(cls, base_url: str, token: str | None = None, cookies: dict[str, str] | None = None) -> "WsClient":
+        session = aiohttp.ClientSession(cookies=cookies)
         query = f"?token={token}" if token else ""
         ws = await session.ws_connect(
             base_url.replace("http", "ws", 1) + "/ws/" + query, origin=base_url

@@ -4,11 +4,8 @@ import asyncio
 import contextlib
 
 import pytest
-from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AnonymousUser
-from django.db import connections
 
 from realtime.auth import realtime_token_create
 from realtime.consumers import CLOSE_BAD_FRAME, RealtimeConsumer
@@ -21,7 +18,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True), 
 def test_anonymous_is_refused_with_a_frame_and_garbage_closes_with_4400() -> None:
     async def scenario() -> tuple[dict, dict]:
         communicator = WebsocketCommunicator(RealtimeConsumer.as_asgi(), "/ws/")
-        communicator.scope["user"] = AnonymousUser()
         connected, _ = await communicator.connect()
         assert connected
         await communicator.send_json_to({"type": "subscribe", "topic": "room:lobby"})
@@ -53,7 +49,7 @@ def test_a_connection_cancelled_while_subscribing_leaves_nothing_in_the_hub() ->
             sent.append(message)
 
         scope = {"type": "websocket", "path": "/ws/", "query_string": f"token={token}".encode(),
-                 "headers": [], "subprotocols": [], "user": AnonymousUser()}
+                 "headers": [], "subprotocols": []}
         application = asyncio.create_task(RealtimeConsumer.as_asgi()(scope, inbox.get, send))
         await inbox.put({"type": "websocket.connect"})
         await inbox.put({"type": "websocket.receive", "text": '{"type": "subscribe", "topic": "room:cancel"}'})
@@ -66,10 +62,6 @@ def test_a_connection_cancelled_while_subscribing_leaves_nothing_in_the_hub() ->
         with contextlib.suppress(asyncio.CancelledError):
             await application
         await asyncio.sleep(0)  # the cancelled writer task finishes
-        # The token's user was read through Django's async ORM, on asgiref's own thread:
-        # close that thread's connection, or it outlives the session and PostgreSQL
-        # refuses to drop the test database at the end.
-        await sync_to_async(connections.close_all)()
         return hub, sent
 
     hub, sent = asyncio.run(scenario())
