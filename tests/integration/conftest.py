@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 import requests
+from amqp.exceptions import NotFound
 from asgiref.sync import sync_to_async
 from django.db import connections
 from django.test import override_settings
+from kombu.transport.native_delayed_delivery import MAX_LEVEL, level_name
 
 from sandbox.client import SandboxClient
 from tests.processes import ManagedProcess, free_port, python, wait_for
@@ -184,30 +186,54 @@ def pipeline_env(sandbox: SandboxClient, session_pipeline_env: dict[str, str]) -
     return dict(session_pipeline_env)
 
 
-def _channel_queue_counts() -> dict[str, tuple[int, int]]:
-    """Messages ready in each channel queue now, and its consumers (a passive declare
-    counts them live, where the management API's numbers are up to seconds old)."""
+# Celery's native delayed delivery: a message published with a countdown (a retry, a
+# put-off analytics delivery waiting for its batch) waits inside RabbitMQ in these queues,
+# where neither the channel queues nor the worker count it.
+DELAYED_QUEUES = [level_name(level) for level in range(MAX_LEVEL + 1)]
+
+
+def _queue_counts(names: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """Messages ready in each queue now, and its consumers (a passive declare counts them
+    live, where the management API's numbers are up to seconds old); (0, 0) for a queue
+    not declared yet (delayed queues exist once a worker declared them)."""
     from config.celery import app as critical_app
     from notifications.queues import topology_declare
 
     with critical_app.connection_for_write() as connection:
         topology_declare(connection)  # a fresh broker has none until a worker starts
-        channel = connection.default_channel
+        channel = connection.channel()
         counts = {}
-        for name in EVERY_CHANNEL_QUEUE.split(","):
-            declared = channel.queue_declare(queue=name, passive=True)
-            counts[name] = (declared.message_count, declared.consumer_count)
+        for name in names:
+            try:
+                declared = channel.queue_declare(queue=name, passive=True)
+            except NotFound:
+                counts[name] = (0, 0)
+                channel = connection.channel()  # RabbitMQ closed the one that asked
+            else:
+                counts[name] = (declared.message_count, declared.consumer_count)
+        channel.close()
         return counts
 
 
+def _channel_queue_counts() -> dict[str, tuple[int, int]]:
+    return _queue_counts(EVERY_CHANNEL_QUEUE.split(","))
+
+
 def _channel_queues_purge() -> None:
+    """Empty the channel queues and the delayed ones: nothing of an earlier test reaches
+    the next one's worker, not even a retry that was waiting out its countdown."""
     from config.celery import app as critical_app
     from notifications.queues import topology_declare
 
     with critical_app.connection_for_write() as connection:
         topology_declare(connection)
-        for name in EVERY_CHANNEL_QUEUE.split(","):
-            connection.default_channel.queue_purge(name)
+        channel = connection.channel()
+        for name in [*EVERY_CHANNEL_QUEUE.split(","), *DELAYED_QUEUES]:
+            try:
+                channel.queue_purge(name)
+            except NotFound:
+                channel = connection.channel()
+        channel.close()
 
 
 def channel_workers_kill(workers: Iterable[ManagedProcess]) -> None:
@@ -242,14 +268,13 @@ def _worker_busy(hostname: str) -> bool:
 
 
 def pipeline_settled(worker: CeleryWorker) -> bool:
-    """Nothing of the pipeline is left to happen: the channel queues are empty, `worker`
-    holds no task, and every delivery is final (a retry waiting in RabbitMQ's delayed
-    queues keeps its delivery pending or sending)."""
+    """Nothing of the pipeline is left to happen: the channel queues and the delayed ones
+    are empty, `worker` holds no task, and every delivery is final."""
     from notifications.models import Delivery
 
     unfinished = Delivery.objects.filter(status__in=[Delivery.Status.PENDING, Delivery.Status.SENDING])
     return (
-        not any(messages for messages, _ in _channel_queue_counts().values())
+        not any(messages for messages, _ in _queue_counts([*EVERY_CHANNEL_QUEUE.split(","), *DELAYED_QUEUES]).values())
         and not _worker_busy(worker.hostname)
         and not unfinished.exists()
     )
