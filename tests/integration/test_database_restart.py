@@ -1,6 +1,7 @@
 """PostgreSQL restarted under a running daphne and worker: while it is down every request
-gets an answer to retry (503, a WebSocket close code), and once it is back the first
-request of each kind works, with no restart of Carillon's processes."""
+gets an answer to retry (503, a WebSocket close code), a send under way is neither lost
+nor repeated, and once it is back the first request of each kind works, with no restart
+of Carillon's processes."""
 
 import asyncio
 import os
@@ -10,17 +11,19 @@ import pytest
 import requests
 from django.conf import settings
 from django.contrib.auth.models import Permission
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
+from notifications.models import Delivery
+from notifications.services.events import event_publish
 from realtime.auth import realtime_token_create
 from realtime.consumers import CLOSE_UNAVAILABLE
 from sandbox.client import SandboxClient
 from tests.integration.conftest import CeleryWorker, wait_until_settled
 from tests.integration.realtime.clients import WsClient
-from tests.integration.test_pipeline import make_user
-from tests.processes import postgres_ctl
+from tests.integration.test_pipeline import RESET_URL, make_user, statuses
+from tests.processes import postgres_ctl, wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -96,3 +99,29 @@ def test_postgresql_restarted_under_daphne_and_a_worker(
     sandbox.wait_for("email", 2)
     wait_until_settled(pipeline_worker)
     assert len(sandbox.received("email")) == 2  # one per accepted publish: none lost, none twice
+
+
+def test_postgresql_stopped_while_a_send_is_under_way_loses_it_not_and_repeats_it_not(
+    pipeline_worker: CeleryWorker, pipeline_settings: None, sandbox: SandboxClient
+) -> None:
+    user = make_user("pg-in-flight", "+15551230102")
+    # The SMS takes 2 s at Twilio: PostgreSQL stops while it is under way, so the worker
+    # cannot record what Twilio answered. No status callback: only asking Twilio, once the
+    # database is back, can tell the retry that the first attempt went through.
+    sandbox.set_knobs("sms", latency_ms=2000, callback_loss_rate=1.0)
+    with transaction.atomic():
+        event = event_publish(type="password.reset_requested", data={"user_id": user.pk, "reset_url": RESET_URL})
+    wait_for(lambda: sandbox.inbox("sms")["in_flight"], "the sms request at Twilio")
+
+    postgres_ctl("stop")
+    try:
+        sandbox.wait_for("sms", 1)  # Twilio took it while the worker could not write
+        pipeline_worker.wait_for_log(f"security_sms for event {event.id}): ")  # its retry, put off
+    finally:
+        postgres_ctl("restart")
+    connections.close_all()
+
+    wait_for(lambda: statuses(event) == {"security_sms": "sent", "transactional_email": "sent"}, "both sent")
+    wait_until_settled(pipeline_worker)
+    assert Delivery.objects.get(event=event, subscriber="security_sms").provider_response == {"recovered": True}
+    assert (len(sandbox.received("sms")), len(sandbox.received("email"))) == (1, 1)
