@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from django.http.response import HttpResponseBase
 from rest_framework import exceptions
@@ -18,6 +19,10 @@ from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler
 
 logger = logging.getLogger(__name__)
+
+# The database's errors of the moment (unreachable, restarting, out of connections, a lock
+# held too long): the same request, task or pass a few seconds later may succeed.
+DATABASE_UNREACHABLE = (OperationalError, InterfaceError)
 
 
 class ApplicationError(Exception):

@@ -4,18 +4,14 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.urls import is_valid_path
 
-from core.errors import error_response, http_error_response
+from core.errors import DATABASE_UNREACHABLE, error_response, http_error_response
 
 # The paths the OpenAPI schema documents: /events/ is the SSE stream, JSON when it refuses.
 API_PREFIXES = ("/api/", "/events/")
-# The database's errors of the moment (unreachable, restarting, out of connections, a lock
-# held too long): the same request a few seconds later may succeed.
-DATABASE_UNREACHABLE = (OperationalError, InterfaceError)
 DATABASE_RETRY_AFTER_SECONDS = 5
 
 logger = logging.getLogger(__name__)

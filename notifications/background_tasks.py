@@ -10,11 +10,10 @@ import traceback
 from typing import Any
 
 from celery.signals import task_failure
-from django.db import InterfaceError, OperationalError
 
 from config.background import app
 from config.task_routing import BACKGROUND_QUEUE
-from core.errors import ProviderTransientError
+from core.errors import DATABASE_UNREACHABLE, ProviderTransientError
 from notifications.cleanup import cleanup_run
 from notifications.dead_letters import dead_letter_drain
 from notifications.digests import (
@@ -27,7 +26,7 @@ from notifications.services.failed_jobs import failed_job_record
 
 logger = logging.getLogger(__name__)
 
-TRANSIENT_ERRORS = (ProviderTransientError, OperationalError, InterfaceError)
+TRANSIENT_ERRORS = (ProviderTransientError, *DATABASE_UNREACHABLE)
 
 
 @task_failure.connect

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from functools import partial
 
 from django.conf import settings
+from django.db import connection as db_connection
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -17,6 +18,7 @@ from kombu.exceptions import KombuError, OperationalError
 
 from config.celery import app as critical_app
 from core.confirms import ConfirmedPublisher
+from core.errors import DATABASE_UNREACHABLE
 from notifications.models import OutboxMessage
 from notifications.queues import EVENTS_EXCHANGE, topology_declare
 
@@ -167,11 +169,22 @@ def outbox_relay_once(*, limit: int = 100) -> tuple[int, int]:
 
 
 def outbox_relay_forever(*, poll_seconds: float = 1.0, stop: threading.Event | None = None) -> None:
-    """Run relay passes until `stop` is set, backing off while the broker is down."""
+    """Run relay passes until `stop` is set, backing off while the broker or the
+    database is down."""
     stop = stop or threading.Event()
     backoff = poll_seconds
     while not stop.is_set():
-        claimed, published = outbox_relay_once()
+        try:
+            claimed, published = outbox_relay_once()
+        except DATABASE_UNREACHABLE as exc:
+            # PostgreSQL restarting or failing over: the rows wait in it, nothing is lost.
+            # Exiting would stop every process run beside this one (honcho); the next
+            # pass opens a new connection instead of reusing the dead one.
+            db_connection.close()
+            backoff = min(backoff * 2, RELAY_BACKOFF_MAX_SECONDS)
+            logger.warning("relay: database unreachable (%s); next pass in %.1fs", exc, backoff)
+            stop.wait(backoff)
+            continue
         if published:
             logger.info("relay: published %d outbox rows", published)
         if published < claimed:  # the broker refused: wait longer each time

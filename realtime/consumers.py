@@ -18,7 +18,7 @@ from channels.db import aclose_old_connections
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from core.middleware import DATABASE_UNREACHABLE
+from core.errors import DATABASE_UNREACHABLE
 from core.parsers import json_loads
 from core.parsing import MAX_ID
 from realtime.auth import websocket_session_user

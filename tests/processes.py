@@ -8,12 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import pytest
 from django.conf import settings
+from django.db import connection as db_connection
+from django.db import connections as db_connections
 
 from core.processes import ManagedProcess as BaseManagedProcess
 from core.processes import free_port, processes_stop, python
 
-__all__ = ["ManagedProcess", "free_port", "processes_stop", "python", "postgres_ctl", "rabbitmqctl", "subprocess_database_url", "wait_for", "await_for"]
+__all__ = ["ManagedProcess", "free_port", "processes_stop", "python", "needs_own_postgres", "postgres_ctl", "rabbitmqctl", "subprocess_database_url", "wait_for", "await_for"]
 
 T = TypeVar("T")
 
@@ -75,9 +78,18 @@ def rabbitmqctl(*args: str) -> str:
     return result.stdout
 
 
+# For a test that stops the database under Carillon's processes: only in platform/test's
+# PostgreSQL pass (SQLite is embedded, and a developer's own PostgreSQL is not ours to stop).
+needs_own_postgres = pytest.mark.skipif(
+    db_connection.vendor != "postgresql" or not os.environ.get("CARILLON_TEST_POSTGRES_DIR"),
+    reason="stops the suite's own PostgreSQL (platform/test's PostgreSQL pass)",
+)
+
+
 def postgres_ctl(action: str) -> None:
     """`pg_ctl stop` or `restart` on the suite's own PostgreSQL (platform/test names its
-    directory); `restart` also starts a stopped server with the options it last had."""
+    directory); `restart` also starts a stopped server with the options it last had. This
+    process's own connections die with the server: they are closed, to open anew."""
     script = f'source platform/lib.sh && as_service_user postgres "$(postgres_bin)/pg_ctl" -D "$1" -l "$1/server.log" -m fast -w {action}'
     result = subprocess.run(
         ["bash", "-c", script, "pg_ctl", os.environ["CARILLON_TEST_POSTGRES_DIR"]],
@@ -85,3 +97,4 @@ def postgres_ctl(action: str) -> None:
     )
     if result.returncode != 0:
         raise RuntimeError(f"pg_ctl {action} failed: {result.stdout} {result.stderr}")
+    db_connections.close_all()

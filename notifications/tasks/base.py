@@ -8,9 +8,8 @@ import traceback
 from celery import Task
 from celery.exceptions import Reject
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
 
-from core.errors import ProviderTransientError
+from core.errors import DATABASE_UNREACHABLE, ProviderTransientError
 from core.send_rate import SendRateExceeded
 from notifications.exceptions import BatchPending
 from notifications.services.deliveries import delivery_send
@@ -19,7 +18,7 @@ from notifications.services.failed_jobs import failed_job_record
 logger = logging.getLogger(__name__)
 
 # Worth retrying: the provider or our own database was briefly unavailable.
-TRANSIENT_ERRORS = (ProviderTransientError, OperationalError, InterfaceError)
+TRANSIENT_ERRORS = (ProviderTransientError, *DATABASE_UNREACHABLE)
 
 
 def retry_countdown(retries: int) -> int:

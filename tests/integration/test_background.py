@@ -40,7 +40,7 @@ from notifications.models import (
 from realtime.history import history_trim_expired
 from sandbox.client import SandboxClient
 from tests.factories import recipient_user
-from tests.processes import ManagedProcess, python, wait_for
+from tests.processes import ManagedProcess, needs_own_postgres, postgres_ctl, python, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -179,6 +179,28 @@ def test_schedule_changed_in_the_admin_takes_effect_without_restarting_beat(
     assert enabled.status_code == paused.status_code == 302
     assert len(queued(redis_db, "probe")) == sent_before_pause  # paused: nothing more
     assert beat.process.poll() is None  # the same process throughout
+
+
+@needs_own_postgres
+def test_beat_sends_on_after_postgresql_restarts(start_beat: Callable[..., ManagedProcess], redis_db: int) -> None:
+    every_second("ticker")
+    beat = start_beat("beat-postgres-restart")
+    wait_for(lambda: queued(redis_db, "ticker"), "beat sends")
+    logged = len(beat.log())
+
+    postgres_ctl("stop")
+    try:
+        # Beat reads the schedule and saves each run's time as it sends, every second here.
+        wait_for(lambda: "Database" in beat.log()[logged:] or beat.process.poll() is not None,
+                 "beat meets the database gone")
+    finally:
+        postgres_ctl("restart")
+    ticks = len(queued(redis_db, "ticker"))
+
+    wait_for(lambda: len(queued(redis_db, "ticker")) >= ticks + 3 or beat.process.poll() is not None,
+             "three more ticks")
+    assert beat.process.poll() is None, beat.log()[logged:]
+    assert len(queued(redis_db, "ticker")) >= ticks + 3
 
 
 def test_a_one_off_schedule_runs_once(start_beat: Callable[..., ManagedProcess], redis_db: int) -> None:

@@ -4,17 +4,17 @@ nor repeated, and once it is back the first request of each kind works, with no 
 of Carillon's processes."""
 
 import asyncio
-import os
 from typing import Any
 
 import pytest
 import requests
 from django.conf import settings
 from django.contrib.auth.models import Permission
-from django.db import connection, connections, transaction
+from django.db import transaction
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
+from notifications import relay
 from notifications.models import Delivery
 from notifications.services.events import event_publish
 from realtime.auth import realtime_token_create
@@ -23,15 +23,12 @@ from sandbox.client import SandboxClient
 from tests.integration.conftest import CeleryWorker, wait_until_settled
 from tests.integration.realtime.clients import WsClient
 from tests.integration.test_pipeline import RESET_URL, make_user, statuses
-from tests.processes import postgres_ctl, wait_for
+from tests.processes import ManagedProcess, needs_own_postgres, postgres_ctl, wait_for
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(
-        connection.vendor != "postgresql" or not os.environ.get("CARILLON_TEST_POSTGRES_DIR"),
-        reason="restarts the suite's own PostgreSQL (platform/test's PostgreSQL pass)",
-    ),
+    needs_own_postgres,
 ]
 
 
@@ -90,7 +87,6 @@ def test_postgresql_restarted_under_daphne_and_a_worker(
         assert asyncio.run(close_code(daphne_url, cookies=session)) == CLOSE_UNAVAILABLE
     finally:
         postgres_ctl("restart")
-    connections.close_all()  # this process's own, opened before the restart
 
     # The first request of each kind after the restart works: the token's user read again,
     # the publish, the worker's deliveries, the live push.
@@ -119,9 +115,29 @@ def test_postgresql_stopped_while_a_send_is_under_way_loses_it_not_and_repeats_i
         pipeline_worker.wait_for_log(f"security_sms for event {event.id}): ")  # its retry, put off
     finally:
         postgres_ctl("restart")
-    connections.close_all()
 
     wait_for(lambda: statuses(event) == {"security_sms": "sent", "transactional_email": "sent"}, "both sent")
     wait_until_settled(pipeline_worker)
     assert Delivery.objects.get(event=event, subscriber="security_sms").provider_response == {"recovered": True}
     assert (len(sandbox.received("sms")), len(sandbox.received("email"))) == (1, 1)
+
+
+def test_the_relay_goes_on_after_postgresql_restarts(
+    relay_process: ManagedProcess, pipeline_worker: CeleryWorker, pipeline_settings: None,
+    sandbox: SandboxClient, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    user = make_user("pg-relay", "+15551230103")
+    postgres_ctl("stop")
+    try:
+        relay_process.wait_for_log("relay: database unreachable", timeout=15)
+    finally:
+        postgres_ctl("restart")
+
+    # An event whose rows only the relay can publish (the fast path paused, as after a
+    # broker error): the relay that lived through the restart publishes them.
+    monkeypatch.setattr(relay, "_fast_path_paused_until", float("inf"))
+    with transaction.atomic():
+        event = event_publish(type="account.created", data={"user_id": user.pk})
+    wait_for(lambda: set(statuses(event).values()) == {"sent"}, "the relay's rows delivered")
+    assert relay_process.process.poll() is None
+    sandbox.wait_for("email", 1)
