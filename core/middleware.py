@@ -1,10 +1,11 @@
-"""Every answer under /api/ (and of the SSE stream) is JSON, whatever part of Django gives it."""
+"""Every answer under /api/ (and of the SSE stream) is JSON, whatever part of Django gives
+it; a database out of reach is a 503 to retry, on every path."""
 
 import logging
 from collections.abc import Awaitable, Callable
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.urls import is_valid_path
 
@@ -66,14 +67,17 @@ class ApiErrorMiddleware:
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponseBase | None:
         """A database out of reach (down, restarting, or out of connections) is a moment's
-        unavailability the client may retry, not an unexpected error: 503 with Retry-After."""
-        if not request.path_info.startswith(API_PREFIXES) or not isinstance(exception, DATABASE_UNREACHABLE):
+        unavailability the client may retry, not an unexpected error: 503 with Retry-After,
+        the error body under the API, plain text on pages (the admin, the live page)."""
+        if not isinstance(exception, DATABASE_UNREACHABLE):
             return None
         logger.warning("%s %s: database unreachable: %s", request.method, request.path_info, exception)
-        return error_response(
-            "unavailable", "the service cannot reach its database just now; retry in a few seconds",
-            status=503, headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
-        )
+        message = "the service cannot reach its database just now; retry in a few seconds"
+        headers = {"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)}
+        if not request.path_info.startswith(API_PREFIXES):
+            return HttpResponse(message.capitalize() + ".", status=503, headers=headers,
+                                content_type="text/plain; charset=utf-8")
+        return error_response("unavailable", message, status=503, headers=headers)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         if not request.path_info.startswith(API_PREFIXES):

@@ -85,6 +85,8 @@ def test_postgresql_restarted_under_daphne_and_a_worker(
         assert (stream.status_code, stream.json()["error"]) == (503, "unavailable")
         assert asyncio.run(close_code(daphne_url, realtime_token)) == CLOSE_UNAVAILABLE
         assert asyncio.run(close_code(daphne_url, cookies=session)) == CLOSE_UNAVAILABLE
+        page = requests.get(f"{daphne_url}/admin/", cookies=session, timeout=15, allow_redirects=False)
+        assert (page.status_code, page.headers["Retry-After"]) == (503, "5")
     finally:
         postgres_ctl("restart")
 

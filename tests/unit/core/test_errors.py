@@ -175,6 +175,7 @@ def _database_gone(request: HttpRequest) -> HttpResponse:
 urlpatterns = [
     path("api/explode/", _explode),
     path("api/database-gone/", _database_gone),
+    path("database-gone/", _database_gone),
     path("", include("config.urls")),
 ]
 
@@ -202,6 +203,15 @@ def test_a_database_out_of_reach_answers_unavailable_to_retry(handler: str) -> N
 
     body = assert_error(response, 503, "unavailable")
     assert response["Retry-After"] == "5" and "clients" not in body["message"]
+
+
+@pytest.mark.urls(__name__)
+def test_a_page_whose_database_is_out_of_reach_answers_503_to_retry_too() -> None:
+    # The admin or the live page while PostgreSQL restarts: not Django's "Server Error (500)".
+    response = Client(raise_request_exception=False).get("/database-gone/")
+
+    assert (response.status_code, response["Retry-After"]) == (503, "5")
+    assert response["Content-Type"].startswith("text/plain") and b"retry" in response.content
 
 
 def test_the_event_stream_answers_other_methods_with_json_405(staff: Client) -> None:
