@@ -163,6 +163,9 @@ CELERY_TASK_ROUTES: dict[str, dict[str, str]] = {}
 # The background Celery app (config/background.py) reads BACKGROUND_CELERY_* settings.
 BACKGROUND_CELERY_BROKER_URL = celery_redis_url(REDIS_URL, REDIS_SENTINELS)
 BACKGROUND_CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Waits for Redis however long it is away (trying at most every 30 s, kombu's default),
+# rather than exit after Celery's 100 attempts and take platform/run's processes with it.
+BACKGROUND_CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 BACKGROUND_CELERY_RESULT_BACKEND = BACKGROUND_CELERY_BROKER_URL
 # Through Sentinel, kombu and Celery's result backend need the name of the primary.
 BACKGROUND_CELERY_BROKER_TRANSPORT_OPTIONS = {"master_name": REDIS_SENTINEL_MASTER} if REDIS_SENTINELS else {}

@@ -14,6 +14,7 @@ from django.db import connection
 from kombu import Connection
 from kombu.exceptions import OperationalError
 
+from config.background import app as background_app
 from config.celery import app as critical_app
 from config.celery import ping
 from config.worker import (
@@ -104,6 +105,12 @@ def test_a_consumer_tries_the_broker_again_within_a_second_and_never_waits_past_
     assert waits[0] <= 1 and max(waits) <= RECONNECT_MAX_SECONDS
     assert waits == sorted(waits)  # growing, not a retry storm
     assert critical_app.conf.broker_connection_max_retries is None  # a critical worker never gives up
+
+
+def test_a_background_worker_waits_for_its_redis_however_long_it_is_away() -> None:
+    # Celery's default gives up after 100 attempts (about 47 minutes of an outage) and the
+    # worker exits; under platform/run that stops every other process with it.
+    assert background_app.conf.broker_connection_max_retries is None
 
 
 def test_a_critical_workers_pool_looks_for_dead_processes_every_second() -> None:
