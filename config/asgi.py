@@ -12,9 +12,13 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from config.daphne import form_parsing_off  # noqa: E402
 from realtime.connections import TransportBacklogMiddleware  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 from rooms.api.receiver import ChatAckReceiver  # noqa: E402
+
+# Twisted no longer parses form bodies daphne hands on unread (config/daphne.py).
+form_parsing_off()
 
 # TransportBacklogMiddleware: WebSocket and SSE connections bound what daphne holds unsent.
 # ChatAckReceiver: the chat platform's acks for shard owners, forwarded without Django's
