@@ -418,4 +418,3 @@ def second_daphne_url(django_db_setup: None) -> Iterator[str]:
     process, url = start_daphne("daphne-2")
     yield url
     process.stop()
-
