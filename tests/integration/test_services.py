@@ -11,6 +11,7 @@ from config.background import app as background_app
 from config.background import ping as background_ping
 from config.celery import app as critical_app
 from config.celery import ping as critical_ping
+from tests.integration.test_throttling import make_user, token_header
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -82,15 +83,22 @@ def test_daphne_serves_django_and_reports_ready(daphne_url: str) -> None:
     assert "openapi" in schema.text
 
 
-@pytest.mark.parametrize("content_type", ["multipart/form-data", "application/x-www-form-urlencoded"])
-def test_a_form_body_reaches_the_application_unparsed_by_daphnes_server(daphne_url: str, content_type: str) -> None:
+@pytest.mark.parametrize(
+    ("content_type", "status", "error"),
+    [("multipart/form-data", 415, "unsupported_media_type"), ("application/x-www-form-urlencoded", 400, "invalid_request")],
+)
+def test_a_form_body_reaches_the_application_unparsed_by_daphnes_server(
+    daphne_url: str, content_type: str, status: int, error: str
+) -> None:
     # Twisted used to parse form bodies itself, on the thread every connection of the
     # process shares, for nothing (daphne hands the raw body on): a malformed multipart
-    # body got its bare 400 instead of the API's error body, and a large one stalled the
-    # process for seconds. The application answers now, with its JSON error.
+    # body (no boundary) got its bare 400 instead of the API's error body, and a large one
+    # stalled the process for seconds. The application answers: it refuses multipart, and
+    # reads the form it accepts (its answer names the field the body got wrong).
+    publisher = make_user(publisher=True)
     response = requests.post(
-        f"{daphne_url}/api/events/", data=b"not a form", headers={"Content-Type": content_type}, timeout=10
+        f"{daphne_url}/api/events/", data=b"type=account.created&data=not-an-object",
+        headers={"Content-Type": content_type, "Authorization": token_header(publisher)}, timeout=10,
     )
 
-    assert response.status_code == 401, response.text
-    assert response.json()["error"] == "not_authenticated"
+    assert (response.status_code, response.json()["error"]) == (status, error), response.text
