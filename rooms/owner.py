@@ -216,13 +216,19 @@ class Owner:
         poll while calls were out cost the owner a wake-up 500 times a second, and each
         answer up to 2 ms before the loop took it."""
         sock = connection.connection.sock
-        ready, _, _ = select.select([sock, self.wake_read], [], [], 0 if _buffered(sock) else self._idle_wait())
-        if self.wake_read in ready:
+        buffered = _buffered(sock)
+        # poll(), not select(): select() refuses a descriptor numbered past 1023, and an
+        # owner keeps platform connections by the dozen per provider.
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        poller.register(self.wake_read, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll(0 if buffered else self._idle_wait() * 1000)}
+        if self.wake_read.fileno() in ready:
             try:
                 self.wake_read.recv(4096)
             except BlockingIOError:
                 pass
-        if sock in ready or _buffered(sock):
+        if sock.fileno() in ready or buffered:
             try:
                 for _ in range(self.prefetch):  # everything already on the socket, without waiting
                     connection.drain_events(timeout=0.0002)

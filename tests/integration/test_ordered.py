@@ -691,6 +691,23 @@ def test_while_a_call_is_out_the_owner_does_not_poll_for_its_answer(
     assert 0 < len(reads_while_calling) < 60
 
 
+def test_the_owner_waits_on_a_socket_numbered_past_select_s_limit(transactional_db: None) -> None:
+    """In this process: select() refuses descriptors past 1023, and an owner may hold more
+    than a thousand (kept platform connections, per provider). Its connection to RabbitMQ
+    numbered past that, the owner's wait must work, not raise out of its loop."""
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    owner = Owner(send_threads=1, balance_every=0)
+    try:
+        with critical_app.connection_for_read() as connection:
+            connection.ensure_connection(max_retries=1)
+            assert connection.connection.sock.fileno() > 1024
+            owner._read(connection)  # nothing to read: it waits its idle time and returns
+    finally:
+        owner.close()
+        for fd in held:
+            os.close(fd)
+
+
 def test_inputs_delivered_to_an_owner_while_it_hands_a_shard_over_go_in_order_to_the_next_owner(
     transactional_db: None,
 ) -> None:
