@@ -217,9 +217,14 @@ class Machine:
         flight = room.flight if room else None
         if room is None or flight is None or flight.message.key != key:
             return False
+        changes: dict[str, Any] = {}
+        if not flight.sent:
+            # The webhook outran the sending thread's answer (or a lookup's): the platform
+            # had it by now, and that answer, when it comes, finds no flight to record.
+            changes["sent_at"] = now
         self.record.message(
             room, flight.message.message_id, status=Status.ACKED, acked_at=now, finished_at=now,
-            provider_message_id=flight.provider_message_id or provider_message_id,
+            provider_message_id=flight.provider_message_id or provider_message_id, **changes,
         )
         self.record.room(room, last_ack_at=now)
         room.flight = None

@@ -70,6 +70,31 @@ def test_an_ack_ends_the_message_and_sends_the_next_and_a_repeat_changes_nothing
     assert not m.take_record()
 
 
+def test_an_ack_that_outruns_its_send_s_answer_still_records_when_it_was_sent() -> None:
+    # The platform's webhook can reach the owner before the sending thread has handed
+    # over the HTTP answer: the record must still say the message was sent, and by then.
+    m = machine()
+    m.enqueued(room(), message(1), T0)
+    m.take_record()
+
+    assert m.acked(1, "k1-1", "chm_1", T0 + timedelta(milliseconds=80))
+    assert not m.sent(Send(1, 1001, 1), "chm_1", T0 + timedelta(milliseconds=90))  # the answer, late
+    record = m.take_record()
+    assert record.messages[1001]["status"] == "acked"
+    assert record.messages[1001]["sent_at"] == T0 + timedelta(milliseconds=80)
+    assert record.messages[1001]["provider_message_id"] == "chm_1"
+
+
+def test_an_ack_keeps_the_send_time_its_answer_recorded() -> None:
+    m = machine()
+    m.enqueued(room(), message(1), T0)
+    m.sent(Send(1, 1001, 1), "chm_1", T0)
+    m.take_record()
+
+    m.acked(1, "k1-1", "chm_1", T0 + timedelta(milliseconds=80))
+    assert "sent_at" not in m.take_record().messages[1001]
+
+
 def test_the_ack_timeout_proceeds_and_a_late_ack_is_ignored() -> None:
     m = machine()
     for n in (1, 2):
