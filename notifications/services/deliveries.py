@@ -6,8 +6,9 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
@@ -85,30 +86,54 @@ def delivery_send(
     return deliveries
 
 
-def deliveries_send_together(*, works: Sequence[tuple[str, str]]) -> list[bool]:
+class Work(NamedTuple):
+    """One event's work for one subscriber; `waited`: it was put off once already."""
+
+    event_id: str
+    subscriber: str
+    waited: bool = False
+
+
+@dataclass(frozen=True)
+class PutOff:
+    """A work not done yet, to run again in `seconds`: its delivery waits to join an
+    analytics batch."""
+
+    seconds: int
+
+
+def deliveries_send_together(*, works: Sequence[tuple[str, str] | Work]) -> list[bool | PutOff]:
     """Do several (event, subscriber) works at once, each for the event's own user: the
     transactional case when a worker holds many messages. One read of the events, one of
     their users, one of the preferences per category, one insert, one send per channel
-    (one SMTP session for every email, one Mixpanel request for several analytics
-    events), one record of the sends. Answer, for each work, whether it is done.
+    (one SMTP session for every email, one Mixpanel request for the analytics events),
+    one record of the sends. Answer, for each work, whether it is done, or when to run it
+    again (PutOff).
+
+    Analytics go to Mixpanel in batches: a lone analytics delivery is written and put off
+    for its batch window (`analytics_deliver`), and its work comes back `waited`, to be
+    flushed with whatever analytics the batch it lands in holds; two or more in one batch
+    are a batch already, and go at once.
 
     A work that is not done is left to `delivery_send`, run alone, which knows every other
-    case and retries or records failures: an audience, a send rate or batch window to
-    respect, a cancelled event, a recipient missing, a delivery that an earlier run
-    created, or one that did not end sent or skipped here (refused, or to retry).
+    case and retries or records failures: an audience, a send rate to respect, a cancelled
+    event, a recipient missing, a delivery that an earlier run created (other than a
+    waited analytics delivery), or one that did not end sent or skipped here (refused, or
+    to retry).
     """
-    keys = [_uuid(event_id) for event_id, _ in works]
+    todo = [Work(*work) for work in works]
+    keys = [_uuid(work.event_id) for work in todo]
     events = Event.objects.in_bulk([key for key in keys if key])
     planned: dict[int, tuple[Event, Subscriber, EventType]] = {}
-    for index, (key, (_, name)) in enumerate(zip(keys, works, strict=True)):
-        event, subscriber = events.get(key) if key else None, _subscriber_or_none(name)
-        if event is not None and subscriber is not None and _sent_together(event, subscriber):
+    waited: dict[int, tuple[Event, Subscriber]] = {}
+    for index, (key, work) in enumerate(zip(keys, todo, strict=True)):
+        event, subscriber = events.get(key) if key else None, _subscriber_or_none(work.subscriber)
+        if event is None or subscriber is None or not _sent_together(event, subscriber):
+            continue
+        if not work.waited:
             planned[index] = (event, subscriber, event_type_get(name=event.type, version=event.version))
-    # Analytics of a lone event waits out its batch window (the ordinary task); several in
-    # one batch are a batch already, and go to Mixpanel in one request now.
-    lone = {channel for channel, count in Counter(s.channel for _, s, _ in planned.values()).items()
-            if channel in BATCH_SENDERS and count < 2}
-    planned = {index: work for index, work in planned.items() if work[1].channel not in lone}
+        elif subscriber.channel in BATCH_SENDERS:
+            waited[index] = (event, subscriber)
     user_ids = {index: event.data.get("user_id") for index, (event, _, _) in planned.items()}
     users = get_user_model().objects.in_bulk([pk for pk in user_ids.values() if isinstance(pk, int)])
     planned = {index: work for index, work in planned.items() if user_ids[index] in users}
@@ -146,26 +171,59 @@ def deliveries_send_together(*, works: Sequence[tuple[str, str]]) -> list[bool]:
         items += group
         results += SENDERS[channel](items=group)
     sent = _outcomes_record(items, results, [])[0]
-    sent |= _batch_senders_deliver([d for d in deliveries.values() if d.channel in BATCH_SENDERS
-                                    and d.status == Delivery.Status.PENDING])
-    return [index in deliveries and (deliveries[index].status == Delivery.Status.SKIPPED or deliveries[index].pk in sent)
-            for index in range(len(works))]
+    deliveries |= _waited_deliveries(waited)
+    batched = [d for d in deliveries.values() if d.channel in BATCH_SENDERS and d.status not in FINAL_STATUSES]
+    batch_sent, later = _batch_senders_deliver(batched, waited={deliveries[index].pk for index in waited
+                                                                if index in deliveries})
+    sent |= batch_sent
+    answers: list[bool | PutOff] = []
+    for index in range(len(todo)):
+        row = deliveries.get(index)
+        if row is not None and row.pk in later:
+            answers.append(PutOff(later[row.pk]))
+        else:
+            answers.append(row is not None and (row.status in (Delivery.Status.SKIPPED, Delivery.Status.SENT)
+                                                or row.pk in sent))
+    return answers
 
 
-def _batch_senders_deliver(pending: list[Delivery]) -> set[int]:
-    """Hand the batch's deliveries of batching channels (analytics) to their sender at
-    once; answer those it sent. Those it refused, put off or could not send are left to
-    their tasks."""
+def _waited_deliveries(waited: dict[int, tuple[Event, Subscriber]]) -> dict[int, Delivery]:
+    """The deliveries of the waited works, which their first run wrote (one read); a work
+    whose delivery is missing is left to its task."""
+    if not waited:
+        return {}
+    rows = Delivery.objects.filter(event__in=[event for event, _ in waited.values()],
+                                   subscriber__in={subscriber.name for _, subscriber in waited.values()})
+    by_work = {(row.event_id, row.subscriber): row for row in rows}
+    return {index: by_work[(event.pk, subscriber.name)] for index, (event, subscriber) in waited.items()
+            if (event.pk, subscriber.name) in by_work}
+
+
+def _batch_senders_deliver(batched: list[Delivery], *, waited: set[int]) -> tuple[set[int], dict[int, int]]:
+    """Hand the batch's unfinished deliveries of batching channels (analytics) to their
+    sender; answer those it sent, and those it put off (to run again in so many seconds).
+    A lone delivery that has not waited yet waits for others to join it; two or more, or
+    one that has waited, go now. Those it refused or could not send are left to their
+    tasks."""
     sent: set[int] = set()
-    for channel in {delivery.channel for delivery in pending}:
-        own = [delivery for delivery in pending if delivery.channel == channel]
+    later: dict[int, int] = {}
+    for channel in {delivery.channel for delivery in batched}:
+        own = [delivery for delivery in batched if delivery.channel == channel]
+        now = len(own) > 1 or any(delivery.pk in waited for delivery in own)
         try:
-            refused = {pk for pk, _ in BATCH_SENDERS[channel](own, waited=True)}
-        except (BatchPending, ProviderTransientError) as exc:
+            refused = {pk for pk, _ in BATCH_SENDERS[channel](own, waited=now)}
+        except BatchPending as exc:
+            # Flushed, yet some are held by another flush: those it did send are done.
+            gone = set(Delivery.objects.filter(pk__in=[d.pk for d in own], status=Delivery.Status.SENT)
+                       .values_list("pk", flat=True)) if now else set()
+            sent |= gone
+            later |= {delivery.pk: exc.retry_after for delivery in own if delivery.pk not in gone}
+            continue
+        except ProviderTransientError as exc:
             logger.info("%s: %d deliveries left to their tasks: %s", channel, len(own), exc)
             continue
         sent |= {delivery.pk for delivery in own if delivery.pk not in refused}
-    return sent
+    return sent, later
 
 
 def _uuid(value: str) -> uuid.UUID | None:

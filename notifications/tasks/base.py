@@ -4,6 +4,7 @@ FailedJob and a dead-lettered message for everything else."""
 import logging
 import random
 import traceback
+from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject
@@ -43,14 +44,7 @@ class DeliveryTask(Task):  # type: ignore[misc]
         try:
             delivery_send(event_id=event_id, subscriber_name=subscriber, chunk=chunk, waited=waited)
         except (BatchPending, SendRateExceeded) as later:
-            # Put off, not failed (an analytics batch to join, a send rate to respect):
-            # publish this job again for later, then finish (ack). Killed in between, both
-            # copies run, and the Delivery rows keep it once. A put-off is no retry: a
-            # broadcast held back by a rate limit for minutes never runs out of retries.
-            self.apply_async(
-                args=self.request.args, kwargs={**(self.request.kwargs or {}), "waited": True},
-                countdown=max(1, round(later.retry_after)), task_id=self.request.id,
-            )
+            self.put_off(self.request.id, self.request.args, self.request.kwargs or {}, later.retry_after)
         except TRANSIENT_ERRORS as exc:
             if self.request.retries >= self.max_retries:
                 self._give_up(exc)
@@ -62,6 +56,15 @@ class DeliveryTask(Task):  # type: ignore[misc]
             raise self.retry(exc=exc, countdown=countdown) from exc
         except Exception as exc:  # noqa: BLE001 - everything else is permanent: keep it, dead-letter it
             self._give_up(exc)
+
+    def put_off(self, task_id: str, args: list[Any], kwargs: dict[str, Any], seconds: float) -> None:
+        """Put a job off, not failed (an analytics batch to join, a send rate to respect):
+        publish it again, `waited`, to run in `seconds`; the caller then finishes (acks)
+        this copy. Killed in between, both copies run, and the Delivery rows keep it once.
+        A put-off is no retry: a broadcast held back by a rate limit for minutes never runs
+        out of retries."""
+        self.apply_async(args=args, kwargs={**kwargs, "waited": True}, countdown=max(1, round(seconds)),
+                         task_id=task_id)
 
     def _give_up(self, exc: BaseException) -> None:
         """Record a FailedJob, then reject without requeue: RabbitMQ dead-letters it."""

@@ -7,11 +7,14 @@ one read of their events and users, one insert and one record of the sends
 (`deliveries_send_together`). So the transactional delivery tasks are consumed by this
 strategy instead of Celery's:
 
-- A first attempt (not a retry, not redelivered, not put off) waits in the worker's main
-  process until a pool process is free, with the others that arrive meanwhile, at most
-  CARILLON_DELIVERY_BATCH_MAX. At low load a message finds a free process and goes at
-  once, alone: nothing waits for a batch to fill.
-- The batch runs in a pool process; each message it finished is acknowledged.
+- A first attempt (not a retry, not redelivered), or one put off that is now due, waits
+  in the worker's main process until a pool process is free, with the others that arrive
+  meanwhile, at most CARILLON_DELIVERY_BATCH_MAX. At low load a message finds a free
+  process and goes at once, alone: nothing waits for a batch to fill.
+- The batch runs in a pool process; each message it finished is acknowledged. One whose
+  analytics delivery waits for its batch window is published again, put off (`waited`),
+  and acknowledged: when it comes back, it is flushed in whatever batch it lands in,
+  with that batch's analytics. A lone analytics delivery costs no task run of its own.
 - Every other message, and each one the batch did not finish (a failure, an audience,
   anything but a plain send), runs as the ordinary task, alone, with its retries,
   failed job and dead-lettering. A pool process killed mid-batch sends its messages
@@ -25,9 +28,10 @@ While held, a message shows in `celery inspect reserved`, and while its batch ru
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from celery import Celery
+from celery import Celery, current_app
 from celery.worker import state
 from celery.worker.consumer import Consumer
 from celery.worker.strategy import default as default_strategy
@@ -35,7 +39,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from kombu.message import Message
 
-from notifications.services.deliveries import deliveries_send_together
+from notifications.services.deliveries import PutOff, Work, deliveries_send_together
 from notifications.tasks.base import DeliveryTask
 
 logger = logging.getLogger(__name__)
@@ -48,13 +52,14 @@ class _Held:
 
     id: str
     name: str
-    work: tuple[str, str]
+    work: Work
     ack: Callable[[], Any]
     alone: Callable[[], Any]  # hand it to Celery's own strategy: the ordinary task
     hostname: str
 
     def info(self, safe: bool = False) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "args": list(self.work), "kwargs": {}, "hostname": self.hostname,
+        return {"id": self.id, "name": self.name, "args": list(self.work[:2]),
+                "kwargs": {"waited": True} if self.work.waited else {}, "hostname": self.hostname,
                 "acknowledged": False, "delivery_info": {}, "time_start": None, "worker_pid": None}
 
 
@@ -83,7 +88,7 @@ class _Batches:
         self.running += 1
         self.started += 1
         self.consumer.pool.apply_async(
-            _send_together, args=([held.work for held in batch], self.started),
+            _send_together, args=([(held.id, held.name, held.work) for held in batch], self.started),
             callback=lambda done: self._finished(batch, done),
             error_callback=lambda error: self._finished(batch, [False] * len(batch), error),
         )
@@ -105,17 +110,44 @@ class _Batches:
         self.start()
 
 
-def _send_together(works: list[tuple[str, str]], number: int) -> list[bool]:
-    """In a pool process: which works of a batch are done. A fault of the batch itself
-    (the database away) leaves every work to its ordinary task."""
+def _send_together(jobs: list[tuple[str, str, Work]], number: int) -> list[bool]:
+    """In a pool process: which jobs (task id, task name, work) of a batch are finished:
+    done, or put off and published again. A fault of the batch itself (the database
+    away) leaves every work to its ordinary task."""
     close_old_connections()  # as around every task: a connection past its age or broken is replaced
     try:
-        done = deliveries_send_together(works=works)
+        outcomes = deliveries_send_together(works=[work for _, _, work in jobs])
     except Exception:
-        logger.exception("batch %d of %d deliveries failed: each runs alone", number, len(works))
-        return [False] * len(works)
-    logger.info("batch %d: %d of %d deliveries done together", number, sum(done), len(works))
-    return done
+        logger.exception("batch %d of %d deliveries failed: each runs alone", number, len(jobs))
+        return [False] * len(jobs)
+    finished = [outcome is True or isinstance(outcome, PutOff) and _put_off(job, outcome)
+                for job, outcome in zip(jobs, outcomes, strict=True)]
+    logger.info("batch %d: %d of %d deliveries done together, %d put off", number, outcomes.count(True), len(jobs),
+                sum(isinstance(outcome, PutOff) for outcome in outcomes))
+    return finished
+
+
+def _put_off(job: tuple[str, str, Work], later: PutOff) -> bool:
+    """Publish a job again for later (`waited`); False if that failed (it runs alone)."""
+    task_id, name, work = job
+    try:
+        current_app.tasks[name].put_off(task_id, [work.event_id, work.subscriber], {}, later.seconds)
+    except Exception:
+        logger.exception("task %s: could not be put off: it runs alone", task_id)
+        return False
+    return True
+
+
+def _due(eta: str | None) -> bool:
+    """Whether a message's countdown is over (none, or RabbitMQ's delayed delivery held it
+    until then); one still to wait goes to Celery, which holds it."""
+    if not eta:
+        return True
+    try:
+        when = datetime.fromisoformat(eta)
+    except ValueError:
+        return False
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)) <= datetime.now(UTC)
 
 
 class TogetherDeliveryTask(DeliveryTask):  # type: ignore[misc]  # celery is untyped
@@ -138,13 +170,13 @@ class TogetherDeliveryTask(DeliveryTask):  # type: ignore[misc]  # celery is unt
                 ordinary(message, body, ack, reject, callbacks, **options)
 
             headers = message.headers
-            if (headers.get("retries") or headers.get("eta") or message.delivery_info.get("redelivered")
+            if (headers.get("retries") or not _due(headers.get("eta")) or message.delivery_info.get("redelivered")
                     or headers["id"] in revoked):
                 return alone()
             args, kwargs, _ = message.decode()
-            if kwargs or len(args) != 2:
-                return alone()  # put off once ("waited"), or not a plain work
-            batches.add(_Held(id=headers["id"], name=task.name, work=(str(args[0]), str(args[1])),
+            if len(args) != 2 or kwargs not in ({}, {"waited": True}):
+                return alone()  # not a plain work
+            batches.add(_Held(id=headers["id"], name=task.name, work=Work(str(args[0]), str(args[1]), bool(kwargs)),
                               ack=lambda: ack(logger, consumer.connection_errors), alone=alone,
                               hostname=consumer.hostname))
             return None

@@ -3,6 +3,7 @@ in one batch, each exactly once, and leaves whatever a batch cannot finish to th
 ordinary task. Real RabbitMQ, workers, database and sandbox."""
 
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Callable
@@ -17,9 +18,9 @@ from django.utils import timezone
 
 from core.errors import ProviderPermanentError
 from notifications.channels import Channel
-from notifications.models import Delivery, Preference
+from notifications.models import Delivery, OutboxMessage, Preference
 from notifications.providers import email
-from notifications.services.deliveries import deliveries_send_together, delivery_send
+from notifications.services.deliveries import PutOff, Work, deliveries_send_together, delivery_send
 from notifications.services.events import event_publish
 from sandbox.client import SandboxClient
 from tests.factories import EventFactory
@@ -44,7 +45,7 @@ def emails_sent_here(outbox: list[Any]) -> list[str]:
     return sorted(address for mail in outbox for address in mail.to)
 
 
-def statements_sending_together(works: list[tuple[str, str]]) -> tuple[list[bool], int]:
+def statements_sending_together(works: list[tuple[str, str]]) -> tuple[list[bool | PutOff], int]:
     """What `deliveries_send_together` answers, and the SQL statements it ran (not
     counting BEGIN and COMMIT)."""
     with CaptureQueriesContext(connection) as captured:
@@ -132,7 +133,7 @@ def test_works_sent_together_and_run_again_send_nothing_twice(pipeline_settings:
 def test_analytics_of_a_batch_go_to_mixpanel_in_one_request_and_a_lone_one_waits_for_its_window(
     pipeline_settings: None, sandbox: SandboxClient
 ) -> None:
-    users = users_made(6, "liked")
+    users = users_made(7, "liked")
     events = [EventFactory.create(type="video.liked", data={"user_id": user.pk, "video_id": f"v{n}", "liked_by": "Bo"})
               for n, user in enumerate(users)]
 
@@ -143,7 +144,36 @@ def test_analytics_of_a_batch_go_to_mixpanel_in_one_request_and_a_lone_one_waits
     assert [statuses(event) for event in events[:5]] == [{"product_analytics": "sent"}] * 5
     inbox = sandbox.inbox("mixpanel")
     assert (inbox["accepted"], inbox["requests"]) == (5, 1)
-    assert lone == [False] and statuses(events[5]) == {}  # its task joins the next batch
+    # Written, and put off for its window: its work comes back to join a later batch.
+    assert lone == [PutOff(1)] and statuses(events[5]) == {"product_analytics": "pending"}
+
+    back = deliveries_send_together(works=[Work(str(events[5].id), "product_analytics", waited=True),
+                                           (str(events[6].id), "product_analytics")])
+    again = deliveries_send_together(works=[Work(str(events[5].id), "product_analytics", waited=True)])
+
+    assert back == [True, True]  # the one that waited and the batch's own, in one request
+    assert again == [True]  # a second copy of the put-off job finds it sent
+    assert [statuses(event) for event in events[5:]] == [{"product_analytics": "sent"}] * 2
+    inbox = sandbox.inbox("mixpanel")
+    assert (inbox["accepted"], inbox["requests"]) == (7, 2)
+
+
+def test_a_lone_analytics_delivery_waits_for_its_window_without_a_task_run_of_its_own(
+    start_pipeline_worker: Callable[..., ManagedProcess], pipeline_settings: None, sandbox: SandboxClient
+) -> None:
+    worker = start_pipeline_worker("lone-analytics")
+    user = make_user("lone", phone="+15553009999")
+
+    event = event_publish(type="video.liked", data={"user_id": user.pk, "video_id": "v1", "liked_by": "Bo"})
+
+    wait_for(lambda: statuses(event) == {"activity_feed": "sent", "product_analytics": "sent"}, "both sent")
+    task = OutboxMessage.objects.get(event=event, subscriber="product_analytics")
+    lines = [line for line in worker.log().splitlines() if f"{event.id}.product_analytics.{task.pk}" in line]
+    # Written and put off in one batch, flushed in another when it came back: the
+    # ordinary task (Celery's "succeeded in 0.01s") never ran for it.
+    assert sum("succeeded in a batch" in line for line in lines) == 2, lines
+    assert not any(re.search(r"succeeded in \d", line) for line in lines), lines
+    assert sandbox.inbox("mixpanel")["accepted"] == 1
 
 
 def burst(users: list[Any]) -> list[Any]:
