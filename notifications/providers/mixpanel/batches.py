@@ -35,17 +35,19 @@ def analytics_deliver(own: list[Delivery], *, waited: bool) -> list[tuple[int, s
     window = settings.CARILLON_ANALYTICS_BATCH_WINDOW_SECONDS
     batch_size = settings.CARILLON_ANALYTICS_BATCH_SIZE
     pending = Delivery.objects.filter(channel=Channel.ANALYTICS, status=Delivery.Status.PENDING)
-    if not waited and window > 0 and pending.count() < batch_size:
+    if not waited and window > 0 and pending[:batch_size].count() < batch_size:
         raise BatchPending(retry_after=window)
-    unfinished = Delivery.objects.filter(pk__in=[d.pk for d in own]).exclude(status__in=FINAL_STATUSES)
     # A broadcast's chunk holds many batches' worth: flush until its own are sent, or
-    # until flushes find nothing left to claim (another flush holds the rest).
-    while analytics_flush(limit=batch_size) and unfinished.exists():
-        pass
-    if unfinished.exists():
+    # until a flush finds nothing left to claim (another flush holds the rest).
+    while True:
+        flushed = analytics_flush(limit=batch_size)
+        states = list(Delivery.objects.filter(pk__in=[d.pk for d in own]).values_list("pk", "status", "last_error"))
+        unfinished = [pk for pk, status, _ in states if status not in FINAL_STATUSES]
+        if not flushed or not unfinished:
+            break
+    if unfinished:
         raise BatchPending(retry_after=settings.CARILLON_CLAIM_LEASE_SECONDS)
-    failed = Delivery.objects.filter(pk__in=[d.pk for d in own], status=Delivery.Status.FAILED)
-    return list(failed.values_list("pk", "last_error"))
+    return [(pk, error) for pk, status, error in states if status == Delivery.Status.FAILED]
 
 
 def analytics_flush(*, limit: int) -> int:
@@ -64,17 +66,19 @@ def analytics_flush(*, limit: int) -> int:
     claimable = Q(channel=Channel.ANALYTICS) & (
         Q(status=Delivery.Status.PENDING) | Q(status=Delivery.Status.SENDING, claimed_until__lt=now)
     )
-    chosen = list(Delivery.objects.filter(claimable).order_by("pk").values_list("pk", flat=True)[:limit])
-    if not chosen:
-        return 0
+    # Chosen and claimed in one statement; the condition is checked again on each row
+    # claimed, so a row another flush claimed meanwhile is left to it.
+    oldest = Delivery.objects.filter(claimable).order_by("pk").values("pk")[:limit]
     token = uuid.uuid4()
-    Delivery.objects.filter(claimable, pk__in=chosen).update(
+    claimed = Delivery.objects.filter(claimable, pk__in=oldest).update(
         status=Delivery.Status.SENDING,
         claim_token=token,
         claimed_until=now + timedelta(seconds=settings.CARILLON_CLAIM_LEASE_SECONDS),
         attempts=F("attempts") + 1,
         attempt_started_at=now,
     )
+    if not claimed:
+        return 0
     batch = list(Delivery.objects.filter(claim_token=token).select_related("event"))
     try:
         refused = analytics_send_batch(batch)
