@@ -52,6 +52,10 @@ def test_bench_quick_runs_every_scenario_beside_its_baseline_and_writes_its_file
             assert row["received"] > 0, (summary["scenario"], row)
             assert {"p50", "p99", "p99.9", "p99.99", "p99.9999", "max"} <= set(row["latency_ms"])
     assert summaries["fanout"]["series"][0]["server"]["cpu_seconds"] >= 0
+    # The pipeline's latency per channel, the whole way (its goal is for email and in-app).
+    stages = summaries["pipeline"]["series"][2]["stages_ms"]
+    assert set(stages) == {"email", "analytics", "inapp"}
+    assert all(stages[channel]["whole way"]["p99"] > 0 for channel in stages), stages
     assert list(tmp_path.glob("realtime-*-carillon-websocket.hgrm"))
 
 
