@@ -23,7 +23,7 @@ from notifications.exceptions import BatchPending, InvalidEvent
 from notifications.models import Delivery, DeliveryChunk, Event
 from notifications.providers.base import SendItem, SendResult
 from notifications.providers.senders import BATCH_SENDERS, SENDERS
-from notifications.selectors import preferences_disabled
+from notifications.selectors import preferences_disabled, preferences_disabled_each
 from notifications.services.broadcasts import broadcast_plan
 from notifications.services.delivery_status import (
     FINAL_STATUSES,
@@ -138,13 +138,12 @@ def deliveries_send_together(*, works: Sequence[tuple[str, str] | Work]) -> list
     users = get_user_model().objects.in_bulk([pk for pk in user_ids.values() if isinstance(pk, int)])
     planned = {index: work for index, work in planned.items() if user_ids[index] in users}
 
-    # Who switched each (category, channel) off: one read per pair among these works.
+    # Who switched each (category, channel) off among these works: one read.
     asked: dict[tuple[str, str], list[int]] = defaultdict(list)
     for index, (_, subscriber, event_type) in planned.items():
         if not event_type.mandatory:
             asked[(event_type.category, subscriber.channel)].append(user_ids[index])
-    off = {(category, channel): preferences_disabled(user_ids=ids, category=category, channel=channel)
-           for (category, channel), ids in asked.items()}
+    off = preferences_disabled_each(asked)
     now = timezone.now()
     deliveries = {
         index: _delivery_new(

@@ -80,6 +80,22 @@ def test_ten_works_sent_together_cost_the_statements_and_the_smtp_session_of_one
     assert emails_sent_here(mailoutbox) == sorted(user.email for user in users)
 
 
+def test_the_channels_of_a_batch_read_who_switched_them_off_in_one_statement(
+    pipeline_settings: None, sandbox: SandboxClient, mailoutbox: list[Any]
+) -> None:
+    user = make_user("choosy", phone="+15553008888")
+    Preference.objects.create(user=user, category="account", channel=Channel.ANALYTICS, enabled=False)
+    event = EventFactory.create(type="account.created", data={"user_id": user.pk})
+    works = [(str(event.id), name) for name in ("transactional_email", "product_analytics", "activity_feed")]
+
+    with CaptureQueriesContext(connection) as captured:
+        done = deliveries_send_together(works=works)
+
+    assert done == [True] * 3
+    assert statuses(event) == {"transactional_email": "sent", "product_analytics": "skipped", "activity_feed": "sent"}
+    assert sum(Preference._meta.db_table in query["sql"] for query in captured.captured_queries) == 1
+
+
 def test_works_a_batch_cannot_finish_are_left_to_run_alone(pipeline_settings: None, mailoutbox: list[Any]) -> None:
     sent, switched_off, without_address, gone, cancelled_for = users_made(5, "mixed")
     Preference.objects.create(user=switched_off, category="account", channel=Channel.EMAIL, enabled=False)
