@@ -4,6 +4,7 @@ waiting for its batch is put off, not failed. The send itself is stubbed: what h
 at the provider is the integration tests' business."""
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from unittest import mock
 
 import pytest
@@ -15,6 +16,7 @@ from notifications.exceptions import BatchPending
 from notifications.models import FailedJob
 from notifications.tasks import deliver_sms
 from notifications.tasks.base import retry_countdown
+from notifications.tasks.together import _due
 
 pytestmark = pytest.mark.django_db
 
@@ -88,3 +90,14 @@ def test_the_retry_countdown_grows_with_each_retry_up_to_its_ceiling() -> None:
     for retries, ceiling in [(0, 2), (1, 4), (3, 16), (10, 60)]:
         for _ in range(20):
             assert max(1, ceiling // 2) <= retry_countdown(retries) <= ceiling
+
+
+def test_a_put_off_message_joins_a_batch_only_once_its_countdown_is_over() -> None:
+    # RabbitMQ's delayed delivery hands the message over once due; one that comes early
+    # (a clock ahead of the worker's) goes to Celery, which holds it until its eta.
+    now = datetime.now(UTC)
+    assert _due(None) and _due("")
+    assert _due((now - timedelta(seconds=1)).isoformat())
+    assert _due((now - timedelta(seconds=1)).replace(tzinfo=None).isoformat())  # naive: UTC, as Celery writes it
+    assert not _due((now + timedelta(seconds=30)).isoformat())
+    assert not _due("not a time")
