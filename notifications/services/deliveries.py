@@ -105,7 +105,7 @@ class PutOff:
 def deliveries_send_together(*, works: Sequence[tuple[str, str] | Work]) -> list[bool | PutOff]:
     """Do several (event, subscriber) works at once, each for the event's own user: the
     transactional case when a worker holds many messages. One read of the events, one of
-    their users, one of the preferences per category, one insert, one send per channel
+    their users, one of their preferences, one insert, one send per channel
     (one SMTP session for every email, one Mixpanel request for the analytics events),
     one record of the sends. Answer, for each work, whether it is done, or when to run it
     again (PutOff).
@@ -208,13 +208,13 @@ def _batch_senders_deliver(batched: list[Delivery], *, waited: set[int]) -> tupl
     later: dict[int, int] = {}
     for channel in {delivery.channel for delivery in batched}:
         own = [delivery for delivery in batched if delivery.channel == channel]
-        now = len(own) > 1 or any(delivery.pk in waited for delivery in own)
+        go_now = len(own) > 1 or any(delivery.pk in waited for delivery in own)
         try:
-            refused = {pk for pk, _ in BATCH_SENDERS[channel](own, waited=now)}
+            refused = {pk for pk, _ in BATCH_SENDERS[channel](own, waited=go_now)}
         except BatchPending as exc:
             # Flushed, yet some are held by another flush: those it did send are done.
             gone = set(Delivery.objects.filter(pk__in=[d.pk for d in own], status=Delivery.Status.SENT)
-                       .values_list("pk", flat=True)) if now else set()
+                       .values_list("pk", flat=True)) if go_now else set()
             sent |= gone
             later |= {delivery.pk: exc.retry_after for delivery in own if delivery.pk not in gone}
             continue
