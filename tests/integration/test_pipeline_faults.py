@@ -155,6 +155,26 @@ def test_rabbitmq_stopped_while_events_are_published_loses_nothing(
     assert len(sandbox.received("mixpanel")) == 3
 
 
+def test_rabbitmq_restarted_while_an_analytics_delivery_waits_for_its_window_loses_nothing(
+    start_pipeline_worker: Callable[..., ManagedProcess], pipeline_settings: None, sandbox: SandboxClient
+) -> None:
+    # A lone analytics delivery is written, and its job published again to come back
+    # after the batch window: during that window the job lives only in RabbitMQ's
+    # delayed-delivery queues, which must outlive a restart of the broker.
+    start_pipeline_worker(CARILLON_ANALYTICS_BATCH_WINDOW_SECONDS="6")
+    user = make_user("waiting", "+15551230042")
+    event = event_publish(type="video.liked", data={"user_id": user.pk, "video_id": "v1", "liked_by": "Bo"})
+    wait_for(lambda: statuses(event) == {"activity_feed": "sent", "product_analytics": "pending"},
+             "the in-app notification sent, the analytics delivery waiting for its window")
+
+    rabbitmqctl("stop_app")
+    rabbitmqctl("start_app")
+
+    wait_for(lambda: statuses(event).get("product_analytics") == "sent", "the analytics delivery sent", 60)
+    inbox = sandbox.inbox("mixpanel")
+    assert (inbox["accepted"], inbox["duplicates"]) == (1, 0)
+
+
 def test_poison_message_is_dead_lettered_after_its_delivery_limit_and_recorded(
     start_pipeline_worker: Callable[..., ManagedProcess], pipeline_settings: None
 ) -> None:
