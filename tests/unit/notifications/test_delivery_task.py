@@ -5,17 +5,20 @@ at the provider is the integration tests' business."""
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from unittest import mock
 
 import pytest
 from celery.exceptions import Reject
 from django.test import override_settings
+from kombu.exceptions import OperationalError
 
 from core.errors import ProviderPermanentError, ProviderTransientError
 from notifications.exceptions import BatchPending
 from notifications.models import FailedJob
-from notifications.tasks import deliver_sms
-from notifications.tasks.base import retry_countdown
+from notifications.services.deliveries import PutOff, Work
+from notifications.tasks import deliver_sms, together
+from notifications.tasks.base import DeliveryTask, retry_countdown
 from notifications.tasks.together import _due
 
 pytestmark = pytest.mark.django_db
@@ -101,3 +104,23 @@ def test_a_put_off_message_joins_a_batch_only_once_its_countdown_is_over() -> No
     assert _due((now - timedelta(seconds=1)).replace(tzinfo=None).isoformat())  # naive: UTC, as Celery writes it
     assert not _due((now + timedelta(seconds=30)).isoformat())
     assert not _due("not a time")
+
+
+def test_a_batch_job_that_cannot_be_put_off_is_left_to_run_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The broker gone at the moment a batch publishes a put-off copy: that job is not
+    # acknowledged as finished, so its message runs as the ordinary task, which writes
+    # nothing twice and puts itself off (or retries) on its own.
+    outcomes: list[bool | PutOff] = [True, PutOff(1), PutOff(1), False]
+    monkeypatch.setattr(together, "deliveries_send_together", lambda works: outcomes)
+    published: list[str] = []
+
+    def put_off(task: DeliveryTask, task_id: str, args: list[Any], kwargs: dict[str, Any], seconds: float) -> None:
+        if task_id == "job-3":
+            raise OperationalError("connection refused")
+        published.append(task_id)
+
+    monkeypatch.setattr(DeliveryTask, "put_off", put_off)
+    jobs = [(f"job-{n}", deliver_sms.name, Work(EVENT_ID, "security_sms")) for n in range(1, 5)]
+
+    assert together._send_together(jobs, 1) == [True, True, False, False]
+    assert published == ["job-2"]
