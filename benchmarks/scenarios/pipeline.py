@@ -9,6 +9,9 @@ Each system is asked for the same deliveries per second: R events/s of `account.
 - raw Celery: `bench_noop` task (acks_late, quorum queue) → its body runs in the worker;
 - Carillon: `event_publish` in a transaction (outbox, fast path after commit) → each
   delivery's `sent_at`, written the moment the sandbox provider accepted it.
+Each system's requests are published by `--loadgens` processes (1), each taking every n-th
+request of the schedule, as several web processes would publish; one synchronous process
+queues its own requests behind a slow one.
 Worker CPU per delivery is compared too (the pipeline issue's goal: ≤ 1.5x the no-op): the
 worker's CPU from the series' start until every request of it, warm-up included, was
 handled, over the number of those requests.
@@ -53,6 +56,15 @@ def pipeline_loadgen(config: dict[str, Any], link: Link) -> None:
      "carillon": _carillon_publish}[config["kind"]](config, link)
 
 
+def _my_share(config: dict[str, Any], window: Window) -> list[tuple[int, float]]:
+    """This publishing process's requests: every `count`-th of the schedule from `index`."""
+    return schedule(rate=config["rate"], window=window, index=config["index"], count=config["count"])
+
+
+def _publishers(kind: str, rate: float, count: int, **config: Any) -> list[dict[str, Any]]:
+    return [{"kind": kind, "rate": rate, "index": index, "count": count, **config} for index in range(count)]
+
+
 def _kombu_publish(config: dict[str, Any], link: Link) -> None:
     with Connection(settings.CELERY_BROKER_URL, transport_options={"confirm_publish": True}) as connection:
         producer = connection.Producer(serializer="json")
@@ -66,7 +78,7 @@ def _kombu_publish(config: dict[str, Any], link: Link) -> None:
             recorder.on_sent(due)
             link.count(recorder.sent)
 
-        sync_open_loop(schedule(rate=config["rate"], window=window), send)
+        sync_open_loop(_my_share(config, window), send)
     link.done({"latency": "", "service": "", "sent": recorder.sent})
 
 
@@ -110,7 +122,7 @@ def _celery_publish(config: dict[str, Any], link: Link) -> None:
         total += 1
         link.count(recorder.sent)
 
-    sync_open_loop(schedule(rate=config["rate"], window=window), send)
+    sync_open_loop(_my_share(config, window), send)
     link.done({"latency": "", "service": "", "sent": recorder.sent, "total": total,
                "window": [window.measure_from, window.end]})
 
@@ -139,7 +151,7 @@ def _carillon_publish(config: dict[str, Any], link: Link) -> None:
         stamps.append((event.pk, due, sent))
         link.count(len(stamps))
 
-    sync_open_loop(schedule(rate=config["rate"], window=window), send)
+    sync_open_loop(_my_share(config, window), send)
     measured = [stamp for stamp in stamps if window.measured(stamp[1])]
     link.done({"latency": "", "service": "", "sent": len(measured) * DELIVERIES_PER_EVENT, "errors": errors,
                "stamps": measured, "all_events": [stamp[0] for stamp in stamps]})
@@ -174,6 +186,7 @@ def pipeline_scenario(options: Options) -> list[dict[str, Any]]:
 
     rate = options.rate or (10.0 if options.quick else DEFAULT_RATE)
     deliveries = rate * DELIVERIES_PER_EVENT
+    loadgens = options.loadgens or 1
     http_port, smtp_port = free_port(), free_port()
     env = {"EMAIL_URL": f"smtp://127.0.0.1:{smtp_port}", "TWILIO_API_BASE_URL": f"http://127.0.0.1:{http_port}",
            "MIXPANEL_API_BASE_URL": f"http://127.0.0.1:{http_port}"}
@@ -197,24 +210,27 @@ def pipeline_scenario(options: Options) -> list[dict[str, Any]]:
         worker = [processes[1].process.pid]
         common: dict[str, Any] = {"warmup": options.warmup, "duration": options.duration}
         series = []
-        results, server = run_load(pipeline_loadgen, [{"kind": "kombu", "rate": deliveries}, {"kind": "consume"}],
+        results, server = run_load(pipeline_loadgen, [{"kind": "consume"}, *_publishers("kombu", deliveries, loadgens)],
                                    label="pipeline: raw kombu", server_pids=[], **common)
         series.append(Series.merged("raw kombu round trip", results, asked_rate=deliveries,
                                     seconds=options.duration, server={}))
         cpu = cpu_seconds(worker)
-        results, server = run_load(pipeline_loadgen, [{"kind": "celery", "rate": deliveries}],
+        results, server = run_load(pipeline_loadgen, _publishers("celery", deliveries, loadgens),
                                    label="pipeline: raw Celery no-op", server_pids=worker, **common)
-        received = _celery_receipts(results[0]["window"], results[0]["total"])
-        cost = (cpu_seconds(worker) - cpu) / results[0]["total"]
-        series.append(Series.merged("raw Celery no-op task", [results[0], received], asked_rate=deliveries,
+        total = sum(result["total"] for result in results)
+        received = _celery_receipts(results[0]["window"], total)
+        cost = (cpu_seconds(worker) - cpu) / total
+        series.append(Series.merged("raw Celery no-op task", [*results, received], asked_rate=deliveries,
                                     seconds=options.duration, server=server,
                                     worker_cpu_ms_per_item=round(cost * 1000, 3)))
         cpu = cpu_seconds(worker)
-        results, server = run_load(pipeline_loadgen, [{"kind": "carillon", "rate": rate, "users": users}],
+        results, server = run_load(pipeline_loadgen, _publishers("carillon", rate, loadgens, users=users),
                                    label="pipeline: Carillon event_publish", server_pids=worker, **common)
-        received = deliveries_received(results[0]["stamps"], results[0]["all_events"], per_event=DELIVERIES_PER_EVENT)
-        cost = (cpu_seconds(worker) - cpu) / (len(results[0]["all_events"]) * DELIVERIES_PER_EVENT)
-        series.append(Series.merged("Carillon pipeline (deliveries)", [results[0], received], asked_rate=deliveries,
+        stamps = [stamp for result in results for stamp in result.pop("stamps")]
+        all_events = [event for result in results for event in result.pop("all_events")]
+        received = deliveries_received(stamps, all_events, per_event=DELIVERIES_PER_EVENT)
+        cost = (cpu_seconds(worker) - cpu) / (len(all_events) * DELIVERIES_PER_EVENT)
+        series.append(Series.merged("Carillon pipeline (deliveries)", [*results, received], asked_rate=deliveries,
                                     seconds=options.duration, server=server, events_per_second_asked=rate,
                                     stages_ms=received["stages_ms"],
                                     worker_cpu_ms_per_item=round(cost * 1000, 3)))
@@ -226,7 +242,7 @@ def pipeline_scenario(options: Options) -> list[dict[str, Any]]:
         series=series,
         config={"events_per_second": rate, "deliveries_per_second": deliveries, "worker_concurrency": CONCURRENCY,
                 "database": str(settings.DATABASES["default"]["ENGINE"]).rsplit(".", 1)[-1],
-                "duration": options.duration, "warmup": options.warmup},
+                "publishing_processes": loadgens, "duration": options.duration, "warmup": options.warmup},
         ratios={
             "carillon_worker_cpu_per_delivery_vs_celery_noop": ratio(carillon.extra["worker_cpu_ms_per_item"],
                                                                      noop.extra["worker_cpu_ms_per_item"]),

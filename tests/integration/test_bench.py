@@ -24,8 +24,9 @@ def _bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 # 1200 s limit, not the suite's 300 s default, decides when it is hung.
 @pytest.mark.timeout(1200)
 def test_bench_quick_runs_every_scenario_beside_its_baseline_and_writes_its_files(tmp_path: Path) -> None:
-    # The broadcast with password resets published beside it (the lanes' measurement).
-    result = _bench("--quick", "--reset-rate", "5", "--out", str(tmp_path), timeout=1200)
+    # The broadcast with password resets published beside it (the lanes' measurement);
+    # two load generator processes where a scenario has several (the pipeline's publishers).
+    result = _bench("--quick", "--reset-rate", "5", "--loadgens", "2", "--out", str(tmp_path), timeout=1200)
 
     assert result.returncode == 0, result.stdout + result.stderr
     summaries = {}
@@ -52,6 +53,10 @@ def test_bench_quick_runs_every_scenario_beside_its_baseline_and_writes_its_file
             assert row["received"] > 0, (summary["scenario"], row)
             assert {"p50", "p99", "p99.9", "p99.99", "p99.9999", "max"} <= set(row["latency_ms"])
     assert summaries["fanout"]["series"][0]["server"]["cpu_seconds"] >= 0
+    # Two processes published the pipeline's tasks and events, each its share: none lost or counted twice
+    # (the raw kombu consumer stops 2.5 s after the window, so its count may fall short on a busy machine).
+    assert summaries["pipeline"]["config"]["publishing_processes"] == 2
+    assert all(row["sent"] == row["received"] for row in summaries["pipeline"]["series"][1:]), summaries["pipeline"]
     # The pipeline's latency per channel, the whole way (its goal is for email and in-app).
     stages = summaries["pipeline"]["series"][2]["stages_ms"]
     assert set(stages) == {"email", "analytics", "inapp"}
