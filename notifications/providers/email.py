@@ -4,7 +4,11 @@ digests both send through here, so a failure is classified the same way wherever
 happens."""
 
 import logging
+import os
 import smtplib
+import threading
+import time
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
@@ -21,6 +25,14 @@ from notifications.providers.postmark.client import (
 )
 
 logger = logging.getLogger(__name__)
+
+# A process keeps its SMTP session between sends: a new one for every batch cost a TCP
+# connection, the greeting, EHLO (with a real server STARTTLS and AUTH too) and QUIT. A
+# session idle this long is closed rather than reused (servers close idle ones after
+# minutes; RFC 5321 asks at least five), and one that sent this many is replaced (some
+# ESPs cap the messages of a connection).
+SESSION_IDLE_SECONDS = 30.0
+SESSION_MESSAGES_MAX = 100
 
 
 def message_id(delivery: Delivery) -> str:
@@ -79,7 +91,7 @@ def email_message_send(
 
 def email_send(*, items: list[SendItem]) -> list[SendResult | ProviderError]:
     """Send each delivery's email, whichever event it is of: to Postmark in a request per
-    500, or over one SMTP (or ESP) connection.
+    500, or over one SMTP (or ESP) session, kept for this thread's next call.
 
     A connection lost midway leaves the rest unsent, each answered as a transient error:
     the retry sends only those. A resend of one in doubt is the same message (its
@@ -89,23 +101,103 @@ def email_send(*, items: list[SendItem]) -> list[SendResult | ProviderError]:
         return _email_send_postmark(items)
     results: list[SendResult | ProviderError] = []
     emails = _rendered(items)
-    connection = get_connection()
     try:
-        connection.open()
+        session = _sessions.take()
     except OSError as exc:
         return [ProviderTransientError(f"SMTP connection: {exc}") for _ in items]
+    keep = False
     try:
         for item, email in zip(items, emails, strict=True):
             try:
-                results.append(_email_one(item, email, connection))
+                try:
+                    results.append(_email_one(item, email, session.connection))
+                except ProviderTransientError as exc:
+                    if not (exc.in_doubt and session.untried):
+                        raise
+                    # The kept session died while idle (the server closed it, or restarted):
+                    # the message went no further than its first command. Once more on a
+                    # new session; the same Message-ID keeps it one message in any case.
+                    _sessions.drop(session)
+                    session = _sessions.take()
+                    results.append(_email_one(item, email, session.connection))
             except ProviderError as exc:
                 results.append(exc)
                 if isinstance(exc, ProviderTransientError) and (exc.in_doubt or exc.retry_after):
                     break  # the connection is gone, or email paused: the rest wait for the retry
+            finally:
+                session.untried = False
+        else:
+            keep = True
+    except OSError as exc:  # no new session in place of a dead one
+        results.append(ProviderTransientError(f"SMTP connection: {exc}"))
     finally:
-        connection.close()
+        if keep:
+            _sessions.give_back(session, sent=len(items))
+        else:
+            _sessions.drop(session)
     unsent = ProviderTransientError("SMTP connection lost before this message was sent")
     return results + [unsent] * (len(items) - len(results))
+
+
+@dataclass(eq=False)
+class _Session:
+    connection: BaseEmailBackend
+    settings: tuple[object, ...]
+    untried: bool = False  # kept from an earlier send, and nothing sent on it since
+    sent: int = 0  # messages handed to this session
+    idle_since: float = 0.0
+
+
+class _Sessions:
+    """This process's SMTP session, kept open between batches (see SESSION_IDLE_SECONDS).
+    One per thread: smtplib's connection is not safe to share."""
+
+    def __init__(self) -> None:
+        self._start()
+        # A forked child (a Celery pool process) must not write on its parent's socket.
+        os.register_at_fork(after_in_child=self._start)
+
+    def _start(self) -> None:
+        self._local = threading.local()
+
+    def take(self) -> _Session:
+        """The kept session if it is fit to reuse, else a new one, open (OSError if the
+        server cannot be reached)."""
+        kept: _Session | None = getattr(self._local, "session", None)
+        self._local.session = None
+        current = _email_settings()
+        if kept is not None:
+            fresh = time.monotonic() - kept.idle_since < SESSION_IDLE_SECONDS
+            if fresh and kept.settings == current and kept.sent < SESSION_MESSAGES_MAX:
+                kept.untried = True
+                return kept
+            self.drop(kept)
+        connection = get_connection()
+        connection.open()
+        return _Session(connection, current)
+
+    def give_back(self, session: _Session, *, sent: int) -> None:
+        """Keep a session that ended well for the next send."""
+        session.sent += sent
+        session.idle_since = time.monotonic()
+        self._local.session = session
+
+    def drop(self, session: _Session) -> None:
+        try:
+            session.connection.close()
+        except Exception:  # noqa: BLE001 - a dead session's QUIT fails; it is gone either way
+            logger.debug("closing an SMTP session failed", exc_info=True)
+
+
+_sessions = _Sessions()
+
+
+def _email_settings() -> tuple[object, ...]:
+    """What a session was opened with: one opened before the settings changed is not
+    reused."""
+    return tuple(getattr(settings, name, None) for name in (
+        "EMAIL_BACKEND", "EMAIL_HOST", "EMAIL_PORT", "EMAIL_HOST_USER", "EMAIL_HOST_PASSWORD", "EMAIL_USE_TLS",
+        "EMAIL_USE_SSL", "EMAIL_TIMEOUT"))
 
 
 def _email_send_postmark(items: list[SendItem]) -> list[SendResult | ProviderError]:

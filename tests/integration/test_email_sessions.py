@@ -1,0 +1,103 @@
+"""A process keeps its SMTP session between sends, and never loses an email to a session
+that died while kept. Real SMTP server (the sandbox's)."""
+
+import smtplib
+from typing import Any
+
+import pytest
+import requests
+from django.test import override_settings
+
+from core.errors import ProviderTransientError
+from notifications.providers import email
+from notifications.providers.base import SendResult
+from notifications.providers.email import email_send
+from sandbox.client import SandboxClient
+from tests.factories import recipient_user
+from tests.integration.test_send_rate import password_reset_emails
+from tests.processes import ManagedProcess, free_port, python
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db]
+
+SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+
+
+@pytest.fixture
+def connects(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """The SMTP connections this process opens from now on (none kept from before)."""
+    monkeypatch.setattr(email, "_sessions", email._Sessions())
+    opened: list[tuple[str, int]] = []
+    real = smtplib.SMTP.connect
+
+    def connect(self: smtplib.SMTP, host: str = "localhost", port: int = 0, *args: Any, **kwargs: Any) -> Any:
+        opened.append((host, port))
+        return real(self, host, port, *args, **kwargs)
+
+    monkeypatch.setattr(smtplib.SMTP, "connect", connect)
+    return opened
+
+
+def _healthy(client: SandboxClient) -> bool:
+    try:
+        return requests.get(f"{client.url}/healthz", timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+def start_sandbox(http_port: int, smtp_port: int) -> tuple[ManagedProcess, SandboxClient]:
+    process = ManagedProcess(
+        "sandbox-smtp", python("-m", "sandbox", "--http-port", str(http_port), "--smtp-port", str(smtp_port))
+    )
+    client = SandboxClient(f"http://127.0.0.1:{http_port}", smtp_port=smtp_port)
+    process.wait_until(lambda: _healthy(client), "sandbox /healthz")
+    return process, client
+
+
+@override_settings(EMAIL_BACKEND=SMTP_BACKEND)
+def test_one_send_after_another_goes_over_the_session_the_first_kept(
+    sandbox: SandboxClient, pipeline_settings: None, connects: list[tuple[str, int]]
+) -> None:
+    users = [recipient_user(f"kept{n}") for n in range(4)]
+
+    first = email_send(items=password_reset_emails(users[:2]))
+    second = email_send(items=password_reset_emails(users[2:]))
+
+    assert all(isinstance(result, SendResult) for result in first + second), first + second
+    assert len(connects) == 1
+    assert sorted(mail["to"] for mail in sandbox.received("email")) == sorted(user.email for user in users)
+
+
+@override_settings(EMAIL_BACKEND=SMTP_BACKEND)
+def test_a_session_idle_past_its_limit_is_replaced_not_reused(
+    sandbox: SandboxClient, pipeline_settings: None, connects: list[tuple[str, int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(email, "SESSION_IDLE_SECONDS", 0.0)
+    users = [recipient_user(f"idle{n}") for n in range(2)]
+
+    results = email_send(items=password_reset_emails(users[:1])) + email_send(items=password_reset_emails(users[1:]))
+
+    assert all(isinstance(result, SendResult) for result in results), results
+    assert len(connects) == 2
+
+
+def test_a_kept_session_whose_server_restarted_is_replaced_and_the_email_sent_once(
+    connects: list[tuple[str, int]],
+) -> None:
+    http_port, smtp_port = free_port(), free_port()
+    process, sandbox = start_sandbox(http_port, smtp_port)
+    users = [recipient_user(f"restart{n}") for n in range(2)]
+    try:
+        with override_settings(EMAIL_BACKEND=SMTP_BACKEND, EMAIL_HOST="127.0.0.1", EMAIL_PORT=smtp_port):
+            [before] = email_send(items=password_reset_emails(users[:1]))
+            process.stop()  # the kept session's server goes away, and a new one takes its port
+            process, sandbox = start_sandbox(http_port, smtp_port)
+            [after] = email_send(items=password_reset_emails(users[1:]))
+        received = sandbox.received("email")
+    finally:
+        process.stop()
+
+    assert isinstance(before, SendResult) and isinstance(after, SendResult), (before, after)
+    assert not isinstance(after, ProviderTransientError)
+    assert [mail["to"] for mail in received] == [users[1].email]
+    assert len(connects) == 2
