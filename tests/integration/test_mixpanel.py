@@ -2,15 +2,18 @@
 good (failed, never retried), to be tried again, or put off for as long as it asks."""
 
 import time
-from datetime import UTC, datetime
+import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.test import override_settings
+from django.utils import timezone
 
 from core.errors import ProviderTransientError
 from core.send_rate import SendRateExceeded
+from notifications.exceptions import BatchPending
 from notifications.models import Delivery, Event
-from notifications.providers.mixpanel.batches import analytics_flush
+from notifications.providers.mixpanel.batches import analytics_deliver, analytics_flush
 from sandbox.client import SandboxClient
 from tests.factories import EventFactory, recipient_user
 
@@ -42,6 +45,23 @@ def test_an_event_mixpanel_refuses_fails_alone_and_the_rest_of_its_batch_is_sent
     assert taken["endpoint"] == "import" and taken["properties"]["distinct_id"] == str(recent.user_id)
     # Nothing is left for a later flush to send again.
     assert analytics_flush(limit=10) == 0
+
+
+def test_a_run_whose_delivery_another_flush_holds_sends_the_rest_and_waits_for_that_one(
+    sandbox: SandboxClient, pipeline_settings: None
+) -> None:
+    own = [analytics_delivery(EventFactory.create(), f"held{n}") for n in range(3)]
+    other_flush = uuid.uuid4()
+    Delivery.objects.filter(pk=own[0].pk).update(status=Delivery.Status.SENDING, claim_token=other_flush,
+                                                 claimed_until=timezone.now() + timedelta(seconds=60))
+
+    with pytest.raises(BatchPending):  # run again once the other flush's lease is over
+        analytics_deliver(own, waited=True)
+
+    rows = {d.pk: (d.status, d.claim_token) for d in Delivery.objects.all()}
+    assert rows == {own[0].pk: ("sending", other_flush), own[1].pk: ("sent", None), own[2].pk: ("sent", None)}
+    inbox = sandbox.inbox("mixpanel")
+    assert (inbox["requests"], len(inbox["received"])) == (1, 2)
 
 
 @pytest.mark.parametrize("status", [401, 413])
