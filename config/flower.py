@@ -7,12 +7,18 @@ same check rather than expose queue and task names to anyone who can reach the p
 
 import os
 
+from flower import events as flower_events
 from flower.views import monitor
 from tornado import web
 
 from config.env import broker_urls
+from config.flower_events import events_capture
 
 monitor.Metrics.get = web.authenticated(monitor.Metrics.get)  # type: ignore[method-assign]
+# Flower's own capture of the workers' task events waits longer after every failure,
+# without limit (config/flower_events.py). Names defined here become Flower's options
+# (Tornado executes this file), hence the capture in a module of its own.
+flower_events.Events.run = events_capture  # type: ignore[method-assign]
 
 # Flower's broker tab reads RabbitMQ's management API, from one URL: the first node of
 # RABBITMQ_MANAGEMENT_URL, which may name several (";"-separated, as /metrics reads it).
