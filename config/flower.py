@@ -16,8 +16,9 @@ from config.flower_events import events_capture
 
 monitor.Metrics.get = web.authenticated(monitor.Metrics.get)  # type: ignore[method-assign]
 # Flower's own capture of the workers' task events waits longer after every failure,
-# without limit (config/flower_events.py). Names defined here become Flower's options
-# (Tornado executes this file), hence the capture in a module of its own.
+# without limit (config/flower_events.py). Tornado executes this file and takes each name
+# defined here that is also one of its options (an `import logging` here made Flower
+# exit): hence the capture in a module of its own.
 flower_events.Events.run = events_capture  # type: ignore[method-assign]
 
 # Flower's broker tab reads RabbitMQ's management API, from one URL: the first node of
