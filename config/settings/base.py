@@ -299,6 +299,10 @@ CARILLON_API_DOCS_ENABLED = env.bool("CARILLON_API_DOCS_ENABLED", default=True)
 
 # --- Providers ---------------------------------------------------------------------
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Carillon <noreply@carillon.local>")
+# Each SMTP command waits this long at most. Without it (Django's default) a server that
+# stops answering, or a kept session whose network path died without a word, holds a
+# worker process for as long as TCP takes to give up; with it the send is retried.
+EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT", default=30.0)
 TWILIO_ACCOUNT_SID = env("TWILIO_ACCOUNT_SID", default="")
 TWILIO_AUTH_TOKEN = env("TWILIO_AUTH_TOKEN", default="")
 TWILIO_FROM_NUMBER = env("TWILIO_FROM_NUMBER", default="")

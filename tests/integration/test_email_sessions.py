@@ -2,10 +2,13 @@
 that died while kept. Real SMTP server (the sandbox's)."""
 
 import smtplib
+import socket
+import time
 from typing import Any
 
 import pytest
 import requests
+from django.core.mail import get_connection
 from django.test import override_settings
 
 from core.errors import ProviderTransientError
@@ -81,6 +84,21 @@ def test_a_session_idle_past_its_limit_is_replaced_not_reused(
     assert len(connects) == 2
 
 
+@override_settings(EMAIL_BACKEND=SMTP_BACKEND)
+def test_a_session_that_carried_its_share_of_messages_is_replaced(
+    sandbox: SandboxClient, pipeline_settings: None, connects: list[tuple[str, int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(email, "SESSION_MESSAGES_MAX", 2)
+    users = [recipient_user(f"share{n}") for n in range(4)]
+
+    results = [result for part in (users[:2], users[2:3], users[3:])
+               for result in email_send(items=password_reset_emails(part))]
+
+    assert all(isinstance(result, SendResult) for result in results), results
+    assert len(connects) == 2  # two messages on the first session, then a new one for the rest
+
+
 def test_a_kept_session_whose_server_restarted_is_replaced_and_the_email_sent_once(
     connects: list[tuple[str, int]],
 ) -> None:
@@ -101,3 +119,26 @@ def test_a_kept_session_whose_server_restarted_is_replaced_and_the_email_sent_on
     assert not isinstance(after, ProviderTransientError)
     assert [mail["to"] for mail in received] == [users[1].email]
     assert len(connects) == 2
+
+
+def test_every_smtp_session_waits_a_bounded_time_for_the_server() -> None:
+    assert getattr(get_connection(SMTP_BACKEND), "timeout", None) == 30.0
+
+
+def test_an_smtp_server_that_never_answers_is_a_transient_error_once_the_timeout_is_over(
+    connects: list[tuple[str, int]],
+) -> None:
+    silent = socket.create_server(("127.0.0.1", 0))  # takes the connection, never greets
+    users = [recipient_user(f"silent{n}") for n in range(2)]
+    try:
+        with override_settings(EMAIL_BACKEND=SMTP_BACKEND, EMAIL_HOST="127.0.0.1",
+                               EMAIL_PORT=silent.getsockname()[1], EMAIL_TIMEOUT=0.5):
+            started = time.monotonic()
+            results = email_send(items=password_reset_emails(users))
+            took = time.monotonic() - started
+    finally:
+        silent.close()
+
+    # Nothing was sent: each waits for its retry, none is in doubt.
+    assert all(isinstance(result, ProviderTransientError) and not result.in_doubt for result in results), results
+    assert took < 5
