@@ -1,6 +1,7 @@
 """A process keeps its SMTP session between sends, and never loses an email to a session
 that died while kept. Real SMTP server (the sandbox's)."""
 
+import itertools
 import smtplib
 import socket
 import time
@@ -70,33 +71,24 @@ def test_one_send_after_another_goes_over_the_session_the_first_kept(
     assert sorted(mail["to"] for mail in sandbox.received("email")) == sorted(user.email for user in users)
 
 
+@pytest.mark.parametrize(("limit", "value", "sends"), [
+    ("SESSION_IDLE_SECONDS", 0.0, (1, 1)),  # idle past its time: the second send opens a new one
+    ("SESSION_MESSAGES_MAX", 2, (2, 1, 1)),  # two messages on the first session, the rest on a new one
+])
 @override_settings(EMAIL_BACKEND=SMTP_BACKEND)
-def test_a_session_idle_past_its_limit_is_replaced_not_reused(
+def test_a_session_past_its_idle_time_or_its_share_of_messages_is_replaced(
     sandbox: SandboxClient, pipeline_settings: None, connects: list[tuple[str, int]],
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, limit: str, value: float, sends: tuple[int, ...],
 ) -> None:
-    monkeypatch.setattr(email, "SESSION_IDLE_SECONDS", 0.0)
-    users = [recipient_user(f"idle{n}") for n in range(2)]
+    monkeypatch.setattr(email, limit, value)
+    users = [recipient_user(f"{limit.lower()}{n}") for n in range(sum(sends))]
 
-    results = email_send(items=password_reset_emails(users[:1])) + email_send(items=password_reset_emails(users[1:]))
+    results = []
+    for first, count in zip(itertools.accumulate(sends, initial=0), sends, strict=False):
+        results += email_send(items=password_reset_emails(users[first:first + count]))
 
     assert all(isinstance(result, SendResult) for result in results), results
     assert len(connects) == 2
-
-
-@override_settings(EMAIL_BACKEND=SMTP_BACKEND)
-def test_a_session_that_carried_its_share_of_messages_is_replaced(
-    sandbox: SandboxClient, pipeline_settings: None, connects: list[tuple[str, int]],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(email, "SESSION_MESSAGES_MAX", 2)
-    users = [recipient_user(f"share{n}") for n in range(4)]
-
-    results = [result for part in (users[:2], users[2:3], users[3:])
-               for result in email_send(items=password_reset_emails(part))]
-
-    assert all(isinstance(result, SendResult) for result in results), results
-    assert len(connects) == 2  # two messages on the first session, then a new one for the rest
 
 
 def test_a_kept_session_whose_server_restarted_is_replaced_and_the_email_sent_once(
