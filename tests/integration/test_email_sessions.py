@@ -71,6 +71,22 @@ def test_one_send_after_another_goes_over_the_session_the_first_kept(
     assert sorted(mail["to"] for mail in sandbox.received("email")) == sorted(user.email for user in users)
 
 
+@override_settings(EMAIL_BACKEND=SMTP_BACKEND)
+def test_a_message_the_server_refuses_leaves_the_session_to_the_next(
+    sandbox: SandboxClient, pipeline_settings: None, connects: list[tuple[str, int]]
+) -> None:
+    # A 5xx answers one message; the server and the session go on (smtplib resets it).
+    sandbox.set_knobs("email", error_status=550, fail_next=1)
+    users = [recipient_user(f"refused{n}") for n in range(3)]
+
+    first = email_send(items=password_reset_emails(users[:2]))
+    second = email_send(items=password_reset_emails(users[2:]))
+
+    assert [type(result).__name__ for result in first + second] == ["ProviderPermanentError", "SendResult", "SendResult"]
+    assert len(connects) == 1
+    assert sorted(mail["to"] for mail in sandbox.received("email")) == sorted(user.email for user in users[1:])
+
+
 @pytest.mark.parametrize(("limit", "value", "sends"), [
     ("SESSION_IDLE_SECONDS", 0.0, (1, 1)),  # idle past its time: the second send opens a new one
     ("SESSION_MESSAGES_MAX", 2, (2, 1, 1)),  # two messages on the first session, the rest on a new one
