@@ -130,9 +130,15 @@ def bench_direct(chat: ChatPlatform, *, name: str, rooms: int, messages_per_room
             messages = [[seq, str(uuid.uuid4()), str(time.time())] for seq in range(1, messages_per_room + 1)]
             bench_room_send_direct.delay(f"{tag}-{room}", messages, pause_ms)
     else:  # unordered: one task per message, each room's burst back to back
-        for room in range(rooms):
-            for seq in range(1, messages_per_room + 1):
-                bench_room_send_direct.delay(f"{tag}-{room}", [[seq, str(uuid.uuid4()), str(time.time())]], 0)
+        # From as many threads as the ordered phases enqueue with: one thread waiting for
+        # each publish's confirm would measure the publisher, not the send path.
+        def publish(thread: int) -> None:
+            for room in range(thread, rooms, ENQUEUERS):
+                for seq in range(1, messages_per_room + 1):
+                    bench_room_send_direct.delay(f"{tag}-{room}", [[seq, str(uuid.uuid4()), str(time.time())]], 0)
+
+        with ThreadPoolExecutor(ENQUEUERS) as pool:
+            list(pool.map(publish, range(ENQUEUERS)))
     _wait(lambda: chat.accepted() >= total, f"{name}: {total} messages at the platform", timeout)
     latency = histogram_new()
     arrivals = chat.received(total)
