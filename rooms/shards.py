@@ -20,6 +20,7 @@ Inputs are small JSON objects with a `kind`:
 """
 
 import logging
+from functools import cache
 from typing import Any
 
 from django.conf import settings
@@ -37,6 +38,7 @@ SHARDS_EXCHANGE = Exchange("carillon.rooms.shards", type="direct", durable=True)
 _publisher = ConfirmedPublisher()
 
 
+@cache  # every enqueue and ack publishes to one; kombu binds copies, never this one
 def shard_queue(shard: int) -> Queue:
     """One shard's input queue. Its delivery limit stops an input that kills every owner
     that reads it from taking the shard down forever (the record in the database is what
