@@ -1,8 +1,12 @@
-"""After a transactional test the database is empty but for what migrations wrote."""
+"""After a transactional test the database is empty but for what migrations wrote; the
+migrations describe the models."""
+
+from io import StringIO
 
 import pytest
 from django.contrib.auth.models import Permission
 from django.contrib.contenttypes.models import ContentType
+from django.core.management import call_command
 from django.db import connection
 
 from notifications.models import Delivery
@@ -31,3 +35,14 @@ def test_every_row_a_test_wrote_is_gone_and_the_migrations_rows_stay() -> None:
     left = {table: rows for table in sorted(emptied) if (rows := _rows(table))}
     assert left == {}
     assert (Permission.objects.count(), ContentType.objects.count()) == (permissions, content_types)
+
+
+@pytest.mark.django_db
+def test_the_migrations_describe_the_models_as_they_are() -> None:
+    # Tests build their database from the migrations: a model changed without one (an
+    # index, a constraint) would pass every test and never reach a deployed database.
+    changes = StringIO()
+    try:
+        call_command("makemigrations", "--check", "--dry-run", stdout=changes)
+    except SystemExit:
+        pytest.fail(f"models changed without a migration (manage.py makemigrations):\n{changes.getvalue()}")
