@@ -1,6 +1,6 @@
-"""Fewer indexes on a room"s messages: each status change rewrote the message"s entry
-in all eight. The room"s own index and the room/status/sequence one are covered by the
-unique (room, sequence) index and a partial index of the messages not acked; status"s
+"""Fewer indexes on a room's messages: each status change rewrote the message's entry
+in all eight. The room's own index and the room/status/sequence one are covered by the
+unique (room, sequence) index and a partial index of the messages not acked; status's
 two indexes (one for LIKE, which nothing runs) by the latter."""
 
 import django.db.models.deletion

@@ -74,7 +74,8 @@ def _room_next_sequence(room_id: int) -> tuple[Room, int]:
     A counter written for a room that does not exist is rolled back with the enqueue."""
     counters = connection.ops.quote_name(RoomSequence._meta.db_table)
     rooms = connection.ops.quote_name(Room._meta.db_table)
-    room_column = f"(SELECT {{}} FROM {rooms} WHERE id = {counters}.room_id)"  # noqa: S608
+    room_pk = connection.ops.quote_name(str(Room._meta.pk.column))
+    room_column = f"(SELECT {{}} FROM {rooms} WHERE {room_pk} = {counters}.room_id)"  # noqa: S608
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {counters} (room_id, last_sequence) VALUES (%s, 1) ON CONFLICT (room_id) "  # noqa: S608
