@@ -15,8 +15,10 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from core.errors import ApplicationError
-from rooms.models import Room, RoomMessage
+from rooms.exceptions import RoomNotFoundError
+from rooms.models import Room, RoomMessage, RoomSequence
 from rooms.providers import chat_webhook_verify
+from rooms.services.enqueue import room_message_enqueue
 from sandbox.chat import chat_signed_headers
 from tests.unit.rooms.conftest import Inputs, owner_puts_in_flight
 
@@ -80,9 +82,22 @@ def test_enqueue_then_read_the_room(api: APIClient, room: Room, sent: Inputs) ->
     state = api.get(f"/api/rooms/{room.pk}/").json()
     assert (state["in_flight"], state["queued"], state["timeouts"]) == (None, 2, 0)  # until its owner acts
     handed = sent.of_kind("enqueued")
-    assert [(i["room"], i["sequence"], i["body"], i["shard"]) for i in handed] == [
-        (room.pk, 1, "a", room.shard), (room.pk, 2, "b", room.shard)]
+    # The room's fields come back with the counter's increment: the owner sends by them.
+    assert [(i["room"], i["sequence"], i["body"], i["shard"], i["provider"], i["recipient"]) for i in handed] == [
+        (room.pk, 1, "a", room.shard, room.provider_id, room.recipient),
+        (room.pk, 2, "b", room.shard, room.provider_id, room.recipient)]
     assert {shard for shard, _ in sent.calls} == {room.shard}
+
+
+def test_an_enqueue_into_a_room_that_does_not_exist_writes_nothing(room: Room, sent: Inputs) -> None:
+    # The view checks the room first; the service meets a missing room when it is
+    # deleted meanwhile, or called by the project's own code with a stale id.
+    missing = room.pk + 1000
+    with pytest.raises(RoomNotFoundError):
+        room_message_enqueue(room_id=missing, body="a")
+    assert not RoomSequence.objects.filter(room_id=missing).exists()
+    assert not RoomMessage.objects.exists()
+    assert sent.calls == []
 
 
 def test_enqueue_needs_a_token(room: Room) -> None:
