@@ -2,13 +2,49 @@
 what the benchmark reads of them: CPU seconds and resident memory from /proc."""
 
 import os
+import shlex
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.processes import ManagedProcess, free_port, processes_stop, python
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PROCFILE = Path(__file__).resolve().parents[1] / "platform" / "Procfile"
+# What shapes a worker's throughput; a benchmark takes these from the Procfile and sets
+# the rest (log level, host name) itself.
+_WORKER_SHAPE = ("--concurrency", "--prefetch-multiplier")
+
+
+@dataclass(frozen=True)
+class ProcfileWorker:
+    """A Celery worker of the critical app as platform/Procfile starts it."""
+
+    name: str
+    queues: tuple[str, ...]
+    shape: tuple[str, ...]  # its concurrency and prefetch options, as written
+
+    def command(self, *queues: str) -> list[str]:
+        """This worker on its own queues and `queues`, quiet, for a benchmark to run."""
+        return python("-m", "celery", "-A", "config.celery", "worker", "--loglevel", "WARNING",
+                      "--hostname", f"{self.name}@%h", "--queues", ",".join([*queues, *self.queues]), *self.shape,
+                      "--include", "benchmarks.baseline_tasks", "--without-mingle", "--without-gossip")
+
+
+def procfile_workers() -> list[ProcfileWorker]:
+    """The critical app's workers in platform/Procfile, in its order."""
+    workers = []
+    for line in PROCFILE.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, _, command = line.partition(":")
+        words = shlex.split(command)
+        if words[:4] != ["celery", "-A", "config.celery", "worker"]:
+            continue
+        shape = [word for i, word in enumerate(words) if word in _WORKER_SHAPE or words[i - 1] in _WORKER_SHAPE]
+        workers.append(ProcfileWorker(name, tuple(words[words.index("--queues") + 1].split(",")), tuple(shape)))
+    return workers
 
 
 def wait_port(port: int, *, process: ManagedProcess, timeout: float = 60.0) -> None:

@@ -13,11 +13,12 @@ each delivery was accepted by its provider (`sent_at`), or each no-op's body ran
   each chunk (email over one SMTP session to the sandbox, or with `--email-via postmark` in
   a request per 500 to the sandbox's Postmark batch API; in-app rows in bulk + Redis).
 
-The bulk worker (concurrency 2, as in `platform/Procfile`) consumes the bulk queues of
-the channels asked and `carillon.default` (the no-ops). Its CPU per delivery is compared
-with its CPU per no-op (the broadcast issue's goal: ≤ 0.5x). With `--reset-rate R`, a
-critical worker as in `platform/Procfile` (concurrency 2, the transactional email and SMS
-queues) takes the password resets published R times a second while the broadcast runs:
+The bulk workers are those of `platform/Procfile` (their queues, concurrency and prefetch
+read from it), on the bulk queues of the channels asked; the first also consumes
+`carillon.default` (the no-ops). Their CPU per delivery is compared with the first one's
+CPU per no-op (the broadcast issue's goal: ≤ 0.5x). With `--reset-rate R`, the Procfile's
+critical worker, on the transactional email and SMS queues, takes the password resets
+published R times a second while the broadcast runs:
 their latency (publish → provider accepted, from each one's scheduled time) is the lanes'
 test. The sandbox must have N distinct Message-IDs and no
 duplicate, and the database N in-app notifications: the run says so, it does not assert.
@@ -28,6 +29,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
@@ -43,7 +45,7 @@ from benchmarks.hdr import (
 )
 from benchmarks.runner import LOG_DIR, Options, Series, ratio, report_write
 from benchmarks.scenarios.common import deliveries_received
-from benchmarks.servers import cpu_seconds
+from benchmarks.servers import ProcfileWorker, cpu_seconds, procfile_workers
 from core.processes import ManagedProcess, free_port, processes_stop, python
 
 logger = logging.getLogger(__name__)
@@ -51,7 +53,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_RECIPIENTS = 10_000
 QUICK_RECIPIENTS = 200
 CHANNELS = ("inapp", "email")  # product.announcement's subscribers (notifications/subscribers.py)
-CONCURRENCY = 2
 NOOP_PUBLISHERS = 4
 USER_BATCH = 5_000
 # The issue's goals: 100,000 recipients in ≤ 30 s in-app, ≤ 120 s email; worker CPU per
@@ -265,6 +266,12 @@ def _carillon_series(*, group: str, recipients: int, channels: list[str], worker
     return series, used / (recipients * len(channels)), checks
 
 
+def _workers(queues: set[str]) -> list[ProcfileWorker]:
+    """The Procfile's workers that consume any of these queues, each on those alone."""
+    return [replace(worker, queues=tuple(queue for queue in worker.queues if queue in queues))
+            for worker in procfile_workers() if queues & set(worker.queues)]
+
+
 def broadcast_scenario(options: Options) -> list[dict[str, Any]]:
     from config.celery import ping
     from notifications.queues import DEFAULT_QUEUE_NAME, channel_queue_name
@@ -289,30 +296,25 @@ def broadcast_scenario(options: Options) -> list[dict[str, Any]]:
     group, _ = _audience_create(recipients)
     reset_users = _reset_users_create() if options.reset_rate else []
     setup_seconds = time.monotonic() - started
-    queues = ",".join([DEFAULT_QUEUE_NAME, *(channel_queue_name(channel, "bulk") for channel in channels)])
+    # The workers as platform/Procfile runs them, on the queues this run uses: the bulk
+    # lane's (the first of them also takes the no-ops) and, with resets, the transactional.
+    bulk = _workers({channel_queue_name(channel, "bulk") for channel in channels})
+    critical = _workers({channel_queue_name(channel) for channel in RESET_CHANNELS}) if options.reset_rate else []
     processes = [
         ManagedProcess("sandbox", python("-m", "sandbox", "--http-port", str(http_port), "--smtp-port",
                                          str(smtp_port), "--log-level", "WARNING"), env=env, log_dir=LOG_DIR),
-        ManagedProcess("bulk-worker", python(
-            "-m", "celery", "-A", "config.celery", "worker", "--loglevel", "WARNING", "--hostname", "bulk@%h",
-            "--queues", queues, "--concurrency", str(CONCURRENCY), "--prefetch-multiplier", "1", "--include", "benchmarks.baseline_tasks",
-            "--without-mingle", "--without-gossip"), env=env, log_dir=LOG_DIR),
+        *(ManagedProcess(worker.name, worker.command(*([DEFAULT_QUEUE_NAME] if i == 0 else [])), env=env,
+                         log_dir=LOG_DIR) for i, worker in enumerate(bulk)),
+        *(ManagedProcess(worker.name, worker.command(), env=env, log_dir=LOG_DIR) for worker in critical),
     ]
-    if options.reset_rate:
-        transactional = ",".join(channel_queue_name(channel) for channel in RESET_CHANNELS)
-        processes.append(ManagedProcess(
-            "worker", python(
-                "-m", "celery", "-A", "config.celery", "worker", "--loglevel", "WARNING", "--hostname", "critical@%h",
-                "--queues", transactional, "--concurrency", str(CONCURRENCY), "--without-mingle", "--without-gossip"),
-            env=env, log_dir=LOG_DIR))
     try:
         ping.apply_async(queue=DEFAULT_QUEUE_NAME).get(timeout=120)  # a worker answers: measure from here
         if options.reset_rate:  # and the resets' worker, before the first reset is due
             ping.apply_async(queue=channel_queue_name(RESET_CHANNELS[0])).get(timeout=120)
-        worker = [processes[1].process.pid]
+        worker = [process.process.pid for process in processes[1:1 + len(bulk)]]
         sandbox = SandboxClient(f"http://127.0.0.1:{http_port}", smtp_port=smtp_port)
         load_before = os.getloadavg()
-        noop, noop_cpu = _noop_series(options.baseline_tasks or recipients, worker)
+        noop, noop_cpu = _noop_series(options.baseline_tasks or recipients, worker[:1])
         timeout = max(120.0, recipients * len(channels) / 50)
         resets = _Resets(reset_users, options.reset_rate) if options.reset_rate else None
         carillon, carillon_cpu, checks = _carillon_series(group=group, recipients=recipients, channels=channels,
@@ -356,7 +358,8 @@ def broadcast_scenario(options: Options) -> list[dict[str, Any]]:
         config={"recipients": recipients, "channels": channels, "chunk_size": chunk_size, "database": database,
                 "email_via": options.email_via, "baseline_tasks": options.baseline_tasks or recipients,
                 "reset_rate": options.reset_rate,
-                "worker_concurrency": CONCURRENCY, "setup_seconds": round(setup_seconds, 1),
+                "workers": {worker.name: " ".join(worker.shape) for worker in [*bulk, *critical]},
+                "setup_seconds": round(setup_seconds, 1),
                 "load_average_before": [round(x, 2) for x in load_before],
                 "load_average_after": [round(x, 2) for x in load_after]},
         ratios={
