@@ -8,7 +8,9 @@ import os
 import smtplib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
@@ -41,24 +43,31 @@ def message_id(delivery: Delivery) -> str:
     return f"<delivery-{delivery.pk}.{delivery.event_id}@carillon>"
 
 
-def email_message_send(
-    *, to: str, subject: str, text: str, html: str, message_id: str, connection: BaseEmailBackend | None = None
-) -> str:
-    """Send one email (text with an HTML alternative); return the provider's id for it.
+def email_message_send(*, to: str, subject: str, text: str, html: str, message_id: str) -> str:
+    """Send one email (text with an HTML alternative) that is not a delivery's (a digest),
+    to Postmark or over this thread's kept SMTP session, as deliveries' emails go; return
+    the provider's id for it.
 
     Raises ProviderTransientError for an SMTP 4xx (a 421 with the pause email takes) or a
     connection lost (in doubt: the server may have taken the message),
     ProviderPermanentError for an SMTP 5xx. Give a
     Message-ID fixed per message, so that a resend is the same message to the mailbox.
-    `connection`: an open one to reuse (several emails, one SMTP session).
     """
     if postmark_configured():
         message = _postmark_message(to=to, subject=subject, text=text, html=html, message_id=message_id,
                                     stream=settings.POSTMARK_TRANSACTIONAL_STREAM)
         [result] = _postmark_send([message])
-        if isinstance(result, ProviderError):
-            raise result
-        return result.provider_message_id
+    else:
+        email = {"subject": subject, "text": text, "html": html, "message_id": message_id}
+        [result] = _over_kept_session([lambda connection: SendResult(
+            provider_message_id=_smtp_send(to=to, **email, connection=connection), response={"to": to})])
+    if isinstance(result, ProviderError):
+        raise result
+    return result.provider_message_id
+
+
+def _smtp_send(*, to: str, subject: str, text: str, html: str, message_id: str, connection: BaseEmailBackend) -> str:
+    """One email over an open session (email_message_send's errors); the provider's id."""
     email = EmailMultiAlternatives(
         subject=subject,
         body=text,
@@ -99,18 +108,25 @@ def email_send(*, items: list[SendItem]) -> list[SendResult | ProviderError]:
     """
     if postmark_configured():
         return _email_send_postmark(items)
+    return _over_kept_session([partial(_email_one, item, email) for item, email in zip(items, _rendered(items), strict=True)])
+
+
+def _over_kept_session(sends: list[Callable[[BaseEmailBackend], SendResult]]) -> list[SendResult | ProviderError]:
+    """Each send's result, all over this thread's kept session (or a new one), which is
+    kept again if it ended well. A kept session found dead on its first send is replaced
+    and that send tried once more; past that, a connection lost or email paused leaves the
+    rest unsent, each a transient error."""
     results: list[SendResult | ProviderError] = []
-    emails = _rendered(items)
     try:
         session = _sessions.take()
     except OSError as exc:
-        return [ProviderTransientError(f"SMTP connection: {exc}") for _ in items]
+        return [ProviderTransientError(f"SMTP connection: {exc}") for _ in sends]
     keep = False
     try:
-        for item, email in zip(items, emails, strict=True):
+        for send in sends:
             try:
                 try:
-                    results.append(_email_one(item, email, session.connection))
+                    results.append(send(session.connection))
                 except ProviderTransientError as exc:
                     if not (exc.in_doubt and session.untried):
                         raise
@@ -119,7 +135,7 @@ def email_send(*, items: list[SendItem]) -> list[SendResult | ProviderError]:
                     # new session; the same Message-ID keeps it one message in any case.
                     _sessions.drop(session)
                     session = _sessions.take()
-                    results.append(_email_one(item, email, session.connection))
+                    results.append(send(session.connection))
             except ProviderError as exc:
                 results.append(exc)
                 if isinstance(exc, ProviderTransientError) and (exc.in_doubt or exc.retry_after):
@@ -132,11 +148,11 @@ def email_send(*, items: list[SendItem]) -> list[SendResult | ProviderError]:
         results.append(ProviderTransientError(f"SMTP connection: {exc}"))
     finally:
         if keep:
-            _sessions.give_back(session, sent=len(items))
+            _sessions.give_back(session, sent=len(sends))
         else:
             _sessions.drop(session)
     unsent = ProviderTransientError("SMTP connection lost before this message was sent")
-    return results + [unsent] * (len(items) - len(results))
+    return results + [unsent] * (len(sends) - len(results))
 
 
 @dataclass(eq=False)
@@ -256,7 +272,7 @@ def _postmark_send(messages: list[dict[str, object]]) -> list[SendResult | Provi
 
 def _email_one(item: SendItem, email: dict[str, str], connection: BaseEmailBackend) -> SendResult:
     address = _address(item)
-    provider_id = email_message_send(to=address, **email, connection=connection)
+    provider_id = _smtp_send(to=address, **email, connection=connection)
     return SendResult(provider_message_id=provider_id, response={"to": address})
 
 

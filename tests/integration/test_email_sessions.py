@@ -5,14 +5,18 @@ import itertools
 import smtplib
 import socket
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import requests
 from django.core.mail import get_connection
 from django.test import override_settings
+from django.utils import timezone
 
 from core.errors import ProviderTransientError
+from notifications.digests import digest_period_end, digest_prepare, digest_send
+from notifications.models import Notification
 from notifications.providers import email
 from notifications.providers.base import SendResult
 from notifications.providers.email import email_send
@@ -69,6 +73,28 @@ def test_one_send_after_another_goes_over_the_session_the_first_kept(
     assert all(isinstance(result, SendResult) for result in first + second), first + second
     assert len(connects) == 1
     assert sorted(mail["to"] for mail in sandbox.received("email")) == sorted(user.email for user in users)
+
+
+@override_settings(EMAIL_BACKEND=SMTP_BACKEND)
+def test_digests_go_over_the_session_deliveries_kept(
+    sandbox: SandboxClient, pipeline_settings: None, connects: list[tuple[str, int]]
+) -> None:
+    # The scheduled digests of a day are one email per user: a session each would be a
+    # TCP (and TLS) handshake, EHLO and AUTH per user.
+    users = [recipient_user(f"digest{n}", digest_frequency="daily") for n in range(2)]
+    now = timezone.now()
+    yesterday = digest_period_end(frequency="daily", now=now) - timedelta(hours=1)
+    for user in users:
+        notification = Notification.objects.create(user=user, kind="video.liked", title="liked")
+        Notification.objects.filter(pk=notification.pk).update(created_at=yesterday)
+
+    [delivered] = email_send(items=password_reset_emails(users[:1]))
+    digests = [digest_prepare(user_id=user.pk, now=now) for user in users]
+    sent = [digest_send(digest_id=digest.pk, now=now) for digest in digests if digest is not None]
+
+    assert isinstance(delivered, SendResult) and sent == [True, True], (delivered, sent)
+    assert len(connects) == 1
+    assert sorted(mail["to"] for mail in sandbox.received("email")) == sorted([users[0].email] + [u.email for u in users])
 
 
 @override_settings(EMAIL_BACKEND=SMTP_BACKEND)
