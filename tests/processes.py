@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+import redis
 from django.conf import settings
 from django.db import connection as db_connection
 from django.db import connections as db_connections
@@ -16,7 +18,7 @@ from django.db import connections as db_connections
 from core.processes import ManagedProcess as BaseManagedProcess
 from core.processes import free_port, processes_stop, python
 
-__all__ = ["ManagedProcess", "free_port", "processes_stop", "python", "needs_own_postgres", "postgres_ctl", "rabbitmqctl", "subprocess_database_url", "wait_for", "await_for"]
+__all__ = ["ManagedProcess", "free_port", "processes_stop", "python", "needs_own_postgres", "postgres_ctl", "rabbitmqctl", "subprocess_database_url", "wait_for", "await_for", "OwnRedis"]
 
 T = TypeVar("T")
 
@@ -98,3 +100,61 @@ def postgres_ctl(action: str) -> None:
     if result.returncode != 0:
         raise RuntimeError(f"pg_ctl {action} failed: {result.stdout} {result.stderr}")
     db_connections.close_all()
+
+
+class OwnRedis:
+    """A Redis of a test's own (platform/lib.sh's configuration), to stop and start again
+    without touching the Redis every other test uses."""
+
+    def __init__(self, directory: Path, *options: str) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.options = options
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        subprocess.run(
+            [
+                "redis-server",
+                str(ROOT / "platform" / "redis" / "redis.conf"),
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.directory),
+                "--daemonize",
+                "yes",
+                "--pidfile",
+                str(self.directory / "redis.pid"),
+                "--logfile",
+                str(self.directory / "redis.log"),
+                *self.options,
+            ],
+            check=True,
+        )
+        client = redis.Redis.from_url(self.url)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                subprocess.run(["sleep", "0.1"], check=True)
+        raise RuntimeError(f"Redis on {self.port} did not start")
+
+    def stop(self) -> None:
+        """Shut it down and wait until it is gone: a Redis left running outlives the suite."""
+        pid = int((self.directory / "redis.pid").read_text())
+        subprocess.run(
+            ["redis-cli", "-p", str(self.port), "shutdown", "nosave"], check=False, capture_output=True
+        )
+        try:
+            wait_for(lambda: not _alive(pid), f"Redis {pid} on {self.port} exited", timeout=5)
+        except AssertionError:
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

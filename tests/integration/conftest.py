@@ -89,7 +89,7 @@ class CeleryWorker(ManagedProcess):
         self.wait_for_log(" ready.", timeout=90)
 
 
-def _celery_worker(
+def celery_worker_start(
     app: str, name: str, queues: str, env: dict[str, str] | None = None, concurrency: int = 1, *, wait: bool = True
 ) -> CeleryWorker:
     """A Celery worker consuming `queues`, ready (unless `wait` is false: then call its
@@ -131,8 +131,8 @@ EVERY_CHANNEL_QUEUE = f"{CHANNEL_QUEUES},{BULK_QUEUES}"
 def _app_workers(django_db_setup: None) -> Iterator[tuple[CeleryWorker, CeleryWorker]]:
     """A worker of each app, started at once (their startups overlap)."""
     workers = (
-        _celery_worker("config.celery", "test-critical", "carillon.default", wait=False),
-        _celery_worker("config.background", "test-background", "background", wait=False),
+        celery_worker_start("config.celery", "test-critical", "carillon.default", wait=False),
+        celery_worker_start("config.background", "test-background", "background", wait=False),
     )
     try:
         for worker in workers:
@@ -299,7 +299,7 @@ class SharedPipelineWorker:
     def running(self) -> CeleryWorker:
         if self.process is None or self.process.process.poll() is not None:
             self.stop()
-            self.process = _celery_worker(
+            self.process = celery_worker_start(
                 "config.celery", f"pipeline-shared-{self.starts}", CHANNEL_QUEUES, env=self.env, concurrency=2
             )
             self.starts += 1
@@ -349,7 +349,7 @@ def start_pipeline_worker(
     started: list[ManagedProcess] = []
 
     def start(name: str = "pipeline-worker", queues: str = CHANNEL_QUEUES, **env: str) -> ManagedProcess:
-        process = _celery_worker(
+        process = celery_worker_start(
             "config.celery",
             f"{name}-{len(started)}",
             queues,

@@ -4,9 +4,11 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
+from celery import Celery
 from django.conf import settings
 from django.test import Client, override_settings
 
@@ -14,7 +16,8 @@ from config.celery import app as critical_app
 from core.processes import ROOT
 from notifications.models import Event, FailedJob, OutboxMessage
 from notifications.queues import dead_letter_queues, topology_declare
-from tests.processes import ManagedProcess, free_port, python, wait_for
+from tests.integration.conftest import celery_worker_start
+from tests.processes import ManagedProcess, OwnRedis, free_port, python, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -113,3 +116,47 @@ def test_flower_metrics_need_its_basic_auth(flower: str) -> None:
     assert requests.get(f"{flower}/", timeout=10).status_code == 401
 
 
+
+
+def test_the_background_flower_shows_tasks_and_workers_again_after_redis_restarts(tmp_path: Path) -> None:
+    # A Redis of its own (the background app's broker), so stopping it leaves the suite's alone.
+    own = OwnRedis(tmp_path)
+    own.start()
+    env = {"REDIS_URL": own.url, "FLOWER_BASIC_AUTH": "admin:s3cret"}
+    port = free_port()
+    worker = celery_worker_start("config.background", "flower-redis", "background", env, wait=False)
+    flower = ManagedProcess("flower-background", python(
+        "-m", "celery", "-A", "config.background", "flower", "--conf=config/flower.py", "--address=127.0.0.1",
+        f"--port={port}"), env=env)
+    url, auth = f"http://127.0.0.1:{port}", ("admin", "s3cret")
+    broker = Celery(broker=own.url)
+
+    def seen(task_id: str) -> bool:
+        tasks = requests.get(f"{url}/api/tasks", auth=auth, timeout=10).json()
+        return tasks.get(task_id, {}).get("state") == "SUCCESS"
+
+    def worker_listed() -> bool:
+        workers = requests.get(f"{url}/api/workers", params={"refresh": 1}, auth=auth, timeout=10).json()
+        return worker.hostname in workers and "stats" in workers[worker.hostname]
+
+    try:
+        worker.wait_ready()
+        flower.wait_until(lambda: _answers(f"{url}/healthcheck"), "flower /healthcheck")
+        before = broker.send_task("background.ping", queue="background").id
+        wait_for(lambda: seen(before), "the task before the outage in Flower")
+
+        own.stop()
+        wait_for(lambda: "trying again" in flower.log(), "Flower noticing the broker gone")
+        own.start()
+
+        # Sent once the worker is back on the new Redis: the ping is a plain Redis list push,
+        # which a worker still reconnecting would find later anyway.
+        worker.wait_for_log("Connected to redis", timeout=30)
+        after = broker.send_task("background.ping", queue="background").id
+        wait_for(lambda: seen(after), "the task after the outage in Flower", timeout=60)
+        wait_for(worker_listed, "the worker in Flower's list after the outage", timeout=30)
+    finally:
+        broker.close()
+        flower.stop()
+        worker.kill()
+        own.stop()

@@ -5,9 +5,6 @@ pointed at it, so restarting it leaves every other test's Redis alone.
 """
 
 import asyncio
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,65 +23,10 @@ from realtime.subscriptions import SubscriptionTable
 from realtime.topics import sequence_key, topic_parse
 from tests.integration.conftest import start_daphne
 from tests.integration.realtime.clients import WsClient, messages
-from tests.processes import ROOT, free_port, wait_for
+from tests.processes import OwnRedis, wait_for
 from tests.unit.realtime.conftest import RecordingSink
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True), pytest.mark.database_agnostic]
-
-
-class OwnRedis:
-    def __init__(self, directory: Path, *options: str) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.options = options
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        subprocess.run(
-            [
-                "redis-server",
-                str(ROOT / "platform" / "redis" / "redis.conf"),
-                "--port",
-                str(self.port),
-                "--dir",
-                str(self.directory),
-                "--daemonize",
-                "yes",
-                "--pidfile",
-                str(self.directory / "redis.pid"),
-                "--logfile",
-                str(self.directory / "redis.log"),
-                *self.options,
-            ],
-            check=True,
-        )
-        client = redis.Redis.from_url(self.url)
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                subprocess.run(["sleep", "0.1"], check=True)
-        raise RuntimeError(f"Redis on {self.port} did not start")
-
-    def stop(self) -> None:
-        """Shut it down and wait until it is gone: a Redis left running outlives the suite."""
-        pid = int((self.directory / "redis.pid").read_text())
-        subprocess.run(
-            ["redis-cli", "-p", str(self.port), "shutdown", "nosave"], check=False, capture_output=True
-        )
-        try:
-            wait_for(lambda: not _alive(pid), f"Redis {pid} on {self.port} exited", timeout=5)
-        except AssertionError:
-            os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture
