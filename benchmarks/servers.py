@@ -42,7 +42,7 @@ def procfile_workers() -> list[ProcfileWorker]:
         words = shlex.split(command)
         if words[:4] != ["celery", "-A", "config.celery", "worker"]:
             continue
-        shape = [word for i, word in enumerate(words) if word in _WORKER_SHAPE or words[i - 1] in _WORKER_SHAPE]
+        shape = [word for flag in _WORKER_SHAPE if flag in words for word in (flag, words[words.index(flag) + 1])]
         workers.append(ProcfileWorker(name, tuple(words[words.index("--queues") + 1].split(",")), tuple(shape)))
     return workers
 
