@@ -201,14 +201,17 @@ def _waited_deliveries(waited: dict[int, tuple[Event, Subscriber]]) -> dict[int,
 def _batch_senders_deliver(batched: list[Delivery], *, waited: set[int]) -> tuple[set[int], dict[int, int]]:
     """Hand the batch's unfinished deliveries of batching channels (analytics) to their
     sender; answer those it sent, and those it put off (to run again in so many seconds).
-    A lone delivery that has not waited yet waits for others to join it; two or more, or
-    one that has waited, go now. Those it refused or could not send are left to their
-    tasks."""
+    Fresh ones wait for their window, however many the batch holds, unless a full
+    request's worth is pending: a flush sends the oldest pending of every batch, so the
+    copy that comes back first sends the others' too, in requests as full as the window
+    allows. (Sending whenever a batch held two made Mixpanel requests of four on average
+    at 300 deliveries a second, a sixth of the worker's CPU.) A batch holding one that
+    has waited sends now. Those it refused or could not send are left to their tasks."""
     sent: set[int] = set()
     later: dict[int, int] = {}
     for channel in {delivery.channel for delivery in batched}:
         own = [delivery for delivery in batched if delivery.channel == channel]
-        go_now = len(own) > 1 or any(delivery.pk in waited for delivery in own)
+        go_now = any(delivery.pk in waited for delivery in own)
         try:
             refused = {pk for pk, _ in BATCH_SENDERS[channel](own, waited=go_now)}
         except BatchPending as exc:

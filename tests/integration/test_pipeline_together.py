@@ -147,34 +147,41 @@ def test_works_sent_together_and_run_again_send_nothing_twice(pipeline_settings:
     assert len(mailoutbox) == 3
 
 
-def test_analytics_of_a_batch_go_to_mixpanel_in_one_request_and_a_lone_one_waits_for_its_window(
+def test_analytics_wait_for_their_window_then_go_to_mixpanel_in_one_request(
     pipeline_settings: None, sandbox: SandboxClient
 ) -> None:
-    users = users_made(7, "liked")
+    users = users_made(8, "liked")
     events = [EventFactory.create(type="video.liked", data={"user_id": user.pk, "video_id": f"v{n}", "liked_by": "Bo"})
               for n, user in enumerate(users)]
 
-    # The events, their users, their preferences, one insert; then one flush (claim, read
-    # back, record the sends) and one read of how these works' own ended.
-    done, statements = statements_sending_together([(str(event.id), "product_analytics") for event in events[:5]])
-    lone = deliveries_send_together(works=[(str(events[5].id), "product_analytics")])
+    # Written and put off for their window, however many a batch holds.
+    fresh = deliveries_send_together(works=[(str(event.id), "product_analytics") for event in events[:5]])
 
-    assert (done, statements) == ([True] * 5, 8)
-    assert [statuses(event) for event in events[:5]] == [{"product_analytics": "sent"}] * 5
+    assert fresh == [PutOff(1)] * 5
+    assert [statuses(event) for event in events[:5]] == [{"product_analytics": "pending"}] * 5
+    assert sandbox.inbox("mixpanel")["requests"] == 0
+
+    # The first copy back from its window sends every pending one, whichever batch wrote
+    # it, with its own batch's: the events, their users, their preferences, the waited
+    # one's row, one insert; one flush (claim, read back, record the sends) and one read
+    # of how these works' own ended.
+    back, statements = statements_sending_together([Work(str(events[0].id), "product_analytics", waited=True),
+                                                    (str(events[5].id), "product_analytics")])
+    again = deliveries_send_together(works=[Work(str(events[1].id), "product_analytics", waited=True)])
+
+    assert (back, statements) == ([True, True], 9)
+    assert again == [True]  # the next copy back finds its delivery sent
+    assert [statuses(event) for event in events[:6]] == [{"product_analytics": "sent"}] * 6
     inbox = sandbox.inbox("mixpanel")
-    assert (inbox["accepted"], inbox["requests"]) == (5, 1)
-    # Written, and put off for its window: its work comes back to join a later batch.
-    assert lone == [PutOff(1)] and statuses(events[5]) == {"product_analytics": "pending"}
+    assert (inbox["accepted"], inbox["requests"]) == (6, 1)
 
-    back = deliveries_send_together(works=[Work(str(events[5].id), "product_analytics", waited=True),
-                                           (str(events[6].id), "product_analytics")])
-    again = deliveries_send_together(works=[Work(str(events[5].id), "product_analytics", waited=True)])
+    # A full request's worth pending goes at once.
+    with override_settings(CARILLON_ANALYTICS_BATCH_SIZE=2):
+        full = deliveries_send_together(works=[(str(event.id), "product_analytics") for event in events[6:]])
 
-    assert back == [True, True]  # the one that waited and the batch's own, in one request
-    assert again == [True]  # a second copy of the put-off job finds it sent
-    assert [statuses(event) for event in events[5:]] == [{"product_analytics": "sent"}] * 2
+    assert full == [True, True]
     inbox = sandbox.inbox("mixpanel")
-    assert (inbox["accepted"], inbox["requests"]) == (7, 2)
+    assert (inbox["accepted"], inbox["requests"]) == (8, 2)
 
 
 def test_a_lone_analytics_delivery_waits_for_its_window_without_a_task_run_of_its_own(
