@@ -45,7 +45,7 @@ def emails_sent_here(outbox: list[Any]) -> list[str]:
     return sorted(address for mail in outbox for address in mail.to)
 
 
-def statements_sending_together(works: list[tuple[str, str]]) -> tuple[list[bool | PutOff], int]:
+def statements_sending_together(works: list[tuple[str, str] | Work]) -> tuple[list[bool | PutOff], int]:
     """What `deliveries_send_together` answers, and the SQL statements it ran (not
     counting BEGIN and COMMIT)."""
     with CaptureQueriesContext(connection) as captured:
