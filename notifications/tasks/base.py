@@ -57,18 +57,14 @@ class DeliveryTask(Task):  # type: ignore[misc]
         except Exception as exc:  # noqa: BLE001 - everything else is permanent: keep it, dead-letter it
             self._give_up(exc)
 
-    def put_off(self, task_id: str, args: list[Any], kwargs: dict[str, Any], seconds: float,
-                producer: Any = None) -> None:
+    def put_off(self, task_id: str, args: list[Any], kwargs: dict[str, Any], seconds: float) -> None:
         """Put a job off, not failed (an analytics batch to join, a send rate to respect):
         publish it again, `waited`, to run in `seconds`; the caller then finishes (acks)
         this copy. Killed in between, both copies run, and the Delivery rows keep it once.
         A put-off is no retry: a broadcast held back by a rate limit for minutes never runs
-        out of retries. `producer`: one whose confirms the caller awaits (else Celery's
-        pool, waiting for this message's)."""
-        # On the caller's producer, its own reconnection replaces kombu's retries.
-        options = {"producer": producer, "retry": False} if producer is not None else {}
+        out of retries."""
         self.apply_async(args=args, kwargs={**kwargs, "waited": True}, countdown=max(1, round(seconds)),
-                         task_id=task_id, **options)
+                         task_id=task_id)
 
     def _give_up(self, exc: BaseException) -> None:
         """Record a FailedJob, then reject without requeue: RabbitMQ dead-letters it."""

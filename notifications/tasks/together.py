@@ -29,7 +29,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 from celery import Celery, current_app
@@ -38,17 +37,12 @@ from celery.worker.consumer import Consumer
 from celery.worker.strategy import default as default_strategy
 from django.conf import settings
 from django.db import close_old_connections
-from kombu import Producer
 from kombu.message import Message
 
-from core.confirms import ConfirmedPublisher
 from notifications.services.deliveries import PutOff, Work, deliveries_send_together
 from notifications.tasks.base import DeliveryTask
 
 logger = logging.getLogger(__name__)
-
-# A pool process's put-offs: on a channel of its own in confirm mode (core/confirms.py).
-_publisher = ConfirmedPublisher()
 
 
 @dataclass(eq=False)
@@ -126,31 +120,22 @@ def _send_together(jobs: list[tuple[str, str, Work]], number: int) -> list[bool]
     except Exception:
         logger.exception("batch %d of %d deliveries failed: each runs alone", number, len(jobs))
         return [False] * len(jobs)
-    put_off = _put_off([(job, outcome) for job, outcome in zip(jobs, outcomes, strict=True)
-                        if isinstance(outcome, PutOff)])
-    finished = [outcome is True or job[0] in put_off for job, outcome in zip(jobs, outcomes, strict=True)]
+    finished = [outcome is True or isinstance(outcome, PutOff) and _put_off(job, outcome)
+                for job, outcome in zip(jobs, outcomes, strict=True)]
     logger.info("batch %d: %d of %d deliveries done together, %d put off", number, outcomes.count(True), len(jobs),
                 sum(isinstance(outcome, PutOff) for outcome in outcomes))
     return finished
 
 
-def _put_off(jobs: list[tuple[tuple[str, str, Work], PutOff]]) -> set[str]:
-    """Publish jobs again for later (`waited`), all before one wait for their confirms
-    (one after another, each waited for, held the pool process a confirm per job); answer
-    the ids RabbitMQ took. The others run alone."""
-    if not jobs:
-        return set()
-    try:
-        answers = _publisher.publish([partial(_put_off_one, job, later) for job, later in jobs])
-    except Exception:
-        logger.exception("%d jobs could not be put off: each runs alone", len(jobs))
-        return set()
-    return {job[0] for (job, _), taken in zip(jobs, answers, strict=True) if taken}
-
-
-def _put_off_one(job: tuple[str, str, Work], later: PutOff, producer: Producer) -> None:
+def _put_off(job: tuple[str, str, Work], later: PutOff) -> bool:
+    """Publish a job again for later (`waited`); False if that failed (it runs alone)."""
     task_id, name, work = job
-    current_app.tasks[name].put_off(task_id, [work.event_id, work.subscriber], {}, later.seconds, producer=producer)
+    try:
+        current_app.tasks[name].put_off(task_id, [work.event_id, work.subscriber], {}, later.seconds)
+    except Exception:
+        logger.exception("task %s: could not be put off: it runs alone", task_id)
+        return False
+    return True
 
 
 def _due(eta: str | None) -> bool:
