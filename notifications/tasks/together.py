@@ -12,13 +12,9 @@ strategy instead of Celery's:
   meanwhile, at most CARILLON_DELIVERY_BATCH_MAX. At low load a message finds a free
   process and goes at once, alone: nothing waits for a batch to fill.
 - The batch runs in a pool process; each message it finished is acknowledged. One whose
-  analytics delivery waits for its batch window stays in the worker's main process,
-  unacknowledged, for the window (the worker's prefetch grows by one meanwhile, as
-  Celery's does for a task with a countdown), then joins whatever batch is forming,
-  `waited`, and is flushed with that batch's analytics. A lone analytics delivery costs
-  no task run of its own, and no second message: publishing a put-off copy cost a
-  sixth of the worker's CPU at 300 deliveries a second. Killed meanwhile, the worker
-  loses nothing: RabbitMQ gives the unacknowledged message to another worker.
+  analytics delivery waits for its batch window is published again, put off (`waited`),
+  and acknowledged: when it comes back, it is flushed in whatever batch it lands in,
+  with that batch's analytics. A lone analytics delivery costs no task run of its own.
 - Every other message, and each one the batch did not finish (a failure, an audience,
   anything but a plain send), runs as the ordinary task, alone, with its retries,
   failed job and dead-lettering. A pool process killed mid-batch sends its messages
@@ -35,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from celery import Celery
+from celery import Celery, current_app
 from celery.worker import state
 from celery.worker.consumer import Consumer
 from celery.worker.strategy import default as default_strategy
@@ -76,15 +72,6 @@ class _Batches:
     held: list[_Held] = field(default_factory=list)
     running: int = 0
     started: int = 0  # batches so far, to name each in the log
-    # The consumer's connections to RabbitMQ so far. A message can only be acknowledged on
-    # the channel it came on: what a batch or a timer kept from an earlier connection is
-    # RabbitMQ's to give out again, not this worker's to send.
-    connection: int = 0
-
-    def restarted(self) -> None:
-        """The consumer connected again after losing the broker: forget what it held."""
-        self.held.clear()
-        self.connection += 1
 
     def add(self, held: _Held) -> None:
         state.task_reserved(held)
@@ -100,64 +87,55 @@ class _Batches:
             state.task_accepted(held)
         self.running += 1
         self.started += 1
-        connection = self.connection
         self.consumer.pool.apply_async(
             _send_together, args=([(held.id, held.name, held.work) for held in batch], self.started),
-            callback=lambda outcomes: self._finished(batch, outcomes, connection),
-            error_callback=lambda error: self._finished(batch, [False] * len(batch), connection, error),
+            callback=lambda done: self._finished(batch, done),
+            error_callback=lambda error: self._finished(batch, [False] * len(batch), error),
         )
 
-    def _finished(self, batch: list[_Held], outcomes: list[bool | PutOff], connection: int,
-                  error: object = None) -> None:
+    def _finished(self, batch: list[_Held], done: list[bool], error: object = None) -> None:
         if error is not None:  # billiard's ExceptionInfo, e.g. WorkerLostError for a killed process
             logger.warning("a batch of %d deliveries ended with %r: each runs alone", len(batch),
                            getattr(error, "exception", error))
         self.running -= 1
-        for held, outcome in zip(batch, outcomes, strict=True):
-            if isinstance(outcome, PutOff) and connection == self.connection:
-                self._hold(held, outcome.seconds)
-                continue
-            finished = outcome is True
+        for held, finished in zip(batch, done, strict=True):
             state.task_ready(held, successful=finished)
             if finished:
                 # Celery's own line for a task that succeeded: operators follow a task id
                 # through the log whichever way it ran.
                 logger.info("Task %s[%s] succeeded in a batch of %d", held.name, held.id, len(batch))
                 held.ack()
-            elif not isinstance(outcome, PutOff):  # a put-off from a lost connection: RabbitMQ's again
+            else:
                 held.alone()
         self.start()
 
-    def _hold(self, held: _Held, seconds: int) -> None:
-        """Keep a put-off message for `seconds`, unacknowledged (it stays reserved), then
-        batch it again, `waited`. Meanwhile `celery inspect reserved` lists it."""
-        state.task_ready(held)
-        state.task_reserved(held)
-        self.consumer.qos.increment_eventually()
-        self.consumer.timer.call_after(seconds, self._release, (held, self.connection), priority=6)
 
-    def _release(self, held: _Held, connection: int) -> None:
-        if connection != self.connection:
-            return  # the qos it counted in went with that connection
-        self.consumer.qos.decrement_eventually()
-        held.work = held.work._replace(waited=True)
-        self.held.append(held)
-        self.start()
-
-
-def _send_together(jobs: list[tuple[str, str, Work]], number: int) -> list[bool | PutOff]:
-    """In a pool process: each job's (task id, task name, work) outcome in a batch: done,
-    left to its ordinary task (False), or to run again later (PutOff). A fault of the
-    batch itself (the database away) leaves every work to its ordinary task."""
+def _send_together(jobs: list[tuple[str, str, Work]], number: int) -> list[bool]:
+    """In a pool process: which jobs (task id, task name, work) of a batch are finished:
+    done, or put off and published again. A fault of the batch itself (the database
+    away) leaves every work to its ordinary task."""
     close_old_connections()  # as around every task: a connection past its age or broken is replaced
     try:
         outcomes = deliveries_send_together(works=[work for _, _, work in jobs])
     except Exception:
         logger.exception("batch %d of %d deliveries failed: each runs alone", number, len(jobs))
         return [False] * len(jobs)
+    finished = [outcome is True or isinstance(outcome, PutOff) and _put_off(job, outcome)
+                for job, outcome in zip(jobs, outcomes, strict=True)]
     logger.info("batch %d: %d of %d deliveries done together, %d put off", number, outcomes.count(True), len(jobs),
                 sum(isinstance(outcome, PutOff) for outcome in outcomes))
-    return outcomes
+    return finished
+
+
+def _put_off(job: tuple[str, str, Work], later: PutOff) -> bool:
+    """Publish a job again for later (`waited`); False if that failed (it runs alone)."""
+    task_id, name, work = job
+    try:
+        current_app.tasks[name].put_off(task_id, [work.event_id, work.subscriber], {}, later.seconds)
+    except Exception:
+        logger.exception("task %s: could not be put off: it runs alone", task_id)
+        return False
+    return True
 
 
 def _due(eta: str | None) -> bool:
@@ -181,7 +159,7 @@ class TogetherDeliveryTask(DeliveryTask):  # type: ignore[misc]  # celery is unt
             # The consumer started again after losing the broker: what it held came on the
             # old channel, cannot be acknowledged there, and RabbitMQ gives it out again.
             # (Celery drops its own reserved requests the same way.)
-            consumer.delivery_batches.restarted()
+            consumer.delivery_batches.held.clear()
         else:
             consumer.delivery_batches = _Batches(consumer)
         batches: _Batches = consumer.delivery_batches

@@ -1,24 +1,24 @@
 """The delivery task's policy: a transient error is retried with backoff, a permanent one
 becomes a failed job at once and is rejected (RabbitMQ dead-letters it), and a job
-waiting for its batch is put off, not failed (held by its worker, when in a batch). The
-send itself is stubbed: what happens at the provider is the integration tests' business."""
+waiting for its batch is put off, not failed. The send itself is stubbed: what happens
+at the provider is the integration tests' business."""
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
 import pytest
 from celery.exceptions import Reject
 from django.test import override_settings
+from kombu.exceptions import OperationalError
 
 from core.errors import ProviderPermanentError, ProviderTransientError
 from notifications.exceptions import BatchPending
 from notifications.models import FailedJob
 from notifications.services.deliveries import PutOff, Work
 from notifications.tasks import deliver_sms, together
-from notifications.tasks.base import retry_countdown
+from notifications.tasks.base import DeliveryTask, retry_countdown
 from notifications.tasks.together import _due
 
 pytestmark = pytest.mark.django_db
@@ -106,70 +106,21 @@ def test_a_put_off_message_joins_a_batch_only_once_its_countdown_is_over() -> No
     assert not _due("not a time")
 
 
-class _Consumer:
-    """What `_Batches` uses of Celery's consumer: one pool process whose batches the test
-    ends, a timer whose entries the test fires, the prefetch's adjustments."""
+def test_a_batch_job_that_cannot_be_put_off_is_left_to_run_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The broker gone at the moment a batch publishes a put-off copy: that job is not
+    # acknowledged as finished, so its message runs as the ordinary task, which writes
+    # nothing twice and puts itself off (or retries) on its own.
+    outcomes: list[bool | PutOff] = [True, PutOff(1), PutOff(1), False]
+    monkeypatch.setattr(together, "deliveries_send_together", lambda works: outcomes)
+    published: list[str] = []
 
-    def __init__(self) -> None:
-        self.pool = SimpleNamespace(num_processes=1, apply_async=self._apply_async)
-        self.timer = SimpleNamespace(call_after=lambda secs, fun, args, priority: self.timers.append((secs, fun, args)))
-        self.qos = SimpleNamespace(increment_eventually=lambda: self._prefetch(1),
-                                   decrement_eventually=lambda: self._prefetch(-1))
-        self.batches: list[tuple[list[Work], Any]] = []
-        self.timers: list[tuple[float, Any, tuple[Any, ...]]] = []
-        self.prefetch_added = 0
+    def put_off(task: DeliveryTask, task_id: str, args: list[Any], kwargs: dict[str, Any], seconds: float) -> None:
+        if task_id == "job-3":
+            raise OperationalError("connection refused")
+        published.append(task_id)
 
-    def _apply_async(self, fun: Any, args: tuple[Any, ...], callback: Any, error_callback: Any) -> None:
-        self.batches.append(([work for _, _, work in args[0]], callback))
+    monkeypatch.setattr(DeliveryTask, "put_off", put_off)
+    jobs = [(f"job-{n}", deliver_sms.name, Work(EVENT_ID, "security_sms")) for n in range(1, 5)]
 
-    def _prefetch(self, step: int) -> None:
-        self.prefetch_added += step
-
-
-def _held(n: int, seen: list[str]) -> together._Held:
-    return together._Held(id=f"job-{n}", name=deliver_sms.name, work=Work(EVENT_ID, f"sub-{n}"),
-                          ack=lambda: seen.append(f"ack job-{n}"), alone=lambda: seen.append(f"alone job-{n}"),
-                          hostname="worker@test")
-
-
-def test_a_put_off_message_is_held_unacknowledged_then_batched_again_waited() -> None:
-    # Its analytics delivery waits for the batch window: the worker keeps the message
-    # (RabbitMQ would give it to another worker if this one died) instead of
-    # publishing a copy, and lets one more message in meanwhile.
-    consumer, seen = _Consumer(), list[str]()
-    batches = together._Batches(consumer)  # type: ignore[arg-type]
-    for n in (1, 2, 3):
-        batches.add(_held(n, seen))
-    consumer.batches.pop()[1]([True])  # job-1 went alone, at once; 2 and 3 wait together
-    works, finished = consumer.batches.pop()
-    assert works == [Work(EVENT_ID, "sub-2"), Work(EVENT_ID, "sub-3")]
-
-    finished([PutOff(1), False])
-
-    assert seen == ["ack job-1", "alone job-3"]
-    assert consumer.prefetch_added == 1 and [secs for secs, _, _ in consumer.timers] == [1]
-    _, release, args = consumer.timers.pop()
-    release(*args)
-    [(works, finished)] = consumer.batches
-    assert works == [Work(EVENT_ID, "sub-2", waited=True)] and consumer.prefetch_added == 0
-    finished([True])
-    assert seen == ["ack job-1", "alone job-3", "ack job-2"]
-
-
-def test_a_message_held_when_the_broker_connection_is_lost_is_left_to_rabbitmq() -> None:
-    # Delivery tags belong to the channel the message came on: after a reconnect the
-    # broker gives the message out again, so the old copy is neither sent nor counted.
-    consumer, seen = _Consumer(), list[str]()
-    batches = together._Batches(consumer)  # type: ignore[arg-type]
-    batches.add(_held(1, seen))
-    batches.add(_held(2, seen))
-    consumer.batches.pop()[1]([PutOff(1)])  # job-1 held; job-2's batch starts
-    _, finished = consumer.batches.pop()
-
-    batches.restarted()
-    finished([PutOff(1)])  # a batch of the old connection
-    _, release, args = consumer.timers.pop()
-    release(*args)
-
-    assert seen == [] and consumer.batches == [] and consumer.timers == []
-    assert consumer.prefetch_added == 1  # the old connection's qos, gone with it
+    assert together._send_together(jobs, 1) == [True, True, False, False]
+    assert published == ["job-2"]
