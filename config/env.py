@@ -36,6 +36,10 @@ def required_secret(name: str) -> str:
     return value
 
 
+# Django's SQLite backend, its writers waiting for the write lock by priority (core/db).
+SQLITE_ENGINE = "core.db.sqlite3"
+
+
 def database_config(url: str) -> dict[str, object]:
     """Turn DATABASE_URL into Django's DATABASES entry, tuned per engine."""
     config: dict[str, object] = env.db_url_config(url)
@@ -45,6 +49,7 @@ def database_config(url: str) -> dict[str, object]:
     config["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
     config["CONN_HEALTH_CHECKS"] = True
     if config["ENGINE"] == "django.db.backends.sqlite3":
+        config["ENGINE"] = SQLITE_ENGINE
         # WAL lets the web process read while a worker writes; IMMEDIATE takes the write
         # lock at BEGIN so concurrent writers queue instead of failing with "locked".
         config["OPTIONS"] = {

@@ -24,6 +24,7 @@ from django.conf import settings
 from kombu import Connection, Exchange, Queue
 
 from config.celery import app as critical_app
+from core.db.sqlite3.base import write_lock_yield
 from notifications.channels import Channel, Lane
 
 EVENTS_EXCHANGE = Exchange("carillon.events", type="topic", durable=True)
@@ -143,6 +144,22 @@ def _declare_topology(sender: Any, **kwargs: Any) -> None:
         return  # a background worker: its broker is Redis
     with critical_app.connection_for_write() as connection:
         topology_declare(connection)
+
+
+def bulk_lane_worker(queues: set[str]) -> bool:
+    """Whether a worker consuming `queues` works for the bulk lane only: a bulk queue, and
+    no transactional channel queue."""
+    bulk = {channel_queue_name(channel, Lane.BULK) for channel in Channel}
+    return bool(queues & bulk) and not queues & {channel_queue_name(channel) for channel in Channel}
+
+
+@worker_init.connect
+def _bulk_workers_yield_the_write_lock(sender: Any, **kwargs: Any) -> None:
+    """A bulk lane's worker waits for SQLite's write lock behind every other process
+    (core/db/sqlite3)."""
+    consumed = sender.app.amqp.queues.consume_from  # None: every queue
+    if sender.app is critical_app and consumed and bulk_lane_worker(set(consumed)):
+        write_lock_yield()
 
 
 def topology_definitions() -> dict[str, Any]:

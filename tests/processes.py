@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import connection as db_connection
 from django.db import connections as db_connections
 
+from config.env import SQLITE_ENGINE
 from core.processes import ManagedProcess as BaseManagedProcess
 from core.processes import free_port, processes_stop, python
 
@@ -30,7 +31,7 @@ LOG_DIR = Path(os.environ.get("CARILLON_TEST_LOG_DIR") or ROOT / ".run" / "test-
 def subprocess_database_url() -> str:
     """The test database as a URL, for processes the tests start (pytest-django renamed it)."""
     db = settings.DATABASES["default"]
-    if db["ENGINE"] == "django.db.backends.sqlite3":
+    if db["ENGINE"] == SQLITE_ENGINE:
         return f"sqlite:///{db['NAME']}"
     user = str(db["USER"]) + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
     return f"postgres://{user}@{db['HOST']}:{db['PORT']}/{db['NAME']}"

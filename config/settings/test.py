@@ -1,5 +1,6 @@
 """Settings for the test suite: `platform/test` exports the URLs of its own services."""
 
+from config.env import SQLITE_ENGINE
 from config.settings.local import *  # noqa: F403
 from config.settings.local import BASE_DIR, DATABASES
 
@@ -17,5 +18,5 @@ CARILLON_THROTTLE_RATES = {**CARILLON_THROTTLE_RATES, "credential_failures": "10
 
 # Worker and daphne processes started by the tests open the same database as the test
 # run, so SQLite's test database must be a file rather than the in-memory default.
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+if DATABASES["default"]["ENGINE"] == SQLITE_ENGINE:
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".run" / "test.sqlite3")}

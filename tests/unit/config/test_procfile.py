@@ -1,9 +1,10 @@
-"""The Procfile's Celery workers: every queue of the critical app has a consumer, and the
-lanes that must not wait for each other never share a worker."""
+"""The Procfile's Celery workers: every queue of the critical app has a consumer, the
+lanes that must not wait for each other never share a worker, and on SQLite the bulk
+lane's workers wait for the write lock behind the others."""
 
 from benchmarks.servers import procfile_workers
 from notifications.channels import Channel, Lane
-from notifications.queues import channel_queue_name, task_queues
+from notifications.queues import bulk_lane_worker, channel_queue_name, task_queues
 
 
 def _critical_workers() -> dict[str, set[str]]:
@@ -33,3 +34,10 @@ def test_in_app_broadcasts_have_a_worker_of_their_own() -> None:
     owners = [queues for queues in _critical_workers().values() if inapp in queues]
 
     assert owners == [{inapp}]
+
+
+def test_the_bulk_lanes_workers_and_only_they_yield_sqlites_write_lock() -> None:
+    yielding = {name for name, queues in _critical_workers().items() if bulk_lane_worker(queues)}
+
+    assert yielding == {"bulk-inapp-worker", "bulk-worker"}
+    assert not bulk_lane_worker({"carillon.default"})  # nor one that takes no bulk work

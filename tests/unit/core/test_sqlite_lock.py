@@ -1,0 +1,56 @@
+"""SQLite's one write lock, shared by every process: a transactional writer gets it in
+the gaps a bulk writer leaves, instead of waiting behind it with SQLite's own back-off
+(which by then tries every 100 ms). A real SQLite file, two connections."""
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from django.db.utils import ConnectionHandler
+
+from config.env import database_config
+
+HOG_TRANSACTIONS = 100
+
+
+def bulk_writer(path: Path, started: threading.Event) -> None:
+    """Keep the write lock, as a broadcast's bulk writers do: a transaction of 40 ms, then
+    the next after a gap of a fraction of a millisecond."""
+    connection = sqlite3.connect(path, isolation_level=None, timeout=20)
+    pause = threading.Event()
+    for _ in range(HOG_TRANSACTIONS):
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("INSERT INTO writes (who) VALUES ('bulk')")
+        started.set()
+        pause.wait(0.040)
+        connection.execute("COMMIT")
+        pause.wait(0.00015)
+    connection.close()
+
+
+def test_a_transactional_write_gets_the_lock_while_a_bulk_writer_keeps_it_busy(
+    tmp_path: Path, django_db_blocker: Any
+) -> None:
+    path = tmp_path / "lock.sqlite3"
+    with sqlite3.connect(path) as setup:
+        setup.execute("PRAGMA journal_mode=WAL")
+        setup.execute("CREATE TABLE writes (id INTEGER PRIMARY KEY, who TEXT)")
+    connections = ConnectionHandler({"default": database_config(f"sqlite:///{path}")})
+    started = threading.Event()
+    bulk = threading.Thread(target=bulk_writer, args=(path, started))
+    bulk.start()
+    try:
+        started.wait(5)
+        with django_db_blocker.unblock(), connections["default"].cursor() as cursor:  # a database of its own
+            cursor.execute("INSERT INTO writes (who) VALUES ('reset')")
+    finally:
+        bulk.join()
+        connections.close_all()
+
+    with sqlite3.connect(path) as check:
+        [(reset_id,)] = check.execute("SELECT id FROM writes WHERE who = 'reset'").fetchall()
+        [(bulk_after,)] = check.execute("SELECT count(*) FROM writes WHERE who = 'bulk' AND id > ?", (reset_id,)).fetchall()
+    # It went in while the bulk writer still had most of its transactions to write, not
+    # after it stopped.
+    assert bulk_after > HOG_TRANSACTIONS // 2, (reset_id, bulk_after)
