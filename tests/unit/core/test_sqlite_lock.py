@@ -7,9 +7,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from django.db.utils import ConnectionHandler
 
 from config.env import database_config
+from core.db.sqlite3 import base as sqlite_backend
 
 HOG_TRANSACTIONS = 100
 
@@ -54,3 +56,23 @@ def test_a_transactional_write_gets_the_lock_while_a_bulk_writer_keeps_it_busy(
     # It went in while the bulk writer still had most of its transactions to write, not
     # after it stopped.
     assert bulk_after > HOG_TRANSACTIONS // 2, (reset_id, bulk_after)
+
+
+def test_a_bulk_lane_process_waits_with_sqlites_own_back_off(
+    tmp_path: Path, django_db_blocker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A connection tries every millisecond itself (SQLite's busy handler off), unless
+    # its process yields the lock: then SQLite waits, for the connection's timeout.
+    monkeypatch.setattr(sqlite_backend, "_poll_seconds", sqlite_backend._poll_seconds)  # put back afterwards
+    fast = ConnectionHandler({"default": database_config(f"sqlite:///{tmp_path / 'a.sqlite3'}")})
+    bulk = ConnectionHandler({"default": database_config(f"sqlite:///{tmp_path / 'b.sqlite3'}")})
+    with django_db_blocker.unblock():
+        try:
+            with fast["default"].cursor() as cursor:
+                assert cursor.execute("PRAGMA busy_timeout").fetchone() == (0,)
+            sqlite_backend.write_lock_yield()
+            with bulk["default"].cursor() as cursor:
+                assert cursor.execute("PRAGMA busy_timeout").fetchone() == (20_000,)
+        finally:
+            fast.close_all()
+            bulk.close_all()
