@@ -14,7 +14,7 @@ from celery import Celery, Task
 from celery.signals import task_postrun, task_prerun
 from django.db import close_old_connections
 
-from config.task_routing import critical_route_guard
+from config.task_routing import critical_route_guard, own_queue_route
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
@@ -23,7 +23,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 # Filled by the apps' ready(): Django is set up before a worker picks its -Q queues.
 app.conf.task_queues = []
 # The guard first (it raises for a background task), then the routes of the settings.
-app.conf.task_routes = (critical_route_guard, app.conf.task_routes)
+app.conf.task_routes = (critical_route_guard, own_queue_route, app.conf.task_routes)
 app.autodiscover_tasks(related_name="tasks")
 
 # Celery's Django fixup closes every database connection before and after each task

@@ -27,6 +27,14 @@ def critical_route_guard(name: str, args: Any, kwargs: Any, options: Any, task: 
     return None
 
 
+def own_queue_route(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> dict[str, str] | None:
+    """Send a task that names its queue (`own_queue`, set where the task is declared) there,
+    unless the caller names another. (Celery's own `queue` task attribute did this; Celery
+    5.7 deprecates it in favour of routes.)"""
+    queue = getattr(task, "own_queue", None)
+    return {"queue": queue} if queue else None
+
+
 def background_route_guard(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> None:
     """Refuse to send a task that is not a background task through the background app (Redis)."""
     if not name.startswith((BACKGROUND_TASK_PREFIX, CELERY_BUILTIN_PREFIX)):

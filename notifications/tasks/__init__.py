@@ -14,7 +14,7 @@ from notifications.tasks.together import TogetherDeliveryTask
 
 def _delivery_task(channel: str) -> Task:
     @app.task(
-        base=TogetherDeliveryTask, bind=True, name=delivery_task_name(channel), queue=channel_queue_name(channel), shared=False
+        base=TogetherDeliveryTask, bind=True, name=delivery_task_name(channel), own_queue=channel_queue_name(channel), shared=False
     )
     def deliver(self: DeliveryTask, event_id: str, subscriber: str, waited: bool = False) -> None:
         """Send one event's notifications for one subscriber on this channel, or plan a
@@ -26,7 +26,7 @@ def _delivery_task(channel: str) -> Task:
 
 def _chunk_task(channel: str) -> Task:
     @app.task(
-        base=DeliveryTask, bind=True, name=chunk_task_name(channel), queue=channel_queue_name(channel, Lane.BULK),
+        base=DeliveryTask, bind=True, name=chunk_task_name(channel), own_queue=channel_queue_name(channel, Lane.BULK),
         shared=False,
     )
     def deliver_chunk(self: DeliveryTask, event_id: str, subscriber: str, chunk: int, waited: bool = False) -> None:

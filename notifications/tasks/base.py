@@ -35,6 +35,7 @@ class DeliveryTask(Task):  # type: ignore[misc]
     acks_late = True
     reject_on_worker_lost = True
     ignore_result = True
+    own_queue: str | None = None  # its channel and lane's queue (config.task_routing.own_queue_route)
 
     @property
     def max_retries(self) -> int:  # type: ignore[override]
@@ -72,7 +73,7 @@ class DeliveryTask(Task):  # type: ignore[misc]
         failed_job_record(
             task_name=self.name,
             task_id=request.id or "",
-            queue=self.queue or "",
+            queue=self.own_queue or "",
             args=list(request.args or []),
             error=exc,
             traceback="".join(traceback.format_exception(exc)),

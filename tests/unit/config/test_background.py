@@ -8,7 +8,8 @@ from config import background, celery
 from config.background import app as background_app
 from config.celery import app as critical_app
 from config.task_routing import WrongAppError
-from notifications.queues import channel_queue_name
+from notifications.channels import Channel, Lane
+from notifications.queues import channel_queue_name, chunk_task_name, delivery_task_name
 
 
 def test_each_app_has_its_own_broker() -> None:
@@ -58,3 +59,25 @@ def test_critical_app_refuses_a_background_task_by_name() -> None:
 def test_critical_task_cannot_be_sent_to_the_redis_queue() -> None:
     with pytest.raises(QueueNotFound, match="background"):
         celery.ping.apply_async(queue="background")
+
+
+def test_each_channel_task_goes_to_its_lanes_queue_unless_the_caller_names_one() -> None:
+    route = critical_app.amqp.router.route
+    for channel in Channel:
+        delivery, chunk = critical_app.tasks[delivery_task_name(channel)], critical_app.tasks[chunk_task_name(channel)]
+        assert route({}, delivery.name, task_type=delivery)["queue"].name == channel_queue_name(channel)
+        assert route({}, chunk.name, task_type=chunk)["queue"].name == channel_queue_name(channel, Lane.BULK)
+        named = route({"queue": "carillon.default"}, delivery.name, task_type=delivery)
+        assert named["queue"].name == "carillon.default"
+
+
+def test_no_task_sets_the_routing_attributes_celery_deprecates() -> None:
+    # Celery 5.7 warns at binding, and 6.0 drops them: routes say where a task goes.
+    deprecated = {"queue", "exchange", "exchange_type", "routing_key", "delivery_mode", "priority"}
+
+    ours = [(name, task) for app in (critical_app, background_app) for name, task in app.tasks.items()
+            if not name.startswith("celery.")]  # Celery's own builtins are Celery's business
+
+    assert ours
+    for name, task in ours:
+        assert {attr: getattr(type(task), attr) for attr in deprecated if type(task).__dict__.get(attr) is not None} == {}, name
