@@ -22,7 +22,8 @@ app = Celery("carillon")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 # Filled by the apps' ready(): Django is set up before a worker picks its -Q queues.
 app.conf.task_queues = []
-# The guard first (it raises for a background task), then the routes of the settings.
+# The guard first (it raises for a background task), then a task's own queue, then the
+# routes of the settings.
 app.conf.task_routes = (critical_route_guard, own_queue_route, app.conf.task_routes)
 app.autodiscover_tasks(related_name="tasks")
 

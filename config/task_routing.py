@@ -2,7 +2,8 @@
 
 Background tasks are named `background.*` and go to Redis (config/background.py); every
 other task is critical and goes to RabbitMQ (config/celery.py). Each app's router starts
-with its guard, which raises before anything reaches a broker.
+with its guard, which raises before anything reaches a broker; the critical app's then
+sends a task that names its own queue (the channel tasks) there.
 """
 
 from typing import Any
