@@ -157,7 +157,7 @@ def bulk_lane_worker(queues: set[str]) -> bool:
 def _bulk_workers_yield_the_write_lock(sender: Any, **kwargs: Any) -> None:
     """A bulk lane's worker waits for SQLite's write lock behind every other process
     (core/db/sqlite3)."""
-    consumed = sender.app.amqp.queues.consume_from  # None: every queue
+    consumed = sender.app.amqp.queues.consume_from  # what -Q selected, else every queue known
     if sender.app is critical_app and consumed and bulk_lane_worker(set(consumed)):
         write_lock_yield()
 

@@ -5,13 +5,16 @@ the gaps a bulk writer leaves, instead of waiting behind it with SQLite's own ba
 import sqlite3
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from django.db.utils import ConnectionHandler
 
+from config.celery import app as critical_app
 from config.env import database_config
 from core.db.sqlite3 import base as sqlite_backend
+from notifications import queues
 
 HOG_TRANSACTIONS = 100
 
@@ -76,3 +79,21 @@ def test_a_bulk_lane_process_waits_with_sqlites_own_back_off(
         finally:
             fast.close_all()
             bulk.close_all()
+
+
+@pytest.mark.parametrize(("consumed", "yields"), [
+    (["carillon.inapp.bulk"], True),
+    (["carillon.email.bulk", "carillon.sms.bulk", "carillon.default"], True),
+    (["carillon.email", "carillon.email.bulk"], False),  # both lanes: it waits as a transactional one
+    (["carillon.default", "carillon.email", "carillon.sms"], False),
+])
+def test_a_worker_of_the_bulk_lane_yields_the_lock_when_it_starts(
+    consumed: list[str], yields: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What `celery worker -Q` selected, as the worker_init receiver reads it.
+    monkeypatch.setattr(sqlite_backend, "_poll_seconds", 0.001)
+    monkeypatch.setattr(critical_app.amqp.queues, "_consume_from", {name: critical_app.amqp.queues[name] for name in consumed})
+
+    queues._bulk_workers_yield_the_write_lock(SimpleNamespace(app=critical_app))
+
+    assert (sqlite_backend._poll_seconds is None) == yields
