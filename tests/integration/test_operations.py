@@ -117,8 +117,6 @@ def test_flower_metrics_need_its_basic_auth(flower: str) -> None:
     assert requests.get(f"{flower}/", timeout=10).status_code == 401
 
 
-
-
 def test_the_background_flower_shows_tasks_and_workers_again_after_redis_restarts(tmp_path: Path) -> None:
     # A Redis of its own (the background app's broker), so stopping it leaves the suite's alone.
     own = OwnRedis(tmp_path)
@@ -140,30 +138,31 @@ def test_the_background_flower_shows_tasks_and_workers_again_after_redis_restart
         workers = requests.get(f"{url}/api/workers", params={"refresh": 1}, auth=auth, timeout=10).json()
         return worker.hostname in workers and "stats" in workers[worker.hostname]
 
-    try:
-        worker.wait_ready()
-        flower.wait_until(lambda: _answers(f"{url}/healthcheck"), "flower /healthcheck")
-        before = broker.send_task("background.ping", queue="background").id
-        wait_for(lambda: seen(before), "the task before the outage in Flower")
-
-        own.stop()
-        wait_for(lambda: "trying again" in flower.log(), "Flower noticing the broker gone")
-        own.start()
-
-        # Task events go out on Redis pub/sub, and those of a task that ran before Flower
-        # listened again are gone (docs/operations.md): the pings are sent once the worker
-        # and Flower's event receiver are connected again, one every two seconds until
-        # Flower shows one (its receiver subscribes just after it logs the connection).
-        worker.wait_for_log("Connected to redis", timeout=30)
-        wait_for(lambda: flower.log().count("Connected to redis") >= 2, "Flower's event receiver back", timeout=30)
+    def a_ping_seen(what: str) -> None:
+        # Task events go out on Redis pub/sub: those of a task that ran before Flower's event
+        # receiver subscribed are gone (docs/operations.md), and the receiver subscribes just
+        # after Flower logs its connection, whether at start or after an outage. So a ping
+        # goes out every two seconds until Flower shows one.
         sent: list[tuple[float, str]] = []
 
-        def a_ping_after_the_outage_seen() -> bool:
+        def one_seen() -> bool:
             if not sent or time.monotonic() - sent[-1][0] > 2:
                 sent.append((time.monotonic(), broker.send_task("background.ping", queue="background").id))
             return any(seen(task_id) for _, task_id in sent)
 
-        wait_for(a_ping_after_the_outage_seen, "a task after the outage in Flower", timeout=60)
+        wait_for(one_seen, what, timeout=60)
+
+    try:
+        worker.wait_ready()
+        flower.wait_until(lambda: _answers(f"{url}/healthcheck"), "flower /healthcheck")
+        a_ping_seen("a task before the outage in Flower")
+
+        own.stop()
+        wait_for(lambda: "trying again" in flower.log(), "Flower noticing the broker gone")
+        own.start()
+        worker.wait_for_log("Connected to redis", timeout=30)
+        wait_for(lambda: flower.log().count("Connected to redis") >= 2, "Flower's event receiver back", timeout=30)
+        a_ping_seen("a task after the outage in Flower")
         wait_for(worker_listed, "the worker in Flower's list after the outage", timeout=30)
     finally:
         broker.close()
