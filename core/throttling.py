@@ -10,8 +10,12 @@ What is limited, and by whose count:
   after N wrong ones does not sign in either;
 - credentials that fail (a request carrying `Authorization` answered 401): per client
   address, so guessing API tokens or the metrics token is slowed whatever the URL;
-- the publish APIs, the realtime token API and the provider webhooks: per caller (its
-  credential, its session user, else its address).
+- the publish APIs and the realtime token API: per caller (its credential, its session
+  user, else its address);
+- provider webhooks that fail their signature: per client address. A webhook its
+  provider signed is never counted: a chat platform acking a thousand messages a second
+  from one address is the load ordered delivery is for, and counting it would cost each
+  ack a Redis round trip to protect nothing the signature does not already refuse.
 
 Views are picked by URL name (CARILLON_THROTTLE_VIEWS), not by path, and rates are
 settings (CARILLON_THROTTLE_RATES; docs/operations.md, "Rate limits").
@@ -47,6 +51,9 @@ LOGIN_ADDRESS = "login_address"
 CREDENTIAL_FAILURES = "credential_failures"
 # The scope CARILLON_THROTTLE_VIEWS gives a sign-in view.
 LOGIN = "login"
+# The scope of provider webhooks: it counts the ones refused for their signature (403), and
+# answers those 429 instead once their address is over the limit.
+WEBHOOK = "webhook"
 
 # A limiter that cannot answer must not hold a request up for long.
 REDIS_TIMEOUT_SECONDS = 0.5
@@ -198,7 +205,7 @@ def request_refusal(request: HttpRequest, scope: str | None) -> HttpResponse | N
             retry_after = throttle_locked(scope=CREDENTIAL_FAILURES, identity=client_address(request))
             if retry_after:
                 return rate_limited_response(retry_after, "too many refused credentials from this address")
-        if scope is not None:
+        if scope is not None and scope != WEBHOOK:
             retry_after = throttle_hit(scope=scope, identity=_caller(request))
             if retry_after:
                 return rate_limited_response(retry_after, f"too many {scope.replace('_', ' ')} requests")
@@ -218,10 +225,20 @@ def _scope(request: HttpRequest) -> str | None:
     return settings.CARILLON_THROTTLE_VIEWS.get(view_name)
 
 
-def _record(request: HttpRequest, response: HttpResponse) -> None:
+def throttle_record(request: HttpRequest, scope: str | None, response: HttpResponse) -> HttpResponse:
+    """Count the failure `response` reports, if any; answer what goes back to the caller."""
     # A 401 to a request that presented a credential means the credential was refused.
     if response.status_code == 401 and request.headers.get("Authorization"):
         throttle_failure(scope=CREDENTIAL_FAILURES, identity=client_address(request))
+    if scope == WEBHOOK and response.status_code == 403:
+        try:
+            retry_after = throttle_hit(scope=WEBHOOK, identity=client_address(request))
+        except redis.RedisError:
+            logger.warning("rate limiter unreachable: refused webhook from %s not counted", client_address(request))
+            return response
+        if retry_after:
+            return rate_limited_response(retry_after, "too many webhooks with a wrong signature from this address")
+    return response
 
 
 class ThrottleMiddleware:
@@ -250,9 +267,7 @@ class ThrottleMiddleware:
         refusal = request_refusal(request, scope)
         if refusal is not None:
             return refusal
-        response: HttpResponse = self.get_response(request)
-        _record(request, response)
-        return response
+        return throttle_record(request, scope, self.get_response(request))
 
     async def __acall__(self, request: HttpRequest) -> HttpResponse:
         get_response: Callable[[HttpRequest], Awaitable[HttpResponse]] = self.get_response
@@ -263,8 +278,7 @@ class ThrottleMiddleware:
         if refusal is not None:
             return refusal
         response = await get_response(request)
-        await sync_to_async(_record)(request, response)
-        return response
+        return await sync_to_async(throttle_record)(request, scope, response)
 
 
 @receiver(user_login_failed)

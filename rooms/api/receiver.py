@@ -22,7 +22,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponse, JsonResponse
 
 from core.errors import ApplicationError, application_error_response, error_response
-from core.throttling import request_refusal
+from core.throttling import request_refusal, throttle_record
 from rooms.api.views import _owner_route, chat_webhook_answer, payload_too_large
 from rooms.providers import SIGNATURE_HEADER, TIMESTAMP_HEADER
 
@@ -64,9 +64,14 @@ class ChatAckReceiver:
 
 
 def _answer(request: ASGIRequest, body: bytes, route: tuple[int, int]) -> HttpResponse:
-    refusal = request_refusal(request, settings.CARILLON_THROTTLE_VIEWS["chat-webhook"])
+    scope = settings.CARILLON_THROTTLE_VIEWS["chat-webhook"]
+    refusal = request_refusal(request, scope)
     if refusal is not None:
         return refusal
+    return throttle_record(request, scope, _acked(request, body, route))
+
+
+def _acked(request: ASGIRequest, body: bytes, route: tuple[int, int]) -> HttpResponse:
     try:
         status, answer = chat_webhook_answer(
             body, signature=request.headers.get(SIGNATURE_HEADER, ""),
