@@ -232,6 +232,21 @@ def test_a_provider_s_signed_webhooks_are_never_refused_for_their_rate(settings:
     assert answers[0] < 500, answers
 
 
+@pytest.mark.parametrize("path", WEBHOOKS)
+def test_with_redis_down_a_forged_webhook_is_still_refused_and_a_signed_one_taken(
+    settings: Any, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    settings.CARILLON_THROTTLE_REDIS_URL = "redis://127.0.0.1:1/0"
+
+    with caplog.at_level(logging.WARNING, logger="core.throttling"):
+        forged = webhook_post(path, "10.0.3.4", signed=False)
+        signed = webhook_post(path, "10.0.3.4", signed=True)
+
+    assert forged == 403
+    assert signed in (200, 404), signed  # taken: an event ignored, or a delivery unknown
+    assert "rate limiter unreachable: refused webhook from 10.0.3.4 not counted" in caplog.text
+
+
 def test_with_redis_down_publishers_go_through_and_sign_ins_wait(
     settings: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
