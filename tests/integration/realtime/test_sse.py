@@ -86,6 +86,13 @@ def test_the_stream_stops_its_work_when_the_client_disconnects(
         async with aiohttp.ClientSession() as session:
             async with session.get(url) as response:
                 await asyncio.wait_for(response.content.readuntil(b": connected\n\n"), TIMEOUT)
+                # The hub's SUBSCRIBE to Redis may still be on its way when the stream
+                # opens (what is published meanwhile comes from history once it is
+                # confirmed): wait for it, or the count below proves nothing.
+                for _ in range(100):
+                    if subscribers() == 1:
+                        break
+                    await asyncio.sleep(0.05)
                 while_connected = subscribers()
         # The server unsubscribes from Redis only when the stream's generator has ended.
         for _ in range(100):
