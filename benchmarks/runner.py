@@ -40,6 +40,7 @@ class Options:
     baseline_tasks: int | None = None  # broadcast: no-op tasks in the raw baseline (the recipients)
     reset_rate: float | None = None  # broadcast: password resets a second while it runs (none)
     kill_every: float | None = None  # ordered: seconds between SIGKILLs of the active shard owner (never)
+    enqueue_batch: int = 1  # ordered: messages an enqueuing thread hands over together, at most
 
 
 @dataclass

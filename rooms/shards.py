@@ -20,7 +20,8 @@ Inputs are small JSON objects with a `kind`:
 """
 
 import logging
-from functools import cache
+from collections.abc import Sequence
+from functools import cache, partial
 from typing import Any
 
 from django.conf import settings
@@ -61,20 +62,21 @@ def shard_queues() -> list[Queue]:
     return [shard_queue(shard) for shard in range(SHARDS)]
 
 
-def shard_publish(shard: int, payload: dict[str, Any]) -> None:
-    """Publish one input to a shard's owner, and wait for RabbitMQ's confirm (together
-    with the process's other publishes).
+def shard_publish(inputs: Sequence[tuple[int, dict[str, Any]]]) -> None:
+    """Publish inputs, each to its shard's owner (shard, input), and wait for RabbitMQ's
+    confirms (together with the process's other publishes).
 
-    Raises kombu's and the socket's errors: the caller decides whether its work is done
-    without this input (everything an input says is also in the database, which the
-    owner reads back on its periodic check and when it takes a shard).
+    Raises kombu's and the socket's errors, and OperationalError when RabbitMQ refused
+    any of them: the caller decides whether its work is done without these inputs
+    (everything an input says is also in the database, which the owner reads back on its
+    periodic check and when it takes a shard).
     """
-    queue = shard_queue(shard)
+    answers = _publisher.publish([partial(_publish, shard_queue(shard), payload) for shard, payload in inputs])
+    refused = answers.count(False)
+    if refused:
+        raise OperationalError(f"RabbitMQ refused {refused} of {len(inputs)} inputs to the shard queues (nack)")
 
-    def publish(producer: Producer) -> None:
-        producer.publish(payload, exchange=SHARDS_EXCHANGE, routing_key=queue.routing_key, serializer="json",
-                         delivery_mode=2, declare=[queue], retry=False)
 
-    (confirmed,) = _publisher.publish([publish])
-    if not confirmed:
-        raise OperationalError(f"RabbitMQ refused the input to {queue.name} (nack)")
+def _publish(queue: Queue, payload: dict[str, Any], producer: Producer) -> None:
+    producer.publish(payload, exchange=SHARDS_EXCHANGE, routing_key=queue.routing_key, serializer="json",
+                     delivery_mode=2, declare=[queue], retry=False)

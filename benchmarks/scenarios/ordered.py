@@ -154,11 +154,12 @@ def bench_direct(chat: ChatPlatform, *, name: str, rooms: int, messages_per_room
 
 
 def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, timeout: float,
-                  rate: float | None = None) -> dict[str, Any]:
+                  rate: float | None = None, batch: int = 1) -> dict[str, Any]:
     """Ordered delivery through the room state machine, acks by webhook; all at once, or
-    at a fixed `rate` of messages/s (the body carries each message's intended time)."""
+    at a fixed `rate` of messages/s (the body carries each message's intended time).
+    Each enqueuing thread hands over the messages due, up to `batch` at a time."""
     from rooms.models import ChatProvider, Room, RoomMessage, room_shard
-    from rooms.services.enqueue import room_message_enqueue
+    from rooms.services.enqueue import room_message_enqueue, room_messages_enqueue
 
     chat.reset(**_knobs())
     provider = ChatProvider.objects.create(
@@ -178,12 +179,26 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
     def enqueue(thread: int) -> None:
         """This thread's rooms (every ENQUEUERS-th), each room's messages in order; at a
         `rate`, each message at its intended time (the n-th of all at started + n / rate),
-        which its body carries."""
+        which its body carries. The messages due are handed over together, up to `batch`:
+        all of them at once, or at a rate those that fell due while the thread was busy."""
+        due: list[tuple[int, str]] = []
+
+        def hand_over() -> None:
+            if batch == 1 and due:
+                ((room_id, body),) = due
+                room_message_enqueue(room_id=room_id, body=body)
+            elif due:
+                room_messages_enqueue(messages=due)
+            due.clear()
+
         for position in range(thread, len(room_ids), ENQUEUERS):
             for seq in range(messages_per_room):
                 intended = started + (position * messages_per_room + seq) / rate if rate else time.time()
+                if len(due) == batch or intended > time.time():
+                    hand_over()
                 time.sleep(max(0.0, intended - time.time()))
-                room_message_enqueue(room_id=room_ids[position], body=str(intended))
+                due.append((room_ids[position], str(intended)))
+        hand_over()
         connection.close()  # this thread's
 
     # As several API processes would: an enqueue mostly waits (its commit, its confirm),
@@ -229,8 +244,8 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
         "name": f"ordered at {rate:.0f}/s" if rate else "ordered", "rooms": rooms, "messages": total, "seconds": round(seconds, 2),
         "messages_per_second": round(total / seconds, 1),
         "enqueue_seconds": round(enqueued - started, 2), "ack_timeout_ms": ACK_TIMEOUT_MS,
-        "statuses": statuses, "timeouts": timeouts, "sent_before_predecessor_ended": sent_early,
-        "send_not_recorded": unsent,
+        "enqueue_batch": batch, "statuses": statuses, "timeouts": timeouts,
+        "sent_before_predecessor_ended": sent_early, "send_not_recorded": unsent,
         "overhead_beyond_previous_ack_ms": histogram_percentiles_ms(overhead),
         "enqueue_to_provider_ms": histogram_percentiles_ms(to_provider),
         "enqueue_to_provider_idle_room_ms": histogram_percentiles_ms(idle_to_provider),
@@ -243,6 +258,7 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
 def bench_ordered_scenario(
     *, rooms: int, messages_per_room: int, out: Path, quick: bool,
     owners_running: Callable[[], AbstractContextManager[dict[str, int]]], paced_rate: float | None = None,
+    enqueue_batch: int = 1,
 ) -> dict[str, Any]:
     """Run the unordered baseline, the naive fix and ordered delivery (inside
     `owners_running()`, which starts the shard owners); write the results.
@@ -260,13 +276,14 @@ def bench_ordered_scenario(
     ]
     unordered = phases[0]
     with owners_running() as owners:
-        ordered = bench_ordered(chat, rooms=rooms, messages_per_room=messages_per_room, timeout=timeout)
+        ordered = bench_ordered(chat, rooms=rooms, messages_per_room=messages_per_room, timeout=timeout,
+                                batch=enqueue_batch)
         # Below saturation, so that the overhead is ordering's and not the backlog's; a
         # rate given (--rate) compares runs at the same load.
         paced_rate = paced_rate or max(1.0, ordered["messages_per_second"] / 2)
         paced_rooms = max(1, min(rooms, int(paced_rate * 60) // messages_per_room))  # about a minute
         paced = bench_ordered(chat, rooms=paced_rooms, messages_per_room=messages_per_room, timeout=timeout,
-                              rate=paced_rate)
+                              rate=paced_rate, batch=enqueue_batch)
     phases += [ordered, paced]
     summary: dict[str, Any] = {
         "scenario": "ordered",
@@ -314,10 +331,15 @@ def summary_lines(summary: dict[str, Any]) -> Iterator[str]:
         latency = row.get("overhead_beyond_previous_ack_ms") or row["enqueue_to_provider_ms"]
         measure = "overhead beyond the previous ack" if "overhead_beyond_previous_ack_ms" in row else \
             "enqueue to provider"
+        # An ack that came after its timeout ended its message all the same: a phase that
+        # times out more messages than the platform lost acks for went faster than its
+        # acks could follow.
+        timeouts = (f"; timed out {row['timeouts']} (acks lost {row['platform']['acks_lost']})"
+                    if "timeouts" in row else "")
         yield (f"{row['name']:<28} {row['messages']:>7} msgs in {row['seconds']:>8.2f}s = "
                f"{row['messages_per_second']:>8.1f}/s; violations at the API "
                f"{row['platform']['order_violations']}, at the device {row['platform']['delivery_order_violations']}; "
-               f"{measure} ms p50 {latency['p50']} p99 {latency['p99']} p99.9 {latency['p99.9']}")
+               f"{measure} ms p50 {latency['p50']} p99 {latency['p99']} p99.9 {latency['p99.9']}{timeouts}")
     yield f"ordered / unordered throughput: {summary['ordered_vs_unordered_throughput']}"
 
 
@@ -385,7 +407,7 @@ def ordered_scenario(options: Options) -> list[dict[str, Any]]:
         ping.apply_async(queue="carillon.default").get(timeout=120)  # a worker is up
         summary = bench_ordered_scenario(rooms=rooms, messages_per_room=messages_per_room, out=options.out,
                                          quick=options.quick, owners_running=owners_running,
-                                         paced_rate=options.rate)
+                                         paced_rate=options.rate, enqueue_batch=options.enqueue_batch)
     finally:
         processes_stop(processes)
     for line in summary_lines(summary):

@@ -41,8 +41,8 @@ def room_message_ack(
         route = (route_found[0], route_found[1])
     shard, room_id = route
     try:
-        shard_publish(shard, {"kind": "ack", "shard": shard, "room": room_id, "key": idempotency_key,
-                              "provider_message_id": provider_message_id})
+        shard_publish([(shard, {"kind": "ack", "shard": shard, "room": room_id, "key": idempotency_key,
+                                "provider_message_id": provider_message_id})])
     except (KombuError, OSError) as exc:
         # Not taken: answer an error, so that the platform sends the webhook again.
         raise OwnerUnreachableError(

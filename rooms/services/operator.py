@@ -34,7 +34,7 @@ def _owner_ask(kind: str, message_id: int, statuses: tuple[str, ...]) -> bool:
         return False
     shard = message.room.shard
     try:
-        shard_publish(shard, {"kind": kind, "shard": shard, "room": message.room_id, "message": message.pk})
+        shard_publish([(shard, {"kind": kind, "shard": shard, "room": message.room_id, "message": message.pk})])
     except (KombuError, OSError) as exc:
         raise OwnerUnreachableError(f"the {kind} could not be handed to the room's sequencer; try again") from exc
     logger.info("room %s: operator %s of message %s handed to its owner", message.room_id, kind, message.pk)

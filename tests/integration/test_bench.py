@@ -25,8 +25,10 @@ def _bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 @pytest.mark.timeout(1200)
 def test_bench_quick_runs_every_scenario_beside_its_baseline_and_writes_its_files(tmp_path: Path) -> None:
     # The broadcast with password resets published beside it (the lanes' measurement);
-    # two load generator processes where a scenario has several (the pipeline's publishers).
-    result = _bench("--quick", "--reset-rate", "5", "--loadgens", "2", "--out", str(tmp_path), timeout=1200)
+    # two load generator processes where a scenario has several (the pipeline's publishers);
+    # the ordered phases' messages enqueued together, ten at most at a time.
+    result = _bench("--quick", "--reset-rate", "5", "--loadgens", "2", "--enqueue-batch", "10",
+                    "--out", str(tmp_path), timeout=1200)
 
     assert result.returncode == 0, result.stdout + result.stderr
     summaries = {}
@@ -71,6 +73,7 @@ def ordered_results_hold(summary: dict[str, Any], out: Path) -> None:
     assert paced["name"].startswith("ordered at ")
     assert unordered["messages"] == ordered["messages"] == 60
     for run in (ordered, paced):
+        assert run["enqueue_batch"] == 10
         # Every message ended (acked, or timed out when its ack was among the lost
         # ones), in order, each handed over only after its predecessor ended, once.
         assert sum(run["statuses"].values()) == run["messages"]

@@ -11,7 +11,7 @@ import re
 import signal
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,7 +34,7 @@ from rooms.machine import Send
 from rooms.models import ChatProvider, Room, RoomMessage, RoomShard
 from rooms.owner import FencedError, Owner
 from rooms.services import enqueue
-from rooms.services.enqueue import room_create, room_message_enqueue
+from rooms.services.enqueue import room_create, room_message_enqueue, room_messages_enqueue
 from rooms.services.operator import room_message_retry, room_message_skip
 from rooms.shards import shard_publish, shard_queues
 from sandbox.chat import chat_signed_headers
@@ -161,6 +161,21 @@ def test_order_is_kept_in_every_room_and_a_clean_stop_hands_the_shards_over(
     # Every shard the standby took was taken again, at a newer epoch than the first owner's.
     taken = RoomShard.objects.filter(owner__endswith=f":{standby.process.pid}")
     assert taken.exists() and all(shard.epoch >= 2 for shard in taken)
+
+
+def test_messages_enqueued_together_reach_each_room_in_order(owners: Owners, sandbox: SandboxClient) -> None:
+    rooms = make_rooms(10)
+    room_message_enqueue(room_id=rooms[0].pk, body="message 0")
+
+    room_messages_enqueue(messages=[(room.pk, f"message {n}") for n in range(1, 4) for room in rooms])
+    wait_for(lambda: all_done(rooms), "every message acked", ROOMS_TIMEOUT)
+
+    seen = sandbox.chat_rooms()
+    assert (seen["order_violations"], seen["delivery_order_violations"], seen["duplicates"]) == (0, 0, 0)
+    assert seen["rooms"][rooms[0].recipient]["arrivals"] == [1, 2, 3, 4]
+    for room in rooms[1:]:
+        assert seen["rooms"][room.recipient]["arrivals"] == [1, 2, 3]
+        assert statuses(room) == [Status.ACKED] * 3
 
 
 def test_a_killed_owner_s_rooms_go_on_from_the_standby_with_no_duplicate(
@@ -436,7 +451,7 @@ def test_rooms_let_go_of_when_idle_go_on_from_the_record_and_a_repeated_input_se
     # The input of a message long acked, again (a publish retried after its confirm was
     # lost): the owner no longer holds the room and reads it back; nothing is resent.
     first = RoomMessage.objects.get(room=rooms[0], sequence=1)
-    enqueue._owner_tell(rooms[0], first)
+    shard_publish([(rooms[0].shard, enqueued_input(first))])
     enqueue_all(rooms, 1, start=3)
     wait_for(lambda: all_done(rooms), "the last round acked", ROOMS_TIMEOUT)
 
@@ -549,15 +564,15 @@ def enqueue_in_progress(room: Room, monkeypatch: pytest.MonkeyPatch) -> Iterator
     and committing while the block runs; then let go. Yields what it raised, filled once
     the block is over."""
     numbered, release = threading.Event(), threading.Event()
-    number = enqueue._room_next_sequence
+    number = enqueue._rooms_next_sequences
 
-    def numbered_then_held(room_id: int) -> tuple[Room, int]:
-        answer = number(room_id)
+    def numbered_then_held(counts: Mapping[int, int]) -> Any:
+        answer = number(counts)
         numbered.set()
         release.wait(ROOMS_TIMEOUT)
         return answer
 
-    monkeypatch.setattr(enqueue, "_room_next_sequence", numbered_then_held)
+    monkeypatch.setattr(enqueue, "_rooms_next_sequences", numbered_then_held)
     raised: list[BaseException] = []
 
     def enqueue_now() -> None:
@@ -604,6 +619,48 @@ def test_an_enqueue_into_a_room_deleted_meanwhile_says_the_room_does_not_exist(
         Room.objects.filter(pk=room.pk).delete()
     assert [type(exc) for exc in raised] == [RoomNotFoundError]
     assert not RoomMessage.objects.filter(room_id=room.pk).exists()
+
+
+def numbered(room: Room) -> list[tuple[int, str]]:
+    return list(RoomMessage.objects.filter(room=room).order_by("sequence").values_list("sequence", "body"))
+
+
+def test_concurrent_enqueues_of_rooms_in_either_order_keep_each_room_gapless_and_in_order(
+    transactional_db: None,
+) -> None:
+    """Each caller's messages into a room keep its order, and the counters are locked in
+    one order whatever order the rooms are named in (else two such enqueues on
+    PostgreSQL can deadlock)."""
+    room, other = make_rooms(2)
+    rounds, raised = 15, []
+
+    def enqueue_from(caller: int) -> None:
+        try:
+            for n in range(rounds):
+                first, second = (room, other) if (caller + n) % 2 else (other, room)
+                if caller == 3:
+                    room_message_enqueue(room_id=first.pk, body=f"{caller}:{n}")
+                else:
+                    room_messages_enqueue(messages=[(first.pk, f"{caller}:{n}"), (second.pk, f"{caller}:{n}")])
+        except BaseException as exc:  # noqa: BLE001 - what the caller would get, for the test
+            raised.append(exc)
+        finally:
+            db_connection.close()  # this thread's
+
+    callers = [threading.Thread(target=enqueue_from, args=(caller,)) for caller in range(4)]
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join()
+
+    assert raised == []
+    for each in (room, other):
+        messages = numbered(each)
+        assert [sequence for sequence, _ in messages] == list(range(1, len(messages) + 1))
+        for caller in range(4):
+            mine = [int(body.split(":")[1]) for _, body in messages if body.startswith(f"{caller}:")]
+            assert mine == sorted(mine)
+    assert len(numbered(room)) + len(numbered(other)) == 3 * rounds * 2 + rounds
 
 
 def test_a_hand_over_cut_short_leaves_the_owner_sending_when_it_holds_the_shard_again(
@@ -732,7 +789,7 @@ def test_inputs_delivered_to_an_owner_while_it_hands_a_shard_over_go_in_order_to
 
         with Consumer(standby.channel(), queues=[queue], accept=["json"], callbacks=[next_owner]):
             for n in range(count):
-                shard_publish(shard, {"kind": "tick", "shard": shard, "owner": f"input-{n}", "sent_at": n})
+                shard_publish([(shard, {"kind": "tick", "shard": shard, "owner": f"input-{n}", "sent_at": n})])
             # Delivered to the owner, which has not read them yet: they wait on its socket
             # and come while it waits for RabbitMQ to confirm the cancel.
             wait_for(lambda: queue(standby.default_channel).queue_declare(passive=True).message_count == 0,
@@ -758,13 +815,13 @@ def test_the_first_input_after_rabbitmq_restarted_is_taken(transactional_db: Non
     # A process's pooled connection outlives a RabbitMQ restart, dead: an ack handed over
     # on it must not be answered 503 (a platform that does not retry would lose it).
     tick = {"kind": "tick", "shard": 0}
-    shard_publish(0, tick)  # the pooled connection is open
+    shard_publish([(0, tick)])  # the pooled connection is open
     rabbitmqctl("stop_app")
     rabbitmqctl("start_app")
     with critical_app.connection_for_write() as connection:
         queued = shard_queues()[0](connection.default_channel).queue_declare(passive=True).message_count
 
-        shard_publish(0, tick)
+        shard_publish([(0, tick)])
 
         assert shard_queues()[0](connection.default_channel).queue_declare(passive=True).message_count == queued + 1
 

@@ -92,6 +92,9 @@ class Command(BaseCommand):
                                  "worker of their own; their publish -> provider latency is reported (none)")
         parser.add_argument("--kill-every", type=_positive(float), metavar="SECONDS",
                             help="ordered: SIGKILL the oldest shard owner this often; the other takes over (never)")
+        parser.add_argument("--enqueue-batch", type=_positive(int), default=1, metavar="N",
+                            help="ordered: each enqueuing thread hands the messages due (at most N) to "
+                                 "room_messages_enqueue together; 1: room_message_enqueue per message (1)")
         parser.add_argument("--database", metavar="URL",
                             help="a PostgreSQL server (postgres://user@host:port/db) to run on instead of SQLite: "
                                  "the run creates a database of its own there and drops it at the end")
@@ -115,7 +118,7 @@ class Command(BaseCommand):
             uvicorn=options["uvicorn"], recipients=options["recipients"], channels=options["channels"],
             chunk_size=options["chunk_size"], email_via=options["email_via"], baseline_tasks=options["baseline_tasks"],
             reset_rate=options["reset_rate"],
-            kill_every=options["kill_every"],
+            kill_every=options["kill_every"], enqueue_batch=options["enqueue_batch"],
         )
         call_command("migrate", verbosity=0)
         for name in names:

@@ -1,5 +1,6 @@
 """Rooms tests: real database, the inputs for the shard owners captured instead of sent."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,8 +16,11 @@ class Inputs:
 
     calls: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
-    def publish(self, shard: int, payload: dict[str, Any], **kwargs: Any) -> None:
-        self.calls.append((shard, payload))
+    publishes: int = 0  # calls of shard_publish (each one wait for RabbitMQ's confirms)
+
+    def publish(self, inputs: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        self.publishes += 1
+        self.calls.extend(inputs)
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [payload for _, payload in self.calls if payload["kind"] == kind]
