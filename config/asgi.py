@@ -13,6 +13,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from config.daphne import form_parsing_off  # noqa: E402
+from core.heap import heap_freeze  # noqa: E402
 from realtime.connections import TransportBacklogMiddleware  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 from rooms.api.receiver import ChatAckReceiver  # noqa: E402
@@ -31,3 +32,5 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+# Last: what start-up made stays alive as long as the process (core/heap.py).
+heap_freeze()

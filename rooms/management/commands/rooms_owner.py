@@ -5,6 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from core.heap import heap_freeze
 from rooms.owner import BALANCE_EVERY_S, CATCH_UP_EVERY_S, IDLE_ROOMS, Owner
 
 logger = logging.getLogger(__name__)
@@ -33,8 +34,11 @@ class Command(BaseCommand):
         owner = Owner(send_threads=send_threads, prefetch=prefetch, catch_up_every=catch_up_every, idle_rooms=idle_rooms,
                       balance_every=balance_every)
 
+        frozen = heap_freeze()  # core/heap.py
+
         def ready() -> None:
-            self.stdout.write(f"rooms owner {owner.name}: consuming the shard queues")
+            self.stdout.write(f"rooms owner {owner.name}: consuming the shard queues "
+                              f"({frozen} objects of start-up left out of garbage collection)")
             self.stdout.flush()
 
         owner.run(stop, ready)
