@@ -29,6 +29,7 @@ from django.utils import timezone
 from kombu import Consumer
 
 from config.celery import app as critical_app
+from rooms import shards
 from rooms.exceptions import RoomNotFoundError
 from rooms.machine import Send
 from rooms.models import ChatProvider, Room, RoomMessage, RoomShard
@@ -812,6 +813,20 @@ def test_inputs_delivered_to_an_owner_while_it_hands_a_shard_over_go_in_order_to
     assert [body["owner"] for body in read] == [f"input-{n}" for n in range(count)]
     assert owner.inputs == []  # none applied by the owner that handed the shard over
     assert shard not in owner.epochs
+
+
+def test_an_input_published_before_any_owner_declared_its_queue_reaches_the_queue(transactional_db: None) -> None:
+    # A web process or an enqueue may start before any owner: its first connection
+    # declares the shard queues, or RabbitMQ would drop the input as unroutable.
+    queue = shard_queues()[5]
+    with critical_app.connection_for_write() as connection:
+        queue(connection.default_channel).delete()
+        shards._publisher._reset()  # as in a process starting now
+
+        shard_publish([(5, {"kind": "tick", "shard": 5})])
+
+        assert queue(connection.default_channel).queue_declare(passive=True).message_count == 1
+        queue(connection.default_channel).purge()
 
 
 def test_the_first_input_after_rabbitmq_restarted_is_taken(transactional_db: None) -> None:
