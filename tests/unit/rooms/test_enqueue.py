@@ -50,6 +50,11 @@ def test_messages_enqueued_together_naming_a_room_that_does_not_exist_write_noth
         room_messages_enqueue(messages=[(room.pk, "a"), (missing, "b"), (other.pk, "c")])
 
     assert raised.value.detail == {"room_id": missing}
+    with pytest.raises(RoomNotFoundError) as raised:
+        room_messages_enqueue(messages=[(missing + 1, "b"), (room.pk, "a"), (missing, "b")])
+
+    assert raised.value.detail == {"room_ids": [missing, missing + 1]}
+    assert str(missing + 1) in str(raised.value)
     assert not RoomMessage.objects.exists()
     assert not RoomSequence.objects.exists()  # the existing rooms' counters rolled back too
     assert sent.calls == []
