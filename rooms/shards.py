@@ -34,19 +34,6 @@ from rooms.models import SHARDS
 logger = logging.getLogger(__name__)
 
 SHARDS_EXCHANGE = Exchange("carillon.rooms.shards", type="direct", durable=True)
-def _shard_queues_declare(connection: Connection) -> None:
-    """Declare every shard queue on a new connection, before its first publish: an input
-    published before any owner declared its queue would be unroutable, and dropped."""
-    channel = connection.default_channel
-    for queue in shard_queues():
-        queue(channel).declare()
-
-
-# The inputs a process publishes (enqueues, acks from webhooks, operators' actions) have
-# their confirms awaited together: a web process forwarding acks waits once per group.
-# Their queues are declared once per connection, not checked at every publish (kombu's
-# per-publish check took 7 % of an enqueue's CPU).
-_publisher = ConfirmedPublisher(declare=_shard_queues_declare)
 
 
 @cache  # every enqueue and ack publishes to one; kombu binds copies, never this one
@@ -70,6 +57,21 @@ def shard_queue(shard: int) -> Queue:
 
 def shard_queues() -> list[Queue]:
     return [shard_queue(shard) for shard in range(SHARDS)]
+
+
+def _shard_queues_declare(connection: Connection) -> None:
+    """Declare every shard queue on a new connection, before its first publish: an input
+    published before any owner declared its queue would be unroutable, and dropped."""
+    channel = connection.default_channel
+    for queue in shard_queues():
+        queue(channel).declare()
+
+
+# The inputs a process publishes (enqueues, acks from webhooks, operators' actions) have
+# their confirms awaited together: a web process forwarding acks waits once per group.
+# Their queues are declared once per connection, not checked at every publish (kombu's
+# per-publish check took 7 % of an enqueue's CPU).
+_publisher = ConfirmedPublisher(declare=_shard_queues_declare)
 
 
 def shard_publish(inputs: Sequence[tuple[int, dict[str, Any]]]) -> None:

@@ -171,8 +171,8 @@ def _owners_tell(rooms: Mapping[int, _Numbered], messages: Sequence[RoomMessage]
         # The messages are committed: failing the caller would only make it enqueue again.
         # The owner compares each room's last sequence with what it knows every few
         # seconds, and reads these messages then.
-        logger.warning("%d messages not handed to their owners, left to their periodic check: %s",
-                       len(inputs), exc)
+        logger.warning("messages %s not all handed to their owners, left to their periodic check: %s",
+                       [message.pk for message in messages], exc)
 
 
 def _same_request(first: RoomMessage, *, room_id: int, body: str) -> RoomMessage:
