@@ -174,6 +174,7 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
     if not all(room_ids):  # SQLite and PostgreSQL return bulk-created keys
         room_ids = list(Room.objects.filter(provider=provider).order_by("pk").values_list("pk", flat=True))
     total = rooms * messages_per_room
+    calls = [0] * ENQUEUERS  # per thread: enqueue calls made (messages / calls: the groups' mean size)
     started = time.time()
 
     def enqueue(thread: int) -> None:
@@ -184,11 +185,14 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
         due: list[tuple[int, str]] = []
 
         def hand_over() -> None:
-            if batch == 1 and due:
+            if not due:
+                return
+            if batch == 1:
                 ((room_id, body),) = due
                 room_message_enqueue(room_id=room_id, body=body)
-            elif due:
+            else:
                 room_messages_enqueue(messages=due)
+            calls[thread] += 1
             due.clear()
 
         for position in range(thread, len(room_ids), ENQUEUERS):
@@ -244,7 +248,7 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
         "name": f"ordered at {rate:.0f}/s" if rate else "ordered", "rooms": rooms, "messages": total, "seconds": round(seconds, 2),
         "messages_per_second": round(total / seconds, 1),
         "enqueue_seconds": round(enqueued - started, 2), "ack_timeout_ms": ACK_TIMEOUT_MS,
-        "enqueue_batch": batch, "statuses": statuses, "timeouts": timeouts,
+        "enqueue_batch": batch, "enqueue_calls": sum(calls), "statuses": statuses, "timeouts": timeouts,
         "sent_before_predecessor_ended": sent_early, "send_not_recorded": unsent,
         "overhead_beyond_previous_ack_ms": histogram_percentiles_ms(overhead),
         "enqueue_to_provider_ms": histogram_percentiles_ms(to_provider),

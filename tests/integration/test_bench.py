@@ -72,6 +72,10 @@ def ordered_results_hold(summary: dict[str, Any], out: Path) -> None:
     assert [unordered["name"], naive["name"], ordered["name"]] == ["unordered", "naive fixed pause", "ordered"]
     assert paced["name"].startswith("ordered at ")
     assert unordered["messages"] == ordered["messages"] == 60
+    # Enqueued together: at saturation each of the 4 threads hands its 15 messages over
+    # in groups of at most 10 (at a rate, only those that fell due together).
+    assert 4 * 2 <= ordered["enqueue_calls"] < ordered["messages"] // 5
+    assert paced["enqueue_calls"] <= paced["messages"]
     for run in (ordered, paced):
         assert run["enqueue_batch"] == 10
         # Every message ended (acked, or timed out when its ack was among the lost
