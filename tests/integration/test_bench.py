@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.scenarios.ordered import RATE_STEP
 from core.processes import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.bench]
@@ -68,15 +69,15 @@ def test_bench_quick_runs_every_scenario_beside_its_baseline_and_writes_its_file
 
 def ordered_results_hold(summary: dict[str, Any], out: Path) -> None:
     """The ordered scenario ran its phases; ordered ones kept order (a property, not a timing)."""
-    unordered, naive, ordered, paced = summary["results"]
+    unordered, naive, ordered, *paced = summary["results"]
     assert [unordered["name"], naive["name"], ordered["name"]] == ["unordered", "naive fixed pause", "ordered"]
-    assert paced["name"].startswith("ordered at ")
+    assert all(run["name"].startswith("ordered at ") for run in paced)
     assert unordered["messages"] == ordered["messages"] == 60
     # Enqueued together: at saturation each of the 4 threads hands its 15 messages over
     # in groups of at most 10 (at a rate, only those that fell due together).
     assert 4 * 2 <= ordered["enqueue_calls"] < ordered["messages"] // 5
-    assert paced["enqueue_calls"] <= paced["messages"]
-    for run in (ordered, paced):
+    assert all(run["enqueue_calls"] <= run["messages"] for run in paced)
+    for run in (ordered, *paced):
         assert run["enqueue_batch"] == 10
         # Every message ended (acked, or timed out when its ack was among the lost
         # ones), in order, each handed over only after its predecessor ended, once.
@@ -85,10 +86,18 @@ def ordered_results_hold(summary: dict[str, Any], out: Path) -> None:
         assert run["platform"]["order_violations"] == 0
         assert run["platform"]["duplicates"] == 0
         assert run["sent_before_predecessor_ended"] == 0
+    # The search for the sustained rate (--quick: two steps, up from half the burst's
+    # rate if the first held, else down); the sustained figure is the highest rate held.
+    first, second = paced
+    assert first["rate"] == pytest.approx(max(1.0, ordered["messages_per_second"] / 2))
+    assert second["rate"] == pytest.approx(first["rate"] * (RATE_STEP if first["not_held"] is None else 1 / RATE_STEP))
+    held = [run["rate"] for run in paced if run["not_held"] is None]
+    assert summary["ordered_sustained_messages_per_second"] == (round(max(held), 1) if held else None)
     # The same percentiles as every other scenario (benchmarks.hdr), to six nines and the max.
     assert {"p50", "p99", "p99.9", "p99.99", "p99.9999", "max"} <= set(summary["ordered_overhead_beyond_previous_ack_ms"])
     assert set(summary["ordered_enqueue_to_provider_idle_room_ms"]) == set(summary["ordered_overhead_beyond_previous_ack_ms"])
-    assert len(list(out.glob("ordered-*.hgrm"))) == 8
+    # One histogram per baseline, three per ordered phase.
+    assert len(list(out.glob("ordered-*.hgrm"))) == 2 + 3 * (1 + len(paced))
     plots = sorted(path.name for path in out.glob("ordered-*.png"))
     assert [name.rsplit("-", 1)[-1] for name in plots] == ["provider.png", "overhead.png"]
     assert set(plots) <= set(summary["files"])
