@@ -148,7 +148,10 @@ def process_tree(pid: int) -> list[int]:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of the processes (and their descendants), in seconds."""
+    """User + system CPU time of the processes and their descendants, those that ended
+    included (PostgreSQL's sessions, a Celery worker's replaced pool processes: each
+    process's ended children count in its own times once it has waited for them), in
+    seconds."""
     total = 0
     for root in pids:
         for pid in process_tree(root):
@@ -156,8 +159,34 @@ def cpu_seconds(pids: list[int]) -> float:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            total += int(fields[11]) + int(fields[12])
+            total += sum(int(ticks) for ticks in fields[11:15])  # utime, stime, cutime, cstime
     return total / _CLOCK_TICKS
+
+
+def listener_pid(port: int) -> int | None:
+    """The process on this machine listening on TCP `port` (a service the benchmark did not
+    start: RabbitMQ, PostgreSQL); None if there is none, or /proc does not tell (another
+    user's process descriptors are readable by root only)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local address "0100007F:1F90", state 0A: listening
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                inodes.add(f"socket:[{fields[9]}]")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
+                return int(entry.name)
+        except OSError:
+            continue
+    return None
 
 
 def rss_kib(pids: list[int]) -> int:

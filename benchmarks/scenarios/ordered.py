@@ -56,6 +56,7 @@ from benchmarks.hdr import (
 )
 from benchmarks.plot import percentile_plot
 from benchmarks.runner import Options
+from benchmarks.servers import cpu_seconds, listener_pid
 from config.env import BASE_DIR
 from core.processes import ManagedProcess, free_port, processes_stop, python
 
@@ -171,10 +172,13 @@ def bench_direct(chat: ChatPlatform, *, name: str, rooms: int, messages_per_room
 
 
 def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, timeout: float,
-                  rate: float | None = None, batch: int = 1) -> dict[str, Any]:
+                  rate: float | None = None, batch: int = 1,
+                  cpu: Callable[[], dict[str, float]] = dict) -> dict[str, Any]:
     """Ordered delivery through the room state machine, acks by webhook; all at once, or
     at a fixed `rate` of messages/s (the body carries each message's intended time).
-    Each enqueuing thread hands over the messages due, up to `batch` at a time."""
+    Each enqueuing thread hands over the messages due, up to `batch` at a time. `cpu()`
+    gives the CPU seconds each part of the path has used so far: the phase reports their
+    milliseconds per message."""
     from rooms.models import ChatProvider, Room, RoomMessage, room_shard
     from rooms.services.enqueue import room_message_enqueue, room_messages_enqueue
 
@@ -192,6 +196,7 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
         room_ids = list(Room.objects.filter(provider=provider).order_by("pk").values_list("pk", flat=True))
     total = rooms * messages_per_room
     calls = [0] * ENQUEUERS  # per thread: enqueue calls made (messages / calls: the groups' mean size)
+    cpu_before = cpu()
     started = time.time()
 
     def enqueue(thread: int) -> None:
@@ -231,6 +236,7 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
             RoomMessage.Status.FAILED)
     pending = RoomMessage.objects.filter(room__provider=provider).exclude(status__in=done)
     _wait(lambda: not pending.exists(), f"ordered: {total} messages acked or timed out", timeout)
+    cpu_after = cpu()
 
     overhead, to_provider, idle_to_provider = histogram_new(), histogram_new(), histogram_new()
     rows = (RoomMessage.objects.filter(room__provider=provider).order_by("room_id", "sequence")
@@ -271,6 +277,8 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
         "enqueue_to_provider_ms": histogram_percentiles_ms(to_provider),
         "enqueue_to_provider_idle_room_ms": histogram_percentiles_ms(idle_to_provider),
         "platform": chat.counts(),
+        "cpu_ms_per_message": {part: round((cpu_after[part] - cpu_before[part]) * 1000 / total, 2)
+                               for part in cpu_after if part in cpu_before},
         "_histograms": {"overhead": overhead, "enqueue-to-provider": to_provider,
                         "enqueue-to-provider-idle-room": idle_to_provider},
     }
@@ -279,7 +287,7 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
 def bench_ordered_scenario(
     *, rooms: int, messages_per_room: int, out: Path, quick: bool,
     owners_running: Callable[[], AbstractContextManager[dict[str, int]]], paced_rate: float | None = None,
-    enqueue_batch: int = 1,
+    enqueue_batch: int = 1, cpu: Callable[[], dict[str, float]] = dict,
 ) -> dict[str, Any]:
     """Run the unordered baseline, the naive fix and ordered delivery (inside
     `owners_running()`, which starts the shard owners); write the results.
@@ -298,12 +306,12 @@ def bench_ordered_scenario(
     unordered = phases[0]
     with owners_running() as owners:
         ordered = bench_ordered(chat, rooms=rooms, messages_per_room=messages_per_room, timeout=timeout,
-                                batch=enqueue_batch)
+                                batch=enqueue_batch, cpu=cpu)
 
         def ordered_at(rate: float, seconds: float) -> dict[str, Any]:
             paced_rooms = max(1, min(rooms, int(rate * seconds) // messages_per_room))
             phase = bench_ordered(chat, rooms=paced_rooms, messages_per_room=messages_per_room, timeout=timeout,
-                                  rate=rate, batch=enqueue_batch)
+                                  rate=rate, batch=enqueue_batch, cpu=cpu)
             phase["rate"] = rate
             phase["not_held"] = _not_held(phase, rate)
             return phase
@@ -379,7 +387,10 @@ def summary_lines(summary: dict[str, Any]) -> Iterator[str]:
                f"{measure} ms p50 {latency['p50']} p99 {latency['p99']} p99.9 {latency['p99.9']}{timeouts}")
     for row in summary["results"]:
         if "rate" in row:
-            yield f"  at {row['rate']:.0f}/s: " + (f"not held: {row['not_held']}" if row["not_held"] else "held")
+            cpu = row["cpu_ms_per_message"]
+            yield (f"  at {row['rate']:.0f}/s: " + (f"not held: {row['not_held']}" if row["not_held"] else "held")
+                   + f"; CPU {sum(cpu.values()):.2f} ms a message: "
+                   + ", ".join(f"{part} {ms}" for part, ms in sorted(cpu.items(), key=lambda item: -item[1])))
     ordered = next(row for row in summary["results"] if row["name"] == "ordered")
     late = ordered["timeouts"] - ordered["platform"]["acks_lost"]
     caveat = (f" ({late} of the {ordered['messages']} ordered messages ended by their timeout while their ack was "
@@ -436,6 +447,17 @@ def ordered_scenario(options: Options) -> list[dict[str, Any]]:
     env = {"ROOMS_CHAT_API_URL": sandbox_url, "CARILLON_PUBLIC_URL": web_url, SANDBOX_URL_VARIABLE: sandbox_url}
     os.environ.update(env)
     processes: list[ManagedProcess] = []
+    running: dict[str, list[ManagedProcess]] = {}  # the parts of the path this run started
+
+    def cpu() -> dict[str, float]:
+        """CPU seconds used so far by each part of the ordered path on this machine: the
+        processes this run started, RabbitMQ and PostgreSQL when they run here, and this
+        process, whose threads enqueue (an owner SIGKILLed takes its seconds with it)."""
+        used = {part: cpu_seconds([managed.process.pid for managed in managed if managed.process.poll() is None])
+                for part, managed in running.items()}
+        used.update({part: cpu_seconds([pid]) for part, pid in services.items()})
+        used["enqueue (this process)"] = time.process_time()
+        return used
 
     def owner_start(index: int) -> ManagedProcess:
         owner = ManagedProcess(f"rooms-owner-{index}", python("manage.py", "rooms_owner"), env=env, log_dir=LOG_DIR)
@@ -454,6 +476,7 @@ def ordered_scenario(options: Options) -> list[dict[str, Any]]:
     def owners_running() -> Iterator[dict[str, int]]:
         """Two owners sharing the shards; with --kill-every, the oldest killed every so often."""
         owners = [owner_start(0), owner_start(1)]
+        running["shard owners"] = owners
         counts: dict[str, int] = {}
         stop = threading.Event()
         killer = threading.Thread(target=owners_kill, args=(owners, stop, options.kill_every or 0), daemon=True)
@@ -474,9 +497,12 @@ def ordered_scenario(options: Options) -> list[dict[str, Any]]:
             "sandbox", python("-m", "sandbox", "--http-port", str(sandbox_port), "--smtp-port", str(smtp_port),
                               "--log-level", "WARNING"), env=env, log_dir=LOG_DIR))
         processes[-1].wait_until(lambda: _answers(f"{sandbox_url}/healthz"), "sandbox /healthz")
+        running["sandbox (the platform)"] = [processes[-1]]
         processes.append(ManagedProcess("daphne", python("-m", "daphne", "-b", "127.0.0.1", "-p", str(web_port),
                                                          "config.asgi:application"), env=env, log_dir=LOG_DIR))
         processes[-1].wait_until(lambda: _answers(f"{web_url}/healthz"), "daphne /healthz")
+        running["daphne (the webhooks)"] = [processes[-1]]
+        services = _services_here()
         # The baselines' sends.
         processes.append(ManagedProcess("worker", python(
             "-m", "celery", "-A", "config.celery", "worker", "--loglevel", "WARNING", "--queues",
@@ -486,12 +512,30 @@ def ordered_scenario(options: Options) -> list[dict[str, Any]]:
         ping.apply_async(queue="carillon.default").get(timeout=120)  # a worker is up
         summary = bench_ordered_scenario(rooms=rooms, messages_per_room=messages_per_room, out=options.out,
                                          quick=options.quick, owners_running=owners_running,
-                                         paced_rate=options.rate, enqueue_batch=options.enqueue_batch)
+                                         paced_rate=options.rate, enqueue_batch=options.enqueue_batch, cpu=cpu)
     finally:
         processes_stop(processes)
     for line in summary_lines(summary):
         print(line)  # noqa: T201 - the command's terminal output
     return []  # written above in its own format (ordered-*.json, an .hgrm per histogram, two plots)
+
+
+def _services_here() -> dict[str, int]:
+    """RabbitMQ's and PostgreSQL's server processes, those running on this machine (each
+    found by the port it listens on; PostgreSQL's sessions are its children)."""
+    from kombu.utils.url import url_to_parts
+
+    services = {}
+    broker = url_to_parts(str(settings.CELERY_BROKER_URL).split(";")[0])
+    ports = {"RabbitMQ": (broker.hostname, broker.port or 5672)}
+    database = settings.DATABASES["default"]
+    if connection.vendor == "postgresql":
+        ports["PostgreSQL"] = (str(database["HOST"]), int(str(database["PORT"] or 5432)))
+    for part, (host, port) in ports.items():
+        pid = listener_pid(port) if host in ("127.0.0.1", "localhost", "::1", "") else None
+        if pid is not None:
+            services[part] = pid
+    return services
 
 
 def _answers(url: str) -> bool:

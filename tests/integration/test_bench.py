@@ -86,6 +86,11 @@ def ordered_results_hold(summary: dict[str, Any], out: Path) -> None:
         assert run["platform"]["order_violations"] == 0
         assert run["platform"]["duplicates"] == 0
         assert run["sent_before_predecessor_ended"] == 0
+        # Where the CPU went, per message: at least the processes the run started and
+        # the one enqueueing (RabbitMQ and PostgreSQL too when /proc shows their ports).
+        cpu = run["cpu_ms_per_message"]
+        assert {"enqueue (this process)", "daphne (the webhooks)", "shard owners", "sandbox (the platform)"} <= set(cpu)
+        assert all(ms >= 0 for ms in cpu.values()) and sum(cpu.values()) > 0, cpu
     # The search for the sustained rate (--quick: two steps, up from half the burst's
     # rate if the first held, else down); the sustained figure is the highest rate held.
     first, second = paced
