@@ -86,6 +86,8 @@ def ordered_results_hold(summary: dict[str, Any], out: Path) -> None:
         assert run["platform"]["order_violations"] == 0
         assert run["platform"]["duplicates"] == 0
         assert run["sent_before_predecessor_ended"] == 0
+        # A phase ends once the platform has sent (or dropped) every ack, late ones too.
+        assert run["platform"]["acks_sent"] + run["platform"]["acks_lost"] >= run["messages"]
         # Where the CPU went, per message: at least the processes the run started and
         # the one enqueueing (RabbitMQ and PostgreSQL too when /proc shows their ports).
         cpu = run["cpu_ms_per_message"]
