@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from config.env import database_config
+
 ROOT = Path(__file__).resolve().parents[2]
 
 PRODUCTION_ENVIRONMENT = {
@@ -143,3 +145,12 @@ def test_production_settings_refuse_an_empty_chat_webhook_secret() -> None:
 
     assert result.returncode != 0
     assert "Set the ROOMS_CHAT_WEBHOOK_SECRET environment variable" in result.stderr
+
+
+def test_postgresql_prepares_its_statements_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "postgres://carillon@db.example:5432/carillon"
+    assert database_config(url)["OPTIONS"] == {"server_side_binding": True, "prepare_threshold": 5}
+
+    monkeypatch.setenv("DATABASE_PREPARED_STATEMENTS", "false")  # behind PgBouncer in transaction mode
+
+    assert "OPTIONS" not in database_config(url)
