@@ -118,6 +118,11 @@ class ChatPlatform:
         self.http.post(f"{self.url}/api/reset", timeout=30).raise_for_status()
         self.http.put(f"{self.url}/api/knobs/chat", json=knobs, timeout=30).raise_for_status()
 
+    def room_ack_delay(self, room: str, delay_ms: float) -> None:
+        """Make one room's acks come after `delay_ms` (until the next reset)."""
+        self.http.put(f"{self.url}/api/chat/rooms/{room}", json={"callback_delay_ms": delay_ms},
+                      timeout=30).raise_for_status()
+
     def accepted(self) -> int:
         answer = self.http.get(f"{self.url}/api/received/chat", params={"limit": 0}, timeout=30)
         answer.raise_for_status()
@@ -180,12 +185,13 @@ def bench_direct(chat: ChatPlatform, *, name: str, rooms: int, messages_per_room
 
 def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, timeout: float,
                   rate: float | None = None, batch: int = 1,
-                  cpu: Callable[[], dict[str, float]] = dict) -> dict[str, Any]:
+                  cpu: Callable[[], dict[str, float]] = dict, late_room: bool = False) -> dict[str, Any]:
     """Ordered delivery through the room state machine, acks by webhook; all at once, or
     at a fixed `rate` of messages/s (the body carries each message's intended time).
     Each enqueuing thread hands over the messages due, up to `batch` at a time. `cpu()`
     gives the CPU seconds each part of the path has used so far: the phase reports their
-    milliseconds per message."""
+    milliseconds per message. With `late_room`, the first room's acks come well after their
+    timeout, so that the phase has acks to wait for once its messages ended."""
     from rooms.models import ChatProvider, Room, RoomMessage, room_shard
     from rooms.services.enqueue import room_message_enqueue, room_messages_enqueue
 
@@ -195,6 +201,8 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
         timeout_policy=ChatProvider.TimeoutPolicy.PROCEED,
     )
     recipients = [f"{provider.name}-{n}" for n in range(rooms)]
+    if late_room:
+        chat.room_ack_delay(recipients[0], ACK_TIMEOUT_MS * 2.5)
     room_ids = [room.pk for room in Room.objects.bulk_create(
         [Room(provider=provider, recipient=recipient, shard=room_shard(provider_id=provider.pk, recipient=recipient))
          for recipient in recipients]
@@ -318,13 +326,15 @@ def bench_ordered_scenario(
     ]
     unordered = phases[0]
     with owners_running() as owners:
+        # --quick: one room's acks late, in every ordered phase (the others' come in
+        # 100 ± 30 ms, and a short run would otherwise never have an ack to wait for).
         ordered = bench_ordered(chat, rooms=rooms, messages_per_room=messages_per_room, timeout=timeout,
-                                batch=enqueue_batch, cpu=cpu)
+                                batch=enqueue_batch, cpu=cpu, late_room=quick)
 
         def ordered_at(rate: float, seconds: float) -> dict[str, Any]:
             paced_rooms = max(1, min(rooms, int(rate * seconds) // messages_per_room))
             phase = bench_ordered(chat, rooms=paced_rooms, messages_per_room=messages_per_room, timeout=timeout,
-                                  rate=rate, batch=enqueue_batch, cpu=cpu)
+                                  rate=rate, batch=enqueue_batch, cpu=cpu, late_room=quick)
             phase["rate"] = rate
             phase["not_held"] = _not_held(phase, rate)
             return phase
