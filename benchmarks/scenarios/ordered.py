@@ -147,13 +147,15 @@ def _knobs() -> dict[str, Any]:
 
 
 def bench_direct(chat: ChatPlatform, *, name: str, rooms: int, messages_per_room: int, pause_ms: int,
-                 timeout: float) -> dict[str, Any]:
-    """A baseline: messages straight to the platform, no room state (see the module doc)."""
+                 timeout: float, cpu: Callable[[], dict[str, float]] = dict) -> dict[str, Any]:
+    """A baseline: messages straight to the platform, no room state (see the module doc).
+    `cpu()` as for `bench_ordered`."""
     from benchmarks.baseline_tasks import bench_room_send_direct
 
     chat.reset(**_knobs())
     tag = uuid.uuid4().hex[:8]
     total = rooms * messages_per_room
+    cpu_before = cpu()
     started = time.time()
     if pause_ms:  # the naive fix: one task per room, pausing after each message
         for room in range(rooms):
@@ -170,6 +172,7 @@ def bench_direct(chat: ChatPlatform, *, name: str, rooms: int, messages_per_room
         with ThreadPoolExecutor(ENQUEUERS) as pool:
             list(pool.map(publish, range(ENQUEUERS)))
     _wait(lambda: chat.accepted() >= total, f"{name}: {total} messages at the platform", timeout)
+    cpu_used = _cpu_per_message(cpu_before, cpu(), total)
     latency = histogram_new()
     arrivals = chat.received(total)
     for item in arrivals:
@@ -179,7 +182,7 @@ def bench_direct(chat: ChatPlatform, *, name: str, rooms: int, messages_per_room
         "name": name, "rooms": rooms, "messages": total, "seconds": round(seconds, 2),
         "messages_per_second": round(total / seconds, 1), "pause_ms": pause_ms,
         "enqueue_to_provider_ms": histogram_percentiles_ms(latency), "platform": chat.counts(),
-        "_histograms": {"enqueue-to-provider": latency},
+        "cpu_ms_per_message": cpu_used, "_histograms": {"enqueue-to-provider": latency},
     }
 
 
@@ -298,11 +301,16 @@ def bench_ordered(chat: ChatPlatform, *, rooms: int, messages_per_room: int, tim
         "enqueue_to_provider_ms": histogram_percentiles_ms(to_provider),
         "enqueue_to_provider_idle_room_ms": histogram_percentiles_ms(idle_to_provider),
         "platform": chat.counts(),
-        "cpu_ms_per_message": {part: round((cpu_after[part] - cpu_before[part]) * 1000 / total, 2)
-                               for part in cpu_after if part in cpu_before},
+        "cpu_ms_per_message": _cpu_per_message(cpu_before, cpu_after, total),
         "_histograms": {"overhead": overhead, "enqueue-to-provider": to_provider,
                         "enqueue-to-provider-idle-room": idle_to_provider},
     }
+
+
+def _cpu_per_message(before: dict[str, float], after: dict[str, float], messages: int) -> dict[str, float]:
+    """Each part's CPU milliseconds per message between two readings of `cpu()` (the
+    parts running at both)."""
+    return {part: round((after[part] - before[part]) * 1000 / messages, 2) for part in after if part in before}
 
 
 def bench_ordered_scenario(
@@ -320,7 +328,7 @@ def bench_ordered_scenario(
     timeout = 120.0 if quick else 3600.0
     phases = [
         bench_direct(chat, name="unordered", rooms=rooms, messages_per_room=messages_per_room, pause_ms=0,
-                     timeout=timeout),
+                     timeout=timeout, cpu=cpu),
         bench_direct(chat, name="naive fixed pause", rooms=min(rooms, NAIVE_ROOMS),
                      messages_per_room=messages_per_room, pause_ms=NAIVE_PAUSE_MS, timeout=timeout),
     ]
@@ -365,6 +373,10 @@ def bench_ordered_scenario(
         "ordered_sustained_messages_per_second": sustained and round(sustained["rate"], 1),
         "ordered_sustained_vs_unordered_throughput": sustained and round(
             sustained["rate"] / unordered["messages_per_second"], 2),
+        # The CPU a message takes on the unordered path against the ordered one at the
+        # sustained rate: the throughput ratio it allows where the machine's cores are the
+        # bound (both paths then use all of them).
+        "unordered_vs_ordered_sustained_cpu": sustained and _cpu_ratio(unordered, sustained),
         # With --kill-every: how many shard owners were SIGKILLed during the ordered phases.
         **owners,
     }
@@ -410,18 +422,30 @@ def summary_lines(summary: dict[str, Any]) -> Iterator[str]:
                f"{measure} ms p50 {latency['p50']} p99 {latency['p99']} p99.9 {latency['p99.9']}{timeouts}")
     for row in summary["results"]:
         if "rate" in row:
-            cpu = row["cpu_ms_per_message"]
-            yield (f"  at {row['rate']:.0f}/s: " + (f"not held: {row['not_held']}" if row["not_held"] else "held")
-                   + f"; CPU {sum(cpu.values()):.2f} ms a message: "
-                   + ", ".join(f"{part} {ms}" for part, ms in sorted(cpu.items(), key=lambda item: -item[1])))
+            verdict = f"at {row['rate']:.0f}/s: " + (f"not held: {row['not_held']}" if row["not_held"] else "held")
+        elif row["name"] == "unordered":
+            verdict = "unordered"
+        else:
+            continue
+        # The parts that used no CPU in the phase (the baselines' worker in an ordered
+        # phase) are left out.
+        cpu = {part: ms for part, ms in row["cpu_ms_per_message"].items() if ms > 0}
+        yield (f"  {verdict}; CPU {sum(cpu.values()):.2f} ms a message: "
+               + ", ".join(f"{part} {ms}" for part, ms in sorted(cpu.items(), key=lambda item: -item[1])))
     ordered = next(row for row in summary["results"] if row["name"] == "ordered")
     late = ordered["timeouts"] - ordered["platform"]["acks_lost"]
     caveat = (f" ({late} of the {ordered['messages']} ordered messages ended by their timeout while their ack was "
               "on its way: a burst, not a sustained rate)" if late > ordered["messages"] * LATE_MAX else "")
     yield f"ordered (burst) / unordered throughput: {summary['ordered_vs_unordered_throughput']}{caveat}"
     sustained = summary["ordered_sustained_messages_per_second"]
-    yield (f"ordered sustained: {sustained}/s, / unordered: {summary['ordered_sustained_vs_unordered_throughput']}"
+    yield (f"ordered sustained: {sustained}/s, / unordered: {summary['ordered_sustained_vs_unordered_throughput']}; "
+           f"CPU a message, unordered / ordered at that rate: {summary['unordered_vs_ordered_sustained_cpu']}"
            if sustained else "ordered sustained: none of the rates tried held")
+
+
+def _cpu_ratio(unordered: dict[str, Any], ordered: dict[str, Any]) -> float | None:
+    spent = sum(ordered["cpu_ms_per_message"].values())
+    return round(sum(unordered["cpu_ms_per_message"].values()) / spent, 2) if spent else None
 
 
 def _not_held(phase: dict[str, Any], rate: float) -> str | None:
@@ -533,6 +557,7 @@ def ordered_scenario(options: Options) -> list[dict[str, Any]]:
             "--without-mingle", "--without-gossip",
         ), env=env, log_dir=LOG_DIR))
         ping.apply_async(queue="carillon.default").get(timeout=120)  # a worker is up
+        running["worker (the baselines' sends)"] = [processes[-1]]
         summary = bench_ordered_scenario(rooms=rooms, messages_per_room=messages_per_room, out=options.out,
                                          quick=options.quick, owners_running=owners_running,
                                          paced_rate=options.rate, enqueue_batch=options.enqueue_batch, cpu=cpu)

@@ -99,6 +99,14 @@ def ordered_results_hold(summary: dict[str, Any], out: Path) -> None:
             parts.add("RabbitMQ")
         assert parts <= set(cpu), cpu
         assert all(ms >= 0 for ms in cpu.values()) and sum(cpu.values()) > 0, cpu
+    # The unordered baseline's CPU per message too, by its own parts, and the two compared
+    # at the sustained rate (what the throughput ratio can be where the cores are the bound).
+    cpu = unordered["cpu_ms_per_message"]
+    parts = {"enqueue (this process)", "worker (the baselines' sends)", "sandbox (the platform)"}
+    if os.geteuid() == 0:
+        parts.add("RabbitMQ")
+    assert parts <= set(cpu) and "shard owners" not in cpu, cpu
+    assert cpu["worker (the baselines' sends)"] > 0, cpu
     # The search for the sustained rate (--quick: two steps, up from half the burst's
     # rate if the first held, else down); the sustained figure is the highest rate held.
     first, second = paced
@@ -106,6 +114,10 @@ def ordered_results_hold(summary: dict[str, Any], out: Path) -> None:
     assert second["rate"] == pytest.approx(first["rate"] * (RATE_STEP if first["not_held"] is None else 1 / RATE_STEP))
     held = [run["rate"] for run in paced if run["not_held"] is None]
     assert summary["ordered_sustained_messages_per_second"] == (round(max(held), 1) if held else None)
+    if held:
+        sustained = next(run for run in paced if run["rate"] == max(held))
+        assert summary["unordered_vs_ordered_sustained_cpu"] == round(
+            sum(cpu.values()) / sum(sustained["cpu_ms_per_message"].values()), 2)
     # The same percentiles as every other scenario (benchmarks.hdr), to six nines and the max.
     assert {"p50", "p99", "p99.9", "p99.99", "p99.9999", "max"} <= set(summary["ordered_overhead_beyond_previous_ack_ms"])
     assert set(summary["ordered_enqueue_to_provider_idle_room_ms"]) == set(summary["ordered_overhead_beyond_previous_ack_ms"])
