@@ -427,11 +427,12 @@ def summary_lines(summary: dict[str, Any]) -> Iterator[str]:
             verdict = "unordered"
         else:
             continue
-        # The parts that used no CPU in the phase (the baselines' worker in an ordered
-        # phase) are left out.
-        cpu = {part: ms for part, ms in row["cpu_ms_per_message"].items() if ms > 0}
+        # Parts that used next to no CPU in the phase (the baselines' worker, idle in an
+        # ordered one) are not listed; the total counts them.
+        cpu = row["cpu_ms_per_message"]
+        listed = sorted(((part, ms) for part, ms in cpu.items() if ms >= 0.05), key=lambda item: -item[1])
         yield (f"  {verdict}; CPU {sum(cpu.values()):.2f} ms a message: "
-               + ", ".join(f"{part} {ms}" for part, ms in sorted(cpu.items(), key=lambda item: -item[1])))
+               + ", ".join(f"{part} {ms}" for part, ms in listed))
     ordered = next(row for row in summary["results"] if row["name"] == "ordered")
     late = ordered["timeouts"] - ordered["platform"]["acks_lost"]
     caveat = (f" ({late} of the {ordered['messages']} ordered messages ended by their timeout while their ack was "
