@@ -352,8 +352,8 @@ def bench_ordered_scenario(
         else:
             start = max(1.0, ordered["messages_per_second"] / 2)
             paced = _rate_search(lambda rate: ordered_at(rate, STEP_SECONDS), start, steps=2 if quick else STEPS_MAX)
-    held = [phase for phase in paced if phase["not_held"] is None]
-    sustained = max(held, key=lambda phase: phase["rate"]) if held else None
+    sustained = max((phase for phase in paced if phase["not_held"] is None), key=lambda phase: phase["rate"],
+                    default=None)
     # The overhead at the sustained rate (or the gentlest tried, when none held).
     measured = sustained or min(paced, key=lambda phase: phase["rate"])
     phases += [ordered, *paced]
@@ -369,14 +369,7 @@ def bench_ordered_scenario(
         "ordered_enqueue_to_provider_idle_room_ms": measured["enqueue_to_provider_idle_room_ms"],
         "ordered_vs_unordered_throughput": round(
             ordered["messages_per_second"] / unordered["messages_per_second"], 2),
-        # The highest rate held (None: none of those tried), and it against the baseline.
-        "ordered_sustained_messages_per_second": sustained and round(sustained["rate"], 1),
-        "ordered_sustained_vs_unordered_throughput": sustained and round(
-            sustained["rate"] / unordered["messages_per_second"], 2),
-        # The CPU a message takes on the unordered path against the ordered one at the
-        # sustained rate: the throughput ratio it allows where the machine's cores are the
-        # bound (both paths then use all of them).
-        "unordered_vs_ordered_sustained_cpu": sustained and _cpu_ratio(unordered, sustained),
+        **_against_unordered(sustained, unordered),
         # With --kill-every: how many shard owners were SIGKILLed during the ordered phases.
         **owners,
     }
@@ -444,9 +437,20 @@ def summary_lines(summary: dict[str, Any]) -> Iterator[str]:
            if sustained else "ordered sustained: none of the rates tried held")
 
 
-def _cpu_ratio(unordered: dict[str, Any], ordered: dict[str, Any]) -> float | None:
-    spent = sum(ordered["cpu_ms_per_message"].values())
-    return round(sum(unordered["cpu_ms_per_message"].values()) / spent, 2) if spent else None
+def _against_unordered(sustained: dict[str, Any] | None, unordered: dict[str, Any]) -> dict[str, float | None]:
+    """The sustained rate (the highest held; None: none of those tried) against the
+    unordered baseline, in messages a second and in CPU a message: where both paths use
+    all the machine's cores, the CPU ratio is the throughput ratio the machine allows."""
+    if sustained is None:
+        return dict.fromkeys(("ordered_sustained_messages_per_second", "ordered_sustained_vs_unordered_throughput",
+                              "unordered_vs_ordered_sustained_cpu"))
+    spent = sum(sustained["cpu_ms_per_message"].values())
+    return {
+        "ordered_sustained_messages_per_second": round(sustained["rate"], 1),
+        "ordered_sustained_vs_unordered_throughput": round(sustained["rate"] / unordered["messages_per_second"], 2),
+        "unordered_vs_ordered_sustained_cpu": round(sum(unordered["cpu_ms_per_message"].values()) / spent, 2)
+        if spent else None,  # a run given no way to read the CPU (`cpu` left out)
+    }
 
 
 def _not_held(phase: dict[str, Any], rate: float) -> str | None:

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.scenarios.ordered import RATE_STEP, _not_held, _rate_search
+from benchmarks.scenarios.ordered import RATE_STEP, _against_unordered, _not_held, _rate_search
 
 
 def phase(*, messages: int = 4000, enqueue_seconds: float = 10.0, timeouts: int = 200, acks_lost: int = 200,
@@ -58,3 +58,15 @@ def test_the_search_steps_down_while_rates_fail_and_stops_at_the_first_that_hold
 def test_the_search_stops_after_its_steps_whatever_it_found() -> None:
     assert len(search(holds_up_to=10_000, start=100, steps=3)) == 3
     assert len(search(holds_up_to=1, start=100, steps=2)) == 2
+
+
+def test_the_sustained_rate_is_compared_with_the_unordered_baseline_in_throughput_and_in_cpu() -> None:
+    unordered = {"messages_per_second": 450.0, "cpu_ms_per_message": {"worker": 2.0, "RabbitMQ": 1.0, "sandbox": 0.6}}
+    sustained = {"rate": 225.04, "cpu_ms_per_message": {"shard owners": 3.0, "daphne": 2.0, "RabbitMQ": 2.2}}
+    assert _against_unordered(sustained, unordered) == {
+        "ordered_sustained_messages_per_second": 225.0,
+        "ordered_sustained_vs_unordered_throughput": 0.5,
+        "unordered_vs_ordered_sustained_cpu": 0.5,  # 3.6 ms against 7.2
+    }
+    # No rate held: nothing to compare.
+    assert set(_against_unordered(None, unordered).values()) == {None}
