@@ -80,16 +80,16 @@ def ordered_results_hold(summary: dict[str, Any], out: Path) -> None:
     assert all(run["enqueue_calls"] <= run["messages"] for run in paced)
     for run in (ordered, *paced):
         assert run["enqueue_batch"] == 10
-        # Every message ended (acked, or timed out: its ack lost, or the late room's),
-        # in order, each handed over only after its predecessor ended, once.
+        # Every message ended (acked, or timed out: its ack lost, or in the burst the late
+        # room's), in order, each handed over only after its predecessor ended, once.
         assert sum(run["statuses"].values()) == run["messages"]
         assert set(run["statuses"]) <= {"acked", "timed_out"}
         assert run["platform"]["order_violations"] == 0
         assert run["platform"]["duplicates"] == 0
         assert run["sent_before_predecessor_ended"] == 0
         # A phase ends once the platform has sent (or dropped) every ack, late ones too:
-        # --quick makes one room's acks come 2.5 s after their message was sent, 1.5 s past
-        # its timeout, so every phase ends with acks still on their way.
+        # --quick makes one room's acks in the burst come 2.5 s after their message was
+        # sent, 1.5 s past its timeout, so that phase ends with acks still on their way.
         assert run["platform"]["acks_sent"] + run["platform"]["acks_lost"] >= run["messages"]
         # Where the CPU went, per message: at least the processes the run started and
         # the one enqueueing (RabbitMQ and PostgreSQL too when /proc shows their ports).
